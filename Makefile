@@ -1,0 +1,30 @@
+# Two commands for a fresh clone: `make run` and `make test`. Both create .venv and
+# install the pinned dependencies the first time (and again when a pyproject changes).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+PYPROJECTS := $(wildcard libs/*/pyproject.toml services/*/pyproject.toml)
+
+.PHONY: run test lint rebuild-read-model bench clean
+
+$(STAMP): requirements.txt $(PYPROJECTS)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/tgdl run
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+rebuild-read-model: $(STAMP)
+	$(BIN)/tgdl rebuild-read-model
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,1 @@
+"""NATS plumbing shared by the services: topology, the batch event log, download leases."""

@@ -1,0 +1,122 @@
+"""Streams, consumers and buckets, declared idempotently by whichever service starts first."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import nats
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import BadRequestError
+
+from tgdl.contracts.subjects import Names
+
+DAY = 24 * 3600.0
+
+
+@dataclass(frozen=True)
+class QueuePolicy:
+    """How download jobs are leased to downloaders."""
+
+    ack_wait: float = 30.0  # a downloader heartbeats well inside this while it works
+    max_deliver: int = 6  # then the job ends as failed, never an endless loop
+    global_cap: int = 8  # downloads in flight across all batches and replicas
+    events_max_age: float = 30 * DAY  # how long batch logs (and so history) are kept
+    duplicate_window: float = 600.0  # job re-publishes after a crash are dropped within it
+
+
+async def connect(url: str, name: str) -> NATS:
+    return await nats.connect(
+        url, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5
+    )
+
+
+async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
+    try:
+        await js.add_stream(config)
+    except BadRequestError as exc:
+        if exc.err_code != 10058:  # stream name already in use with a different config
+            raise
+        await js.update_stream(config)
+
+
+async def ensure_topology(js: JetStreamContext, names: Names, policy: QueuePolicy) -> None:
+    await _ensure_stream(
+        js,
+        StreamConfig(
+            name=names.events_stream,
+            subjects=[names.all_batch_events],
+            storage=StorageType.FILE,
+            retention=RetentionPolicy.LIMITS,
+            max_age=policy.events_max_age,
+            duplicate_window=policy.duplicate_window,
+        ),
+    )
+    await _ensure_stream(
+        js,
+        StreamConfig(
+            name=names.jobs_stream,
+            subjects=[names.download_jobs],
+            storage=StorageType.FILE,
+            retention=RetentionPolicy.WORK_QUEUE,
+            duplicate_window=policy.duplicate_window,
+        ),
+    )
+    await _ensure_stream(
+        js,
+        StreamConfig(
+            name=names.outcomes_stream,
+            subjects=[names.all_file_done],
+            storage=StorageType.FILE,
+            retention=RetentionPolicy.LIMITS,
+            max_age=policy.events_max_age,
+            duplicate_window=policy.duplicate_window,
+        ),
+    )
+    await _ensure_stream(
+        js,
+        StreamConfig(
+            name=names.progress_stream,
+            subjects=[names.all_file_progress],
+            storage=StorageType.FILE,
+            retention=RetentionPolicy.LIMITS,
+            max_msgs_per_subject=1,  # only the latest progress of a file matters
+            discard=DiscardPolicy.OLD,
+            max_age=DAY,
+        ),
+    )
+    await js.add_consumer(
+        names.jobs_stream,
+        ConsumerConfig(
+            durable_name=names.downloader_consumer,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=policy.ack_wait,
+            max_deliver=policy.max_deliver,
+            max_ack_pending=policy.global_cap,  # the global cap, enforced by JetStream
+            filter_subject=names.download_jobs,
+        ),
+    )
+    await js.add_consumer(
+        names.outcomes_stream,
+        ConsumerConfig(
+            durable_name=names.orchestrator_outcomes_consumer,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=30.0,
+            deliver_policy=DeliverPolicy.ALL,
+            filter_subject=names.all_file_done,
+        ),
+    )
+    for bucket in (names.leases_bucket, names.flood_bucket):
+        await js.create_key_value(
+            KeyValueConfig(bucket=bucket, history=1, storage=StorageType.FILE)
+        )

@@ -1,0 +1,145 @@
+"""HTTP request and response bodies. Field names follow the original requirement exactly;
+fields beyond it are additions that old clients can ignore."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from tgdl.contracts.errors import ErrorCode
+
+MAX_IDS_DEFAULT = 50
+
+
+class BatchDownloadRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    message_ids: list[int] = Field(min_length=1, max_length=MAX_IDS_DEFAULT)
+    force: bool = False
+    max_concurrent: int = Field(default=3, ge=1, le=5)
+
+    @field_validator("message_ids")
+    @classmethod
+    def _positive_unique(cls, ids: list[int]) -> list[int]:
+        if any(i <= 0 for i in ids):
+            raise ValueError("message ids are positive integers")
+        return list(dict.fromkeys(ids))  # duplicates collapse, first occurrence keeps order
+
+
+class StartFailure(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    message_id: int
+    error: ErrorCode
+    detail: str
+    suggestion: str
+
+
+class BatchDownloadResponse(BaseModel):
+    batch_id: str
+    status: Literal["started", "completed"]
+    message: str
+    total_files: int
+    started_downloads: list[int]
+    already_downloaded: list[int]
+    failed_to_start: list[StartFailure]
+    # Of started_downloads, the ids another request was already downloading: this batch
+    # waits for that download instead of starting a second one.
+    already_downloading: list[int] = []
+
+
+FileStatus = Literal[
+    "pending", "queued", "downloading", "waiting", "completed", "failed", "cancelled"
+]
+OverallStatus = Literal["pending", "in_progress", "completed", "failed", "cancelled"]
+
+
+class FileStatusBody(BaseModel):
+    message_id: int
+    status: FileStatus
+    progress: int = 0
+    file_path: str | None = None
+    download_url: str | None = None
+    downloaded_size: int | None = None
+    total_size: int | None = None
+    download_speed: int | None = None  # bytes per second
+    estimated_time_remaining: int | None = None  # seconds
+    wait_seconds: int | None = None  # status "waiting": Telegram asked to hold off this long
+    already_downloaded: bool | None = None
+    error: str | None = None
+    detail: str | None = None
+    suggestion: str | None = None
+
+
+class BatchStatusResponse(BaseModel):
+    batch_id: str
+    total_files: int
+    completed: int
+    downloading: int
+    failed: int
+    pending: int
+    cancelled: int = 0
+    overall_status: OverallStatus
+    finished: bool = False
+    summary: str = ""
+    max_concurrent: int | None = None
+    files: list[FileStatusBody]
+
+
+class BatchCancelResponse(BaseModel):
+    status: Literal["cancelled", "already_finished"]
+    message: str
+    batch_id: str
+    cancelled_downloads: int
+    total_files: int
+
+
+class SingleDownloadRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    force: bool = False
+
+
+class SingleDownloadResponse(BaseModel):
+    message_id: int
+    download_id: str  # the one-file batch that tracks this request
+    status: Literal["started", "already_downloaded", "already_downloading", "failed"]
+    message: str
+    file_path: str | None = None
+    download_url: str | None = None
+    error: StartFailure | None = None
+
+
+class SingleCancelResponse(BaseModel):
+    message_id: int
+    status: Literal["cancelled", "not_downloading"]
+    message: str
+
+
+class MessageItem(BaseModel):
+    message_id: int
+    chat: str
+    telegram_message_id: int
+    media_type: str | None
+    file_name: str | None
+    mime_type: str | None
+    size: int | None
+    download_state: Literal["not_downloaded", "queued", "downloading", "waiting", "downloaded",
+                            "failed", "cancelled", "no_media"]
+    download_url: str | None = None
+
+
+class MessagePage(BaseModel):
+    items: list[MessageItem]
+    total: int
+    offset: int
+    limit: int
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx/5xx body: what was wrong, in words and as a code."""
+
+    error: str
+    detail: str | list | dict
+    suggestion: str | None = None

@@ -1,0 +1,110 @@
+"""Events of a batch's log (subject `Names.batch_events(batch_id)`): what happened, never
+what should happen. Frozen; the ``type`` tag makes the union self-describing on the wire."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from tgdl.contracts.api import StartFailure
+from tgdl.contracts.catalog import CatalogEntry
+from tgdl.contracts.commands import BatchKind
+from tgdl.contracts.errors import ErrorCode
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    batch_id: str
+    at: datetime
+
+
+class AlreadyDownloaded(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    message_id: int
+    file_path: str
+    relative_path: str
+    size: int
+
+
+class BatchStarted(_Event):
+    type: Literal["BatchStarted"] = "BatchStarted"
+    kind: BatchKind
+    max_concurrent: int
+    force: bool
+    requested_ids: list[int]  # after collapsing duplicates, in request order
+    to_download: list[CatalogEntry]  # in the order permits are granted
+    already_downloaded: list[AlreadyDownloaded]
+    failed_to_start: list[StartFailure]
+    already_downloading: list[int] = []  # informational: leased by someone else at start
+
+
+class PermitGranted(_Event):
+    """The batch gives one of its `max_concurrent` slots to this file."""
+
+    type: Literal["PermitGranted"] = "PermitGranted"
+    message_id: int
+    job_id: str  # the job this batch publishes unless it attaches to a running one
+
+
+class JobDispatched(_Event):
+    """The permit's job is on the queue, or the batch attached to a running job."""
+
+    type: Literal["JobDispatched"] = "JobDispatched"
+    message_id: int
+    job_id: str
+    attached: bool
+
+
+class FileCompleted(_Event):
+    type: Literal["FileCompleted"] = "FileCompleted"
+    message_id: int
+    job_id: str
+    file_path: str
+    relative_path: str
+    size: int
+
+
+class FileFailed(_Event):
+    type: Literal["FileFailed"] = "FileFailed"
+    message_id: int
+    job_id: str | None
+    error: ErrorCode
+    detail: str
+    suggestion: str
+
+
+class BatchCancelled(_Event):
+    type: Literal["BatchCancelled"] = "BatchCancelled"
+    stopped: list[int]  # files that were pending or running when the cancel arrived
+
+
+class BatchFinished(_Event):
+    type: Literal["BatchFinished"] = "BatchFinished"
+    overall_status: Literal["completed", "failed"]
+    completed: int
+    failed: int
+
+
+BatchEvent = Annotated[
+    BatchStarted
+    | PermitGranted
+    | JobDispatched
+    | FileCompleted
+    | FileFailed
+    | BatchCancelled
+    | BatchFinished,
+    Field(discriminator="type"),
+]
+batch_event_adapter: TypeAdapter[BatchEvent] = TypeAdapter(BatchEvent)
+
+
+def parse_event(data: bytes | str) -> BatchEvent:
+    return batch_event_adapter.validate_json(data)
+
+
+def dump_event(event: BatchEvent) -> bytes:
+    return event.model_dump_json().encode()

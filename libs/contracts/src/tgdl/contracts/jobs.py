@@ -1,0 +1,71 @@
+"""What flows between orchestrator and downloaders: jobs, leases, progress and outcomes."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from tgdl.contracts.catalog import CatalogEntry
+from tgdl.contracts.errors import ErrorCode
+
+
+class DownloadJob(BaseModel):
+    """Download one message's media. Published on `Names.download_jobs` with
+    ``Nats-Msg-Id: job_id`` so a re-publish after a crash is deduplicated."""
+
+    model_config = ConfigDict(frozen=True)
+
+    job_id: str
+    entry: CatalogEntry
+    force: bool = False
+
+
+class Lease(BaseModel):
+    """Value in the leases bucket under key ``str(message_id)``: at most one job per
+    message at a time, and the parties (batch ids) that wait for its outcome."""
+
+    job_id: str
+    parties: list[str]
+
+
+ProgressState = Literal["starting", "downloading", "waiting", "retrying"]
+
+
+class DownloadProgress(BaseModel):
+    """Published a few times per second on `Names.file_progress(message_id)`."""
+
+    model_config = ConfigDict(frozen=True)
+
+    job_id: str
+    message_id: int
+    state: ProgressState
+    downloaded_size: int
+    total_size: int
+    download_speed: int = 0  # bytes/s, smoothed
+    estimated_time_remaining: int | None = None  # seconds
+    wait_seconds: int | None = None  # state "waiting": flood wait still to sit out
+    attempt: int = 1
+    at: datetime
+
+
+OutcomeStatus = Literal["completed", "failed", "cancelled"]
+
+
+class DownloadOutcome(BaseModel):
+    """Published once per job on `Names.file_done(message_id)`."""
+
+    model_config = ConfigDict(frozen=True)
+
+    job_id: str
+    message_id: int
+    status: OutcomeStatus
+    parties: list[str] = []  # batches that were waiting for this job when it ended
+    file_path: str | None = None
+    relative_path: str | None = None
+    size: int | None = None
+    error: ErrorCode | None = None
+    detail: str | None = None
+    suggestion: str | None = None
+    at: datetime

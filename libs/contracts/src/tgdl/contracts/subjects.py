@@ -1,0 +1,107 @@
+"""Every NATS subject, stream, consumer and bucket name, in one place.
+
+All names hang off a namespace prefix (default ``tgdl``) so that several deployments, or
+several tests, can share one NATS server without seeing each other's data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Names:
+    prefix: str = "tgdl"
+
+    # --- streams -------------------------------------------------------------------------
+    @property
+    def _upper(self) -> str:
+        return self.prefix.upper().replace(".", "_").replace("-", "_")
+
+    @property
+    def events_stream(self) -> str:
+        """Per-batch event logs: the source of truth."""
+        return f"{self._upper}_EVENTS"
+
+    @property
+    def jobs_stream(self) -> str:
+        """Work queue of download jobs."""
+        return f"{self._upper}_JOBS"
+
+    @property
+    def outcomes_stream(self) -> str:
+        """How each download job ended (completed / failed / cancelled)."""
+        return f"{self._upper}_OUTCOMES"
+
+    @property
+    def progress_stream(self) -> str:
+        """Latest progress per file (one message kept per subject)."""
+        return f"{self._upper}_PROGRESS"
+
+    # --- subjects ------------------------------------------------------------------------
+    def batch_events(self, batch_id: str) -> str:
+        return f"{self.prefix}.evt.batch.{batch_id}"
+
+    @property
+    def all_batch_events(self) -> str:
+        return f"{self.prefix}.evt.batch.*"
+
+    @property
+    def download_jobs(self) -> str:
+        return f"{self.prefix}.job.download"
+
+    def file_progress(self, message_id: int | str) -> str:
+        return f"{self.prefix}.file.{message_id}.progress"
+
+    def file_done(self, message_id: int | str) -> str:
+        return f"{self.prefix}.file.{message_id}.done"
+
+    @property
+    def all_file_progress(self) -> str:
+        return f"{self.prefix}.file.*.progress"
+
+    @property
+    def all_file_done(self) -> str:
+        return f"{self.prefix}.file.*.done"
+
+    def batch_progress(self, batch_id: str) -> str:
+        """Core-NATS snapshots of a batch's status (same body as the HTTP status)."""
+        return f"{self.prefix}.batch.{batch_id}.progress"
+
+    # --- request/reply commands (gateway or any NATS client -> orchestrator) --------------
+    @property
+    def cmd_batch_start(self) -> str:
+        return f"{self.prefix}.cmd.batch.start"
+
+    @property
+    def cmd_batch_cancel(self) -> str:
+        return f"{self.prefix}.cmd.batch.cancel"
+
+    @property
+    def cmd_single_cancel(self) -> str:
+        return f"{self.prefix}.cmd.single.cancel"
+
+    # --- consumers and buckets -------------------------------------------------------------
+    @property
+    def downloader_consumer(self) -> str:
+        return "downloaders"
+
+    @property
+    def orchestrator_outcomes_consumer(self) -> str:
+        return "orchestrator-outcomes"
+
+    @property
+    def leases_bucket(self) -> str:
+        """message_id -> the job currently downloading it and who waits for it."""
+        return f"{self._upper}_leases"
+
+    @property
+    def flood_bucket(self) -> str:
+        """Telegram account -> until when every replica must hold off (flood wait)."""
+        return f"{self._upper}_flood"
+
+    def max_deliveries_advisory(self) -> str:
+        return (
+            f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES."
+            f"{self.jobs_stream}.{self.downloader_consumer}"
+        )

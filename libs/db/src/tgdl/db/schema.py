@@ -1,0 +1,112 @@
+"""Versioned migrations. Append new versions; never edit an applied one.
+
+Tables:
+- ``catalog``: the messages the service knows (reference data, written by sync/seed).
+- ``batches``, ``batch_files``, ``jobs``: the read model, written only by the projector.
+- ``projection_positions``: the last stream sequence the projector applied, per stream,
+  updated in the same transaction as the read model.
+"""
+
+from __future__ import annotations
+
+import asyncpg
+
+MIGRATIONS: list[tuple[int, str]] = [
+    (
+        1,
+        """
+        CREATE TABLE catalog (
+            message_id          BIGINT PRIMARY KEY,
+            chat                TEXT NOT NULL,
+            telegram_message_id BIGINT NOT NULL,
+            media_kind          TEXT,
+            file_name           TEXT,
+            mime_type           TEXT,
+            size                BIGINT,
+            date                TIMESTAMPTZ,
+            caption             TEXT,
+            synced_at           TIMESTAMPTZ NOT NULL DEFAULT now(),
+            UNIQUE (chat, telegram_message_id)
+        );
+        CREATE TABLE chat_sync (
+            chat                TEXT PRIMARY KEY,
+            newest_telegram_id  BIGINT NOT NULL,
+            synced_at           TIMESTAMPTZ NOT NULL DEFAULT now()
+        );
+        CREATE TABLE batches (
+            batch_id        TEXT PRIMARY KEY,
+            kind            TEXT NOT NULL,
+            max_concurrent  INT NOT NULL,
+            force           BOOLEAN NOT NULL,
+            total_files     INT NOT NULL,
+            status          TEXT NOT NULL,
+            created_at      TIMESTAMPTZ NOT NULL,
+            updated_at      TIMESTAMPTZ NOT NULL,
+            finished_at     TIMESTAMPTZ
+        );
+        CREATE TABLE batch_files (
+            batch_id            TEXT NOT NULL REFERENCES batches ON DELETE CASCADE,
+            message_id          BIGINT NOT NULL,
+            position            INT NOT NULL,
+            status              TEXT NOT NULL,
+            job_id              TEXT,
+            total_size          BIGINT,
+            file_path           TEXT,
+            relative_path       TEXT,
+            already_downloaded  BOOLEAN NOT NULL DEFAULT false,
+            error               TEXT,
+            detail              TEXT,
+            suggestion          TEXT,
+            PRIMARY KEY (batch_id, message_id)
+        );
+        CREATE INDEX batch_files_job ON batch_files (job_id);
+        CREATE TABLE jobs (
+            job_id          TEXT PRIMARY KEY,
+            message_id      BIGINT NOT NULL,
+            state           TEXT NOT NULL,
+            downloaded_size BIGINT NOT NULL DEFAULT 0,
+            total_size      BIGINT,
+            download_speed  BIGINT,
+            eta_seconds     INT,
+            wait_seconds    INT,
+            attempt         INT NOT NULL DEFAULT 1,
+            file_path       TEXT,
+            relative_path   TEXT,
+            error           TEXT,
+            detail          TEXT,
+            suggestion      TEXT,
+            updated_at      TIMESTAMPTZ NOT NULL
+        );
+        CREATE INDEX jobs_by_message ON jobs (message_id, updated_at DESC);
+        CREATE TABLE projection_positions (
+            stream   TEXT PRIMARY KEY,
+            last_seq BIGINT NOT NULL
+        );
+        """,
+    ),
+]
+
+READ_MODEL_TABLES = ("batch_files", "batches", "jobs", "projection_positions")
+
+
+async def migrate(conn: asyncpg.Connection, schema: str) -> int:
+    """Bring `schema` up to date; safe to run concurrently from several processes."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"tgdl-migrate:{schema}")
+        await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+        await conn.execute(f'SET LOCAL search_path TO "{schema}"')
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version INT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+        )
+        applied = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+        for version, sql in MIGRATIONS:
+            if version not in applied:
+                await conn.execute(sql)
+                await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
+        return max(v for v, _ in MIGRATIONS)
+
+
+async def truncate_read_model(conn: asyncpg.Connection) -> None:
+    """Empty the projection (and its positions) so replaying the streams rebuilds it."""
+    await conn.execute(f"TRUNCATE {', '.join(READ_MODEL_TABLES)}")

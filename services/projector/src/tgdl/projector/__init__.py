@@ -1,0 +1,1 @@
+"""tgdl projector."""

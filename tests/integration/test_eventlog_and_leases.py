@@ -1,0 +1,56 @@
+"""The event log's optimistic concurrency and the leases' compare-and-set, on real NATS."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from tgdl.bus.eventlog import ConcurrentAppend, EventLog
+from tgdl.bus.leases import Leases
+from tgdl.bus.topology import QueuePolicy, ensure_topology
+from tgdl.contracts.events import BatchCancelled, PermitGranted
+from tgdl.contracts.subjects import Names
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+@pytest.fixture
+async def js(nc, isolation):
+    js = nc.jetstream()
+    await ensure_topology(js, Names(isolation.namespace), QueuePolicy())
+    return js
+
+
+async def test_append_rejects_a_stale_expected_sequence(js, isolation):
+    log = EventLog(js, Names(isolation.namespace))
+    first = PermitGranted(batch_id="b1", at=NOW, message_id=1, job_id="b1:1")
+    seq = await log.append("b1", [first], expected_last_seq=0)
+    # another writer appends to another batch: b1's expectation must still hold
+    await log.append("b2", [first.model_copy(update={"batch_id": "b2"})], 0)
+    seq = await log.append("b1", [first.model_copy(update={"message_id": 2})], seq)
+    with pytest.raises(ConcurrentAppend):
+        await log.append("b1", [BatchCancelled(batch_id="b1", at=NOW, stopped=[])], seq - 2)
+    with pytest.raises(ConcurrentAppend):
+        await log.append("b1", [first], expected_last_seq=0)  # "new batch" but it exists
+    events, last = await log.load("b1")
+    assert [e.message_id for e in events] == [1, 2]
+    assert last == seq
+    assert await log.load("missing") == ([], 0)
+    everything = [e async for _, e in log.read_all()]
+    assert [e.batch_id for e in everything] == ["b1", "b2", "b1"]
+
+
+async def test_one_lease_per_message_and_every_party_is_told(js, isolation):
+    leases = await Leases.open(js, Names(isolation.namespace))
+    a = await leases.acquire(7, "A:7", "A")
+    b = await leases.acquire(7, "B:7", "B")
+    assert (a.job_id, a.attached) == ("A:7", False)
+    assert (b.job_id, b.attached) == ("A:7", True)
+    left = await leases.leave(7, "A")
+    assert left is not None and left.parties == ["B"]
+    assert await leases.release(7, "B:7") is None  # not the lease's job: stale
+    assert await leases.release(7, "A:7") == ["B"]
+    assert await leases.get(7) is None
+    c = await leases.acquire(7, "C:7", "C")  # free again after release
+    assert (c.job_id, c.attached) == ("C:7", False)
