@@ -19,6 +19,11 @@ class CommonSettings(BaseSettings):
     namespace: str = Field(default="tgdl", pattern=r"^[A-Za-z0-9_-]+$")
     media_root: Path = Path("./media")
 
+    # The download queue (JetStream consumer shared by every downloader replica).
+    ack_wait: float = Field(default=30.0, gt=0, lt=60)  # seconds without a heartbeat
+    max_deliver: int = Field(default=6, ge=1)  # attempts before a job ends as failed
+    global_cap: int = Field(default=8, ge=1)  # downloads in flight across all batches
+
     @property
     def names(self) -> Names:
         return Names(self.namespace)
