@@ -15,7 +15,8 @@ MAX_IDS_DEFAULT = 50
 class BatchDownloadRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    message_ids: list[int] = Field(min_length=1, max_length=MAX_IDS_DEFAULT)
+    # The upper bound (default 50) is a setting, checked by the gateway and orchestrator.
+    message_ids: list[int] = Field(min_length=1)
     force: bool = False
     max_concurrent: int = Field(default=3, ge=1, le=5)
 

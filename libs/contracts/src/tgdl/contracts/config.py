@@ -18,6 +18,7 @@ class CommonSettings(BaseSettings):
     db_schema: str = Field(default="tgdl", pattern=r"^[a-z_][a-z0-9_]*$")
     namespace: str = Field(default="tgdl", pattern=r"^[A-Za-z0-9_-]+$")
     media_root: Path = Path("./media")
+    max_batch_ids: int = Field(default=50, ge=1, le=1000)  # files per batch request
 
     # The download queue (JetStream consumer shared by every downloader replica).
     ack_wait: float = Field(default=30.0, gt=0, lt=60)  # seconds without a heartbeat
