@@ -49,8 +49,11 @@ async def test_one_lease_per_message_and_every_party_is_told(js, isolation):
     assert (b.job_id, b.attached) == ("A:7", True)
     left = await leases.leave(7, "A")
     assert left is not None and left.parties == ["B"]
-    assert await leases.release(7, "B:7") is None  # not the lease's job: stale
-    assert await leases.release(7, "A:7") == ["B"]
+    assert await leases.end(7, "B:7", "completed") is None  # not the lease's job: stale
+    assert await leases.end(7, "A:7", "completed") == ["B"]
+    assert await leases.leave(7, "B") is not None  # an ended job's parties are frozen
+    assert (await leases.get(7))[0].parties == ["B"]
+    await leases.release(7, "A:7")
     assert await leases.get(7) is None
     c = await leases.acquire(7, "C:7", "C")  # free again after release
     assert (c.job_id, c.attached) == ("C:7", False)

@@ -3,17 +3,23 @@
 Key ``str(message_id)`` in the leases bucket holds a `Lease`: the job downloading the
 message and the parties (batch ids) waiting for it. All changes are compare-and-set on
 the entry's revision, so concurrent orchestrators and downloaders never lose a party.
+
+A lease whose parties all left tells its downloader to stop. A job ends in two steps:
+`end` freezes the parties (no one can join an ended job), the downloader publishes the
+outcome to them, then `release` deletes the lease.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from dataclasses import dataclass
 
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from tgdl.contracts.jobs import Lease
+from tgdl.contracts.jobs import Lease, OutcomeStatus
 from tgdl.contracts.subjects import Names
 
 
@@ -21,6 +27,10 @@ from tgdl.contracts.subjects import Names
 class Acquired:
     job_id: str
     attached: bool  # True: another job already downloads it; we wait for its outcome
+
+
+class LeaseBusy(Exception):
+    """An ended job's lease was not handed over in time (its downloader died mid-way)."""
 
 
 class Leases:
@@ -40,56 +50,78 @@ class Leases:
             return None
         return Lease.model_validate_json(entry.value), entry.revision
 
-    async def acquire(self, message_id: int, job_id: str, party: str) -> Acquired:
+    async def _put(self, message_id: int, lease: Lease, revision: int | None) -> None:
+        data = lease.model_dump_json().encode()
+        if revision is None:
+            await self.kv.create(str(message_id), data)
+        else:
+            await self.kv.update(str(message_id), data, last=revision)
+
+    async def acquire(
+        self, message_id: int, job_id: str, party: str, patience: float = 90.0
+    ) -> Acquired:
         """Own the message for `job_id`, or join the job already downloading it."""
+        deadline = time.monotonic() + patience
         while True:
             current = await self.get(message_id)
             try:
                 if current is None:
-                    lease = Lease(job_id=job_id, parties=[party])
-                    await self.kv.create(str(message_id), lease.model_dump_json().encode())
+                    await self._put(message_id, Lease(job_id=job_id, parties=[party]), None)
                     return Acquired(job_id, attached=False)
                 lease, revision = current
+                if lease.ended is not None:
+                    # the job is handing over its outcome; it will be gone in a moment
+                    if time.monotonic() > deadline:
+                        raise LeaseBusy(f"message {message_id}: job {lease.job_id} ended")
+                    await asyncio.sleep(0.05)
+                    continue
                 if party not in lease.parties:
-                    lease = lease.model_copy(update={"parties": [*lease.parties, party]})
-                    await self.kv.update(
-                        str(message_id), lease.model_dump_json().encode(), last=revision
-                    )
+                    joined = lease.model_copy(update={"parties": [*lease.parties, party]})
+                    await self._put(message_id, joined, revision)
                 return Acquired(lease.job_id, attached=lease.job_id != job_id)
             except KeyWrongLastSequenceError:
                 continue  # raced with another writer: read again
 
     async def leave(self, message_id: int, party: str) -> Lease | None:
-        """Stop waiting for the message; returns the lease left behind (None if gone).
-        A lease with no parties tells its downloader to stop (see the downloader)."""
+        """Stop waiting for the message; returns the lease left behind (None if gone)."""
         while True:
             current = await self.get(message_id)
             if current is None:
                 return None
             lease, revision = current
-            if party not in lease.parties:
+            if party not in lease.parties or lease.ended is not None:
                 return lease
-            lease = lease.model_copy(
-                update={"parties": [p for p in lease.parties if p != party]}
-            )
+            left = lease.model_copy(update={"parties": [p for p in lease.parties if p != party]})
             try:
-                await self.kv.update(
-                    str(message_id), lease.model_dump_json().encode(), last=revision
-                )
-                return lease
+                await self._put(message_id, left, revision)
+                return left
             except KeyWrongLastSequenceError:
                 continue
 
-    async def release(self, message_id: int, job_id: str) -> list[str] | None:
-        """The job ended: drop its lease and return the parties that waited for it.
-        None if the lease belongs to another job (this one was stale)."""
+    async def end(self, message_id: int, job_id: str, status: OutcomeStatus) -> list[str] | None:
+        """Mark the job ended and return the parties to tell (frozen from now on).
+        None when the lease belongs to another job: this one was stale."""
         while True:
             current = await self.get(message_id)
             if current is None or current[0].job_id != job_id:
                 return None
             lease, revision = current
+            if lease.ended is not None:
+                return lease.parties  # a previous delivery of this job got this far
             try:
-                await self.kv.delete(str(message_id), last=revision)
+                await self._put(message_id, lease.model_copy(update={"ended": status}), revision)
                 return lease.parties
             except KeyWrongLastSequenceError:
-                continue  # a party joined or left meanwhile: report the newest list
+                continue
+
+    async def release(self, message_id: int, job_id: str) -> None:
+        """Delete the ended job's lease: the message is free for the next request."""
+        while True:
+            current = await self.get(message_id)
+            if current is None or current[0].job_id != job_id:
+                return
+            try:
+                await self.kv.delete(str(message_id), last=current[1])
+                return
+            except KeyWrongLastSequenceError:
+                continue

@@ -10,6 +10,8 @@ from pydantic import BaseModel, ConfigDict
 from tgdl.contracts.catalog import CatalogEntry
 from tgdl.contracts.errors import ErrorCode
 
+OutcomeStatus = Literal["completed", "failed", "cancelled"]
+
 
 class DownloadJob(BaseModel):
     """Download one message's media. Published on `Names.download_jobs` with
@@ -28,6 +30,10 @@ class Lease(BaseModel):
 
     job_id: str
     parties: list[str]
+    # Set by the downloader when the job has ended, before it publishes the outcome and
+    # deletes the lease: a downloader that crashes in between finds it on redelivery and
+    # completes the hand-over, so no waiting party is ever forgotten.
+    ended: OutcomeStatus | None = None
 
 
 ProgressState = Literal["starting", "downloading", "waiting", "retrying"]
@@ -48,9 +54,6 @@ class DownloadProgress(BaseModel):
     wait_seconds: int | None = None  # state "waiting": flood wait still to sit out
     attempt: int = 1
     at: datetime
-
-
-OutcomeStatus = Literal["completed", "failed", "cancelled"]
 
 
 class DownloadOutcome(BaseModel):

@@ -1,0 +1,3 @@
+from tgdl.orchestrator.app import main
+
+main()

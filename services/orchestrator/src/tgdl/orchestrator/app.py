@@ -1,0 +1,188 @@
+"""Orchestrator process wiring: NATS subscriptions in, handlers out. Nothing else."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+
+from nats.aio.msg import Msg
+from nats.js.errors import NotFoundError
+from pydantic import BaseModel, ValidationError
+
+from tgdl.bus.eventlog import EventLog
+from tgdl.bus.leases import Leases
+from tgdl.bus.topology import QueuePolicy, connect, ensure_topology
+from tgdl.contracts.commands import (
+    CancelBatch,
+    CancelSingle,
+    CommandReply,
+    Rejection,
+    StartBatch,
+)
+from tgdl.contracts.errors import ErrorCode, Failure
+from tgdl.contracts.jobs import DownloadJob, DownloadOutcome
+from tgdl.db.connection import connect as db_connect
+from tgdl.db.connection import create_pool
+from tgdl.db.schema import migrate
+from tgdl.orchestrator.batch import BatchState, evolve, initial_state
+from tgdl.orchestrator.handlers import Orchestrator, Rejected
+from tgdl.orchestrator.repository import BatchRepository
+from tgdl.orchestrator.settings import OrchestratorSettings
+
+log = logging.getLogger("tgdl.orchestrator")
+
+Handler = Callable[[BaseModel], Awaitable[BaseModel]]
+
+
+def command_handlers(orch: Orchestrator) -> dict[str, tuple[type[BaseModel], Handler]]:
+    names = orch.names
+    return {
+        names.cmd_batch_start: (StartBatch, orch.start_batch),
+        names.cmd_batch_cancel: (CancelBatch, orch.cancel_batch),
+        names.cmd_single_cancel: (CancelSingle, orch.cancel_single),
+    }
+
+
+async def answer(msg: Msg, model: type[BaseModel], handler: Handler) -> None:
+    try:
+        reply = CommandReply(ok=await handler(model.model_validate_json(msg.data)))
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()
+        )
+        reply = CommandReply(rejected=Rejection(status=422, error="invalid_command",
+                                                detail=problems))
+    except Rejected as exc:
+        reply = CommandReply(rejected=exc.rejection)
+    except Exception:
+        log.exception("command on %s failed", msg.subject)
+        reply = CommandReply(rejected=Rejection(
+            status=500, error="internal_error", detail="the orchestrator failed to handle it",
+            suggestion="retry; if it persists, check the orchestrator logs",
+        ))
+    if msg.reply:
+        await msg.respond(reply.model_dump_json(exclude_none=True).encode())
+
+
+async def replay_all(log_: EventLog) -> dict[str, tuple[BatchState, int]]:
+    states: dict[str, tuple[BatchState, int]] = {}
+    async for seq, event in log_.read_all():
+        state, _ = states.get(event.batch_id, (initial_state, 0))
+        states[event.batch_id] = (evolve(state, event), seq)
+    return {b: s for b, s in states.items() if not s[0].closed}
+
+
+class OrchestratorService:
+    def __init__(self, settings: OrchestratorSettings) -> None:
+        self.settings = settings
+        self.names = settings.names
+        self._tasks: set[asyncio.Task] = set()
+
+    def _spawn(self, coro: Awaitable) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        s = self.settings
+        conn = await db_connect(s.database_url, s.db_schema)
+        try:
+            await migrate(conn, s.db_schema)
+        finally:
+            await conn.close()
+        nc = await connect(s.nats_url, s.replica)
+        js = nc.jetstream()
+        await ensure_topology(js, self.names, QueuePolicy(
+            ack_wait=s.ack_wait, max_deliver=s.max_deliver, global_cap=s.global_cap))
+        pool = await create_pool(s.database_url, s.db_schema)
+        event_log = EventLog(js, self.names)
+        orch = Orchestrator(s, js, BatchRepository(event_log), await Leases.open(js, self.names),
+                            pool)
+        self.orch = orch
+        open_batches = await orch.recover(await replay_all(event_log))
+        log.info("recovered %d open batches", open_batches)
+
+        for subject, (model, handler) in command_handlers(orch).items():
+            async def on_command(msg: Msg, model=model, handler=handler) -> None:
+                self._spawn(answer(msg, model, handler))
+            await nc.subscribe(subject, queue="orchestrator", cb=on_command)
+
+        async def on_max_deliveries(msg: Msg) -> None:
+            self._spawn(self._job_gave_up(js, orch, msg))
+        await nc.subscribe(self.names.max_deliveries_advisory(), cb=on_max_deliveries)
+
+        outcomes = asyncio.create_task(self._consume_outcomes(js, orch, stop))
+        try:
+            await stop.wait()
+        finally:
+            outcomes.cancel()
+            await asyncio.gather(outcomes, return_exceptions=True)
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await nc.drain()
+            await pool.close()
+
+    async def _consume_outcomes(self, js, orch: Orchestrator, stop: asyncio.Event) -> None:
+        sub = await js.pull_subscribe_bind(
+            self.names.orchestrator_outcomes_consumer, stream=self.names.outcomes_stream
+        )
+        while not stop.is_set():
+            try:
+                msgs = await sub.fetch(batch=32, timeout=1.0)
+            except TimeoutError:
+                continue
+            for msg in msgs:
+                try:
+                    await orch.on_outcome(DownloadOutcome.model_validate_json(msg.data))
+                except ValidationError:
+                    log.error("dropping malformed outcome on %s", msg.subject)
+                    await msg.term()
+                    continue
+                except Exception:
+                    log.exception("outcome on %s failed; will retry", msg.subject)
+                    await msg.nak(delay=1.0)
+                    continue
+                await msg.ack()
+
+    async def _job_gave_up(self, js, orch: Orchestrator, msg: Msg) -> None:
+        """JetStream stopped redelivering a job (its downloaders kept dying): fail it."""
+        try:
+            seq = int(json.loads(msg.data)["stream_seq"])
+            raw = await js.get_msg(self.names.jobs_stream, seq)
+        except (KeyError, ValueError, NotFoundError):
+            return
+        job = DownloadJob.model_validate_json(raw.data)
+        m = job.entry.message_id
+        parties = await orch.leases.end(m, job.job_id, "failed")
+        if parties is not None:
+            failure = Failure.of(
+                ErrorCode.worker_lost,
+                f"the downloader stopped {self.settings.max_deliver} times while on this file",
+            )
+            outcome = DownloadOutcome(
+                job_id=job.job_id, message_id=m, status="failed", parties=parties,
+                error=failure.error, detail=failure.detail, suggestion=failure.suggestion,
+                at=datetime.now(UTC),
+            )
+            await js.publish(self.names.file_done(m), outcome.model_dump_json().encode(),
+                             stream=self.names.outcomes_stream,
+                             headers={"Nats-Msg-Id": f"{job.job_id}:done"})
+            await orch.leases.release(m, job.job_id)
+        await js.delete_msg(self.names.jobs_stream, seq)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    settings = OrchestratorSettings()
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await OrchestratorService(settings).run(stop)
+
+    asyncio.run(run())

@@ -1,0 +1,69 @@
+"""Batches as the orchestrator sees them: a cache of folded event logs.
+
+The cache is only a cache: any entry can be rebuilt by replaying the batch's subject, and
+a concurrent append by another replica makes us drop the entry and decide again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import Callable
+
+from tgdl.bus.eventlog import ConcurrentAppend, EventLog
+from tgdl.contracts.events import BatchEvent
+from tgdl.orchestrator.batch import BatchState, Command, decide, fold, initial_state
+
+MAX_CONFLICT_RETRIES = 8
+
+
+class BatchRepository:
+    def __init__(self, log: EventLog) -> None:
+        self._log = log
+        self._cache: dict[str, tuple[BatchState, int]] = {}
+        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+
+    async def load(self, batch_id: str) -> tuple[BatchState, int]:
+        cached = self._cache.get(batch_id)
+        if cached is not None:
+            return cached
+        events, last_seq = await self._log.load(batch_id)
+        state = fold(events) if events else initial_state
+        self._remember(batch_id, state, last_seq)
+        return state, last_seq
+
+    def _remember(self, batch_id: str, state: BatchState, last_seq: int) -> None:
+        if state.closed:
+            # finished batches leave memory; a later query replays them from the log
+            self._cache.pop(batch_id, None)
+            self._locks.pop(batch_id, None)
+        elif state.exists:
+            self._cache[batch_id] = (state, last_seq)
+
+    def prime(self, batch_id: str, state: BatchState, last_seq: int) -> None:
+        self._remember(batch_id, state, last_seq)
+
+    def open_batches(self) -> list[BatchState]:
+        return [state for state, _ in self._cache.values()]
+
+    async def execute(
+        self, batch_id: str, command: Command | Callable[[BatchState], Command | None]
+    ) -> tuple[list[BatchEvent], BatchState, BatchState]:
+        """Decide and append; returns (events, state before, state after). A callable
+        builds the command from the current state (re-run after a conflict)."""
+        async with self._locks[batch_id]:
+            for _ in range(MAX_CONFLICT_RETRIES):
+                before, last_seq = await self.load(batch_id)
+                cmd = command(before) if callable(command) else command
+                events = decide(cmd, before) if cmd is not None else []
+                if not events:
+                    return [], before, before
+                try:
+                    new_seq = await self._log.append(batch_id, events, last_seq)
+                except ConcurrentAppend:
+                    self._cache.pop(batch_id, None)  # another replica wrote: reload
+                    continue
+                after = fold(events, before)
+                self._remember(batch_id, after, new_seq)
+                return events, before, after
+        raise ConcurrentAppend(batch_id)

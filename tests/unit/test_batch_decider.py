@@ -1,0 +1,170 @@
+"""The batch rules, fed commands and checked by the events they produce (no broker)."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from datetime import UTC, datetime
+
+import pytest
+
+from tgdl.contracts.api import StartFailure
+from tgdl.contracts.catalog import CatalogEntry, MediaKind
+from tgdl.contracts.errors import ErrorCode, Failure
+from tgdl.contracts.events import (
+    AlreadyDownloaded,
+    BatchCancelled,
+    BatchFinished,
+    BatchStarted,
+    FileCompleted,
+    FileFailed,
+    JobDispatched,
+    PermitGranted,
+)
+from tgdl.orchestrator.batch import (
+    BatchState,
+    Cancel,
+    FileState,
+    Finish,
+    MarkDispatched,
+    Reconcile,
+    Start,
+    decide,
+    fold,
+    initial_state,
+)
+
+AT = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def entry(m: int) -> CatalogEntry:
+    return CatalogEntry(message_id=m, chat="c", telegram_message_id=100 + m,
+                        media_kind=MediaKind.photo, file_name=f"{m}.jpg", size=1000)
+
+
+def start(ids: list[int], max_concurrent: int = 3, done: list[int] = (), refused: list[int] = ()):
+    return Start(
+        batch_id="b", kind="batch", max_concurrent=max_concurrent, force=False,
+        requested_ids=[*ids, *done, *refused], to_download=[entry(m) for m in ids],
+        already_downloaded=[AlreadyDownloaded(message_id=m, file_path=f"/m/{m}",
+                                              relative_path=f"{m}", size=1000) for m in done],
+        failed_to_start=[StartFailure(message_id=m, error=ErrorCode.message_not_found,
+                                      detail="x", suggestion="y") for m in refused],
+        already_downloading=[], at=AT,
+    )
+
+
+def run(state: BatchState, cmd) -> tuple[list, BatchState]:
+    events = decide(cmd, state)
+    return events, fold(events, state)
+
+
+def done(m: int, status: str = "completed") -> Finish:
+    if status == "completed":
+        return Finish(message_id=m, job_id=f"b:{m}", status=status, at=AT,
+                      file_path=f"/m/{m}", relative_path=f"{m}", size=1000)
+    return Finish(message_id=m, job_id=f"b:{m}", status=status, at=AT,
+                  failure=Failure.of(ErrorCode.message_deleted, "gone"))
+
+
+def test_start_grants_exactly_max_concurrent_permits_in_request_order():
+    events, s = run(initial_state, start([5, 3, 9, 1, 7], max_concurrent=3))
+    assert isinstance(events[0], BatchStarted)
+    assert [(type(e), e.message_id) for e in events[1:]] == [
+        (PermitGranted, 5), (PermitGranted, 3), (PermitGranted, 9)]
+    assert s.running == [5, 3, 9]
+    assert s.in_state(FileState.pending) == [1, 7]
+
+
+def test_a_finished_file_hands_its_permit_to_the_next_pending_file():
+    _, s = run(initial_state, start([1, 2, 3, 4], max_concurrent=2))
+    events, s = run(s, done(1))
+    assert [type(e) for e in events] == [FileCompleted, PermitGranted]
+    assert events[1].message_id == 3
+    events, s = run(s, done(2, "failed"))
+    assert [type(e) for e in events] == [FileFailed, PermitGranted]
+    assert events[0].error is ErrorCode.message_deleted  # reason survives
+    assert s.running == [3, 4]
+
+
+def test_batch_finishes_once_with_plain_status():
+    _, s = run(initial_state, start([1, 2], max_concurrent=2, done=[3], refused=[4]))
+    _, s = run(s, done(1))
+    events, s = run(s, done(2))
+    assert isinstance(events[-1], BatchFinished)
+    assert (events[-1].overall_status, events[-1].completed, events[-1].failed) == (
+        "failed", 3, 1)  # some failed, others completed: counted, not hidden
+    assert s.closed
+    assert decide(done(2), s) == [] and decide(Reconcile(at=AT), s) == []
+
+
+def test_nothing_to_download_finishes_at_start():
+    events, s = run(initial_state, start([], done=[1, 2]))
+    assert [type(e) for e in events] == [BatchStarted, BatchFinished]
+    assert events[-1].overall_status == "completed" and s.closed
+
+
+def test_cancel_stops_pending_and_running_and_keeps_completed():
+    _, s = run(initial_state, start([1, 2, 3, 4, 5], max_concurrent=2))
+    _, s = run(s, done(1))
+    events, s = run(s, Cancel(at=AT))
+    assert events == [BatchCancelled(batch_id="b", at=AT, stopped=[2, 3, 4, 5])]
+    assert s.files[1] is FileState.completed
+    assert s.closed and decide(Cancel(at=AT), s) == []
+    assert decide(done(2), s) == []  # late outcomes change nothing
+    assert decide(Reconcile(at=AT), s) == []
+
+
+def test_outcomes_for_files_without_permit_or_twice_are_ignored():
+    _, s = run(initial_state, start([1, 2, 3], max_concurrent=1))
+    assert decide(done(3), s) == []  # not granted yet
+    _, s = run(s, done(1))
+    assert decide(done(1), s) == []  # already completed
+
+
+def test_dispatch_is_recorded_once_and_attaching_keeps_the_other_job():
+    _, s = run(initial_state, start([1, 2], max_concurrent=2))
+    events, s = run(s, MarkDispatched(message_id=1, job_id="other:1", attached=True, at=AT))
+    assert events == [JobDispatched(batch_id="b", at=AT, message_id=1, job_id="other:1",
+                                    attached=True)]
+    assert s.jobs[1] == "other:1" and s.undispatched == [2]
+    assert decide(MarkDispatched(message_id=1, job_id="x", attached=False, at=AT), s) == []
+
+
+def test_reconcile_fills_free_slots_after_a_partial_append():
+    _, s = run(initial_state, start([1, 2, 3], max_concurrent=2))
+    # a crash appended FileCompleted but not the PermitGranted that followed it
+    s = fold([FileCompleted(batch_id="b", at=AT, message_id=1, job_id="b:1", file_path="p",
+                            relative_path="r", size=1)], s)
+    events, s = run(s, Reconcile(at=AT))
+    assert [(type(e), e.message_id) for e in events] == [(PermitGranted, 3)]
+    assert decide(Reconcile(at=AT), s) == []
+
+
+def test_start_is_refused_for_an_existing_batch():
+    _, s = run(initial_state, start([1]))
+    assert decide(start([2]), s) == []
+
+
+@pytest.mark.parametrize("max_concurrent", [1, 2, 3, 5])
+@pytest.mark.parametrize("seed", range(20))
+def test_permits_never_exceed_max_concurrent_and_every_file_ends(max_concurrent, seed):
+    """Random orders of outcomes and a random cancel: the invariants always hold."""
+    rnd = random.Random(seed)
+    ids = list(range(1, rnd.randint(1, 12) + 1))
+    _, s = run(initial_state, start(ids, max_concurrent=max_concurrent))
+    granted: list[int] = [m for m in s.running]
+    cancel_at = rnd.choice([None, *range(len(ids))])
+    for step in itertools.count():
+        assert len(s.running) <= max_concurrent
+        if s.closed:
+            break
+        if step == cancel_at:
+            _, s = run(s, Cancel(at=AT))
+            continue
+        m = rnd.choice(s.running)
+        events, s = run(s, done(m, rnd.choice(["completed", "failed"])))
+        granted += [e.message_id for e in events if isinstance(e, PermitGranted)]
+    assert len(granted) == len(set(granted))  # no file granted twice
+    assert all(st in (FileState.completed, FileState.failed, FileState.cancelled)
+               for st in s.files.values())
