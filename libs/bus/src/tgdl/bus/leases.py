@@ -5,7 +5,7 @@ message and the parties (batch ids) waiting for it. All changes are compare-and-
 the entry's revision, so concurrent orchestrators and downloaders never lose a party.
 
 A lease whose parties all left tells its downloader to stop. A job ends in two steps:
-`end` freezes the parties (no one can join an ended job), the downloader publishes the
+`end` records the outcome and freezes the parties, the downloader publishes the
 outcome to them, then `release` deletes the lease.
 """
 
@@ -19,7 +19,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from tgdl.contracts.jobs import Lease, OutcomeStatus
+from tgdl.contracts.jobs import DownloadOutcome, Lease
 from tgdl.contracts.subjects import Names
 
 
@@ -69,7 +69,7 @@ class Leases:
                     await self._put(message_id, Lease(job_id=job_id, parties=[party]), None)
                     return Acquired(job_id, attached=False)
                 lease, revision = current
-                if lease.ended is not None:
+                if lease.outcome is not None:
                     # the job is handing over its outcome; it will be gone in a moment
                     if time.monotonic() > deadline:
                         raise LeaseBusy(f"message {message_id}: job {lease.job_id} ended")
@@ -89,7 +89,7 @@ class Leases:
             if current is None:
                 return None
             lease, revision = current
-            if party not in lease.parties or lease.ended is not None:
+            if party not in lease.parties or lease.outcome is not None:
                 return lease
             left = lease.model_copy(update={"parties": [p for p in lease.parties if p != party]})
             try:
@@ -98,19 +98,23 @@ class Leases:
             except KeyWrongLastSequenceError:
                 continue
 
-    async def end(self, message_id: int, job_id: str, status: OutcomeStatus) -> list[str] | None:
-        """Mark the job ended and return the parties to tell (frozen from now on).
-        None when the lease belongs to another job: this one was stale."""
+    async def end(self, outcome: DownloadOutcome) -> DownloadOutcome | None:
+        """Record how the job ended and freeze its parties (no one can join or leave an
+        ended job). Returns the outcome addressed to those parties, or None when the
+        lease belongs to another job: this one was stale."""
         while True:
-            current = await self.get(message_id)
-            if current is None or current[0].job_id != job_id:
+            current = await self.get(outcome.message_id)
+            if current is None or current[0].job_id != outcome.job_id:
                 return None
             lease, revision = current
-            if lease.ended is not None:
-                return lease.parties  # a previous delivery of this job got this far
+            if lease.outcome is not None:
+                return lease.outcome  # a previous delivery of this job got this far
+            addressed = outcome.model_copy(update={"parties": lease.parties})
             try:
-                await self._put(message_id, lease.model_copy(update={"ended": status}), revision)
-                return lease.parties
+                await self._put(
+                    outcome.message_id, lease.model_copy(update={"outcome": addressed}), revision
+                )
+                return addressed
             except KeyWrongLastSequenceError:
                 continue
 

@@ -24,18 +24,6 @@ class DownloadJob(BaseModel):
     force: bool = False
 
 
-class Lease(BaseModel):
-    """Value in the leases bucket under key ``str(message_id)``: at most one job per
-    message at a time, and the parties (batch ids) that wait for its outcome."""
-
-    job_id: str
-    parties: list[str]
-    # Set by the downloader when the job has ended, before it publishes the outcome and
-    # deletes the lease: a downloader that crashes in between finds it on redelivery and
-    # completes the hand-over, so no waiting party is ever forgotten.
-    ended: OutcomeStatus | None = None
-
-
 ProgressState = Literal["starting", "downloading", "waiting", "retrying"]
 
 
@@ -72,3 +60,15 @@ class DownloadOutcome(BaseModel):
     detail: str | None = None
     suggestion: str | None = None
     at: datetime
+
+
+class Lease(BaseModel):
+    """Value in the leases bucket under key ``str(message_id)``: at most one job per
+    message at a time, and the parties (batch ids) that wait for its outcome."""
+
+    job_id: str
+    parties: list[str]
+    # Set by the downloader when the job has ended, before it publishes the outcome and
+    # deletes the lease: a downloader that crashes in between finds it on redelivery and
+    # completes the hand-over, so no waiting party is ever forgotten.
+    outcome: DownloadOutcome | None = None

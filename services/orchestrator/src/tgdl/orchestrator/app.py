@@ -156,17 +156,15 @@ class OrchestratorService:
             return
         job = DownloadJob.model_validate_json(raw.data)
         m = job.entry.message_id
-        parties = await orch.leases.end(m, job.job_id, "failed")
-        if parties is not None:
-            failure = Failure.of(
-                ErrorCode.worker_lost,
-                f"the downloader stopped {self.settings.max_deliver} times while on this file",
-            )
-            outcome = DownloadOutcome(
-                job_id=job.job_id, message_id=m, status="failed", parties=parties,
-                error=failure.error, detail=failure.detail, suggestion=failure.suggestion,
-                at=datetime.now(UTC),
-            )
+        failure = Failure.of(
+            ErrorCode.worker_lost,
+            f"the downloader stopped {self.settings.max_deliver} times while on this file",
+        )
+        outcome = await orch.leases.end(DownloadOutcome(
+            job_id=job.job_id, message_id=m, status="failed", error=failure.error,
+            detail=failure.detail, suggestion=failure.suggestion, at=datetime.now(UTC),
+        ))
+        if outcome is not None:
             await js.publish(self.names.file_done(m), outcome.model_dump_json().encode(),
                              stream=self.names.outcomes_stream,
                              headers={"Nats-Msg-Id": f"{job.job_id}:done"})

@@ -1,0 +1,3 @@
+from tgdl.downloader.app import main
+
+main()

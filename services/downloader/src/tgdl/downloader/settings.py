@@ -1,0 +1,19 @@
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from tgdl.contracts.config import CommonSettings
+
+
+class DownloaderSettings(CommonSettings):
+    telegram: Literal["sim", "telethon"] = "sim"
+    sim_url: str = "http://127.0.0.1:8100"
+    replica: str = "downloader"
+    account: str = "default"  # replicas sharing an account share its flood waits
+    slots: int = Field(default=4, ge=1, le=64)  # downloads at once in this replica
+    progress_interval: float = Field(default=0.25, gt=0)  # seconds between progress messages
+    retry_base_delay: float = Field(default=1.0, ge=0)  # back-off before a retry: base * 2^n
+    retry_max_delay: float = Field(default=30.0, ge=0)
+    max_flood_wait: int = Field(default=3600, ge=0)  # longer waits fail the file instead

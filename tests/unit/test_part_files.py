@@ -1,0 +1,65 @@
+"""The .part rules: resume aligned, verify size, rename atomically, nothing half-final."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tgdl.downloader.files import (
+    PartWriter,
+    SizeMismatch,
+    discard_part,
+    is_complete,
+    part_path,
+    resume_offset,
+)
+from tgdl.downloader.meter import Meter
+
+KIB = 1024
+
+
+def test_resume_offset_rounds_down_to_the_request_size(tmp_path: Path):
+    part = tmp_path / "f.part"
+    assert resume_offset(part, 512 * KIB) == 0
+    part.write_bytes(b"x" * (512 * KIB * 3 + 100))
+    assert resume_offset(part, 512 * KIB) == 512 * KIB * 3
+    assert resume_offset(part, 4 * KIB) == 512 * KIB * 3 + 0  # 100 bytes torn off
+
+
+def test_writer_resumes_at_offset_and_commits_only_the_right_size(tmp_path: Path):
+    final = tmp_path / "photos" / "1_2_a.jpg"
+    w = PartWriter(final, 0)
+    w.write(b"a" * 10 + b"garbage")
+    w.close()
+    w = PartWriter(final, 10)  # the torn tail is cut off before appending
+    w.write(b"b" * 5)
+    assert not final.exists()
+    w.commit(15)
+    assert final.read_bytes() == b"a" * 10 + b"b" * 5
+    assert not part_path(final).exists()
+    assert is_complete(final, 15) and not is_complete(final, 16)
+
+
+def test_short_file_is_never_renamed(tmp_path: Path):
+    final = tmp_path / "v.mp4"
+    w = PartWriter(final, 0)
+    w.write(b"x" * 9)
+    with pytest.raises(SizeMismatch):
+        w.commit(10)
+    assert not final.exists() and part_path(final).stat().st_size == 9
+    discard_part(final)
+    assert not part_path(final).exists()
+
+
+def test_meter_reports_window_speed_and_eta():
+    m = Meter(total=1000, start=100, now=0.0, window=3.0)
+    assert m.speed == 0 and m.eta is None
+    m.add(100, 1.0)
+    m.add(100, 2.0)
+    assert m.speed == 100 and m.eta == 7
+    m.restart(60.0)  # a long pause is not slowness
+    m.add(200, 61.0)
+    assert m.speed == 200 and m.eta == 3  # 500 left at 200 B/s, rounded up
+    m.add(500, 62.0)
+    assert m.eta == 0
