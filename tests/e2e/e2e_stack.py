@@ -1,0 +1,152 @@
+"""The e2e stack: every service as its own OS process, on the session's real servers.
+
+The `stack` fixture (conftest.py) starts the simulated Telegram, the orchestrator, the
+projector, the gateway and two downloader replicas for one test (its own namespace, schema
+and media folder). `Stack` offers the few verbs the tests speak in. Service logs land in
+the test's tmp folder and are printed when a test fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tgdl.contracts.subjects import Names
+from tgdl.simtelegram import client as sim_client
+from tgdl.simtelegram.catalog import demo_catalog
+from tgdl.simtelegram.settings import SimSettings
+
+# Small files and a modest per-connection bandwidth: downloads last long enough to be seen
+# in flight and short enough for the suite to stay quick.
+SIM_ENV = {
+    "TGDL_SIM_COUNT": "80",
+    "TGDL_SIM_MIN_SIZE": "300000",
+    "TGDL_SIM_MAX_SIZE": "2500000",
+    "TGDL_SIM_BANDWIDTH": "2500000",
+    "TGDL_SIM_LATENCY": "0.02",
+}
+
+
+async def until(predicate: Callable[[], Any], within: float = 20.0, every: float = 0.05,
+                what: str = "condition") -> Any:
+    """Await `predicate()` (sync or async) becoming truthy; its value, or TimeoutError."""
+    deadline = time.monotonic() + within
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not reached within {within} s")
+        await asyncio.sleep(every)
+
+
+@dataclass
+class Service:
+    name: str
+    process: subprocess.Popen
+    log: Path
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+@dataclass
+class Stack:
+    env: dict[str, str]
+    workdir: Path
+    media_root: Path
+    names: Names
+    database_url: str
+    schema: str
+    sim_url: str = ""
+    http: httpx.AsyncClient | None = None
+    services: dict[str, Service] = field(default_factory=dict)
+
+    # --- processes ----------------------------------------------------------------------
+    def spawn(self, name: str, module: str, **extra: str) -> Service:
+        log = self.workdir / f"{name}.log"
+        env = {**os.environ, **self.env, **extra}
+        process = subprocess.Popen(
+            [sys.executable, "-m", module], env=env, stdout=log.open("ab"),
+            stderr=subprocess.STDOUT, cwd=self.workdir,
+        )
+        service = Service(name, process, log)
+        self.services[name] = service
+        return service
+
+    def kill(self, name: str) -> None:
+        self.services[name].stop(signal.SIGKILL)
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"----- {s.name} -----\n{s.log.read_text(errors='replace')[-4000:]}"
+            for s in self.services.values() if s.log.exists()
+        )
+
+    def stop_all(self) -> None:
+        for service in reversed(list(self.services.values())):
+            service.stop()
+
+    # --- the simulated Telegram ---------------------------------------------------------
+    def sim_messages(self):
+        settings = SimSettings(**{k[len("TGDL_SIM_"):].lower(): v for k, v in SIM_ENV.items()})
+        return demo_catalog(settings.count, settings.min_size, settings.max_size, settings.seed)
+
+    def media_ids(self, n: int, min_size: int = 0) -> list[int]:
+        """`n` ids of healthy messages (media, not deleted, reachable)."""
+        ids = [m.message_id for m in self.sim_messages()
+               if m.media_kind is not None and not m.deleted and not m.forbidden
+               and (m.size or 0) >= min_size]
+        assert len(ids) >= n, f"the test catalog has only {len(ids)} such messages"
+        return ids[:n]
+
+    async def sim_stats(self) -> dict[str, Any]:
+        return await sim_client.stats(self.sim_url)
+
+    async def until_serving(self, count: int, within: float = 10.0) -> dict[str, Any]:
+        return await sim_client.until_serving(self.sim_url, count, within)
+
+    # --- the HTTP API -------------------------------------------------------------------
+    async def start_batch(self, ids: list[int], max_concurrent: int = 3,
+                          force: bool = False) -> dict[str, Any]:
+        r = await self.http.post("/api/media/batch-download", json={
+            "message_ids": ids, "max_concurrent": max_concurrent, "force": force})
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    async def status(self, batch_id: str) -> dict[str, Any]:
+        r = await self.http.get(f"/api/media/batch-status/{batch_id}")
+        assert r.status_code in (200, 404), r.text
+        return r.json() if r.status_code == 200 else {}
+
+    async def cancel(self, batch_id: str) -> dict[str, Any]:
+        r = await self.http.post(f"/api/media/batch-cancel/{batch_id}")
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    async def until_finished(self, batch_id: str, within: float = 60.0) -> dict[str, Any]:
+        async def finished():
+            body = await self.status(batch_id)
+            return body if body.get("finished") else None
+        return await until(finished, within, every=0.2, what=f"{batch_id} finished")
+
+

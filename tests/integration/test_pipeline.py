@@ -1,0 +1,112 @@
+"""Orchestrator and downloaders in-process on real NATS and PostgreSQL, driven over NATS
+exactly as any client program would (request/reply commands, public subjects)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from sim_helpers import running_sim
+
+from tgdl.bus.eventlog import EventLog
+from tgdl.contracts.commands import CancelBatch, CommandReply, StartBatch
+from tgdl.contracts.events import BatchFinished, FileCompleted
+from tgdl.contracts.subjects import Names
+from tgdl.db import catalog as catalog_db
+from tgdl.db.connection import connect as db_connect
+from tgdl.db.schema import migrate
+from tgdl.downloader.app import serve as serve_downloader
+from tgdl.downloader.settings import DownloaderSettings
+from tgdl.orchestrator.app import OrchestratorService
+from tgdl.orchestrator.settings import OrchestratorSettings
+from tgdl.simtelegram import client as sim_client
+from tgdl.simtelegram.content import expected_sha256
+from tgdl.simtelegram.settings import SimSettings
+
+SIM = SimSettings(bandwidth=3_000_000, latency=0.0, count=30, min_size=200_000,
+                  max_size=1_500_000)
+
+
+async def until(predicate, within: float = 20.0, what: str = "condition"):
+    deadline = time.monotonic() + within
+    while not (value := await predicate()):
+        if time.monotonic() > deadline:
+            raise TimeoutError(what)
+        await asyncio.sleep(0.05)
+    return value
+
+
+@pytest.fixture
+async def pipeline(servers, isolation, nc) -> AsyncIterator[dict]:
+    common = dict(nats_url=servers.nats_url, database_url=servers.database_url,
+                  namespace=isolation.namespace, db_schema=isolation.schema,
+                  media_root=isolation.media_root, ack_wait=3.0)
+    async with running_sim(SIM) as sim_url:
+        conn = await db_connect(servers.database_url, isolation.schema)
+        await migrate(conn, isolation.schema)
+        entries = await sim_client.fetch_catalog(sim_url)
+        await catalog_db.upsert(conn, entries)
+        await conn.close()
+        stop = asyncio.Event()
+        orchestrator = OrchestratorService(OrchestratorSettings(**common))
+        tasks = [asyncio.create_task(orchestrator.run(stop))]
+        for i in range(2):
+            tasks.append(asyncio.create_task(serve_downloader(
+                DownloaderSettings(**common, sim_url=sim_url, replica=f"d{i}"), stop)))
+        names = Names(isolation.namespace)
+
+        async def ready():
+            with contextlib.suppress(Exception):
+                info = await nc.jetstream().consumer_info(names.jobs_stream,
+                                                          names.downloader_consumer)
+                return info.num_waiting >= 2 and hasattr(orchestrator, "orch")
+        await until(ready, what="services ready")
+        try:
+            yield {"sim_url": sim_url, "names": names, "entries": entries,
+                   "media": isolation.media_root}
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks)
+
+
+async def command(nc, subject: str, body) -> CommandReply:
+    msg = await nc.request(subject, body.model_dump_json().encode(), timeout=10)
+    return CommandReply.model_validate_json(msg.data)
+
+
+async def test_a_batch_over_nats_downloads_every_file_within_its_permits(pipeline, nc):
+    names: Names = pipeline["names"]
+    healthy = [e for e in pipeline["entries"] if e.media_kind and e.chat == "sim_demo"][:6]
+    reply = await command(nc, names.cmd_batch_start, StartBatch(
+        message_ids=[e.message_id for e in healthy], max_concurrent=2))
+    assert reply.ok is not None, reply.rejected
+    batch_id = reply.ok.batch_id
+    log = EventLog(nc.jetstream(), names)
+
+    async def finished():
+        events, _ = await log.load(batch_id)
+        return events if isinstance(events[-1], BatchFinished) else None
+    events = await until(finished, 60, "batch finished")
+    stats = await sim_client.stats(pipeline["sim_url"])
+    assert stats["max_serving"] <= 2
+    completed = [e for e in events if isinstance(e, FileCompleted)]
+    assert len(completed) == 6
+    for e in completed:
+        data = Path(e.file_path).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == expected_sha256(e.message_id, e.size)
+
+
+async def test_commands_are_validated_and_unknown_batches_refused(pipeline, nc):
+    names: Names = pipeline["names"]
+    reply = await command(nc, names.cmd_batch_cancel, CancelBatch(batch_id="batch_nothere"))
+    assert reply.rejected and reply.rejected.status == 404
+    raw = await nc.request(names.cmd_batch_start, b'{"message_ids": []}', timeout=10)
+    rejected = CommandReply.model_validate_json(raw.data).rejected
+    assert rejected and rejected.status == 422 and "message_ids" in rejected.detail
+    too_many = StartBatch(message_ids=list(range(1, 52)))
+    assert (await command(nc, names.cmd_batch_start, too_many)).rejected.status == 422
