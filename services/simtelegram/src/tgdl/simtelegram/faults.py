@@ -1,0 +1,114 @@
+"""Faults a test or demo injects into the simulated Telegram (``POST /faults``).
+
+Each fault targets a catalog ``message_id`` and is consumed by the next content
+requests for that message: ``times`` requests answer a flood wait, or see their stream
+cut after ``after_bytes`` bytes, or are told their file reference expired.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict, deque
+from typing import Any, Self
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class _Fault(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    message_id: int = Field(ge=1)
+    times: int = Field(default=1, ge=1, le=10_000)
+
+
+class FloodWaitFault(_Fault):
+    seconds: int = Field(ge=1, le=86_400)
+
+
+class DropFault(_Fault):
+    after_bytes: int = Field(ge=0)
+
+
+class ExpireReferenceFault(_Fault):
+    """Content requests answer 400 ``file_reference_expired`` until the client refetches."""
+
+
+class FaultRequest(BaseModel):
+    """Body of ``POST /faults``: any combination of faults; each kind takes one object or
+    a list of them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    flood_wait: list[FloodWaitFault] = Field(default_factory=list)
+    drop: list[DropFault] = Field(default_factory=list)
+    expire_reference: list[ExpireReferenceFault] = Field(default_factory=list)
+    delete: list[int] = Field(default_factory=list)  # message ids deleted from now on
+    bandwidth: int | None = Field(default=None, ge=0)  # bytes/s per connection, 0 = unlimited
+    latency: float | None = Field(default=None, ge=0, le=60)
+
+    @field_validator("flood_wait", "drop", "expire_reference", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, dict) else value
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Self:
+        if not self.model_fields_set:
+            raise ValueError("name at least one fault")
+        return self
+
+    def message_ids(self) -> set[int]:
+        """Every message id the request refers to (each must exist in the catalog)."""
+        faults: list[_Fault] = [*self.flood_wait, *self.drop, *self.expire_reference]
+        return set(self.delete) | {fault.message_id for fault in faults}
+
+
+class Faults:
+    """Pending faults; every `take_*` consumes one occurrence."""
+
+    def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        self._flood: defaultdict[int, deque[int]] = defaultdict(deque)  # seconds per request
+        self._drop: defaultdict[int, deque[int]] = defaultdict(deque)  # after_bytes per request
+        self._expired: defaultdict[int, int] = defaultdict(int)
+        self.deleted: set[int] = set()
+        self.bandwidth: int | None = None
+        self.latency: float | None = None
+
+    def add(self, request: FaultRequest) -> None:
+        for flood in request.flood_wait:
+            self._flood[flood.message_id].extend([flood.seconds] * flood.times)
+        for drop in request.drop:
+            self._drop[drop.message_id].extend([drop.after_bytes] * drop.times)
+        for expiry in request.expire_reference:
+            self._expired[expiry.message_id] += expiry.times
+        self.deleted.update(request.delete)
+        if request.bandwidth is not None:
+            self.bandwidth = request.bandwidth
+        if request.latency is not None:
+            self.latency = request.latency
+
+    def take_flood_wait(self, message_id: int) -> int | None:
+        pending = self._flood.get(message_id)
+        return pending.popleft() if pending else None
+
+    def take_drop(self, message_id: int) -> int | None:
+        pending = self._drop.get(message_id)
+        return pending.popleft() if pending else None
+
+    def take_expired_reference(self, message_id: int) -> bool:
+        if self._expired.get(message_id, 0) <= 0:
+            return False
+        self._expired[message_id] -= 1
+        return True
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "flood_wait": {str(m): list(q) for m, q in sorted(self._flood.items()) if q},
+            "drop": {str(m): list(q) for m, q in sorted(self._drop.items()) if q},
+            "expire_reference": {str(m): n for m, n in sorted(self._expired.items()) if n},
+            "deleted": sorted(self.deleted),
+            "bandwidth": self.bandwidth,
+            "latency": self.latency,
+        }

@@ -1,0 +1,53 @@
+"""What the simulated Telegram is serving: open content streams and what they sent.
+
+Tests and benchmarks read these numbers (``GET /stats``) to check concurrency limits,
+resumes and cancellation from the outside, as Telegram itself would see them.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+
+class ServingStats:
+    def __init__(self) -> None:
+        self._serving: Counter[int] = Counter()  # message id -> open content responses
+        self.max_serving = 0
+        self.requests: Counter[int] = Counter()  # content requests per message id
+        self.bytes_sent: Counter[int] = Counter()
+
+    @property
+    def serving(self) -> int:
+        return self._serving.total()
+
+    def requested(self, message_id: int) -> None:
+        self.requests[message_id] += 1
+
+    def opened(self, message_id: int) -> None:
+        self._serving[message_id] += 1
+        self.max_serving = max(self.max_serving, self.serving)
+
+    def closed(self, message_id: int) -> None:
+        self._serving[message_id] -= 1
+        if self._serving[message_id] <= 0:
+            del self._serving[message_id]
+
+    def sent(self, message_id: int, size: int) -> None:
+        self.bytes_sent[message_id] += size
+
+    def reset(self) -> None:
+        """Forget counters and the maximum; streams still open stay counted."""
+        self.max_serving = self.serving
+        self.requests.clear()
+        self.bytes_sent.clear()
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "serving": self.serving,
+            "max_serving": self.max_serving,
+            "serving_ids": sorted(self._serving.elements()),
+            "requests": {str(m): n for m, n in sorted(self.requests.items())},
+            "bytes_sent": self.bytes_sent.total(),
+            "bytes_sent_by_id": {str(m): n for m, n in sorted(self.bytes_sent.items())},
+        }
