@@ -24,7 +24,7 @@ _DEFAULT_EXT = {
     MediaKind.voice: ".ogg",
     MediaKind.document: ".bin",
 }
-_UNSAFE = re.compile(r'[\x00-\x1f\x7f/\\:*?"<>|]')
+_UNSAFE = re.compile(r'[\x00-\x1f\x7f/\\:*?"<>|#%]')  # also # and %: they break URLs
 
 
 def extension_for(mime_type: str | None, kind: MediaKind) -> str:
