@@ -1,0 +1,255 @@
+"""The Telegram account: interactive login, and syncing a chat's media into the catalog.
+
+`login` stores a StringSession in `TGDL_SESSION_FILE` (owner-only). `sync_chat` reads a
+chat's history with Telethon and adds the messages that carry media to the catalog,
+allocating our own stable message ids; it continues where the previous sync stopped.
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from telethon import TelegramClient, errors, utils
+from telethon.sessions import StringSession
+from telethon.tl import types
+
+from tgdl.contracts.catalog import CatalogEntry
+from tgdl.contracts.config import CommonSettings
+from tgdl.db import catalog
+from tgdl.db.connection import connect
+from tgdl.db.schema import migrate
+from tgdl.downloader.telegram.telethon import (
+    PeerResolver,
+    TelegramSettings,
+    TelegramSetupError,
+    api_credentials,
+    build_client,
+    chat_ref,
+    classify,
+    client_options,
+    describe_media,
+    write_session,
+)
+
+log = logging.getLogger("tgdl.account")
+
+PAGE = 100  # messages per write; Telethon fetches history 100 at a time too
+_ID_LOCK = "tgdl-catalog-message-ids"  # serializes id allocation between syncs
+# A sync is a one-off command nobody waits on closely: sit out flood waits up to this long
+# (Telethon sleeps them inside the request) rather than fail halfway.
+SYNC_FLOOD_SLEEP = 300
+
+
+class SyncError(RuntimeError):
+    """The chat cannot be synced (unknown, no access); the message says why."""
+
+
+class AccountSettings(CommonSettings, TelegramSettings):
+    """Database and Telegram account settings (all from ``TGDL_*``)."""
+
+
+@dataclass(frozen=True)
+class SyncReport:
+    chat: str  # the chat as stored in the catalog
+    scanned: int  # messages read from Telegram in this run
+    added: int  # catalog rows that did not exist before
+    newest_telegram_id: int  # the newest message synced so far (next run starts after it)
+
+    def __str__(self) -> str:
+        return (f"{self.scanned} messages read, {self.added} added to the catalog as "
+                f"{self.chat!r}, newest message {self.newest_telegram_id}")
+
+
+# --- login -----------------------------------------------------------------------------------
+
+
+async def login(
+    settings: TelegramSettings,
+    ask: Callable[[str], str] = input,
+    ask_secret: Callable[[str], str] = getpass.getpass,
+    client: TelegramClient | None = None,
+) -> Path:
+    """Log in interactively (phone, code, then the 2FA password if the account has one)
+    and store the session. An existing, still valid session is kept as is."""
+    api_id, api_hash = api_credentials(settings)
+    path = settings.session_file.expanduser()
+    if client is None:
+        client = TelegramClient(_stored_session(path), api_id, api_hash, **client_options())
+    try:
+        await client.start(
+            phone=lambda: ask("Phone number (international format, e.g. +441234567890): "),
+            code_callback=lambda: ask("Login code sent by Telegram: "),
+            password=lambda: ask_secret("Two-step verification password: "),
+            max_attempts=3,
+        )
+        write_session(path, client.session.save())
+    finally:
+        await client.disconnect()
+    return path
+
+
+def _stored_session(path: Path) -> StringSession:
+    """The session to continue from: the stored one if it is readable, else a new one."""
+    try:
+        return StringSession(path.read_text().strip() or None)
+    except (OSError, ValueError):
+        return StringSession()
+
+
+# --- sync ------------------------------------------------------------------------------------
+
+
+async def sync_chat(
+    settings: TelegramSettings,
+    chat: str,
+    limit: int | None,
+    client: TelegramClient | None = None,
+    conn: asyncpg.Connection | None = None,
+    *,
+    page_wait: float | None = None,
+) -> SyncReport:
+    """Add the chat's media messages to the catalog (`settings`: AccountSettings, or
+    TelegramSettings with the database taken from the environment).
+
+    First sync with a `limit`: the newest `limit` messages. Otherwise every message newer
+    than the last sync, oldest first and committed page by page, so an interrupted or
+    limited run leaves no gap: the next run continues right after what was stored.
+    `page_wait`: seconds between history requests (None: Telethon's pacing, which waits
+    1 s per page on long histories to stay clear of flood limits).
+    """
+    own_client = client is None
+    if client is None:
+        client = build_client(settings)
+    own_conn = conn is None
+    if conn is None:
+        # The database comes from AccountSettings, or from TGDL_* when only the Telegram
+        # settings were given.
+        db = settings if isinstance(settings, CommonSettings) else CommonSettings()
+        conn = await connect(db.database_url, db.db_schema)
+        await migrate(conn, db.db_schema)
+    flood_sleep = client.flood_sleep_threshold
+    client.flood_sleep_threshold = SYNC_FLOOD_SLEEP
+    try:
+        if not client.is_connected():
+            await client.connect()
+        if not await client.is_user_authorized():
+            raise TelegramSetupError("The Telegram session is not logged in: run `tgdl login`.")
+        return await _sync(client, conn, chat, limit, page_wait)
+    finally:
+        client.flood_sleep_threshold = flood_sleep
+        if own_conn:
+            await conn.close()
+        if own_client:
+            await client.disconnect()
+
+
+def _cannot_read(chat: str, exc: Exception) -> SyncError:
+    reason = classify(exc, resolving=True)
+    return SyncError(f"Cannot sync {chat!r}: {reason}")
+
+
+async def _sync(
+    client: TelegramClient, conn: asyncpg.Connection, chat: str, limit: int | None,
+    page_wait: float | None,
+) -> SyncReport:
+    try:
+        peer = await PeerResolver(client).input_peer(chat)
+    except (ValueError, errors.RPCError) as exc:
+        raise _cannot_read(chat, exc) from exc
+    key = catalog_chat(chat, peer)
+    newest = await conn.fetchval("SELECT newest_telegram_id FROM chat_sync WHERE chat = $1", key)
+    latest_only = newest is None and limit is not None
+    if latest_only:
+        messages = client.iter_messages(peer, limit=limit, wait_time=page_wait)  # newest first
+    else:
+        messages = client.iter_messages(peer, limit=limit, min_id=newest or 0, reverse=True,
+                                        wait_time=page_wait)
+
+    scanned = added = 0
+    top = newest or 0
+    page: list[Any] = []
+
+    async def flush() -> None:
+        nonlocal added, page
+        # `latest_only` writes its mark at the end: it reads newest first, so a mark
+        # written halfway would hide the older messages it has not stored yet.
+        added += await _store(conn, key, page, None if latest_only else top)
+        page = []
+
+    try:
+        async for message in messages:
+            scanned += 1
+            top = max(top, message.id)
+            page.append(message)
+            if len(page) >= PAGE:
+                await flush()
+    except errors.RPCError as exc:
+        raise _cannot_read(chat, exc) from exc  # what was stored so far stays stored
+    await flush()
+    if latest_only and scanned:
+        await _store(conn, key, [], top)
+    log.info("synced %s: %d messages read, %d added, newest %d", key, scanned, added, top)
+    return SyncReport(chat=key, scanned=scanned, added=added, newest_telegram_id=top)
+
+
+def catalog_chat(chat: str, peer: Any) -> str:
+    """How the catalog names a chat: its public username when it was given by one, else
+    its marked numeric id (what Telethon accepts back in both cases)."""
+    ref = chat_ref(chat)
+    if isinstance(ref, str) and not utils.parse_phone(ref):
+        username, is_invite = utils.parse_username(ref)
+        if username and not is_invite:
+            return username
+    return str(utils.get_peer_id(peer))
+
+
+async def _store(
+    conn: asyncpg.Connection, chat: str, messages: Sequence[Any], newest: int | None
+) -> int:
+    """Upsert the media messages of one page and advance the chat's mark, atomically.
+    Existing rows keep their message_id; new ones get max(message_id) + 1, ... under a
+    lock, so ids stay unique and stable across chats and concurrent syncs."""
+    with_media = [
+        (m, info) for m in messages
+        if not isinstance(m, types.MessageService)  # joins, pins, ...: nothing to download
+        and (info := describe_media(m.media)) is not None
+    ]
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", _ID_LOCK)
+        known = {
+            r["telegram_message_id"]: r["message_id"]
+            for r in await conn.fetch(
+                "SELECT telegram_message_id, message_id FROM catalog"
+                " WHERE chat = $1 AND telegram_message_id = ANY($2::bigint[])",
+                chat, [m.id for m, _ in with_media],
+            )
+        }
+        next_id = await conn.fetchval("SELECT COALESCE(max(message_id), 0) + 1 FROM catalog")
+        entries = []
+        for message, info in sorted(with_media, key=lambda pair: pair[0].id):
+            message_id = known.get(message.id)
+            if message_id is None:
+                message_id, next_id = next_id, next_id + 1
+            entries.append(CatalogEntry(
+                message_id=message_id, chat=chat, telegram_message_id=message.id,
+                media_kind=info.kind, file_name=info.file_name, mime_type=info.mime_type,
+                size=info.size, date=message.date, caption=message.message or None,
+            ))
+        if entries:
+            await catalog.upsert(conn, entries)
+        if newest is not None:
+            await conn.execute(
+                """INSERT INTO chat_sync (chat, newest_telegram_id) VALUES ($1, $2)
+                   ON CONFLICT (chat) DO UPDATE SET
+                     newest_telegram_id = GREATEST(chat_sync.newest_telegram_id,
+                                                   EXCLUDED.newest_telegram_id),
+                     synced_at = now()""",
+                chat, newest,
+            )
+    return len(with_media) - len(known)

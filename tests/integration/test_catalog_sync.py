@@ -1,0 +1,281 @@
+"""`tgdl login` and `tgdl sync`: Telethon's real client against a scripted Telegram, the
+catalog in the real PostgreSQL."""
+
+from __future__ import annotations
+
+import stat
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+from fakes.telegram_server import TelegramServer, content
+from telethon.tl import functions, types
+
+from tgdl.contracts.catalog import CatalogEntry, MediaKind
+from tgdl.db.catalog import get_many
+from tgdl.db.connection import connect
+from tgdl.db.schema import migrate
+from tgdl.downloader.telegram.telethon import (
+    TelegramSettings,
+    TelegramSetupError,
+    TelethonTelegram,
+    build_client,
+    client_options,
+)
+from tgdl.launcher.account import AccountSettings, SyncError, login, sync_chat
+
+
+@pytest.fixture
+def server() -> TelegramServer:
+    return TelegramServer()
+
+
+@pytest.fixture
+async def db(servers, isolation) -> AsyncIterator[asyncpg.Connection]:
+    conn = await connect(servers.database_url, isolation.schema)
+    await migrate(conn, isolation.schema)
+    yield conn
+    await conn.execute(f'DROP SCHEMA "{isolation.schema}" CASCADE')
+    await conn.close()
+
+
+@pytest.fixture
+def settings(servers, isolation, tmp_path: Path) -> AccountSettings:
+    return AccountSettings(
+        database_url=servers.database_url, db_schema=isolation.schema,
+        api_id=12345, api_hash="0" * 32, session_file=tmp_path / "tg" / "telegram.session",
+    )
+
+
+@pytest.fixture
+async def client(server: TelegramServer) -> AsyncIterator:
+    c = server.client(server.logged_in_session(), **client_options())
+    yield c
+    await c.disconnect()
+
+
+async def rows(conn: asyncpg.Connection) -> list[dict]:
+    records = await conn.fetch(
+        "SELECT message_id, chat, telegram_message_id, media_kind, file_name, size, caption"
+        " FROM catalog ORDER BY message_id")
+    return [dict(r) for r in records]
+
+
+# --- sync ------------------------------------------------------------------------------------
+
+
+async def test_sync_adds_media_messages_and_a_second_run_adds_nothing(
+    server, client, db, settings
+):
+    news = server.add_channel("news")
+    doc = server.post_document(news, content(3000, 1), file_name="a.pdf",
+                               mime_type="application/pdf", text="the report")
+    server.post_text(news, "no media here")
+    photo = server.post_photo(news, content(9000, 2))
+    voice = server.post_document(
+        news, content(800, 3), mime_type="audio/ogg",
+        attributes=[types.DocumentAttributeAudio(duration=2, voice=True)])
+    gone = server.post_document(news, content(100, 4))
+    server.delete(news, gone)
+
+    report = await sync_chat(settings, "@news", None, client=client, conn=db, page_wait=0)
+
+    assert (report.chat, report.scanned, report.added, report.newest_telegram_id) == (
+        "news", 4, 3, voice)
+    assert await rows(db) == [
+        {"message_id": 1, "chat": "news", "telegram_message_id": doc, "media_kind": "document",
+         "file_name": "a.pdf", "size": 3000, "caption": "the report"},
+        {"message_id": 2, "chat": "news", "telegram_message_id": photo, "media_kind": "photo",
+         "file_name": None, "size": 9000, "caption": None},
+        {"message_id": 3, "chat": "news", "telegram_message_id": voice, "media_kind": "voice",
+         "file_name": None, "size": 800, "caption": None},
+    ]
+
+    again = await sync_chat(settings, "news", None, client=client, conn=db, page_wait=0)
+
+    assert (again.scanned, again.added, again.newest_telegram_id) == (0, 0, voice)
+    assert len(await rows(db)) == 3
+
+
+async def test_new_messages_are_picked_up_incrementally(server, client, db, settings):
+    news = server.add_channel("news")
+    server.post_document(news, content(100, "old"))
+    first = await sync_chat(settings, "news", None, client=client, conn=db, page_wait=0)
+    newer = server.post_document(news, content(200, "new"), file_name="new.zip")
+    server.post_text(news, "chatter")
+    asked_before = len(server.requests(functions.messages.GetHistoryRequest))
+
+    report = await sync_chat(settings, "news", None, client=client, conn=db, page_wait=0)
+
+    assert (report.scanned, report.added) == (2, 1)
+    assert report.newest_telegram_id == newer + 1
+    history = server.requests(functions.messages.GetHistoryRequest)[asked_before:]
+    assert history[0].request.offset_id == first.newest_telegram_id + 1  # started after it
+    assert [(r["message_id"], r["telegram_message_id"]) for r in await rows(db)] == [
+        (1, 1), (2, newer)]
+
+
+async def test_message_ids_are_unique_and_stable_across_chats(server, client, db, settings):
+    news, blog = server.add_channel("news"), server.add_channel("blog")
+    for n in range(3):
+        server.post_document(news, content(10, f"n{n}"))
+        server.post_document(blog, content(10, f"b{n}"))
+    await sync_chat(settings, "news", None, client=client, conn=db, page_wait=0)
+    await sync_chat(settings, "blog", None, client=client, conn=db, page_wait=0)
+    before = {(r["chat"], r["telegram_message_id"]): r["message_id"] for r in await rows(db)}
+    late = server.post_document(news, content(10, "late"))
+
+    await sync_chat(settings, "news", None, client=client, conn=db, page_wait=0)
+
+    after = {(r["chat"], r["telegram_message_id"]): r["message_id"] for r in await rows(db)}
+    assert sorted(before.values()) == [1, 2, 3, 4, 5, 6]
+    assert {k: after[k] for k in before} == before  # existing ids never change
+    assert after[("news", late)] == 7
+
+
+async def test_a_limited_first_sync_takes_the_latest_and_later_runs_leave_no_gap(
+    server, client, db, settings
+):
+    news = server.add_channel("news")
+    ids = [server.post_document(news, content(10, n)) for n in range(5)]
+
+    latest = await sync_chat(settings, "news", 2, client=client, conn=db, page_wait=0)
+    assert (latest.scanned, latest.newest_telegram_id) == (2, ids[-1])
+    assert {r["telegram_message_id"] for r in await rows(db)} == set(ids[-2:])
+
+    new = [server.post_document(news, content(10, f"new{n}")) for n in range(3)]
+    limited = await sync_chat(settings, "news", 2, client=client, conn=db, page_wait=0)
+    assert limited.newest_telegram_id == new[1]  # oldest new ones first: no gap behind
+    rest = await sync_chat(settings, "news", None, client=client, conn=db, page_wait=0)
+    assert (rest.scanned, rest.newest_telegram_id) == (1, new[2])
+    assert {r["telegram_message_id"] for r in await rows(db)} == set(ids[-2:] + new)
+
+
+async def test_long_histories_are_read_in_pages(server, client, db, settings):
+    news = server.add_channel("news")
+    media = set()
+    for n in range(230):
+        if n % 3:
+            server.post_text(news, f"text {n}")
+        else:
+            media.add(server.post_document(news, content(10, n)))
+
+    report = await sync_chat(settings, "news", None, client=client, conn=db, page_wait=0)
+
+    assert (report.scanned, report.added) == (230, len(media))
+    assert {r["telegram_message_id"] for r in await rows(db)} == media
+    assert len(server.requests(functions.messages.GetHistoryRequest)) >= 3
+
+
+async def test_a_private_chat_is_stored_by_its_numeric_id(server, client, db, settings):
+    hidden = server.add_channel(None, title="No public name")
+    server.post_photo(hidden, content(20_000, "p"))
+
+    chat = str(hidden.marked_id)
+    report = await sync_chat(settings, chat, None, client=client, conn=db, page_wait=0)
+
+    assert report.chat == chat and report.added == 1
+    # ... and the downloader finds the message again from that name.
+    stored = (await rows(db))[0]
+    port = TelethonTelegram(server.client(server.logged_in_session(), **client_options()))
+    await port.start()
+    try:
+        entry = (await get_many(db, [stored["message_id"]]))[stored["message_id"]]
+        media = await port.resolve(entry)
+    finally:
+        await port.close()
+    assert (media.kind, media.size) == (MediaKind.photo, 20_000)
+
+
+@pytest.mark.parametrize(("make", "reason"), [
+    (lambda s: "no_such_channel", "does not know"),
+    (lambda s: s.add_channel("secret", forbidden=True).username, "refused access"),
+])
+async def test_a_chat_that_cannot_be_read_is_a_clear_error(
+    server, client, db, settings, make, reason
+):
+    chat = make(server)
+    with pytest.raises(SyncError, match=reason):
+        await sync_chat(settings, chat, None, client=client, conn=db, page_wait=0)
+    assert await rows(db) == []
+
+
+async def test_sync_with_only_telegram_settings_takes_the_database_from_the_environment(
+    server, client, db, servers, isolation, monkeypatch, tmp_path: Path
+):
+    monkeypatch.setenv("TGDL_DATABASE_URL", servers.database_url)
+    monkeypatch.setenv("TGDL_DB_SCHEMA", isolation.schema)
+    news = server.add_channel("news")
+    server.post_document(news, content(10, "env"))
+
+    report = await sync_chat(TelegramSettings(session_file=tmp_path / "unused"), "news", None,
+                             client=client, page_wait=0)
+
+    assert report.added == 1 and len(await rows(db)) == 1
+    assert "1 added" in str(report)
+
+
+async def test_sync_needs_a_logged_in_session(server, db, settings):
+    logged_out = server.client(None, **client_options())
+    with pytest.raises(TelegramSetupError, match="tgdl login"):
+        await sync_chat(settings, "news", None, client=logged_out, conn=db, page_wait=0)
+    await logged_out.disconnect()
+
+
+# --- login -----------------------------------------------------------------------------------
+
+
+class Prompts:
+    """Answers the login prompts in order; remembers what was asked."""
+
+    def __init__(self, *answers: str) -> None:
+        self.answers = list(answers)
+        self.asked: list[str] = []
+
+    def __call__(self, prompt: str) -> str:
+        self.asked.append(prompt)
+        return self.answers.pop(0)
+
+
+async def test_login_with_two_step_verification_stores_an_owner_only_session(
+    server, settings
+):
+    server.account.password = "correct horse"
+    server.account.phone_dc = 4  # the account lives in DC 4: Telegram says PHONE_MIGRATE_4
+    ask = Prompts(server.account.phone, "99999", server.account.code)  # one wrong code
+    ask_secret = Prompts("wrong", "correct horse")
+
+    path = await login(settings, ask=ask, ask_secret=ask_secret,
+                       client=server.client(None, **client_options()))
+
+    assert path == settings.session_file
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert len(ask.asked) == 3 and len(ask_secret.asked) == 2
+    assert [r.dc_id for r in server.requests(functions.auth.SendCodeRequest)] == [2, 4]
+    # The stored session is a logged-in account in DC 4: the downloader can use it.
+    news = server.add_channel("news")
+    telegram_id = server.post_document(news, content(4096, "after-login"))
+    port = TelethonTelegram(build_client(settings, client_class=server.client_class()))
+    await port.start()
+    try:
+        media = await port.resolve(CatalogEntry(message_id=1, chat="news",
+                                                telegram_message_id=telegram_id))
+        assert media.size == 4096
+        assert {r.dc_id for r in server.requests(functions.channels.GetMessagesRequest)} == {4}
+    finally:
+        await port.close()
+
+    # Logging in again with a valid session asks nothing and keeps it.
+    stored = path.read_text()
+    again = await login(settings, ask=Prompts(), ask_secret=Prompts(),
+                        client=server.client(stored, **client_options()))
+    assert again == path and path.read_text() == stored
+
+
+async def test_login_without_api_credentials_names_the_variables(tmp_path: Path):
+    settings = TelegramSettings(api_id=None, api_hash=None, session_file=tmp_path / "s")
+    with pytest.raises(TelegramSetupError, match="TGDL_API_ID and TGDL_API_HASH"):
+        await login(settings, ask=Prompts(), ask_secret=Prompts())
+    assert not (tmp_path / "s").exists()
