@@ -3,13 +3,17 @@ real PostgreSQL (PyPI `pgserver`), with their data under one folder, on free por
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
+
+from tgdl.launcher.lifeline import die_with_parent
 
 
 def free_port() -> int:
@@ -61,10 +65,17 @@ def start_nats(data_dir: Path, port: int | None = None, sync_always: bool = True
             ]
         )
     )
-    log = open(data_dir / "nats.log", "ab")
-    process = subprocess.Popen(
-        [nats_server_binary(), "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT
-    )
+    with open(data_dir / "nats.log", "ab") as log:
+        # Own session: a Ctrl-C at the terminal reaches only the launcher, which stops
+        # nats-server after the services that use it.
+        process = subprocess.Popen(
+            [nats_server_binary(), "-c", str(conf)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=die_with_parent(),
+        )
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -75,6 +86,7 @@ def start_nats(data_dir: Path, port: int | None = None, sync_always: bool = True
         except OSError:
             time.sleep(0.05)
     process.kill()
+    process.wait()
     raise RuntimeError("nats-server did not start within 20 s")
 
 
@@ -89,8 +101,29 @@ class EmbeddedPostgres:
 
 def start_postgres(data_dir: Path) -> EmbeddedPostgres:
     """Start (or reattach to) PostgreSQL 16 with its cluster under `data_dir`."""
-    import pgserver  # imported lazily: only the embedded default needs it
+    with warnings.catch_warnings():
+        # pgserver keeps its lock in the user's runtime folder; without XDG_RUNTIME_DIR
+        # (containers, CI) platformdirs warns and falls back to /tmp, which is fine.
+        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")
+        import pgserver  # imported lazily: only the embedded default needs it
 
     data_dir.mkdir(parents=True, exist_ok=True)
+    _forget_dead_handles(data_dir)
     server = pgserver.get_server(data_dir, cleanup_mode="stop")
     return EmbeddedPostgres(server, server.get_uri())
+
+
+def _forget_dead_handles(data_dir: Path) -> None:
+    """pgserver stops the server when its last user lets go, counting users in a pid
+    list inside the data folder. A user that was killed never lets go, and the server
+    would then outlive every later run; drop such pids first."""
+    import psutil
+
+    handles = data_dir / ".handle_pids.json"
+    try:
+        pids = json.loads(handles.read_text())
+    except (OSError, ValueError):
+        return
+    alive = [pid for pid in pids if isinstance(pid, int) and psutil.pid_exists(pid)]
+    if alive != pids:
+        handles.write_text(json.dumps(alive))

@@ -1,0 +1,118 @@
+"""The `tgdl` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from tgdl.launcher.plan import ConfigError
+
+DESCRIPTION = """\
+tgdl downloads the media of Telegram messages in batches, with live progress, through
+event-sourced services over NATS JetStream and PostgreSQL.
+
+Without TGDL_NATS_URL / TGDL_DATABASE_URL, commands start an embedded nats-server and
+PostgreSQL with their data in TGDL_HOME (default ./.tgdl), for as long as they run."""
+
+EPILOG = """\
+common settings (environment):
+  TGDL_HOME            data folder of the embedded servers (default ./.tgdl)
+  TGDL_NATS_URL        use this NATS server instead of the embedded one
+  TGDL_DATABASE_URL    use this PostgreSQL instead of the embedded one
+  TGDL_HTTP_PORT       port of the web page and API (default 8000)
+  TGDL_DOWNLOADERS     downloader replicas started by `tgdl run` (default 2)
+  TGDL_API_ID, TGDL_API_HASH
+                       a Telegram application's credentials (https://my.telegram.org)
+The README lists every setting."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tgdl", description=DESCRIPTION, epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    commands.add_parser(
+        "run", help="run everything in the foreground (Ctrl-C stops it)",
+        description="Start the servers (embedded unless given), the gateway, orchestrator, "
+        "projector and downloaders, and the simulated Telegram unless an account is "
+        "logged in. Prints where to click once the web page answers.",
+    )
+    commands.add_parser(
+        "migrate", help="create or update the database schema and the NATS streams",
+    )
+    commands.add_parser(
+        "rebuild-read-model", help="rebuild the PostgreSQL read model from the NATS streams",
+        description="Empty the read model and replay the batch events, download outcomes "
+        "and progress into it. Stop `tgdl run` (or the projector service) first: the "
+        "read model has one writer at a time.",
+    )
+    commands.add_parser(
+        "login", help="log in to Telegram with TGDL_API_ID / TGDL_API_HASH",
+        description="Ask for the phone number and code, and store the session file "
+        "(TGDL_SESSION_FILE, default <TGDL_HOME>/telegram.session). Afterwards `tgdl run` "
+        "downloads with this account instead of the simulated Telegram.",
+    )
+    sync = commands.add_parser(
+        "sync", help="list a chat's messages into the catalog (needs `tgdl login`)",
+    )
+    sync.add_argument("chat", help="chat username (e.g. @channel), invite link or numeric id")
+    sync.add_argument("--limit", type=int, default=None, metavar="N",
+                      help="only the N newest messages (default: all)")
+    commands.add_parser(
+        "seed-demo", help="fill the catalog with the simulated Telegram's messages",
+    )
+    return parser
+
+
+async def _dispatch(args: argparse.Namespace) -> int:
+    from tgdl.launcher import commands
+
+    env, cwd = os.environ, Path.cwd()
+    match args.command:
+        case "migrate":
+            return await commands.migrate(env, cwd)
+        case "rebuild-read-model":
+            return await commands.rebuild_read_model(env, cwd)
+        case "login":
+            return await commands.login(env, cwd)
+        case "sync":
+            return await commands.sync(env, cwd, args.chat, args.limit)
+        case "seed-demo":
+            return await commands.seed_demo(env, cwd)
+    raise AssertionError(f"unhandled command {args.command}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "sync" and args.limit is not None and args.limit < 1:
+        print("tgdl sync: --limit must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        if args.command == "run":
+            from tgdl.launcher.console import PrefixedOutput
+            from tgdl.launcher.runner import run
+
+            return asyncio.run(run(os.environ, Path.cwd(), PrefixedOutput()))
+        return asyncio.run(_dispatch(args))
+    except KeyboardInterrupt:
+        return 130
+    except ModuleNotFoundError as exc:
+        print(f"tgdl {args.command}: {exc.name} is not installed (run `make run` "
+              "or `pip install -r requirements.txt`)", file=sys.stderr)
+        return 1
+    except (ConfigError, ValidationError) as exc:
+        print(f"tgdl {args.command}: invalid setting: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # a clear line instead of a traceback; TGDL_DEBUG shows it
+        if os.environ.get("TGDL_DEBUG"):
+            raise
+        print(f"tgdl {args.command}: {type(exc).__name__}: {exc} "
+              "(set TGDL_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1

@@ -1,0 +1,115 @@
+"""The one-off commands: migrate, rebuild-read-model, login, sync, seed-demo.
+
+Each uses the servers the user named, or those of a `tgdl run` of the same data folder,
+or embedded ones started for the duration of the command (see `servers.servers_for`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from tgdl.contracts.config import CommonSettings
+from tgdl.launcher.plan import Home, settings_from
+from tgdl.launcher.prepare import ensure_nats, migrate_database, prepare, seed_from_simulator
+from tgdl.launcher.runner import StopRequest, start_simulator
+from tgdl.launcher.servers import Endpoints, servers_for
+from tgdl.launcher.supervisor import Supervisor
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+def _settings(env: Mapping[str, str], endpoints: Endpoints) -> CommonSettings:
+    return settings_from(CommonSettings, env, nats_url=endpoints.nats_url,
+                         database_url=endpoints.database_url)
+
+
+def _session_file(env: Mapping[str, str], cwd: Path) -> Path:
+    """The session `tgdl run` looks for: TGDL_SESSION_FILE, or the data folder's."""
+    return Home.from_env(env, cwd).session_file(env, cwd)
+
+
+async def migrate(env: Mapping[str, str], cwd: Path) -> int:
+    async with servers_for(Home.from_env(env, cwd), env, say) as endpoints:
+        settings = _settings(env, endpoints)
+        version = await migrate_database(settings)
+        say(f"Database schema {settings.db_schema!r} is at version {version}")
+        await ensure_nats(settings)
+        say(f"NATS streams, consumers and buckets are ready under {settings.namespace!r}")
+    return 0
+
+
+async def rebuild_read_model(env: Mapping[str, str], cwd: Path) -> int:
+    from tgdl.projector.projector import ProjectionLocked
+    from tgdl.projector.rebuild import rebuild
+
+    async with servers_for(Home.from_env(env, cwd), env, say) as endpoints:
+        say("Rebuilding the read model from the NATS streams...")
+        try:
+            counts = await rebuild(_settings(env, endpoints))
+        except ProjectionLocked:
+            say("A projector is running and owns the read model: stop `tgdl run` (Ctrl-C) "
+                "or the projector service first, then run this again. The projector "
+                "continues from the rebuilt read model when it starts.")
+            return 1
+        for what, count in counts.items():
+            say(f"  {what:<12}{count:>8}")
+        say("Read model rebuilt")
+    return 0
+
+
+async def seed_demo(env: Mapping[str, str], cwd: Path) -> int:
+    """Fill the catalog from the simulated Telegram (TGDL_SIM_URL, or one started here)."""
+    async with servers_for(Home.from_env(env, cwd), env, say) as endpoints:
+        settings = _settings(env, endpoints)
+        await prepare(settings)
+        sim_url = env.get("TGDL_SIM_URL")
+        if sim_url:
+            entries = await seed_from_simulator(sim_url, settings)
+        else:
+            from tgdl.launcher.console import PrefixedOutput
+
+            stop = StopRequest(say)
+            supervisor = Supervisor(PrefixedOutput())
+            try:
+                sim_url = await start_simulator(supervisor, env, stop)
+                entries = await seed_from_simulator(sim_url, settings) if sim_url else []
+            finally:
+                await supervisor.stop()
+        say(f"The catalog now holds the simulated Telegram's {len(entries)} messages")
+    return 0
+
+
+async def login(env: Mapping[str, str], cwd: Path) -> int:
+    from tgdl.downloader.telegram.telethon import TelegramSettings, TelegramSetupError
+    from tgdl.launcher.account import login as account_login
+
+    try:
+        settings = settings_from(TelegramSettings, env, session_file=_session_file(env, cwd))
+        path = await account_login(settings)
+    except TelegramSetupError as exc:
+        say(str(exc))
+        return 1
+    say(f"Logged in; the session is stored in {path}. `tgdl run` now downloads with this "
+        "account; `tgdl sync <chat>` lists a chat's messages.")
+    return 0
+
+
+async def sync(env: Mapping[str, str], cwd: Path, chat: str, limit: int | None) -> int:
+    from tgdl.downloader.telegram.telethon import TelegramSetupError
+    from tgdl.launcher.account import AccountSettings, SyncError, sync_chat
+
+    async with servers_for(Home.from_env(env, cwd), env, say) as endpoints:
+        settings = settings_from(
+            AccountSettings, env, nats_url=endpoints.nats_url,
+            database_url=endpoints.database_url, session_file=_session_file(env, cwd),
+        )
+        try:
+            report = await sync_chat(settings, chat, limit)
+        except (TelegramSetupError, SyncError) as exc:
+            say(str(exc))
+            return 1
+        say(f"Synced {chat}: {report}")
+    return 0

@@ -1,0 +1,247 @@
+"""What `tgdl run` decides before it starts anything: pure functions over the environment,
+so every choice (ports, Telegram source, each child's command and environment) is
+unit-tested without processes."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic_settings import BaseSettings
+
+from tgdl.contracts.catalog import CatalogEntry
+from tgdl.launcher.supervisor import ChildSpec
+
+NATS_PREFERRED_PORT = 4222
+HTTP_DEFAULT_HOST = "127.0.0.1"
+HTTP_DEFAULT_PORT = 8000
+DEFAULT_DOWNLOADERS = 2
+S = TypeVar("S", bound=BaseSettings)
+SERVICES = ("gateway", "orchestrator", "projector")
+SIMULATOR = "simtelegram"
+
+
+class ConfigError(ValueError):
+    """The environment asks for something that cannot work; the message says what to fix."""
+
+
+def settings_from(cls: type[S], env: Mapping[str, str], **overrides: Any) -> S:
+    """`cls` read from `env` (not only from the process environment), then `overrides`."""
+    prefix = str(cls.model_config.get("env_prefix", ""))
+    upper = {key.upper(): value for key, value in env.items()}
+    values: dict[str, Any] = {
+        name: upper[key] for name in cls.model_fields
+        if (key := f"{prefix}{name}".upper()) in upper
+    }
+    return cls(**{**values, **overrides})
+
+
+# --- the data folder ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Home:
+    """The data folder (TGDL_HOME, default ./.tgdl), kept between runs."""
+
+    root: Path
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], cwd: Path) -> Home:
+        return cls((cwd / env.get("TGDL_HOME", ".tgdl")).resolve())
+
+    @property
+    def nats(self) -> Path:
+        return self.root / "nats"
+
+    @property
+    def postgres(self) -> Path:
+        return self.root / "pg"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / "run.lock"
+
+    @property
+    def instance(self) -> Path:
+        """Where a running `tgdl run` tells other commands which servers it uses."""
+        return self.root / "instance.json"
+
+    def session_file(self, env: Mapping[str, str], cwd: Path) -> Path:
+        explicit = env.get("TGDL_SESSION_FILE")
+        return (cwd / explicit).resolve() if explicit else self.root / "telegram.session"
+
+
+# --- ports -------------------------------------------------------------------------------
+
+
+def pick_port(
+    preferred: int,
+    explicit: bool,
+    is_free: Callable[[int], bool],
+    any_free: Callable[[], int],
+    what: str,
+    variable: str,
+) -> int:
+    """The preferred port if free; any free port otherwise, unless the user asked for
+    exactly that one (then a busy port is an error they must resolve)."""
+    if is_free(preferred):
+        return preferred
+    if explicit:
+        raise ConfigError(f"port {preferred} for {what} is in use; choose another with {variable}")
+    return any_free()
+
+
+def http_address(
+    env: Mapping[str, str], is_free: Callable[[int], bool], any_free: Callable[[], int]
+) -> tuple[str, int]:
+    host = env.get("TGDL_HTTP_HOST", HTTP_DEFAULT_HOST)
+    raw = env.get("TGDL_HTTP_PORT")
+    try:
+        preferred = int(raw) if raw else HTTP_DEFAULT_PORT
+    except ValueError:
+        raise ConfigError(f"TGDL_HTTP_PORT must be a port number, not {raw!r}") from None
+    port = pick_port(preferred, bool(raw), is_free, any_free, "the HTTP API", "TGDL_HTTP_PORT")
+    return host, port
+
+
+def browser_url(host: str, port: int) -> str:
+    """Where a person on this machine reaches a server listening on host:port."""
+    reachable = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    if ":" in reachable:
+        reachable = f"[{reachable}]"
+    return f"http://{reachable}:{port}"
+
+
+def downloader_count(env: Mapping[str, str]) -> int:
+    raw = env.get("TGDL_DOWNLOADERS", str(DEFAULT_DOWNLOADERS))
+    try:
+        count = int(raw)
+    except ValueError:
+        raise ConfigError(f"TGDL_DOWNLOADERS must be a whole number, not {raw!r}") from None
+    if count < 1:
+        raise ConfigError("TGDL_DOWNLOADERS must be at least 1: someone has to download")
+    return count
+
+
+# --- Telegram source ---------------------------------------------------------------------
+
+
+class Source(StrEnum):
+    sim = "sim"
+    telethon = "telethon"
+
+
+@dataclass(frozen=True)
+class TelegramChoice:
+    source: Source
+    reason: str  # one sentence for the user
+
+
+def choose_telegram(env: Mapping[str, str], session_exists: bool) -> TelegramChoice:
+    """A real account when it is fully configured and logged in; the simulated Telegram
+    otherwise. TGDL_TELEGRAM forces either."""
+    has_credentials = bool(env.get("TGDL_API_ID")) and bool(env.get("TGDL_API_HASH"))
+    forced = env.get("TGDL_TELEGRAM", "").strip().lower()
+    if forced not in ("", *Source):
+        raise ConfigError(f"TGDL_TELEGRAM must be 'sim' or 'telethon', not {forced!r}")
+    if forced == Source.sim:
+        return TelegramChoice(Source.sim, "TGDL_TELEGRAM=sim")
+    if has_credentials and session_exists:
+        return TelegramChoice(Source.telethon, "TGDL_API_ID, TGDL_API_HASH and a session")
+    if forced == Source.telethon:
+        missing = "TGDL_API_ID and TGDL_API_HASH" if not has_credentials else "a session"
+        raise ConfigError(
+            f"TGDL_TELEGRAM=telethon needs {missing}; set them and run `tgdl login` first"
+        )
+    if has_credentials:
+        return TelegramChoice(Source.sim, "no session yet: run `tgdl login`")
+    return TelegramChoice(Source.sim, "no Telegram account configured")
+
+
+# --- children ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Wiring:
+    """Everything the services must agree on, resolved by the launcher."""
+
+    nats_url: str
+    database_url: str
+    source: Source
+    sim_url: str | None
+    http_host: str
+    http_port: int
+    session_file: Path
+
+
+def service_env(base: Mapping[str, str], wiring: Wiring) -> dict[str, str]:
+    """The environment every service process gets: the user's own TGDL_* settings plus
+    the servers and sources the launcher resolved."""
+    env = dict(base)
+    env.update(
+        TGDL_NATS_URL=wiring.nats_url,
+        TGDL_DATABASE_URL=wiring.database_url,
+        TGDL_TELEGRAM=wiring.source.value,
+        TGDL_HTTP_HOST=wiring.http_host,
+        TGDL_HTTP_PORT=str(wiring.http_port),
+        TGDL_SESSION_FILE=str(wiring.session_file),
+        PYTHONUNBUFFERED="1",  # lines reach the prefixed output as they are written
+    )
+    if wiring.sim_url:
+        env["TGDL_SIM_URL"] = wiring.sim_url
+    return env
+
+
+def module_command(service: str, python: str = sys.executable) -> list[str]:
+    return [python, "-m", f"tgdl.{service}"]
+
+
+def service_specs(
+    base: Mapping[str, str], wiring: Wiring, downloaders: int, python: str = sys.executable
+) -> list[ChildSpec]:
+    """gateway, orchestrator, projector and `downloaders` replicas named downloader-1..N."""
+    env = service_env(base, wiring)
+    specs = [ChildSpec(name, module_command(name, python), env) for name in SERVICES]
+    for i in range(1, downloaders + 1):
+        replica = f"downloader-{i}"
+        replica_env = {**env, "TGDL_REPLICA": replica}
+        specs.append(ChildSpec(replica, module_command("downloader", python), replica_env))
+    return specs
+
+
+def simulator_spec(
+    base: Mapping[str, str], port: int, python: str = sys.executable
+) -> ChildSpec:
+    env = {**base, "TGDL_SIM_HOST": "127.0.0.1", "TGDL_SIM_PORT": str(port),
+           "PYTHONUNBUFFERED": "1"}
+    return ChildSpec(SIMULATOR, module_command(SIMULATOR, python), env)
+
+
+def simulator_url(port: int) -> str:
+    return f"http://127.0.0.1:{port}"
+
+
+# --- what to tell the user ---------------------------------------------------------------
+
+
+def example_ids(entries: Iterable[CatalogEntry], count: int = 5) -> list[int]:
+    """A few ids that can actually be downloaded, for the curl example."""
+    ids = sorted(e.message_id for e in entries if e.media_kind is not None)
+    return ids[:count] or list(range(1, count + 1))
+
+
+def ready_banner(base_url: str, ids: Sequence[int]) -> list[str]:
+    body = '{"message_ids": [' + ", ".join(map(str, ids)) + '], "max_concurrent": 3}'
+    return [
+        f"tgdl is ready: open {base_url}/",
+        f"API docs: {base_url}/docs",
+        "Try it from a shell:",
+        f"  curl -s -X POST {base_url}/api/media/batch-download \\",
+        f"       -H 'content-type: application/json' -d '{body}'",
+        f"  curl -s {base_url}/api/media/batch-status/<batch_id from the answer above>",
+        "Press Ctrl-C to stop.",
+    ]

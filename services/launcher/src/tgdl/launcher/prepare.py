@@ -1,0 +1,65 @@
+"""Getting the servers ready for the services: the schema, the NATS topology, the catalog."""
+
+from __future__ import annotations
+
+from tgdl.bus import topology
+from tgdl.contracts.catalog import CatalogEntry
+from tgdl.contracts.config import CommonSettings
+from tgdl.db import catalog
+from tgdl.db.connection import connect
+from tgdl.db.schema import migrate
+
+
+def queue_policy(settings: CommonSettings) -> topology.QueuePolicy:
+    return topology.QueuePolicy(
+        ack_wait=settings.ack_wait,
+        max_deliver=settings.max_deliver,
+        global_cap=settings.global_cap,
+    )
+
+
+async def migrate_database(settings: CommonSettings) -> int:
+    """Bring the schema up to date; returns its version."""
+    conn = await connect(settings.database_url, settings.db_schema)
+    try:
+        return await migrate(conn, settings.db_schema)
+    finally:
+        await conn.close()
+
+
+async def ensure_nats(settings: CommonSettings) -> None:
+    """Declare the streams, consumers and buckets (idempotent)."""
+    nc = await topology.connect(settings.nats_url, "tgdl-launcher")
+    try:
+        await topology.ensure_topology(nc.jetstream(), settings.names, queue_policy(settings))
+    finally:
+        await nc.drain()
+
+
+async def prepare(settings: CommonSettings) -> int:
+    version = await migrate_database(settings)
+    await ensure_nats(settings)
+    return version
+
+
+async def seed_from_simulator(sim_url: str, settings: CommonSettings) -> list[CatalogEntry]:
+    """Copy the simulated Telegram's messages into the catalog (idempotent)."""
+    from tgdl.simtelegram.client import fetch_catalog
+
+    entries = await fetch_catalog(sim_url)
+    conn = await connect(settings.database_url, settings.db_schema)
+    try:
+        await catalog.upsert(conn, entries)
+    finally:
+        await conn.close()
+    return entries
+
+
+async def media_examples(settings: CommonSettings, count: int = 5) -> list[CatalogEntry]:
+    """The first few downloadable messages of the catalog (for the examples we print)."""
+    conn = await connect(settings.database_url, settings.db_schema)
+    try:
+        entries, _total = await catalog.page(conn, 0, count, media_only=True)
+    finally:
+        await conn.close()
+    return entries

@@ -1,0 +1,117 @@
+"""docker-compose.yml and the Dockerfile, checked statically (no Docker here): the
+services exist, the downloader scales, the media volume is shared, and every command
+names a module that `python -m` can really run."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVICES = ("gateway", "orchestrator", "projector", "downloader", "simtelegram")
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def runnable_module(name: str) -> bool:
+    """True if `python -m name` would run something."""
+    spec = importlib.util.find_spec(name)
+    if spec is None:
+        return False
+    if spec.submodule_search_locations is not None:  # a package runs its __main__
+        return importlib.util.find_spec(f"{name}.__main__") is not None
+    return True
+
+
+def module_of(command: list[str]) -> str:
+    assert command[:2] == ["python", "-m"], f"not a `python -m` command: {command}"
+    return command[2]
+
+
+def mounts(service: dict[str, Any]) -> dict[str, str]:
+    """volume name -> path in the container"""
+    pairs = (v.split(":")[:2] for v in service.get("volumes", []))
+    return {source: target for source, target in pairs}
+
+
+def test_the_servers_are_the_official_images(compose: dict[str, Any]) -> None:
+    nats, postgres = compose["services"]["nats"], compose["services"]["postgres"]
+    assert nats["image"].startswith("nats:2.10")
+    assert "-js" in nats["command"]  # JetStream on
+    assert mounts(nats)  # streams survive a restart
+    assert postgres["image"] == "postgres:16"
+    assert mounts(postgres)
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_each_service_runs_its_own_module_from_the_one_image(
+    compose: dict[str, Any], name: str
+) -> None:
+    service = compose["services"][name]
+    assert service["build"] == "."
+    assert module_of(service["command"]) == f"tgdl.{name}"
+
+
+def test_every_command_is_a_real_module(compose: dict[str, Any]) -> None:
+    commands = {name: s["command"] for name, s in compose["services"].items()
+                if name not in ("nats", "postgres")}
+    missing = [f"{name}: {module_of(cmd)}" for name, cmd in commands.items()
+               if not runnable_module(module_of(cmd))]
+    assert not missing, f"commands that `python -m` cannot run: {missing}"
+
+
+def test_the_downloader_can_be_scaled(compose: dict[str, Any]) -> None:
+    downloader = compose["services"]["downloader"]
+    # Fixed names or host ports would make `--scale downloader=N` fail.
+    assert "container_name" not in downloader
+    assert "ports" not in downloader
+
+
+def test_finished_files_live_on_one_shared_media_volume(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    media_root = services["downloader"]["environment"]["TGDL_MEDIA_ROOT"]
+    volume = {source for source, target in mounts(services["downloader"]).items()
+              if target == media_root}
+    assert len(volume) == 1 and volume <= set(compose["volumes"])
+    for reader in ("gateway", "orchestrator"):
+        assert mounts(services[reader]).get(next(iter(volume))) == media_root
+        assert services[reader]["environment"]["TGDL_MEDIA_ROOT"] == media_root
+
+
+def test_services_share_the_servers_and_the_gateway_is_published(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    for name in SERVICES:
+        env = services[name]["environment"]
+        assert env["TGDL_NATS_URL"] == "nats://nats:4222"
+        assert env["TGDL_DATABASE_URL"].startswith("postgresql://")
+        assert "@postgres:5432/" in env["TGDL_DATABASE_URL"]
+    gateway = services["gateway"]
+    assert "8000:8000" in gateway["ports"]
+    assert gateway["environment"]["TGDL_HTTP_HOST"] == "0.0.0.0"  # reachable from outside
+
+
+def test_the_schema_is_migrated_before_the_services_start(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert services["setup"]["command"][-1] == "migrate"
+    for name in ("gateway", "orchestrator", "projector", "downloader"):
+        assert services[name]["depends_on"]["setup"]["condition"] == (
+            "service_completed_successfully"
+        )
+
+
+def test_the_image_installs_every_package_of_the_tree() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    packages = sorted(p.parent.relative_to(ROOT).as_posix()
+                      for p in ROOT.glob("*/*/pyproject.toml"))
+    assert packages, "no packages found"
+    missing = [p for p in packages if f"./{p}" not in dockerfile]
+    assert not missing, f"the Dockerfile does not install {missing}"

@@ -1,0 +1,84 @@
+"""The one-off `tgdl` commands against the session's real servers, and how commands share
+a data folder with a running `tgdl run`."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from tgdl.contracts.subjects import Names
+from tgdl.db.connection import connect
+from tgdl.launcher import commands
+from tgdl.launcher.plan import Home
+from tgdl.launcher.servers import HomeBusy, HomeLock, servers_for
+
+
+def _env(servers, isolation, home: Path) -> dict[str, str]:
+    return {**isolation.env(servers), "TGDL_HOME": str(home)}
+
+
+async def test_migrate_creates_the_schema_and_the_streams(servers, isolation, nc, tmp_path):
+    env = _env(servers, isolation, tmp_path / "home")
+
+    assert await commands.migrate(env, tmp_path) == 0
+
+    conn = await connect(servers.database_url, isolation.schema)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM catalog") == 0
+    finally:
+        await conn.close()
+    names = Names(isolation.namespace)
+    js = nc.jetstream()
+    for stream in (names.events_stream, names.jobs_stream, names.outcomes_stream,
+                   names.progress_stream):
+        assert (await js.stream_info(stream)).config.name == stream
+    assert not (tmp_path / "home").exists()  # given servers: the data folder is not needed
+
+
+async def test_seed_demo_fills_the_catalog_from_a_simulator_it_starts(
+    servers, isolation, tmp_path
+):
+    env = {**os.environ, **_env(servers, isolation, tmp_path / "home"), "TGDL_SIM_COUNT": "30"}
+    env.pop("TGDL_SIM_URL", None)
+
+    assert await commands.seed_demo(env, tmp_path) == 0
+
+    conn = await connect(servers.database_url, isolation.schema)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM catalog") == 30
+    finally:
+        await conn.close()
+
+
+async def test_commands_join_the_servers_of_a_running_tgdl_run(tmp_path):
+    home = Home(tmp_path / "home")
+    running = HomeLock(home.lock)
+    assert running.try_acquire()  # as `tgdl run` holds it
+    home.instance.write_text(json.dumps(
+        {"nats_url": "nats://127.0.0.1:1", "database_url": "postgresql:///run", "pid": 1}))
+    said: list[str] = []
+    try:
+        async with servers_for(home, {}, said.append) as endpoints:
+            assert (endpoints.nats_url, endpoints.database_url) == (
+                "nats://127.0.0.1:1", "postgresql:///run")
+        assert not list(home.root.glob("nats")), "no second nats-server on the same data"
+        assert "Using the servers of the `tgdl run`" in said[0]
+
+        with pytest.raises(HomeBusy, match="another tgdl process"):
+            async with servers_for(home, {}, said.append, owner=True):
+                pass  # a second `tgdl run` on the same folder is refused
+    finally:
+        running.release()
+
+
+async def test_the_data_folder_is_free_again_after_a_command(tmp_path):
+    lock = HomeLock(tmp_path / "run.lock")
+    assert lock.try_acquire()
+    assert not HomeLock(tmp_path / "run.lock").try_acquire()
+    lock.release()
+    again = HomeLock(tmp_path / "run.lock")
+    assert again.try_acquire()
+    again.release()

@@ -1,0 +1,270 @@
+"""What `tgdl run` decides from the environment, without starting anything."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from tgdl.contracts.catalog import CatalogEntry, MediaKind
+from tgdl.contracts.config import CommonSettings
+from tgdl.launcher.cli import build_parser
+from tgdl.launcher.plan import (
+    ConfigError,
+    Home,
+    Source,
+    Wiring,
+    browser_url,
+    choose_telegram,
+    downloader_count,
+    example_ids,
+    http_address,
+    pick_port,
+    ready_banner,
+    service_specs,
+    settings_from,
+    simulator_spec,
+)
+from tgdl.launcher.supervisor import Backoff, describe_exit
+
+ACCOUNT = {"TGDL_API_ID": "12345", "TGDL_API_HASH": "0123abcd"}
+
+
+# --- Telegram source ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("env", "session_exists", "expected"),
+    [
+        ({}, False, Source.sim),
+        ({}, True, Source.sim),  # a session without credentials cannot be used
+        (ACCOUNT, False, Source.sim),  # credentials, not logged in yet
+        (ACCOUNT, True, Source.telethon),
+        ({**ACCOUNT, "TGDL_TELEGRAM": "sim"}, True, Source.sim),  # forced
+        ({**ACCOUNT, "TGDL_TELEGRAM": "telethon"}, True, Source.telethon),
+        ({"TGDL_API_ID": "12345"}, True, Source.sim),  # half the credentials
+    ],
+)
+def test_telegram_source(env: dict[str, str], session_exists: bool, expected: Source) -> None:
+    assert choose_telegram(env, session_exists).source is expected
+
+
+def test_not_logged_in_with_credentials_says_to_log_in() -> None:
+    assert "tgdl login" in choose_telegram(ACCOUNT, session_exists=False).reason
+
+
+@pytest.mark.parametrize(
+    ("env", "session_exists", "says"),
+    [
+        ({"TGDL_TELEGRAM": "telethon"}, True, "TGDL_API_ID and TGDL_API_HASH"),
+        ({**ACCOUNT, "TGDL_TELEGRAM": "telethon"}, False, "tgdl login"),
+        ({"TGDL_TELEGRAM": "mtproto"}, False, "'sim' or 'telethon'"),
+    ],
+)
+def test_impossible_telegram_source_is_explained(
+    env: dict[str, str], session_exists: bool, says: str
+) -> None:
+    with pytest.raises(ConfigError, match=says):
+        choose_telegram(env, session_exists)
+
+
+# --- data folder and ports ---------------------------------------------------------------
+
+
+def test_home_defaults_to_dot_tgdl_in_the_working_folder(tmp_path: Path) -> None:
+    home = Home.from_env({}, tmp_path)
+    assert home.root == tmp_path.resolve() / ".tgdl"
+    assert home.nats == home.root / "nats"
+    assert home.postgres == home.root / "pg"
+    assert home.session_file({}, tmp_path) == home.root / "telegram.session"
+
+
+def test_home_and_session_file_follow_the_environment(tmp_path: Path) -> None:
+    env = {"TGDL_HOME": "data", "TGDL_SESSION_FILE": "secrets/me.session"}
+    home = Home.from_env(env, tmp_path)
+    assert home.root == (tmp_path / "data").resolve()
+    assert home.session_file(env, tmp_path) == (tmp_path / "secrets/me.session").resolve()
+
+
+def _ports(free: set[int], fallback: int = 50123):
+    return (lambda port: port in free), (lambda: fallback)
+
+
+def test_preferred_port_when_free() -> None:
+    is_free, any_free = _ports({4222})
+    assert pick_port(4222, False, is_free, any_free, "NATS", "") == 4222
+
+
+def test_busy_preferred_port_falls_back_to_a_free_one() -> None:
+    is_free, any_free = _ports(set(), fallback=50123)
+    assert pick_port(4222, False, is_free, any_free, "NATS", "") == 50123
+
+
+def test_busy_port_the_user_asked_for_is_an_error() -> None:
+    is_free, any_free = _ports(set())
+    with pytest.raises(ConfigError, match="TGDL_HTTP_PORT"):
+        http_address({"TGDL_HTTP_PORT": "9000"}, is_free, any_free)
+
+
+def test_http_address_defaults_to_loopback_8000() -> None:
+    is_free, any_free = _ports({8000})
+    assert http_address({}, is_free, any_free) == ("127.0.0.1", 8000)
+
+
+def test_http_port_must_be_a_number() -> None:
+    is_free, any_free = _ports({8000})
+    with pytest.raises(ConfigError, match="port number"):
+        http_address({"TGDL_HTTP_PORT": "eighty"}, is_free, any_free)
+
+
+@pytest.mark.parametrize(
+    ("host", "url"),
+    [("127.0.0.1", "http://127.0.0.1:8000"), ("0.0.0.0", "http://127.0.0.1:8000"),
+     ("::1", "http://[::1]:8000"), ("example.lan", "http://example.lan:8000")],
+)
+def test_browser_url(host: str, url: str) -> None:
+    assert browser_url(host, 8000) == url
+
+
+@pytest.mark.parametrize(("raw", "count"), [(None, 2), ("1", 1), ("5", 5)])
+def test_downloader_count(raw: str | None, count: int) -> None:
+    env = {} if raw is None else {"TGDL_DOWNLOADERS": raw}
+    assert downloader_count(env) == count
+
+
+@pytest.mark.parametrize("raw", ["0", "-1", "two"])
+def test_downloader_count_rejects_nonsense(raw: str) -> None:
+    with pytest.raises(ConfigError, match="TGDL_DOWNLOADERS"):
+        downloader_count({"TGDL_DOWNLOADERS": raw})
+
+
+# --- children ------------------------------------------------------------------------------
+
+
+def _wiring(source: Source = Source.sim, sim_url: str | None = "http://127.0.0.1:8100"):
+    return Wiring(
+        nats_url="nats://127.0.0.1:4222", database_url="postgresql:///x?host=/tmp/pg",
+        source=source, sim_url=sim_url, http_host="127.0.0.1", http_port=8000,
+        session_file=Path("/data/telegram.session"),
+    )
+
+
+def test_every_service_is_its_own_python_module_process() -> None:
+    specs = service_specs({}, _wiring(), downloaders=3, python="/venv/bin/python")
+    assert [s.name for s in specs] == [
+        "gateway", "orchestrator", "projector", "downloader-1", "downloader-2", "downloader-3"
+    ]
+    assert specs[0].argv == ["/venv/bin/python", "-m", "tgdl.gateway"]
+    assert {tuple(s.argv) for s in specs[3:]} == {("/venv/bin/python", "-m", "tgdl.downloader")}
+
+
+def test_children_get_the_resolved_servers_and_keep_the_users_settings() -> None:
+    base = {"TGDL_GLOBAL_CAP": "4", "TGDL_NATS_URL": "nats://stale:1", "PATH": "/bin"}
+    for spec in service_specs(base, _wiring(), downloaders=1):
+        assert spec.env is not None
+        assert spec.env["TGDL_NATS_URL"] == "nats://127.0.0.1:4222"
+        assert spec.env["TGDL_DATABASE_URL"] == "postgresql:///x?host=/tmp/pg"
+        assert spec.env["TGDL_GLOBAL_CAP"] == "4"
+        assert spec.env["PATH"] == "/bin"
+        assert spec.env["TGDL_TELEGRAM"] == "sim"
+        assert spec.env["TGDL_SIM_URL"] == "http://127.0.0.1:8100"
+        assert spec.env["TGDL_HTTP_PORT"] == "8000"
+        assert spec.env["TGDL_SESSION_FILE"] == "/data/telegram.session"
+        assert spec.env["PYTHONUNBUFFERED"] == "1"
+
+
+def test_each_downloader_replica_has_its_own_name() -> None:
+    specs = service_specs({}, _wiring(), downloaders=2)
+    replicas = {s.name: s.env["TGDL_REPLICA"] for s in specs if s.env and "TGDL_REPLICA" in s.env}
+    assert replicas == {"downloader-1": "downloader-1", "downloader-2": "downloader-2"}
+
+
+def test_telethon_children_get_no_simulator() -> None:
+    for spec in service_specs({}, _wiring(Source.telethon, sim_url=None), downloaders=1):
+        assert spec.env is not None
+        assert spec.env["TGDL_TELEGRAM"] == "telethon"
+        assert "TGDL_SIM_URL" not in spec.env
+
+
+def test_simulator_listens_on_loopback_at_the_chosen_port() -> None:
+    spec = simulator_spec({"TGDL_SIM_BANDWIDTH": "1000"}, 43210, python="py")
+    assert spec.argv == ["py", "-m", "tgdl.simtelegram"]
+    assert spec.env is not None
+    assert (spec.env["TGDL_SIM_HOST"], spec.env["TGDL_SIM_PORT"]) == ("127.0.0.1", "43210")
+    assert spec.env["TGDL_SIM_BANDWIDTH"] == "1000"
+
+
+# --- what the user is told -------------------------------------------------------------------
+
+
+def test_examples_use_downloadable_messages() -> None:
+    entries = [
+        CatalogEntry(message_id=9, chat="demo", telegram_message_id=9),  # no media
+        *(CatalogEntry(message_id=i, chat="demo", telegram_message_id=i,
+                       media_kind=MediaKind.photo) for i in (7, 3, 5)),
+    ]
+    assert example_ids(entries, count=2) == [3, 5]
+
+
+def test_banner_shows_where_to_click_and_a_working_curl() -> None:
+    text = "\n".join(ready_banner("http://127.0.0.1:8000", [1, 2, 3]))
+    assert "http://127.0.0.1:8000/\n" in text
+    assert "http://127.0.0.1:8000/docs" in text
+    assert "/api/media/batch-download" in text
+    assert '{"message_ids": [1, 2, 3], "max_concurrent": 3}' in text
+    assert "/api/media/batch-status/" in text
+
+
+# --- supervision policy ----------------------------------------------------------------------
+
+
+def test_backoff_doubles_up_to_its_limit_and_resets_after_a_stable_run() -> None:
+    backoff = Backoff(first=0.5, factor=2, limit=3, stable_after=30)
+    delays, previous = [], None
+    for _ in range(5):
+        previous = backoff.next(previous, uptime=1)
+        delays.append(previous)
+    assert delays == [0.5, 1, 2, 3, 3]
+    assert backoff.next(3, uptime=31) == 0.5
+
+
+@pytest.mark.parametrize(
+    ("code", "text"), [(0, "exited with code 0"), (3, "exited with code 3"),
+                       (-15, "killed by SIGTERM"), (-9, "killed by SIGKILL")],
+)
+def test_exit_descriptions(code: int, text: str) -> None:
+    assert describe_exit(code) == text
+
+
+# --- command line ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv", [["run"], ["migrate"], ["rebuild-read-model"], ["login"], ["seed-demo"],
+             ["sync", "@chan"], ["sync", "@chan", "--limit", "10"]],
+)
+def test_every_command_parses(argv: list[str]) -> None:
+    assert build_parser().parse_args(argv).command == argv[0]
+
+
+def test_a_command_is_required() -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([])
+
+
+def test_settings_come_from_the_given_environment_then_the_overrides(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TGDL_DB_SCHEMA", "from_process")
+    settings = settings_from(
+        CommonSettings, {"TGDL_DB_SCHEMA": "given", "tgdl_global_cap": "3", "OTHER": "x"},
+        nats_url="nats://resolved:4222",
+    )
+    assert (settings.db_schema, settings.global_cap) == ("given", 3)
+    assert settings.nats_url == "nats://resolved:4222"
+
+
+def test_invalid_settings_are_refused() -> None:
+    with pytest.raises(ValidationError):
+        settings_from(CommonSettings, {"TGDL_DB_SCHEMA": "Robert'); DROP TABLE"})
