@@ -84,6 +84,12 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        2,
+        # A message's latest state (single-file status, the message list) is looked up
+        # by message id across every batch that asked for it.
+        "CREATE INDEX batch_files_by_message ON batch_files (message_id);",
+    ),
 ]
 
 READ_MODEL_TABLES = ("batch_files", "batches", "jobs", "projection_positions")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import signal
@@ -129,23 +130,32 @@ class OrchestratorService:
         sub = await js.pull_subscribe_bind(
             self.names.orchestrator_outcomes_consumer, stream=self.names.outcomes_stream
         )
-        while not stop.is_set():
-            try:
-                msgs = await sub.fetch(batch=32, timeout=1.0)
-            except TimeoutError:
-                continue
-            for msg in msgs:
+        try:
+            while not stop.is_set():
                 try:
-                    await orch.on_outcome(DownloadOutcome.model_validate_json(msg.data))
-                except ValidationError:
-                    log.error("dropping malformed outcome on %s", msg.subject)
-                    await msg.term()
+                    msgs = await sub.fetch(batch=32, timeout=1.0)
+                except TimeoutError:
                     continue
-                except Exception:
-                    log.exception("outcome on %s failed; will retry", msg.subject)
-                    await msg.nak(delay=1.0)
-                    continue
-                await msg.ack()
+                for msg in msgs:
+                    await self._apply_outcome(orch, msg)
+        finally:
+            # unsubscribe rather than drain: an abandoned pull leaves nothing worth waiting for
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    @staticmethod
+    async def _apply_outcome(orch: Orchestrator, msg: Msg) -> None:
+        try:
+            await orch.on_outcome(DownloadOutcome.model_validate_json(msg.data))
+        except ValidationError:
+            log.error("dropping malformed outcome on %s", msg.subject)
+            await msg.term()
+            return
+        except Exception:
+            log.exception("outcome on %s failed; will retry", msg.subject)
+            await msg.nak(delay=1.0)
+            return
+        await msg.ack()
 
     async def _job_gave_up(self, js, orch: Orchestrator, msg: Msg) -> None:
         """JetStream stopped redelivering a job (its downloaders kept dying): fail it."""
