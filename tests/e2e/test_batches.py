@@ -99,7 +99,7 @@ async def test_batch_of_20_completes_within_its_permits_with_exact_bytes(stack: 
         assert f["download_speed"] >= 0
         assert f["estimated_time_remaining"] is None or f["estimated_time_remaining"] >= 0
     assert any(f["download_speed"] > 0 and f["estimated_time_remaining"] is not None
-               for f in live)
+               for f in live), live[:8]
     for s in watch.snapshots:
         assert s["completed"] + s["downloading"] + s["failed"] + s["pending"] + s[
             "cancelled"] == 20
@@ -113,10 +113,10 @@ async def test_batch_of_20_completes_within_its_permits_with_exact_bytes(stack: 
 
 
 async def test_overlapping_batches_download_nothing_twice(stack: Stack):
-    ids = stack.media_ids(9)
+    ids = stack.media_ids(9, min_size=1_500_000)
     first = await stack.start_batch(ids[:6], max_concurrent=3)
-    await stack.until_serving(3)
-    second = await stack.start_batch(ids[3:], max_concurrent=3)
+    await stack.until_serving(3)  # the first batch is downloading ids[0..2]
+    second = await stack.start_batch(ids[:3] + ids[6:], max_concurrent=3)
     # what the first batch is downloading right now is shared, not started again
     assert second["already_downloading"], second
     results = [await stack.until_finished(b["batch_id"]) for b in (first, second)]
