@@ -1,0 +1,305 @@
+"""Queries over the read model (tables written by the projector), shared by the gateway
+and the projector's progress snapshots.
+
+The first half holds the status rules as pure functions over plain row mappings (an
+asyncpg record or a dict): how a file's row and its job's row become what a client sees,
+and how files add up to a batch's counts, overall status and summary sentence. The
+second half is the SQL that feeds them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import asyncpg
+
+from tgdl.contracts.api import (
+    BatchStatusResponse,
+    FileStatus,
+    FileStatusBody,
+    MessageItem,
+    MessagePage,
+    OverallStatus,
+)
+from tgdl.contracts.paths import download_url
+from tgdl.db import catalog
+
+Row = Mapping[str, Any]
+
+TERMINAL_FILE_STATES = frozenset({"completed", "failed", "cancelled"})
+TERMINAL_JOB_STATES = frozenset({"completed", "failed", "cancelled"})
+RUNNING_JOB_STATES = frozenset({"starting", "downloading", "retrying"})
+
+# Columns of `jobs` the rules read; SQL selects them with this prefix next to the file's.
+JOB_COLUMNS = (
+    "state", "downloaded_size", "total_size", "download_speed", "eta_seconds",
+    "wait_seconds", "file_path", "relative_path", "error", "detail", "suggestion",
+)
+_JOB_SELECT = ", ".join(f"j.{c} AS job_{c}" for c in JOB_COLUMNS)
+
+
+# --- status rules (pure) -----------------------------------------------------------------
+
+
+def _percent(done: int | None, total: int | None) -> int:
+    if not total or done is None:
+        return 0
+    return max(0, min(100, math.floor(100 * done / total)))
+
+
+def _eta(job: Row) -> int | None:
+    if job["eta_seconds"] is not None:
+        return job["eta_seconds"]
+    speed, total = job["download_speed"], job["total_size"]
+    if speed and total is not None:
+        return math.ceil(max(0, total - job["downloaded_size"]) / speed)
+    return None
+
+
+def _completed(message_id: int, relative: str | None, file_path: str | None,
+               total_size: int | None, already: bool) -> FileStatusBody:
+    return FileStatusBody(
+        message_id=message_id,
+        status="completed",
+        progress=100,
+        file_path=file_path,
+        download_url=download_url(relative) if relative else None,
+        total_size=total_size,
+        already_downloaded=True if already else None,
+    )
+
+
+def file_status(file: Row, job: Row | None) -> FileStatusBody:
+    """One file as a client sees it. The batch's own terminal verdict wins; a file with a
+    permit shows its job's live state (which may belong to another batch's download)."""
+    m = file["message_id"]
+    status = file["status"]
+    if status == "completed":
+        return _completed(m, file["relative_path"], file["file_path"], file["total_size"],
+                          file["already_downloaded"])
+    if status in ("failed", "cancelled"):
+        return FileStatusBody(message_id=m, status=status, total_size=file["total_size"],
+                              error=file["error"], detail=file["detail"],
+                              suggestion=file["suggestion"])
+    if status == "pending" or job is None or job["state"] == "queued":
+        shown: FileStatus = "pending" if status == "pending" else "queued"
+        return FileStatusBody(message_id=m, status=shown, total_size=file["total_size"])
+    state = job["state"]
+    if state == "completed":
+        return _completed(m, job["relative_path"] or file["relative_path"],
+                          job["file_path"] or file["file_path"],
+                          job["total_size"] or file["total_size"], already=False)
+    if state in ("failed", "cancelled"):
+        return FileStatusBody(message_id=m, status=state, total_size=file["total_size"],
+                              error=job["error"], detail=job["detail"],
+                              suggestion=job["suggestion"])
+    total = job["total_size"] if job["total_size"] is not None else file["total_size"]
+    waiting = state == "waiting"  # a flood wait: the file waits, it has not failed
+    return FileStatusBody(
+        message_id=m,
+        status="waiting" if waiting else "downloading",
+        progress=_percent(job["downloaded_size"], total),
+        downloaded_size=job["downloaded_size"],
+        total_size=total,
+        download_speed=job["download_speed"] or 0,
+        estimated_time_remaining=_eta(job),
+        wait_seconds=job["wait_seconds"] if waiting else None,
+    )
+
+
+def _files(n: int) -> str:
+    return f"{n} file" if n == 1 else f"{n} files"
+
+
+def summary_sentence(overall: OverallStatus, total: int, counts: Mapping[FileStatus, int]) -> str:
+    """A plain sentence for people, e.g. "18 of 20 files completed, 2 failed"."""
+    c = counts.get
+    if overall == "cancelled":
+        parts = [f"Cancelled: {_files(c('completed', 0))} completed"]
+        if c("failed", 0):
+            parts.append(f"{c('failed')} failed")
+        parts.append(f"{c('cancelled', 0)} stopped")
+        return ", ".join(parts)
+    parts = [f"{c('completed', 0)} of {_files(total)} completed"]
+    if c("downloading", 0):
+        parts.append(f"{c('downloading')} downloading")
+    if c("waiting", 0):
+        parts.append(f"{c('waiting')} paused by a Telegram rate limit")
+    queued = c("pending", 0) + c("queued", 0)
+    if queued:
+        parts.append(f"{queued} waiting for {'its' if queued == 1 else 'their'} turn")
+    if c("failed", 0):
+        parts.append(f"{c('failed')} failed")
+    if c("cancelled", 0):
+        parts.append(f"{c('cancelled')} cancelled")
+    return ", ".join(parts)
+
+
+def overall_status(batch_status: str, files: Sequence[FileStatusBody]) -> OverallStatus:
+    if batch_status in ("completed", "failed", "cancelled"):
+        return batch_status  # type: ignore[return-value]
+    if any(f.status != "pending" for f in files):
+        return "in_progress"
+    return "pending"
+
+
+def batch_status_of(batch: Row, files: Sequence[FileStatusBody]) -> BatchStatusResponse:
+    counts: dict[FileStatus, int] = {}
+    for f in files:
+        counts[f.status] = counts.get(f.status, 0) + 1
+    overall = overall_status(batch["status"], files)
+    total = batch["total_files"]
+    return BatchStatusResponse(
+        batch_id=batch["batch_id"],
+        total_files=total,
+        completed=counts.get("completed", 0),
+        downloading=counts.get("downloading", 0) + counts.get("waiting", 0),
+        failed=counts.get("failed", 0),
+        pending=counts.get("pending", 0) + counts.get("queued", 0),
+        cancelled=counts.get("cancelled", 0),
+        overall_status=overall,
+        finished=overall in ("completed", "failed", "cancelled"),
+        summary=summary_sentence(overall, total, counts),
+        max_concurrent=batch["max_concurrent"],
+        files=list(files),
+    )
+
+
+# A file that is downloading (or waiting) always carries these, null when not known yet.
+LIVE_FIELDS = ("downloaded_size", "total_size", "download_speed", "estimated_time_remaining")
+
+
+def file_body(file: FileStatusBody) -> dict[str, Any]:
+    """The wire form of one file: fields that do not apply to its status are left out
+    (as in the original examples), except the live numbers of a running file."""
+    body = file.model_dump(mode="json", exclude_none=True)
+    if file.status in ("downloading", "waiting"):
+        live = (*LIVE_FIELDS, "wait_seconds") if file.status == "waiting" else LIVE_FIELDS
+        for key in live:
+            body.setdefault(key, None)
+    return body
+
+
+def status_body(status: BatchStatusResponse) -> dict[str, Any]:
+    """The wire form of a batch status, the same over HTTP and on NATS."""
+    body = status.model_dump(mode="json", exclude_none=True, exclude={"files"})
+    body["files"] = [file_body(f) for f in status.files]
+    return body
+
+
+def snapshot_json(status: BatchStatusResponse) -> bytes:
+    return json.dumps(status_body(status), separators=(",", ":")).encode()
+
+
+DOWNLOAD_STATE: dict[FileStatus, str] = {
+    "pending": "queued",
+    "queued": "queued",
+    "downloading": "downloading",
+    "waiting": "waiting",
+    "completed": "downloaded",
+    "failed": "failed",
+    "cancelled": "cancelled",
+}
+
+
+def split_job(row: Row) -> Row | None:
+    """The `job_`-prefixed columns of a joined row, or None when no job row matched."""
+    if row["job_state"] is None:
+        return None
+    return {c: row[f"job_{c}"] for c in JOB_COLUMNS}
+
+
+# --- SQL ---------------------------------------------------------------------------------
+
+_BATCH_SQL = f"""
+SELECT b.batch_id, b.status AS batch_status, b.total_files, b.max_concurrent,
+       f.message_id, f.status, f.total_size, f.file_path, f.relative_path,
+       f.already_downloaded, f.error, f.detail, f.suggestion, {_JOB_SELECT}
+FROM batches b
+LEFT JOIN batch_files f ON f.batch_id = b.batch_id
+LEFT JOIN jobs j ON j.job_id = f.job_id
+WHERE b.batch_id = $1
+ORDER BY f.position
+"""
+
+
+async def batch_status(conn: asyncpg.Connection | asyncpg.Pool,
+                       batch_id: str) -> BatchStatusResponse | None:
+    rows = await conn.fetch(_BATCH_SQL, batch_id)  # one statement: one consistent snapshot
+    if not rows:
+        return None
+    first = rows[0]
+    batch = {"batch_id": first["batch_id"], "status": first["batch_status"],
+             "total_files": first["total_files"], "max_concurrent": first["max_concurrent"]}
+    files = [file_status(r, split_job(r)) for r in rows if r["message_id"] is not None]
+    return batch_status_of(batch, files)
+
+
+# The row that says most about a message now: a batch still waiting for it (the newest
+# such), else the newest batch that asked for it.
+_LATEST_FILE = f"""
+SELECT f.message_id, f.batch_id, f.status, f.total_size, f.file_path, f.relative_path,
+       f.already_downloaded, f.error, f.detail, f.suggestion, {_JOB_SELECT}
+FROM unnest($1::bigint[]) AS m(message_id)
+CROSS JOIN LATERAL (
+    SELECT f.* FROM batch_files f
+    JOIN batches b ON b.batch_id = f.batch_id
+    WHERE f.message_id = m.message_id
+    ORDER BY f.status IN ('pending', 'queued') DESC, b.created_at DESC, b.batch_id DESC
+    LIMIT 1
+) f
+LEFT JOIN jobs j ON j.job_id = f.job_id
+"""
+
+_SINGLE_REQUEST = """
+SELECT b.batch_id FROM batch_files f JOIN batches b ON b.batch_id = f.batch_id
+WHERE f.message_id = $1 AND b.kind = 'single'
+ORDER BY b.created_at DESC, b.batch_id DESC LIMIT 1
+"""
+
+
+class MessageDownloadStatus(FileStatusBody):
+    """One message's latest download state, and the single-file request tracking it."""
+
+    download_id: str | None = None
+
+
+async def message_status(conn: asyncpg.Connection | asyncpg.Pool,
+                         message_id: int) -> MessageDownloadStatus | None:
+    rows = await conn.fetch(_LATEST_FILE, [message_id])
+    if not rows:
+        return None  # never requested
+    body = file_status(rows[0], split_job(rows[0]))
+    single = await conn.fetchval(_SINGLE_REQUEST, message_id)
+    return MessageDownloadStatus(**body.model_dump(), download_id=single)
+
+
+async def message_page(conn: asyncpg.Connection, offset: int, limit: int,
+                       media_only: bool = False) -> MessagePage:
+    entries, total = await catalog.page(conn, offset, limit, media_only)
+    rows = await conn.fetch(_LATEST_FILE, [e.message_id for e in entries])
+    latest = {r["message_id"]: file_status(r, split_job(r)) for r in rows}
+    items = []
+    for e in entries:
+        shown = latest.get(e.message_id)
+        if e.media_kind is None:
+            state = "no_media"
+        elif shown is None:
+            state = "not_downloaded"
+        else:
+            state = DOWNLOAD_STATE[shown.status]
+        items.append(MessageItem(
+            message_id=e.message_id,
+            chat=e.chat,
+            telegram_message_id=e.telegram_message_id,
+            media_type=e.media_kind.value if e.media_kind else None,
+            file_name=e.file_name,
+            mime_type=e.mime_type,
+            size=e.size,
+            download_state=state,
+            download_url=shown.download_url if shown and state == "downloaded" else None,
+        ))
+    return MessagePage(items=items, total=total, offset=offset, limit=limit)

@@ -1,0 +1,3 @@
+from tgdl.gateway.app import main
+
+main()

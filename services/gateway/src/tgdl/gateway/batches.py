@@ -1,0 +1,117 @@
+"""The batch API: start, status (from the read model), cancel, live events (SSE)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path
+from fastapi.responses import Response, StreamingResponse
+from nats.aio.subscription import Subscription
+
+from tgdl.contracts.api import (
+    BatchCancelResponse,
+    BatchDownloadRequest,
+    BatchDownloadResponse,
+    BatchStatusResponse,
+)
+from tgdl.contracts.commands import CancelBatch, StartBatch
+from tgdl.db import readmodel
+from tgdl.db.readmodel import snapshot_json
+from tgdl.gateway.errors import ApiError, invalid
+from tgdl.gateway.services import Services, services
+
+router = APIRouter(prefix="/api/media", tags=["batches"])
+
+BATCH_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+BatchId = Annotated[str, Path(pattern=BATCH_ID_PATTERN, description="as returned at start")]
+Svc = Annotated[Services, Depends(services)]
+
+KEEPALIVE_SECONDS = 15.0
+
+
+def batch_not_found(batch_id: str) -> ApiError:
+    return ApiError(404, "batch_not_found", f"no batch with id {batch_id!r}",
+                    "Use the batch_id returned by POST /api/media/batch-download.")
+
+
+@router.post("/batch-download", response_model=BatchDownloadResponse)
+async def batch_download(body: BatchDownloadRequest, svc: Svc) -> BatchDownloadResponse:
+    limit = svc.settings.max_batch_ids
+    if len(body.message_ids) > limit:
+        raise invalid(f"message_ids: at most {limit} ids per request "
+                      f"(got {len(body.message_ids)}); split them into several batches")
+    command = StartBatch(message_ids=body.message_ids, force=body.force,
+                         max_concurrent=body.max_concurrent)
+    ok = await svc.orchestrator.call(svc.settings.names.cmd_batch_start, command)
+    started = BatchDownloadResponse.model_validate(ok)
+    if started.started_downloads or started.already_downloaded:
+        await svc.until_projected(started.batch_id)
+    return started
+
+
+@router.get("/batch-status/{batch_id}", response_model=BatchStatusResponse)
+async def batch_status(batch_id: BatchId, svc: Svc) -> Response:
+    status = await readmodel.batch_status(svc.pool, batch_id)
+    if status is None:
+        raise batch_not_found(batch_id)
+    # The same bytes the projector publishes on NATS (see readmodel.status_body).
+    return Response(snapshot_json(status), media_type="application/json")
+
+
+@router.post("/batch-cancel/{batch_id}", response_model=BatchCancelResponse)
+async def batch_cancel(batch_id: BatchId, svc: Svc) -> BatchCancelResponse:
+    ok = await svc.orchestrator.call(svc.settings.names.cmd_batch_cancel,
+                                     CancelBatch(batch_id=batch_id))
+    return BatchCancelResponse.model_validate(ok)
+
+
+@router.get("/batch-events/{batch_id}", response_class=StreamingResponse,
+            responses={200: {"content": {"text/event-stream": {}},
+                             "description": "batch-status bodies as server-sent events"}})
+async def batch_events(batch_id: BatchId, svc: Svc) -> StreamingResponse:
+    """The batch's status now, then every change, as server-sent events; the stream
+    ends after the snapshot that says the batch finished."""
+    # Subscribe before reading the current status, so no change falls in between.
+    sub = await svc.nc.subscribe(svc.settings.names.batch_progress(batch_id))
+    try:
+        current = await readmodel.batch_status(svc.pool, batch_id)
+        if current is not None:
+            first = snapshot_json(current)
+        else:  # maybe accepted a moment ago and not projected yet
+            try:
+                first = (await sub.next_msg(timeout=svc.settings.projection_wait)).data
+            except TimeoutError:
+                raise batch_not_found(batch_id) from None
+    except BaseException:
+        await sub.unsubscribe()
+        raise
+    return StreamingResponse(_relay(sub, first), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def _finished(snapshot: bytes) -> bool:
+    try:
+        return bool(json.loads(snapshot).get("finished"))
+    except (ValueError, AttributeError):
+        return False
+
+
+async def _relay(sub: Subscription, first: bytes) -> AsyncIterator[bytes]:
+    try:
+        snapshot = first
+        while True:
+            yield b"data: " + snapshot + b"\n\n"
+            if _finished(snapshot):
+                return
+            while True:
+                try:
+                    snapshot = (await sub.next_msg(timeout=KEEPALIVE_SECONDS)).data
+                    break
+                except TimeoutError:
+                    yield b": keep-alive\n\n"  # keeps proxies from closing an idle stream
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()

@@ -1,0 +1,123 @@
+"""Every 4xx/5xx answer is an `ErrorBody`: a code, a readable detail, a suggestion."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from tgdl.contracts.api import ErrorBody
+from tgdl.contracts.errors import SUGGESTIONS, ErrorCode
+
+log = logging.getLogger("tgdl.gateway")
+
+
+class ApiError(Exception):
+    """An answer other than success; `extra` adds fields next to the ErrorBody's."""
+
+    def __init__(self, status: int, error: str, detail: str | dict | list,
+                 suggestion: str | None = None, extra: dict[str, Any] | None = None) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.body = ErrorBody(error=error, detail=detail, suggestion=suggestion)
+        self.extra = extra or {}
+
+
+def error_response(status: int, body: ErrorBody, extra: dict[str, Any] | None = None,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    content = {**(extra or {}), **body.model_dump()}
+    return JSONResponse(content, status_code=status, headers=headers)
+
+
+# --- validation errors in words ----------------------------------------------------------
+
+_BOUNDS = {"less_than_equal": ("le", "<="), "greater_than_equal": ("ge", ">="),
+           "less_than": ("lt", "<"), "greater_than": ("gt", ">")}
+_PLAIN = {
+    "missing": "is required",
+    "int_parsing": "must be an integer",
+    "int_type": "must be an integer",
+    "int_from_float": "must be an integer",
+    "bool_parsing": "must be true or false",
+    "bool_type": "must be true or false",
+    "list_type": "must be a list",
+    "model_attributes_type": "must be a JSON object",
+    "dict_type": "must be a JSON object",
+    "extra_forbidden": "is not an accepted field",
+    "string_type": "must be a string",
+}
+
+
+def _problem(err: dict[str, Any]) -> str:
+    kind, ctx = err.get("type", ""), err.get("ctx") or {}
+    if kind == "json_invalid":
+        return "body is not valid JSON"
+    loc = [str(p) for p in err.get("loc", ())]
+    where = ".".join(loc[1:]) or (loc[0] if loc else "request")
+    if where == "body" and kind in ("missing", "model_attributes_type", "dict_type"):
+        return "body: must be a JSON object sent with Content-Type: application/json"
+    if kind in _BOUNDS:
+        key, op = _BOUNDS[kind]
+        what = f"must be {op} {ctx.get(key)}"
+    elif kind == "too_short":
+        what = f"must hold at least {ctx.get('min_length')} item(s)"
+    elif kind == "too_long":
+        what = f"must hold at most {ctx.get('max_length')} item(s)"
+    elif kind == "string_pattern_mismatch":
+        what = f"must match {ctx.get('pattern')}"
+    elif kind == "value_error":
+        what = str(err.get("msg", "")).removeprefix("Value error, ")
+    else:
+        what = _PLAIN.get(kind) or str(err.get("msg", "is invalid"))
+    return f"{where}: {what}"
+
+
+def invalid(detail: str) -> ApiError:
+    return ApiError(422, "invalid_request", detail,
+                    "Fix the field named in the detail and send the request again.")
+
+
+# --- handlers ----------------------------------------------------------------------------
+
+_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+          405: "method_not_allowed", 406: "not_acceptable", 413: "too_large",
+          415: "unsupported_media_type", 429: "too_many_requests"}
+
+
+async def _on_api_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    return error_response(exc.status, exc.body, exc.extra)
+
+
+async def _on_validation(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    problems = list(dict.fromkeys(_problem(e) for e in exc.errors()))
+    return error_response(422, invalid("; ".join(problems)).body)
+
+
+async def _on_http(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    code = _CODES.get(exc.status_code, "server_error" if exc.status_code >= 500 else "error")
+    suggestion = ("Check the URL; the API is described at /docs."
+                  if exc.status_code in (404, 405) else None)
+    body = ErrorBody(error=code, detail=str(exc.detail), suggestion=suggestion)
+    return error_response(exc.status_code, body, headers=getattr(exc, "headers", None))
+
+
+async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("%s %s failed", request.method, request.url.path, exc_info=exc)
+    body = ErrorBody(error=ErrorCode.internal.value,
+                     detail="the gateway failed to handle this request",
+                     suggestion=SUGGESTIONS[ErrorCode.internal])
+    return error_response(500, body)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ApiError, _on_api_error)
+    app.add_exception_handler(RequestValidationError, _on_validation)
+    app.add_exception_handler(HTTPException, _on_http)
+    app.add_exception_handler(Exception, _on_unexpected)

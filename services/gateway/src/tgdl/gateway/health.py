@@ -1,0 +1,32 @@
+"""Liveness of the gateway's two dependencies."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse
+
+from tgdl.contracts.api import ErrorBody
+from tgdl.gateway.errors import error_response
+from tgdl.gateway.services import Services, services
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+async def healthz(svc: Annotated[Services, Depends(services)]) -> JSONResponse:
+    checks = {"nats": "ok" if svc.nc.is_connected else "down: not connected"}
+    try:
+        async with asyncio.timeout(2.0):
+            await svc.pool.fetchval("SELECT 1")
+        checks["postgres"] = "ok"
+    except Exception as exc:
+        checks["postgres"] = f"down: {type(exc).__name__}"
+    if all(v == "ok" for v in checks.values()):
+        return JSONResponse(checks)
+    down = ", ".join(k for k, v in checks.items() if v != "ok")
+    body = ErrorBody(error="unhealthy", detail=checks,
+                     suggestion=f"Check that {down} is running and reachable.")
+    return error_response(503, body, extra=checks)

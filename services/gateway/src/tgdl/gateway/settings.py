@@ -1,0 +1,15 @@
+from __future__ import annotations
+
+from pydantic import Field
+
+from tgdl.contracts.config import CommonSettings
+
+
+class GatewaySettings(CommonSettings):
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8000, ge=1, le=65535)
+    # How long a command may wait for the orchestrator's reply before a 503.
+    command_timeout: float = Field(default=10.0, gt=0)
+    # How long a start (or an event stream) waits for a just-accepted batch to appear in
+    # the read model, so that a status query right after the start finds it.
+    projection_wait: float = Field(default=2.0, ge=0)

@@ -1,0 +1,87 @@
+"""The single-file API (older than batches, kept working): one message's download is a
+one-file batch of kind "single", so it shares the queue and the one-download-per-message
+rule with every batch."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Depends, Path
+from fastapi.responses import JSONResponse
+
+from tgdl.contracts.api import (
+    BatchDownloadResponse,
+    SingleCancelResponse,
+    SingleDownloadRequest,
+    SingleDownloadResponse,
+)
+from tgdl.contracts.commands import CancelSingle, StartBatch
+from tgdl.contracts.errors import ErrorCode
+from tgdl.db import readmodel
+from tgdl.gateway.errors import ApiError
+from tgdl.gateway.services import Services, services
+
+router = APIRouter(prefix="/api/media", tags=["single file"])
+
+MessageId = Annotated[int, Path(ge=1, description="the message id used across the API")]
+Svc = Annotated[Services, Depends(services)]
+
+# How a refused start is answered; anything else that prevents a start is a 422.
+FAILED_START_STATUS = {
+    ErrorCode.message_not_found: 404,
+    ErrorCode.message_deleted: 404,
+    ErrorCode.access_denied: 403,
+    ErrorCode.no_media: 422,
+    ErrorCode.network: 503,
+    ErrorCode.internal: 500,
+}
+
+
+@router.post("/download/{message_id}", response_model=SingleDownloadResponse,
+             response_model_exclude_none=True)
+async def download(message_id: MessageId, svc: Svc,
+                   body: Annotated[SingleDownloadRequest | None, Body()] = None,
+                   ) -> SingleDownloadResponse:
+    force = body.force if body else False
+    command = StartBatch(kind="single", message_ids=[message_id], max_concurrent=1, force=force)
+    batch = BatchDownloadResponse.model_validate(
+        await svc.orchestrator.call(svc.settings.names.cmd_batch_start, command))
+    if batch.failed_to_start:
+        failure = batch.failed_to_start[0]
+        # An ErrorBody like every error, plus the fields of the single-file answer.
+        raise ApiError(FAILED_START_STATUS.get(failure.error, 422), failure.error.value,
+                       failure.detail, failure.suggestion,
+                       extra={"message_id": message_id, "download_id": batch.batch_id,
+                              "status": "failed"})
+    await svc.until_projected(batch.batch_id)
+    if message_id in batch.already_downloaded:
+        status = await readmodel.batch_status(svc.pool, batch.batch_id)
+        done = status.files[0] if status and status.files else None
+        return SingleDownloadResponse(
+            message_id=message_id, download_id=batch.batch_id, status="already_downloaded",
+            message="Already downloaded; pass force=true to download it again",
+            file_path=done.file_path if done else None,
+            download_url=done.download_url if done else None,
+        )
+    if message_id in batch.already_downloading:
+        return SingleDownloadResponse(
+            message_id=message_id, download_id=batch.batch_id, status="already_downloading",
+            message="Already being downloaded; this request follows that download")
+    return SingleDownloadResponse(message_id=message_id, download_id=batch.batch_id,
+                                  status="started", message="Download started")
+
+
+@router.get("/status/{message_id}", response_model=readmodel.MessageDownloadStatus)
+async def status(message_id: MessageId, svc: Svc) -> JSONResponse:
+    found = await readmodel.message_status(svc.pool, message_id)
+    if found is None:
+        raise ApiError(404, "not_requested", f"message {message_id} was never requested",
+                       f"Start it with POST /api/media/download/{message_id}.")
+    return JSONResponse({**readmodel.file_body(found), "download_id": found.download_id})
+
+
+@router.post("/cancel/{message_id}", response_model=SingleCancelResponse)
+async def cancel(message_id: MessageId, svc: Svc) -> SingleCancelResponse:
+    ok = await svc.orchestrator.call(svc.settings.names.cmd_single_cancel,
+                                     CancelSingle(message_id=message_id))
+    return SingleCancelResponse.model_validate(ok)

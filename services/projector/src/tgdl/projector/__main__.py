@@ -1,0 +1,3 @@
+from tgdl.projector.app import main
+
+main()

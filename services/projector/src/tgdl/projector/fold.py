@@ -1,0 +1,283 @@
+"""The fold rules: what each batch event, download outcome and progress report changes in
+the read model, as plain row changes with no SQL (see `sql.py` for how they are written).
+
+Batch files change only through their batch's events, which arrive in order. A job row
+is touched from three streams whose relative order is not fixed (a dispatch, progress
+reports, an outcome), so every job change is a `merge` of the row as it stands that gives
+the same result in any order: an outcome is final, progress only moves forward, and a
+dispatch only creates a row that does not exist yet. That is what lets a rebuild, which
+reads the streams in another interleaving, reproduce the same rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+from tgdl.contracts.catalog import CatalogEntry
+from tgdl.contracts.events import (
+    BatchCancelled,
+    BatchEvent,
+    BatchFinished,
+    BatchStarted,
+    FileCompleted,
+    FileFailed,
+    JobDispatched,
+    PermitGranted,
+)
+from tgdl.contracts.jobs import DownloadOutcome, DownloadProgress
+from tgdl.contracts.paths import relative_path
+from tgdl.db.readmodel import TERMINAL_JOB_STATES
+
+# --- rows ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BatchRow:
+    batch_id: str
+    kind: str
+    max_concurrent: int
+    force: bool
+    total_files: int
+    status: str
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class FileRow:
+    batch_id: str
+    message_id: int
+    position: int
+    status: str
+    job_id: str | None = None
+    total_size: int | None = None
+    file_path: str | None = None
+    relative_path: str | None = None
+    already_downloaded: bool = False
+    error: str | None = None
+    detail: str | None = None
+    suggestion: str | None = None
+
+
+@dataclass(frozen=True)
+class JobRow:
+    job_id: str
+    message_id: int
+    state: str
+    updated_at: datetime
+    downloaded_size: int = 0
+    total_size: int | None = None
+    # The live columns describe a running job; a finished job's row is fully determined
+    # by its outcome, whatever progress was seen before it.
+    download_speed: int | None = None
+    eta_seconds: int | None = None
+    wait_seconds: int | None = None
+    attempt: int = 1
+    file_path: str | None = None
+    relative_path: str | None = None
+    error: str | None = None
+    detail: str | None = None
+    suggestion: str | None = None
+
+
+# --- changes to batches and their files ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InsertBatch:
+    batch: BatchRow
+    files: tuple[FileRow, ...]
+
+
+@dataclass(frozen=True)
+class UpdateFile:
+    batch_id: str
+    message_id: int
+    values: dict[str, Any] = field(hash=False)
+
+
+@dataclass(frozen=True)
+class CancelFiles:
+    """Files of `message_ids` that are not yet completed, failed or cancelled."""
+
+    batch_id: str
+    message_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class UpdateBatch:
+    batch_id: str
+    values: dict[str, Any] = field(hash=False)
+
+
+# --- changes to jobs (merged into the row as it stands) -----------------------------------
+
+
+@dataclass(frozen=True)
+class EnsureJob:
+    """A job was dispatched (or attached to): it exists from now on, as "queued" unless
+    something more advanced is already known about it."""
+
+    job_id: str
+    message_id: int
+    at: datetime
+
+    def merge(self, existing: JobRow | None) -> JobRow | None:
+        if existing is not None:
+            return None
+        return JobRow(job_id=self.job_id, message_id=self.message_id, state="queued",
+                      updated_at=self.at)
+
+
+@dataclass(frozen=True)
+class ApplyOutcome:
+    outcome: DownloadOutcome
+
+    @property
+    def job_id(self) -> str:
+        return self.outcome.job_id
+
+    def merge(self, existing: JobRow | None) -> JobRow | None:
+        o = self.outcome
+        completed = o.status == "completed"
+        return JobRow(
+            job_id=o.job_id,
+            message_id=o.message_id,
+            state=o.status,
+            updated_at=o.at,
+            downloaded_size=(o.size or 0) if completed else 0,
+            total_size=o.size if completed else None,
+            file_path=o.file_path,
+            relative_path=o.relative_path,
+            error=o.error.value if o.error else None,
+            detail=o.detail,
+            suggestion=o.suggestion,
+        )
+
+
+def is_older(progress: DownloadProgress, than: JobRow) -> bool:
+    return (progress.at, progress.downloaded_size) < (than.updated_at, than.downloaded_size)
+
+
+@dataclass(frozen=True)
+class ApplyProgress:
+    progress: DownloadProgress
+
+    @property
+    def job_id(self) -> str:
+        return self.progress.job_id
+
+    def merge(self, existing: JobRow | None) -> JobRow | None:
+        p = self.progress
+        if existing is not None:
+            if existing.state in TERMINAL_JOB_STATES:
+                return None  # the outcome is final
+            if existing.state != "queued" and is_older(p, existing):
+                return None  # never move back to an older report
+        return JobRow(
+            job_id=p.job_id,
+            message_id=p.message_id,
+            state=p.state,
+            updated_at=p.at,
+            downloaded_size=p.downloaded_size,
+            total_size=p.total_size,
+            download_speed=p.download_speed,
+            eta_seconds=p.estimated_time_remaining,
+            wait_seconds=p.wait_seconds,
+            attempt=p.attempt,
+        )
+
+
+def newer_progress(a: DownloadProgress, b: DownloadProgress) -> DownloadProgress:
+    """The more recent of two reports on the same job (the later one on a tie)."""
+    return a if (a.at, a.downloaded_size) > (b.at, b.downloaded_size) else b
+
+
+JobChange = EnsureJob | ApplyOutcome | ApplyProgress
+BatchChange = InsertBatch | UpdateFile | CancelFiles | UpdateBatch
+Change = BatchChange | JobChange
+
+
+# --- the fold -------------------------------------------------------------------------------
+
+
+def _relative(entry: CatalogEntry) -> str | None:
+    try:
+        return str(relative_path(entry))
+    except ValueError:  # no media: the orchestrator never schedules it, but do not choke
+        return None
+
+
+def _started(e: BatchStarted) -> InsertBatch:
+    rows: dict[int, FileRow] = {}
+    for entry in e.to_download:
+        rows[entry.message_id] = FileRow(
+            e.batch_id, entry.message_id, 0, "pending",
+            total_size=entry.size, relative_path=_relative(entry),
+        )
+    for done in e.already_downloaded:
+        rows[done.message_id] = FileRow(
+            e.batch_id, done.message_id, 0, "completed", total_size=done.size,
+            file_path=done.file_path, relative_path=done.relative_path,
+            already_downloaded=True,
+        )
+    for failure in e.failed_to_start:
+        rows[failure.message_id] = FileRow(
+            e.batch_id, failure.message_id, 0, "failed", error=failure.error.value,
+            detail=failure.detail, suggestion=failure.suggestion,
+        )
+    # Request order; anything not in the request (never expected) goes last.
+    order = list(dict.fromkeys([*e.requested_ids, *rows]))
+    files = tuple(
+        replace(rows[m], position=i) for i, m in enumerate(m for m in order if m in rows)
+    )
+    batch = BatchRow(
+        batch_id=e.batch_id, kind=e.kind, max_concurrent=e.max_concurrent, force=e.force,
+        total_files=len(e.requested_ids), status="in_progress",
+        created_at=e.at, updated_at=e.at,
+    )
+    return InsertBatch(batch, files)
+
+
+def fold_event(event: BatchEvent) -> list[Change]:
+    if isinstance(event, BatchStarted):
+        return [_started(event)]
+    b, at = event.batch_id, event.at
+    touched = UpdateBatch(b, {"updated_at": at})
+    match event:
+        case PermitGranted(message_id=m, job_id=job):
+            return [UpdateFile(b, m, {"status": "queued", "job_id": job}), touched]
+        case JobDispatched(message_id=m, job_id=job):
+            # Attached: the batch waits for another request's job, so it follows that one.
+            return [UpdateFile(b, m, {"job_id": job}), EnsureJob(job, m, at), touched]
+        case FileCompleted(message_id=m):
+            return [UpdateFile(b, m, {
+                "status": "completed", "job_id": event.job_id, "file_path": event.file_path,
+                "relative_path": event.relative_path, "total_size": event.size,
+                "error": None, "detail": None, "suggestion": None,
+            }), touched]
+        case FileFailed(message_id=m):
+            values: dict[str, Any] = {
+                "status": "failed", "error": event.error.value, "detail": event.detail,
+                "suggestion": event.suggestion,
+            }
+            if event.job_id is not None:
+                values["job_id"] = event.job_id
+            return [UpdateFile(b, m, values), touched]
+        case BatchCancelled(stopped=stopped):
+            return [CancelFiles(b, tuple(stopped)),
+                    UpdateBatch(b, {"status": "cancelled", "finished_at": at, "updated_at": at})]
+        case BatchFinished(overall_status=status):
+            return [UpdateBatch(b, {"status": status, "finished_at": at, "updated_at": at})]
+    raise TypeError(f"unknown event {type(event).__name__}")
+
+
+def fold_outcome(outcome: DownloadOutcome) -> list[Change]:
+    return [ApplyOutcome(outcome)]
+
+
+def fold_progress(progress: DownloadProgress) -> list[Change]:
+    return [ApplyProgress(progress)]

@@ -1,0 +1,295 @@
+"""The HTTP gateway against real NATS and PostgreSQL (no orchestrator running): read-model
+routes, input validation, files, health, and the answer when nobody takes commands."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime
+
+import httpx
+import pytest
+
+from tgdl.contracts.catalog import CatalogEntry, MediaKind
+from tgdl.contracts.events import (
+    BatchFinished,
+    BatchStarted,
+    FileCompleted,
+    JobDispatched,
+    PermitGranted,
+)
+from tgdl.contracts.jobs import DownloadProgress
+from tgdl.db import catalog
+from tgdl.db.connection import connect
+from tgdl.db.readmodel import batch_status, snapshot_json
+from tgdl.gateway.app import create_app
+from tgdl.gateway.settings import GatewaySettings
+from tgdl.projector.fold import fold_event, fold_progress
+from tgdl.projector.sql import apply_changes
+
+AT = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def settings(servers, isolation) -> GatewaySettings:
+    return GatewaySettings(
+        nats_url=servers.nats_url, database_url=servers.database_url,
+        namespace=isolation.namespace, db_schema=isolation.schema,
+        media_root=isolation.media_root, command_timeout=2.0, projection_wait=0.3,
+    )
+
+
+@pytest.fixture
+async def app(settings):
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):  # connects NATS and PostgreSQL, migrates
+        yield app
+
+
+@pytest.fixture
+async def client(app):
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://gateway") as client:
+        yield client
+
+
+@pytest.fixture
+async def db(app, settings):
+    conn = await connect(settings.database_url, settings.db_schema)
+    yield conn
+    await conn.close()
+
+
+def entry(m: int) -> CatalogEntry:
+    return CatalogEntry(message_id=m, chat="chan", telegram_message_id=900 + m,
+                        media_kind=MediaKind.photo, file_name=f"p{m}.jpg", size=1_000_000)
+
+
+async def project(db, *events) -> None:
+    for e in events:
+        await apply_changes(db, fold_event(e))
+
+
+async def a_batch_in_flight(db) -> None:
+    """Batch b: 1 completed, 2 downloading at 45 %, 3 pending."""
+    await project(
+        db,
+        BatchStarted(batch_id="b", at=AT, kind="batch", max_concurrent=2, force=False,
+                     requested_ids=[1, 2, 3], to_download=[entry(1), entry(2), entry(3)],
+                     already_downloaded=[], failed_to_start=[]),
+        PermitGranted(batch_id="b", at=AT, message_id=1, job_id="b:1"),
+        PermitGranted(batch_id="b", at=AT, message_id=2, job_id="b:2"),
+        JobDispatched(batch_id="b", at=AT, message_id=2, job_id="b:2", attached=False),
+        FileCompleted(batch_id="b", at=AT, message_id=1, job_id="b:1",
+                      file_path="./media/photos/1_901_p1.jpg",
+                      relative_path="photos/1_901_p1.jpg", size=1_000_000),
+    )
+    await apply_changes(db, fold_progress(DownloadProgress(
+        job_id="b:2", message_id=2, state="downloading", downloaded_size=450_000,
+        total_size=1_000_000, download_speed=50_000, estimated_time_remaining=11, at=AT)))
+
+
+def assert_error_body(response: httpx.Response, status: int, error: str | None = None) -> dict:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert isinstance(body["error"], str) and body["detail"]
+    assert "Traceback" not in response.text
+    if error:
+        assert body["error"] == error
+    return body
+
+
+# --- read model routes ---------------------------------------------------------------------
+
+
+async def test_batch_status_carries_every_field_of_the_contract(client, db):
+    await a_batch_in_flight(db)
+    response = await client.get("/api/media/batch-status/b")
+    assert response.status_code == 200
+    body = response.json()
+    assert {"batch_id", "total_files", "completed", "downloading", "failed", "pending",
+            "overall_status", "files"} <= body.keys()
+    assert (body["batch_id"], body["total_files"], body["completed"], body["downloading"],
+            body["failed"], body["pending"], body["overall_status"]) == (
+        "b", 3, 1, 1, 0, 1, "in_progress")
+    done, running, waiting = body["files"]
+    assert done == {"message_id": 1, "status": "completed", "progress": 100,
+                    "file_path": "./media/photos/1_901_p1.jpg", "total_size": 1_000_000,
+                    "download_url": "/media/photos/1_901_p1.jpg"}
+    assert running == {"message_id": 2, "status": "downloading", "progress": 45,
+                       "downloaded_size": 450_000, "total_size": 1_000_000,
+                       "download_speed": 50_000, "estimated_time_remaining": 11}
+    assert waiting == {"message_id": 3, "status": "pending", "progress": 0,
+                       "total_size": 1_000_000}
+    # the same body the projector publishes on NATS
+    assert response.content == snapshot_json(await batch_status(db, "b"))
+
+
+async def test_unknown_and_malformed_batch_ids(client):
+    body = assert_error_body(await client.get("/api/media/batch-status/nope"), 404,
+                             "batch_not_found")
+    assert body["suggestion"]
+    body = assert_error_body(await client.get("/api/media/batch-status/" + "x" * 65), 422,
+                             "invalid_request")
+    assert body["detail"].startswith("batch_id: must match")
+    assert_error_body(await client.get("/api/media/batch-status/bad%20id"), 422)
+    assert_error_body(await client.post("/api/media/batch-cancel/bad.id"), 422)
+
+
+async def test_single_file_status_follows_its_latest_download(client, db):
+    await a_batch_in_flight(db)
+    await project(db,
+                  BatchStarted(batch_id="s", at=AT, kind="single", max_concurrent=1,
+                               force=False, requested_ids=[2], to_download=[entry(2)],
+                               already_downloaded=[], failed_to_start=[]),
+                  PermitGranted(batch_id="s", at=AT, message_id=2, job_id="s:2"),
+                  JobDispatched(batch_id="s", at=AT, message_id=2, job_id="b:2",
+                                attached=True))
+    body = (await client.get("/api/media/status/2")).json()
+    assert (body["status"], body["progress"], body["download_id"]) == ("downloading", 45, "s")
+    body = (await client.get("/api/media/status/1")).json()
+    assert (body["status"], body["download_url"]) == ("completed", "/media/photos/1_901_p1.jpg")
+    assert body["download_id"] is None  # no single-file request asked for it
+    assert_error_body(await client.get("/api/media/status/77"), 404, "not_requested")
+    body = assert_error_body(await client.get("/api/media/status/abc"), 422)
+    assert body["detail"] == "message_id: must be an integer"
+    assert_error_body(await client.get("/api/media/status/0"), 422)
+
+
+async def test_messages_list_each_message_with_its_download_state(client, db):
+    await catalog.upsert(db, [entry(m) for m in (1, 2, 3, 4)]
+                         + [CatalogEntry(message_id=5, chat="chan", telegram_message_id=905)])
+    await a_batch_in_flight(db)
+    page = (await client.get("/api/messages?limit=10")).json()
+    assert page["total"] == 5 and (page["offset"], page["limit"]) == (0, 10)
+    states = {i["message_id"]: (i["download_state"], i["download_url"]) for i in page["items"]}
+    assert states == {1: ("downloaded", "/media/photos/1_901_p1.jpg"),
+                      2: ("downloading", None), 3: ("queued", None),
+                      4: ("not_downloaded", None), 5: ("no_media", None)}
+    media = (await client.get("/api/messages?media_only=true&offset=1&limit=2")).json()
+    assert [i["message_id"] for i in media["items"]] == [2, 3] and media["total"] == 4
+    for bad in ("limit=0", "limit=201", "offset=-1", "limit=x"):
+        assert_error_body(await client.get(f"/api/messages?{bad}"), 422, "invalid_request")
+
+
+# --- request validation ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("body", "detail"), [
+    ({"message_ids": list(range(1, 52))}, "message_ids: at most 50 ids per request"),
+    ({"message_ids": [1], "max_concurrent": 0}, "max_concurrent: must be >= 1"),
+    ({"message_ids": [1], "max_concurrent": 6}, "max_concurrent: must be <= 5"),
+    ({"message_ids": []}, "message_ids: must hold at least 1 item(s)"),
+    ({"message_ids": [1, -2]}, "message_ids: message ids are positive integers"),
+    ({"message_ids": ["a"]}, "message_ids.0: must be an integer"),
+    ({"message_ids": [1], "colour": "red"}, "colour: is not an accepted field"),
+    ({}, "message_ids: is required"),
+])
+async def test_bad_batch_requests_are_explained(client, body, detail):
+    response = await client.post("/api/media/batch-download", json=body)
+    assert assert_error_body(response, 422, "invalid_request")["detail"].startswith(detail)
+
+
+async def test_malformed_json_is_a_422_not_a_500(client):
+    response = await client.post("/api/media/batch-download", content=b'{"message_ids": [1,',
+                                 headers={"Content-Type": "application/json"})
+    assert assert_error_body(response, 422)["detail"] == "body is not valid JSON"
+    response = await client.post("/api/media/download/5", content=b"{nope",
+                                 headers={"Content-Type": "application/json"})
+    assert assert_error_body(response, 422)["detail"] == "body is not valid JSON"
+    assert_error_body(await client.post("/api/media/download/abc"), 422)
+
+
+async def test_unknown_routes_and_methods_answer_in_the_same_shape(client):
+    assert_error_body(await client.get("/api/nothing"), 404, "not_found")
+    assert_error_body(await client.delete("/api/media/batch-status/b"), 405,
+                      "method_not_allowed")
+
+
+# --- commands without an orchestrator --------------------------------------------------------
+
+
+@pytest.mark.parametrize(("method", "url", "body"), [
+    ("POST", "/api/media/batch-download", {"message_ids": [1, 2]}),
+    ("POST", "/api/media/batch-cancel/batch_1", None),
+    ("POST", "/api/media/download/1", {"force": True}),
+    ("POST", "/api/media/download/1", None),
+    ("POST", "/api/media/cancel/1", None),
+])
+async def test_commands_without_an_orchestrator_are_503_with_advice(client, method, url, body):
+    response = await client.request(method, url, json=body)
+    body = assert_error_body(response, 503, "orchestrator_unavailable")
+    assert "orchestrator" in body["detail"] and "tgdl run" in body["suggestion"]
+
+
+# --- files, health, page, events ------------------------------------------------------------
+
+
+async def test_media_serves_finished_files_only(client, settings):
+    photos = settings.media_root / "photos"
+    photos.mkdir()
+    (photos / "1_901_p1.jpg").write_bytes(b"jpeg bytes")
+    (photos / "2_902_p2.jpg.part").write_bytes(b"half")
+    (settings.media_root.parent / "secret.txt").write_text("keep out")
+
+    response = await client.get("/media/photos/1_901_p1.jpg")
+    assert (response.status_code, response.content) == (200, b"jpeg bytes")
+    assert_error_body(await client.get("/media/photos/2_902_p2.jpg.part"), 404)
+    for sneaky in ("/media/..%2Fsecret.txt", "/media/%2e%2e/secret.txt",
+                   "/media/photos/..%2F..%2Fsecret.txt", "/media/photos/%2E%2E/../secret.txt"):
+        response = await client.get(sneaky)
+        assert response.status_code == 404 and b"keep out" not in response.content, sneaky
+    assert_error_body(await client.get("/media/photos"), 404)
+
+
+async def test_healthz_reports_both_dependencies(client):
+    response = await client.get("/healthz")
+    assert (response.status_code, response.json()) == (200, {"nats": "ok", "postgres": "ok"})
+
+
+async def test_healthz_is_503_and_names_what_is_down(app, client):
+    await app.state.services.pool.close()  # as if PostgreSQL went away
+    body = assert_error_body(await client.get("/healthz"), 503, "unhealthy")
+    assert body["nats"] == "ok" and body["postgres"].startswith("down")
+    assert body["detail"] == {"nats": "ok", "postgres": body["postgres"]}
+
+
+async def test_the_web_page_is_served(client):
+    response = await client.get("/")
+    assert response.status_code == 200 and "text/html" in response.headers["content-type"]
+    assert "/api/media/batch-download" in response.text
+
+
+async def test_batch_events_relay_snapshots_until_the_batch_finishes(client, db, settings, nc):
+    await a_batch_in_flight(db)
+    stream = asyncio.create_task(client.get("/api/media/batch-events/b"))
+    finished = (await batch_status(db, "b")).model_copy(update={"finished": True,
+                                                                  "overall_status": "failed"})
+    # publish the final snapshot until the stream, once subscribed, relays it and ends
+    async with asyncio.timeout(10):
+        while not stream.done():
+            await nc.publish(settings.names.batch_progress("b"),
+                             snapshot_json(finished))
+            await asyncio.wait({stream}, timeout=0.05)
+    response = stream.result()
+    assert response.headers["content-type"].startswith("text/event-stream")
+    events = [json.loads(line.removeprefix("data: "))
+              for line in response.text.splitlines() if line.startswith("data: ")]
+    assert events[0]["overall_status"] == "in_progress"  # the status at connection time
+    assert events[-1]["finished"] is True and len(events) >= 2
+
+    await project(db, BatchFinished(batch_id="b", at=AT, overall_status="completed",
+                                    completed=3, failed=0))
+    response = await client.get("/api/media/batch-events/b")  # already over: one event
+    [line] = [x for x in response.text.splitlines() if x.startswith("data: ")]
+    assert json.loads(line.removeprefix("data: "))["overall_status"] == "completed"
+    assert_error_body(await client.get("/api/media/batch-events/nope"), 404, "batch_not_found")
+
+
+async def test_an_unexpected_failure_is_a_500_without_a_traceback(app, db, settings):
+    await db.execute("DROP TABLE batch_files CASCADE")  # this test's own schema
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+        response = await client.get("/api/media/batch-status/b")
+    body = assert_error_body(response, 500, "internal_error")
+    assert "batch_files" not in response.text and body["suggestion"]

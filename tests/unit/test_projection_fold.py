@@ -1,0 +1,231 @@
+"""The projector's fold rules and its progress throttle, with plain data (no database)."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from tgdl.contracts.api import StartFailure
+from tgdl.contracts.catalog import CatalogEntry, MediaKind
+from tgdl.contracts.errors import ErrorCode
+from tgdl.contracts.events import (
+    AlreadyDownloaded,
+    BatchCancelled,
+    BatchFinished,
+    BatchStarted,
+    FileCompleted,
+    FileFailed,
+    JobDispatched,
+    PermitGranted,
+)
+from tgdl.contracts.jobs import DownloadOutcome, DownloadProgress
+from tgdl.projector.fold import (
+    ApplyOutcome,
+    ApplyProgress,
+    CancelFiles,
+    EnsureJob,
+    InsertBatch,
+    JobRow,
+    UpdateBatch,
+    UpdateFile,
+    fold_event,
+    fold_outcome,
+    fold_progress,
+)
+from tgdl.projector.throttle import ProgressBuffer
+
+AT = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def later(seconds: float) -> datetime:
+    return AT + timedelta(seconds=seconds)
+
+
+def entry(m: int, size: int = 1000) -> CatalogEntry:
+    return CatalogEntry(message_id=m, chat="c", telegram_message_id=100 + m,
+                        media_kind=MediaKind.photo, file_name=f"pic {m}.jpg", size=size)
+
+
+def progress(job: str = "b:1", done: int = 100, at: float = 1.0, state: str = "downloading",
+             **extra) -> DownloadProgress:
+    return DownloadProgress(job_id=job, message_id=1, state=state, downloaded_size=done,
+                            total_size=1000, download_speed=50, at=later(at), **extra)
+
+
+def outcome(status: str = "completed", job: str = "b:1", at: float = 5.0) -> DownloadOutcome:
+    if status == "completed":
+        return DownloadOutcome(job_id=job, message_id=1, status="completed", at=later(at),
+                               file_path="/media/photos/1.jpg",
+                               relative_path="photos/1.jpg", size=1000)
+    return DownloadOutcome(job_id=job, message_id=1, status=status, at=later(at),
+                           error=ErrorCode.network, detail="gone", suggestion="retry later")
+
+
+def merge_all(changes, row: JobRow | None = None) -> JobRow | None:
+    for change in changes:
+        row = change.merge(row) or row
+    return row
+
+
+# --- batch events ------------------------------------------------------------------------
+
+
+def test_batch_started_writes_the_batch_and_its_files_in_request_order():
+    event = BatchStarted(
+        batch_id="b", at=AT, kind="batch", max_concurrent=2, force=True,
+        requested_ids=[3, 1, 2],
+        to_download=[entry(1, size=4000)],
+        already_downloaded=[AlreadyDownloaded(message_id=2, file_path="/m/photos/2.jpg",
+                                              relative_path="photos/2.jpg", size=77)],
+        failed_to_start=[StartFailure(message_id=3, error=ErrorCode.no_media,
+                                      detail="text only", suggestion="pick another")],
+    )
+    [change] = fold_event(event)
+    assert isinstance(change, InsertBatch)
+    b = change.batch
+    assert (b.kind, b.max_concurrent, b.force, b.total_files, b.status) == (
+        "batch", 2, True, 3, "in_progress")
+    assert b.created_at == b.updated_at == AT and b.finished_at is None
+    failed, pending, done = change.files
+    assert [f.message_id for f in change.files] == [3, 1, 2]
+    assert [f.position for f in change.files] == [0, 1, 2]
+    assert (failed.status, failed.error, failed.detail, failed.suggestion) == (
+        "failed", "no_media", "text only", "pick another")
+    assert (pending.status, pending.total_size, pending.relative_path) == (
+        "pending", 4000, "photos/1_101_pic_1.jpg")
+    assert (done.status, done.already_downloaded, done.file_path, done.relative_path,
+            done.total_size) == ("completed", True, "/m/photos/2.jpg", "photos/2.jpg", 77)
+
+
+def test_permit_queues_the_file_and_dispatch_follows_the_job_it_attached_to():
+    permit = fold_event(PermitGranted(batch_id="b", at=AT, message_id=1, job_id="b:1"))
+    assert permit[0] == UpdateFile("b", 1, {"status": "queued", "job_id": "b:1"})
+    dispatched = fold_event(JobDispatched(batch_id="b", at=AT, message_id=1,
+                                          job_id="a:1", attached=True))
+    assert dispatched[:2] == [UpdateFile("b", 1, {"job_id": "a:1"}), EnsureJob("a:1", 1, AT)]
+    assert dispatched[-1] == UpdateBatch("b", {"updated_at": AT})
+
+
+def test_file_completed_and_failed_carry_their_details():
+    [done, _] = fold_event(FileCompleted(batch_id="b", at=AT, message_id=1, job_id="b:1",
+                                         file_path="/m/x", relative_path="x", size=5))
+    assert done.values["status"] == "completed"
+    assert (done.values["file_path"], done.values["relative_path"],
+            done.values["total_size"]) == ("/m/x", "x", 5)
+    [failed, _] = fold_event(FileFailed(batch_id="b", at=AT, message_id=1, job_id=None,
+                                        error=ErrorCode.message_deleted, detail="d",
+                                        suggestion="s"))
+    assert failed.values == {"status": "failed", "error": "message_deleted", "detail": "d",
+                             "suggestion": "s"}  # no job: the job id stays as it was
+
+
+def test_cancel_stops_the_listed_files_and_closes_the_batch():
+    changes = fold_event(BatchCancelled(batch_id="b", at=AT, stopped=[2, 3]))
+    assert changes == [CancelFiles("b", (2, 3)), UpdateBatch(
+        "b", {"status": "cancelled", "finished_at": AT, "updated_at": AT})]
+
+
+@pytest.mark.parametrize("status", ["completed", "failed"])
+def test_finish_records_the_overall_status(status):
+    changes = fold_event(BatchFinished(batch_id="b", at=AT, overall_status=status,
+                                       completed=1, failed=1))
+    assert changes == [UpdateBatch("b", {"status": status, "finished_at": AT,
+                                         "updated_at": AT})]
+
+
+# --- jobs: outcomes, progress, dispatch in any order -------------------------------------
+
+
+def test_progress_never_moves_back_to_an_older_report():
+    row = merge_all(fold_progress(progress(done=500, at=2.0)))
+    assert merge_all(fold_progress(progress(done=300, at=1.0)), row) == row
+    assert ApplyProgress(progress(done=300, at=1.0)).merge(row) is None
+    newer = merge_all(fold_progress(progress(done=600, at=3.0, attempt=2)), row)
+    assert (newer.downloaded_size, newer.attempt) == (600, 2)
+
+
+def test_a_flood_wait_is_recorded_as_waiting_with_its_duration():
+    row = merge_all(fold_progress(progress(state="waiting", wait_seconds=42)))
+    assert (row.state, row.wait_seconds, row.downloaded_size) == ("waiting", 42, 100)
+
+
+@pytest.mark.parametrize("status", ["completed", "failed", "cancelled"])
+def test_a_finished_job_is_never_overwritten_by_progress(status):
+    row = merge_all(fold_outcome(outcome(status)))
+    assert ApplyProgress(progress(done=999, at=9.0)).merge(row) is None
+    assert row.state == status
+
+
+def test_an_outcome_fixes_every_column_whatever_progress_came_before():
+    direct = merge_all(fold_outcome(outcome()))
+    after_progress = merge_all([*fold_progress(progress(state="waiting", wait_seconds=9,
+                                                        attempt=3)),
+                                *fold_outcome(outcome())])
+    assert direct == after_progress
+    assert (direct.state, direct.downloaded_size, direct.total_size, direct.file_path,
+            direct.relative_path) == ("completed", 1000, 1000, "/media/photos/1.jpg",
+                                      "photos/1.jpg")
+    failed = merge_all(fold_outcome(outcome("failed")))
+    assert (failed.error, failed.detail, failed.suggestion) == ("network_error", "gone",
+                                                                "retry later")
+
+
+def test_dispatch_only_creates_a_missing_job():
+    ensure = EnsureJob("b:1", 1, AT)
+    assert ensure.merge(None) == JobRow(job_id="b:1", message_id=1, state="queued",
+                                        updated_at=AT)
+    running = merge_all(fold_progress(progress()))
+    assert ensure.merge(running) is None
+    # a queued row takes any progress, even one stamped before the dispatch
+    assert ApplyProgress(progress(at=-1.0)).merge(ensure.merge(None)).state == "downloading"
+
+
+def test_job_changes_commute_across_streams():
+    """Dispatch, progress and outcome arrive from three streams in any interleaving."""
+    changes = [EnsureJob("b:1", 1, AT), ApplyProgress(progress(done=400, at=2.0)),
+               ApplyProgress(progress(done=200, at=1.0)), ApplyOutcome(outcome())]
+    results = {merge_all(order) for order in itertools.permutations(changes)}
+    assert len(results) == 1
+
+
+# --- progress throttle -------------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_progress_buffer_keeps_the_newest_report_per_job_and_the_highest_sequence():
+    clock = Clock()
+    buf = ProgressBuffer(interval=1.0, clock=clock)
+    assert buf.due_in() is None and not buf.dirty
+    buf.offer(1, progress(done=100, at=1.0))
+    assert buf.due_in() == 0  # the first report after a quiet spell goes out at once
+    taken, seq = buf.take()
+    assert (len(taken), seq) == (1, 1)
+    for i in range(2, 52):  # a burst of 50 reports
+        buf.offer(i, progress(done=i * 10, at=float(i)))
+    buf.offer(52, progress(job="b:2", done=5, at=1.0))
+    buf.offer(53, None)  # unreadable: its position still counts
+    assert buf.due_in() == pytest.approx(1.0)
+    clock.now += 0.4
+    assert buf.due_in() == pytest.approx(0.6)
+    clock.now += 0.6
+    taken, seq = buf.take()
+    assert seq == 53
+    assert sorted((p.job_id, p.downloaded_size) for p in taken) == [("b:1", 510), ("b:2", 5)]
+    assert buf.due_in() is None
+
+
+def test_progress_buffer_ignores_a_late_older_report():
+    buf = ProgressBuffer(interval=1.0, clock=Clock())
+    buf.offer(5, progress(done=500, at=5.0))
+    buf.offer(6, progress(done=100, at=1.0))
+    taken, seq = buf.take()
+    assert [p.downloaded_size for p in taken] == [500] and seq == 6

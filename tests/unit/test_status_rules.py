@@ -1,0 +1,181 @@
+"""How file and job rows become what clients see: per-file status, counts, overall
+status and the summary sentence (plain rows, no database)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tgdl.db.readmodel import batch_status_of, file_body, file_status, status_body, summary_sentence
+
+
+def file_row(m: int = 1, status: str = "pending", **extra) -> dict:
+    row = {"message_id": m, "status": status, "total_size": 1000, "file_path": None,
+           "relative_path": None, "already_downloaded": False, "error": None,
+           "detail": None, "suggestion": None}
+    return row | extra
+
+
+def job_row(state: str, **extra) -> dict:
+    row = {"state": state, "downloaded_size": 0, "total_size": 1000, "download_speed": None,
+           "eta_seconds": None, "wait_seconds": None, "file_path": None,
+           "relative_path": None, "error": None, "detail": None, "suggestion": None}
+    return row | extra
+
+
+def batch(status: str = "in_progress", total: int = 5) -> dict:
+    return {"batch_id": "batch_1", "status": status, "total_files": total,
+            "max_concurrent": 3}
+
+
+def test_a_downloading_file_shows_live_numbers_from_its_job():
+    job = job_row("downloading", downloaded_size=450_000, total_size=1_000_000,
+                  download_speed=50_000, eta_seconds=11)
+    body = file_status(file_row(status="queued"), job)
+    assert body.model_dump(exclude_none=True) == {
+        "message_id": 1, "status": "downloading", "progress": 45,
+        "downloaded_size": 450_000, "total_size": 1_000_000, "download_speed": 50_000,
+        "estimated_time_remaining": 11,
+    }
+
+
+@pytest.mark.parametrize("state", ["starting", "retrying"])
+def test_starting_and_retrying_jobs_count_as_downloading(state):
+    assert file_status(file_row(status="queued"), job_row(state)).status == "downloading"
+
+
+def test_time_remaining_comes_from_speed_when_the_downloader_gave_none():
+    job = job_row("downloading", downloaded_size=400, total_size=1000, download_speed=100)
+    assert file_status(file_row(status="queued"), job).estimated_time_remaining == 6
+
+
+def test_progress_is_rounded_down_and_never_exceeds_100():
+    job = job_row("downloading", downloaded_size=999, total_size=1000)
+    assert file_status(file_row(status="queued"), job).progress == 99
+    job = job_row("downloading", downloaded_size=5, total_size=0)
+    assert file_status(file_row(status="queued"), job).progress == 0
+
+
+def test_a_flood_wait_is_waiting_not_failed():
+    job = job_row("waiting", downloaded_size=300, wait_seconds=42)
+    body = file_status(file_row(status="queued"), job)
+    assert (body.status, body.wait_seconds, body.progress, body.error) == (
+        "waiting", 42, 30, None)
+
+
+def test_a_file_with_a_permit_but_no_running_job_is_queued():
+    assert file_status(file_row(status="queued"), None).status == "queued"
+    assert file_status(file_row(status="queued"), job_row("queued")).status == "queued"
+
+
+def test_pending_stays_pending_whatever_its_job_row_says():
+    assert file_status(file_row(status="pending"), job_row("downloading")).status == "pending"
+
+
+def test_the_batch_verdict_wins_over_the_job():
+    row = file_row(status="cancelled")
+    assert file_status(row, job_row("downloading")).status == "cancelled"
+    row = file_row(status="completed", file_path="/m/photos/1.jpg",
+                   relative_path="photos/1.jpg")
+    body = file_status(row, job_row("failed", error="network_error"))
+    assert (body.status, body.progress, body.download_url, body.error) == (
+        "completed", 100, "/media/photos/1.jpg", None)
+
+
+def test_an_attached_job_that_finished_completes_the_file_before_its_event():
+    job = job_row("completed", file_path="/m/videos/1.mp4", relative_path="videos/1.mp4",
+                  downloaded_size=1000)
+    body = file_status(file_row(status="queued"), job)
+    assert body.model_dump(exclude_none=True) == {
+        "message_id": 1, "status": "completed", "progress": 100,
+        "file_path": "/m/videos/1.mp4", "download_url": "/media/videos/1.mp4",
+        "total_size": 1000,
+    }
+
+
+def test_a_failed_job_shows_its_error():
+    job = job_row("failed", error="retries_exhausted", detail="d", suggestion="s")
+    body = file_status(file_row(status="queued"), job)
+    assert (body.status, body.error, body.detail, body.suggestion) == (
+        "failed", "retries_exhausted", "d", "s")
+
+
+def test_already_downloaded_files_say_so():
+    row = file_row(status="completed", already_downloaded=True, file_path="/m/a.jpg",
+                   relative_path="photos/a.jpg")
+    assert file_status(row, None).already_downloaded is True
+    row["already_downloaded"] = False
+    assert file_status(row, None).already_downloaded is None
+
+
+def test_counts_fold_waiting_into_downloading_and_queued_into_pending():
+    files = [
+        file_status(file_row(1, "completed", relative_path="photos/1.jpg"), None),
+        file_status(file_row(2, "queued"), job_row("downloading")),
+        file_status(file_row(3, "queued"), job_row("waiting", wait_seconds=5)),
+        file_status(file_row(4, "queued"), None),
+        file_status(file_row(5, "pending"), None),
+    ]
+    status = batch_status_of(batch(), files)
+    assert (status.total_files, status.completed, status.downloading, status.failed,
+            status.pending, status.cancelled) == (5, 1, 2, 0, 2, 0)
+    assert (status.overall_status, status.finished) == ("in_progress", False)
+    assert status.summary == (
+        "1 of 5 files completed, 1 downloading, 1 paused by a Telegram rate limit, "
+        "2 waiting for their turn")
+    assert status.max_concurrent == 3
+
+
+def test_a_batch_nobody_started_on_yet_is_pending():
+    files = [file_status(file_row(m), None) for m in (1, 2)]
+    status = batch_status_of(batch(total=2), files)
+    assert status.overall_status == "pending"
+    assert status.summary == "0 of 2 files completed, 2 waiting for their turn"
+
+
+def test_a_finished_batch_with_some_failures_is_failed_and_says_how_many_completed():
+    files = [file_status(file_row(m, "completed", relative_path=f"p/{m}"), None)
+             for m in range(18)]
+    files += [file_status(file_row(m, "failed", error="message_not_found"), None)
+              for m in (18, 19)]
+    status = batch_status_of(batch("failed", total=20), files)
+    assert (status.overall_status, status.finished, status.completed, status.failed) == (
+        "failed", True, 18, 2)
+    assert status.summary == "18 of 20 files completed, 2 failed"
+
+
+def test_a_cancelled_batch_counts_what_finished_and_what_stopped():
+    files = [file_status(file_row(m, "completed", relative_path=f"p/{m}"), None)
+             for m in (1, 2)]
+    files += [file_status(file_row(m, "cancelled"), None) for m in (3, 4, 5)]
+    status = batch_status_of(batch("cancelled"), files)
+    assert (status.overall_status, status.finished, status.cancelled) == (
+        "cancelled", True, 3)
+    assert status.summary == "Cancelled: 2 files completed, 3 stopped"
+
+
+def test_a_completed_batch_of_one_file():
+    files = [file_status(file_row(1, "completed", relative_path="p/1"), None)]
+    status = batch_status_of(batch("completed", total=1), files)
+    assert (status.overall_status, status.finished) == ("completed", True)
+    assert status.summary == "1 of 1 file completed"
+
+
+def test_summary_mentions_one_file_waiting_for_its_turn():
+    counts = {"completed": 3, "downloading": 1, "queued": 1}
+    assert summary_sentence("in_progress", 5, counts) == (
+        "3 of 5 files completed, 1 downloading, 1 waiting for its turn")
+
+
+def test_the_wire_form_leaves_out_what_does_not_apply_but_never_a_live_number():
+    starting = file_status(file_row(status="queued"), job_row("starting"))
+    assert file_body(starting) == {
+        "message_id": 1, "status": "downloading", "progress": 0, "downloaded_size": 0,
+        "total_size": 1000, "download_speed": 0, "estimated_time_remaining": None,
+    }
+    waiting = file_body(file_status(file_row(status="queued"), job_row("waiting")))
+    assert waiting["wait_seconds"] is None and "estimated_time_remaining" in waiting
+    done = file_status(file_row(status="completed", relative_path="p/1"), None)
+    assert set(file_body(done)) == {"message_id", "status", "progress", "total_size",
+                                    "download_url"}
+    body = status_body(batch_status_of(batch(total=1), [done]))
+    assert body["files"] == [file_body(done)] and body["overall_status"] == "in_progress"
