@@ -58,6 +58,10 @@ class Cancelled(Exception):
     """Every party left the lease: nobody wants this file any more."""
 
 
+class _AccountWaiting(Exception):
+    """Another replica of the account is sitting out a flood wait: pause, then resume."""
+
+
 class Retry(Exception):
     """Give the job back to the queue; it resumes from the .part file later."""
 
@@ -247,6 +251,8 @@ class Worker:
                             f"Telegram asked to wait {wait.seconds} s (limit "
                             f"{self.s.max_flood_wait} s)"))
                     await self.flood.hold(wait.seconds)  # every replica of the account waits
+                except _AccountWaiting:
+                    pass  # sit out the deadline already shared; do not extend it
         except Cancelled:
             discard_part(final)
             return self._outcome(job, "cancelled", Failure.of(
@@ -284,7 +290,7 @@ class Worker:
                         progress.add(len(chunk))
                         await progress.publish("downloading")
                         if self.flood.remaining() > 0:  # another replica hit a flood wait
-                            raise FloodWait(int(self.flood.remaining()) + 1)
+                            raise _AccountWaiting()
 
             await self._interruptible(running, copy())
             await asyncio.to_thread(writer.commit, media.size)

@@ -30,6 +30,7 @@ class SnapshotPublisher:
         self._last_sent: dict[str, float] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self._closing = False
         self.published = 0
 
     def start(self) -> None:
@@ -39,9 +40,11 @@ class SnapshotPublisher:
         """Publish what is still owed, then stop."""
         if self._task is None:
             return
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        # Ask the loop to end rather than cancelling it: on Python 3.11 a cancel that lands
+        # as the wake-up fires is swallowed by wait_for, and the loop would run forever.
+        self._closing = True
+        self._wake.set()
+        await self._task
         self._task = None
         if self._due:
             await self._publish(list(self._due))
@@ -54,7 +57,7 @@ class SnapshotPublisher:
         self._wake.set()
 
     async def _run(self) -> None:
-        while True:
+        while not self._closing:
             self._wake.clear()
             now = time.monotonic()
             ready = [b for b, at in self._due.items() if at <= now]
@@ -73,7 +76,8 @@ class SnapshotPublisher:
             wait = min(self._due.values(), default=None)
             timeout = None if wait is None else max(0.0, wait - time.monotonic())
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
 
     async def _publish(self, batch_ids: list[str]) -> None:
         async with self._pool.acquire() as conn:
