@@ -19,6 +19,7 @@ from nats.js.api import (
 )
 from nats.js.errors import BadRequestError
 
+from tgdl.contracts.config import CommonSettings
 from tgdl.contracts.subjects import Names
 
 DAY = 24 * 3600.0
@@ -26,13 +27,19 @@ DAY = 24 * 3600.0
 
 @dataclass(frozen=True)
 class QueuePolicy:
-    """How download jobs are leased to downloaders."""
+    """How download jobs are leased to downloaders, and how streams are kept."""
 
     ack_wait: float = 30.0  # a downloader heartbeats well inside this while it works
     max_deliver: int = 6  # then the job ends as failed, never an endless loop
     global_cap: int = 8  # downloads in flight across all batches and replicas
+    replicas: int = 1  # copies of every stream and bucket (3 on a NATS cluster)
     events_max_age: float = 30 * DAY  # how long batch logs (and so history) are kept
     duplicate_window: float = 600.0  # job re-publishes after a crash are dropped within it
+
+    @classmethod
+    def of(cls, settings: CommonSettings) -> QueuePolicy:
+        return cls(ack_wait=settings.ack_wait, max_deliver=settings.max_deliver,
+                   global_cap=settings.global_cap, replicas=settings.stream_replicas)
 
 
 async def connect(url: str, name: str) -> NATS:
@@ -50,51 +57,28 @@ async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
         await js.update_stream(config)
 
 
+def stream_configs(names: Names, policy: QueuePolicy) -> list[StreamConfig]:
+    kept = {"storage": StorageType.FILE, "num_replicas": policy.replicas}
+    return [
+        StreamConfig(name=names.events_stream, subjects=[names.all_batch_events],
+                     retention=RetentionPolicy.LIMITS, max_age=policy.events_max_age,
+                     duplicate_window=policy.duplicate_window, **kept),
+        StreamConfig(name=names.jobs_stream, subjects=[names.download_jobs],
+                     retention=RetentionPolicy.WORK_QUEUE,
+                     duplicate_window=policy.duplicate_window, **kept),
+        StreamConfig(name=names.outcomes_stream, subjects=[names.all_file_done],
+                     retention=RetentionPolicy.LIMITS, max_age=policy.events_max_age,
+                     duplicate_window=policy.duplicate_window, **kept),
+        # only the latest progress of a file matters
+        StreamConfig(name=names.progress_stream, subjects=[names.all_file_progress],
+                     retention=RetentionPolicy.LIMITS, max_msgs_per_subject=1,
+                     discard=DiscardPolicy.OLD, max_age=DAY, **kept),
+    ]
+
+
 async def ensure_topology(js: JetStreamContext, names: Names, policy: QueuePolicy) -> None:
-    await _ensure_stream(
-        js,
-        StreamConfig(
-            name=names.events_stream,
-            subjects=[names.all_batch_events],
-            storage=StorageType.FILE,
-            retention=RetentionPolicy.LIMITS,
-            max_age=policy.events_max_age,
-            duplicate_window=policy.duplicate_window,
-        ),
-    )
-    await _ensure_stream(
-        js,
-        StreamConfig(
-            name=names.jobs_stream,
-            subjects=[names.download_jobs],
-            storage=StorageType.FILE,
-            retention=RetentionPolicy.WORK_QUEUE,
-            duplicate_window=policy.duplicate_window,
-        ),
-    )
-    await _ensure_stream(
-        js,
-        StreamConfig(
-            name=names.outcomes_stream,
-            subjects=[names.all_file_done],
-            storage=StorageType.FILE,
-            retention=RetentionPolicy.LIMITS,
-            max_age=policy.events_max_age,
-            duplicate_window=policy.duplicate_window,
-        ),
-    )
-    await _ensure_stream(
-        js,
-        StreamConfig(
-            name=names.progress_stream,
-            subjects=[names.all_file_progress],
-            storage=StorageType.FILE,
-            retention=RetentionPolicy.LIMITS,
-            max_msgs_per_subject=1,  # only the latest progress of a file matters
-            discard=DiscardPolicy.OLD,
-            max_age=DAY,
-        ),
-    )
+    for config in stream_configs(names, policy):
+        await _ensure_stream(js, config)
     await js.add_consumer(
         names.jobs_stream,
         ConsumerConfig(
@@ -118,5 +102,6 @@ async def ensure_topology(js: JetStreamContext, names: Names, policy: QueuePolic
     )
     for bucket in (names.leases_bucket, names.flood_bucket):
         await js.create_key_value(
-            KeyValueConfig(bucket=bucket, history=1, storage=StorageType.FILE)
+            KeyValueConfig(bucket=bucket, history=1, storage=StorageType.FILE,
+                           replicas=policy.replicas)
         )

@@ -24,6 +24,7 @@ class CommonSettings(BaseSettings):
     ack_wait: float = Field(default=30.0, gt=0, lt=60)  # seconds without a heartbeat
     max_deliver: int = Field(default=6, ge=1)  # attempts before a job ends as failed
     global_cap: int = Field(default=8, ge=1)  # downloads in flight across all batches
+    stream_replicas: int = Field(default=1, ge=1, le=5)  # 3 on a NATS cluster
 
     @property
     def names(self) -> Names:

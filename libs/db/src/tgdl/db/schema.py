@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncpg
 
+from tgdl.db.connection import connect
+
 MIGRATIONS: list[tuple[int, str]] = [
     (
         1,
@@ -111,6 +113,15 @@ async def migrate(conn: asyncpg.Connection, schema: str) -> int:
                 await conn.execute(sql)
                 await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
         return max(v for v, _ in MIGRATIONS)
+
+
+async def migrate_database(dsn: str, schema: str) -> int:
+    """Connect, migrate `schema`, disconnect: what every service does once at start."""
+    conn = await connect(dsn, schema)
+    try:
+        return await migrate(conn, schema)
+    finally:
+        await conn.close()
 
 
 async def truncate_read_model(conn: asyncpg.Connection) -> None:

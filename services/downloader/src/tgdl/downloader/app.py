@@ -32,9 +32,7 @@ async def serve(settings: DownloaderSettings, stop: asyncio.Event,
     nc = await connect(settings.nats_url, settings.replica)
     js = nc.jetstream()
     names = settings.names
-    await ensure_topology(js, names, QueuePolicy(
-        ack_wait=settings.ack_wait, max_deliver=settings.max_deliver,
-        global_cap=settings.global_cap))
+    await ensure_topology(js, names, QueuePolicy.of(settings))
     flood = FloodGate(await js.key_value(names.flood_bucket), settings.account, settings.replica)
     await flood.start()
     await port.start()

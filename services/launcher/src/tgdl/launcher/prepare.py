@@ -5,26 +5,17 @@ from __future__ import annotations
 from tgdl.bus import topology
 from tgdl.contracts.catalog import CatalogEntry
 from tgdl.contracts.config import CommonSettings
-from tgdl.db import catalog
+from tgdl.db import catalog, schema
 from tgdl.db.connection import connect
-from tgdl.db.schema import migrate
 
 
 def queue_policy(settings: CommonSettings) -> topology.QueuePolicy:
-    return topology.QueuePolicy(
-        ack_wait=settings.ack_wait,
-        max_deliver=settings.max_deliver,
-        global_cap=settings.global_cap,
-    )
+    return topology.QueuePolicy.of(settings)
 
 
 async def migrate_database(settings: CommonSettings) -> int:
     """Bring the schema up to date; returns its version."""
-    conn = await connect(settings.database_url, settings.db_schema)
-    try:
-        return await migrate(conn, settings.db_schema)
-    finally:
-        await conn.close()
+    return await schema.migrate_database(settings.database_url, settings.db_schema)
 
 
 async def ensure_nats(settings: CommonSettings) -> None:

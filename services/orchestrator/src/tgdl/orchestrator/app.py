@@ -26,9 +26,8 @@ from tgdl.contracts.commands import (
 )
 from tgdl.contracts.errors import ErrorCode, Failure
 from tgdl.contracts.jobs import DownloadJob, DownloadOutcome
-from tgdl.db.connection import connect as db_connect
 from tgdl.db.connection import create_pool
-from tgdl.db.schema import migrate
+from tgdl.db.schema import migrate_database
 from tgdl.orchestrator.batch import BatchState, evolve, initial_state
 from tgdl.orchestrator.handlers import Orchestrator, Rejected
 from tgdl.orchestrator.repository import BatchRepository
@@ -90,15 +89,10 @@ class OrchestratorService:
 
     async def run(self, stop: asyncio.Event) -> None:
         s = self.settings
-        conn = await db_connect(s.database_url, s.db_schema)
-        try:
-            await migrate(conn, s.db_schema)
-        finally:
-            await conn.close()
+        await migrate_database(s.database_url, s.db_schema)
         nc = await connect(s.nats_url, s.replica)
         js = nc.jetstream()
-        await ensure_topology(js, self.names, QueuePolicy(
-            ack_wait=s.ack_wait, max_deliver=s.max_deliver, global_cap=s.global_cap))
+        await ensure_topology(js, self.names, QueuePolicy.of(s))
         pool = await create_pool(s.database_url, s.db_schema)
         event_log = EventLog(js, self.names)
         orch = Orchestrator(s, js, BatchRepository(event_log), await Leases.open(js, self.names),

@@ -9,8 +9,7 @@ import logging
 import signal
 
 from tgdl.bus.topology import QueuePolicy, connect, ensure_topology
-from tgdl.db.connection import connect as db_connect
-from tgdl.db.schema import migrate
+from tgdl.db.schema import migrate_database
 from tgdl.projector.projector import Projector
 from tgdl.projector.settings import ProjectorSettings
 
@@ -20,14 +19,8 @@ log = logging.getLogger("tgdl.projector")
 async def run(settings: ProjectorSettings, stop: asyncio.Event) -> None:
     nc = await connect(settings.nats_url, "tgdl-projector")
     try:
-        await ensure_topology(nc.jetstream(), settings.names, QueuePolicy(
-            ack_wait=settings.ack_wait, max_deliver=settings.max_deliver,
-            global_cap=settings.global_cap))
-        conn = await db_connect(settings.database_url, settings.db_schema)
-        try:
-            await migrate(conn, settings.db_schema)
-        finally:
-            await conn.close()
+        await ensure_topology(nc.jetstream(), settings.names, QueuePolicy.of(settings))
+        await migrate_database(settings.database_url, settings.db_schema)
         projector = Projector(settings, nc)
         try:
             starting = asyncio.create_task(projector.start())

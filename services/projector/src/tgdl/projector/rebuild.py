@@ -17,7 +17,7 @@ from tgdl.bus.topology import QueuePolicy, connect, ensure_topology
 from tgdl.contracts.config import CommonSettings
 from tgdl.contracts.subjects import Names
 from tgdl.db.connection import connect as db_connect
-from tgdl.db.schema import migrate
+from tgdl.db.schema import migrate_database
 from tgdl.projector.projector import Projector
 from tgdl.projector.settings import ProjectorSettings
 from tgdl.projector.sql import load_positions
@@ -69,13 +69,8 @@ async def rebuild(settings: CommonSettings, idle_timeout: float = 30.0) -> dict[
     nc = await connect(s.nats_url, "tgdl-rebuild")
     try:
         js = nc.jetstream()
-        await ensure_topology(js, names, QueuePolicy(
-            ack_wait=s.ack_wait, max_deliver=s.max_deliver, global_cap=s.global_cap))
-        conn = await db_connect(s.database_url, s.db_schema)
-        try:
-            await migrate(conn, s.db_schema)
-        finally:
-            await conn.close()
+        await ensure_topology(js, names, QueuePolicy.of(s))
+        await migrate_database(s.database_url, s.db_schema)
         projector = Projector(s, nc, publish_snapshots=False)
         await projector.start(wait_for_lock=False, truncate=True)
         try:
