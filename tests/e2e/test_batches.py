@@ -130,6 +130,11 @@ async def test_overlapping_batches_download_nothing_twice(stack: Stack):
     assert sorted(third["already_downloaded"]) == sorted(ids[:4])
     assert third["started_downloads"] == []
     assert (await stack.until_finished(third["batch_id"]))["overall_status"] == "completed"
+    # force downloads a finished file again, replacing it only once complete
+    forced = await stack.start_batch(ids[:1], force=True)
+    assert forced["started_downloads"] == ids[:1] and forced["already_downloaded"] == []
+    assert (await stack.until_finished(forced["batch_id"]))["overall_status"] == "completed"
+    assert (await stack.sim_stats())["bytes_sent_by_id"][ids[0]] == 2 * sizes[ids[0]]
 
 
 async def test_cancel_stops_running_downloads_and_removes_partial_files(stack: Stack):

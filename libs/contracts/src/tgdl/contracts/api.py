@@ -39,7 +39,9 @@ class StartFailure(BaseModel):
 
 class BatchDownloadResponse(BaseModel):
     batch_id: str
-    status: Literal["started", "completed"]
+    # "started": files are downloading; "completed": every file was already there;
+    # "failed": no file could start (see failed_to_start)
+    status: Literal["started", "completed", "failed"]
     message: str
     total_files: int
     started_downloads: list[int]

@@ -8,7 +8,8 @@ import json
 import logging
 import signal
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
@@ -25,10 +26,11 @@ from tgdl.contracts.commands import (
     StartBatch,
 )
 from tgdl.contracts.errors import ErrorCode, Failure
+from tgdl.contracts.events import BatchCancelled
 from tgdl.contracts.jobs import DownloadJob, DownloadOutcome
 from tgdl.db.connection import create_pool
 from tgdl.db.schema import migrate_database
-from tgdl.orchestrator.batch import BatchState, evolve, initial_state
+from tgdl.orchestrator.batch import BatchState, FileState, evolve, initial_state
 from tgdl.orchestrator.handlers import Orchestrator, Rejected
 from tgdl.orchestrator.repository import BatchRepository
 from tgdl.orchestrator.settings import OrchestratorSettings
@@ -68,12 +70,24 @@ async def answer(msg: Msg, model: type[BaseModel], handler: Handler) -> None:
         await msg.respond(reply.model_dump_json(exclude_none=True).encode())
 
 
-async def replay_all(log_: EventLog) -> dict[str, tuple[BatchState, int]]:
+@dataclass
+class Replay:
+    open_batches: dict[str, tuple[BatchState, int]]
+    # recently cancelled batches and the files they had running (their leases to leave)
+    cancelled: list[tuple[str, list[int]]]
+
+
+async def replay_all(log_: EventLog, cancel_horizon: timedelta = timedelta(days=1)) -> Replay:
     states: dict[str, tuple[BatchState, int]] = {}
+    cancelled: list[tuple[str, list[int]]] = []
+    horizon = datetime.now(UTC) - cancel_horizon
     async for seq, event in log_.read_all():
         state, _ = states.get(event.batch_id, (initial_state, 0))
+        if isinstance(event, BatchCancelled) and event.at >= horizon:
+            running = [m for m in event.stopped if state.files.get(m) is FileState.running]
+            cancelled.append((event.batch_id, running))
         states[event.batch_id] = (evolve(state, event), seq)
-    return {b: s for b, s in states.items() if not s[0].closed}
+    return Replay({b: s for b, s in states.items() if not s[0].closed}, cancelled)
 
 
 class OrchestratorService:
@@ -98,7 +112,8 @@ class OrchestratorService:
         orch = Orchestrator(s, js, BatchRepository(event_log), await Leases.open(js, self.names),
                             pool)
         self.orch = orch
-        open_batches = await orch.recover(await replay_all(event_log))
+        replay = await replay_all(event_log)
+        open_batches = await orch.recover(replay.open_batches, replay.cancelled)
         log.info("recovered %d open batches", open_batches)
 
         for subject, (model, handler) in command_handlers(orch).items():
@@ -110,15 +125,26 @@ class OrchestratorService:
             self._spawn(self._job_gave_up(js, orch, msg))
         await nc.subscribe(self.names.max_deliveries_advisory(), cb=on_max_deliveries)
 
-        outcomes = asyncio.create_task(self._consume_outcomes(js, orch, stop))
+        loops = [asyncio.create_task(self._consume_outcomes(js, orch, stop)),
+                 asyncio.create_task(self._sweep(orch, stop))]
         try:
             await stop.wait()
         finally:
-            outcomes.cancel()
-            await asyncio.gather(outcomes, return_exceptions=True)
+            for loop in loops:
+                loop.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
             await asyncio.gather(*self._tasks, return_exceptions=True)
             await nc.drain()
             await pool.close()
+
+    async def _sweep(self, orch: Orchestrator, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.settings.sweep_interval)
+            try:
+                await orch.sweep()
+            except Exception:
+                log.exception("sweep failed; will try again")
 
     async def _consume_outcomes(self, js, orch: Orchestrator, stop: asyncio.Event) -> None:
         sub = await js.pull_subscribe_bind(

@@ -67,6 +67,8 @@ class Orchestrator:
         self.repo = repo
         self.leases = leases
         self.db = db
+        self._in_flight: set[tuple[str, int]] = set()  # dispatches running in this process
+        self._seen_stalled: set[tuple[str, int]] = set()
 
     # --- requests --------------------------------------------------------------------------
 
@@ -102,7 +104,8 @@ class Orchestrator:
         started = [e.message_id for e in sorted_out.to_download]
         return BatchDownloadResponse(
             batch_id=batch_id,
-            status="started" if started else "completed",
+            status="started" if started else (
+                "completed" if sorted_out.already_downloaded else "failed"),
             message=_start_message(len(ids), started, sorted_out),
             total_files=len(ids),
             started_downloads=started,
@@ -184,33 +187,56 @@ class Orchestrator:
                     pass
 
     async def _dispatch(self, batch_id: str, entry: CatalogEntry, job_id: str, force: bool) -> None:
-        acquired = await self.leases.acquire(entry.message_id, job_id, batch_id)
-        if not acquired.attached:
-            job = DownloadJob(job_id=job_id, entry=entry, force=force)
-            await self.js.publish(
-                self.names.download_jobs, job.model_dump_json().encode(),
-                stream=self.names.jobs_stream, headers={"Nats-Msg-Id": job_id},
-            )
-        events, _, _ = await self.repo.execute(batch_id, MarkDispatched(
-            message_id=entry.message_id, job_id=acquired.job_id, attached=acquired.attached,
-            at=now(),
-        ))
+        key = (batch_id, entry.message_id)
+        self._in_flight.add(key)
+        try:
+            acquired = await self.leases.acquire(entry.message_id, job_id, batch_id)
+            if not acquired.attached:
+                job = DownloadJob(job_id=job_id, entry=entry, force=force)
+                await self.js.publish(
+                    self.names.download_jobs, job.model_dump_json().encode(),
+                    stream=self.names.jobs_stream, headers={"Nats-Msg-Id": job_id},
+                )
+            events, _, _ = await self.repo.execute(batch_id, MarkDispatched(
+                message_id=entry.message_id, job_id=acquired.job_id,
+                attached=acquired.attached, at=now(),
+            ))
+        finally:
+            self._in_flight.discard(key)
         await self._act_on(batch_id, events)
 
-    async def recover(self, states: dict[str, tuple[BatchState, int]]) -> int:
+    async def recover(
+        self, states: dict[str, tuple[BatchState, int]], cancelled: list[tuple[str, list[int]]]
+    ) -> int:
         """After a restart: finish what a crash may have interrupted between an append and
-        its effects (dispatch granted files, grant free permits)."""
+        its effects (dispatch granted files, grant free permits, leave cancelled leases)."""
         for batch_id, (state, seq) in states.items():
             self.repo.prime(batch_id, state, seq)
+        for batch_id, running in cancelled:
+            for m in running:
+                await self.leases.leave(m, batch_id)
         for state in self.repo.open_batches():
-            assert state.batch_id is not None
-            for m in state.undispatched:
-                await self._dispatch(
-                    state.batch_id, state.entries[m], state.jobs[m], state.force
-                )
-            events, _, _ = await self.repo.execute(state.batch_id, Reconcile(at=now()))
-            await self._act_on(state.batch_id, events)
+            await self._settle(state)
         return len(self.repo.open_batches())
+
+    async def sweep(self) -> None:
+        """Periodically: a grant whose dispatch failed after its append (a NATS hiccup)
+        is dispatched again once it has been seen stalled on two sweeps in a row."""
+        stalled = {
+            (s.batch_id, m) for s in self.repo.open_batches() for m in s.undispatched
+        } - self._in_flight
+        ready, self._seen_stalled = stalled & self._seen_stalled, stalled
+        for batch_id in {b for b, _ in ready}:
+            state, _ = await self.repo.load(batch_id)
+            await self._settle(state, only={m for b, m in ready if b == batch_id})
+
+    async def _settle(self, state: BatchState, only: set[int] | None = None) -> None:
+        assert state.batch_id is not None
+        for m in state.undispatched:
+            if only is None or m in only:
+                await self._dispatch(state.batch_id, state.entries[m], state.jobs[m], state.force)
+        events, _, _ = await self.repo.execute(state.batch_id, Reconcile(at=now()))
+        await self._act_on(state.batch_id, events)
 
 
 def _sizes_on_disk(entries, media_root: Path) -> dict[int, int]:

@@ -10,6 +10,7 @@ class OrchestratorSettings(CommonSettings):
     # catalog. Requests for other chats are refused with "access_denied".
     allowed_chats: str = ""
     replica: str = Field(default="orchestrator")
+    sweep_interval: float = Field(default=5.0, gt=0)  # seconds between stalled-dispatch sweeps
 
     @property
     def allowed_chat_set(self) -> frozenset[str] | None:
