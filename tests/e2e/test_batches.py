@@ -262,3 +262,34 @@ async def test_permanent_failures_are_reported_with_reasons(stack: Stack):
 async def test_sigterm_stops_every_service_cleanly(stack: Stack):
     for name, service in list(stack.services.items()):
         assert service.stop(signal.SIGTERM, timeout=15) == 0, f"{name} exited uncleanly"
+
+
+async def test_single_file_cancel_stops_it_but_not_a_batch_sharing_the_file(stack: Stack):
+    big = stack.media_ids(2, min_size=2_000_000)
+    alone, shared = big
+    r = await stack.http.post(f"/api/media/download/{alone}")
+    assert r.json()["status"] == "started"
+    await stack.until_serving(1)
+    cancelled = (await stack.http.post(f"/api/media/cancel/{alone}")).json()
+    assert cancelled["status"] == "cancelled"
+    await stack.until_serving(0, within=1.5)
+
+    async def shows_cancelled():
+        body = (await stack.http.get(f"/api/media/status/{alone}")).json()
+        return body if body["status"] == "cancelled" else None
+    await until(shows_cancelled, 10, what="single download shown cancelled")
+    assert not list(stack.media_root.rglob("*.part"))
+    nothing = (await stack.http.post(f"/api/media/cancel/{alone}")).json()
+    assert nothing["status"] == "not_downloading"
+
+    # A batch and a single request share one download; cancelling the single one leaves
+    # the batch's download running to the end.
+    batch = await stack.start_batch([shared], max_concurrent=1)
+    await stack.until_serving(1)
+    single = (await stack.http.post(f"/api/media/download/{shared}")).json()
+    assert single["status"] == "already_downloading"
+    assert (await stack.http.post(f"/api/media/cancel/{shared}")).json()["status"] == "cancelled"
+    final = await stack.until_finished(batch["batch_id"])
+    assert final["overall_status"] == "completed"
+    sizes = {m.message_id: m.size for m in stack.sim_messages()}
+    assert (await stack.sim_stats())["bytes_sent_by_id"][shared] == sizes[shared]
