@@ -4,15 +4,30 @@ orchestrator replays the logs and finishes the job (dispatch, leave cancelled le
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import UTC, datetime
+
+from nats.errors import NoRespondersError
 
 from tgdl.bus.eventlog import EventLog
 from tgdl.bus.leases import Leases
 from tgdl.bus.topology import QueuePolicy, ensure_topology
 from tgdl.contracts.catalog import CatalogEntry, MediaKind
-from tgdl.contracts.events import BatchCancelled, BatchStarted, JobDispatched, PermitGranted
+from tgdl.contracts.commands import CommandReply, StartBatch
+from tgdl.contracts.errors import ErrorCode
+from tgdl.contracts.events import (
+    BatchCancelled,
+    BatchFinished,
+    BatchStarted,
+    FileFailed,
+    JobDispatched,
+    PermitGranted,
+)
 from tgdl.contracts.jobs import DownloadJob
 from tgdl.contracts.subjects import Names
+from tgdl.db import catalog as catalog_db
+from tgdl.db.connection import connect as db_connect
+from tgdl.db.schema import migrate_database
 from tgdl.orchestrator.app import OrchestratorService
 from tgdl.orchestrator.settings import OrchestratorSettings
 
@@ -81,3 +96,67 @@ async def test_restart_dispatches_grants_and_leaves_leases_of_cancelled_batches(
         assert lease.parties == ["batch_a"]
     lease, _ = await leases.get(9)
     assert lease.parties == []  # the downloader of file 9 now sees nobody wants it
+
+
+async def test_a_job_whose_downloaders_keep_dying_fails_with_a_reason(servers, isolation, nc):
+    """JetStream gives up after max_deliver; its advisory is stored, so the file fails with
+    a reason even though no orchestrator was running when it happened."""
+    names = Names(isolation.namespace)
+    settings = OrchestratorSettings(
+        nats_url=servers.nats_url, database_url=servers.database_url,
+        namespace=isolation.namespace, db_schema=isolation.schema, ack_wait=1.0, max_deliver=1)
+    await migrate_database(servers.database_url, isolation.schema)
+    conn = await db_connect(servers.database_url, isolation.schema)
+    await catalog_db.upsert(conn, [entry(5)])
+    await conn.close()
+    js = nc.jetstream()
+
+    stop = asyncio.Event()
+    task = asyncio.create_task(OrchestratorService(settings).run(stop))
+    try:
+        reply = None
+        while reply is None:  # until the orchestrator answers
+            with contextlib.suppress(NoRespondersError, TimeoutError):
+                raw = await nc.request(names.cmd_batch_start,
+                                       StartBatch(message_ids=[5]).model_dump_json().encode(),
+                                       timeout=2)
+                reply = CommandReply.model_validate_json(raw.data)
+    finally:
+        stop.set()
+        await task
+    batch_id = reply.ok.batch_id
+
+    # A downloader takes the job and dies without a word.
+    sub = await js.pull_subscribe_bind(names.downloader_consumer, stream=names.jobs_stream)
+    [job] = await sub.fetch(1, timeout=5)
+    assert DownloadJob.model_validate_json(job.data).entry.message_id == 5
+    await sub.unsubscribe()
+
+    async def advisory_stored() -> bool:
+        return (await js.stream_info(names.advisories_stream)).state.messages == 1
+    await until(advisory_stored, "the max-deliveries advisory to be stored")
+
+    stop = asyncio.Event()
+    task = asyncio.create_task(OrchestratorService(settings).run(stop))
+    log = EventLog(js, names)
+    try:
+        async def finished() -> list:
+            events, _ = await log.load(batch_id)
+            return events if isinstance(events[-1], BatchFinished) else []
+        events = await until(finished, "the batch to finish")
+    finally:
+        stop.set()
+        await task
+    [failed] = [e for e in events if isinstance(e, FileFailed)]
+    assert failed.error is ErrorCode.worker_lost and failed.suggestion
+    assert events[-1].overall_status == "failed"
+    assert await (await Leases.open(js, names)).get(5) is None  # the message is free again
+    assert (await js.stream_info(names.jobs_stream)).state.messages == 0
+
+
+async def until(predicate, what: str, within: float = 20.0):
+    deadline = asyncio.get_running_loop().time() + within
+    while not (value := await predicate()):
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+    return value

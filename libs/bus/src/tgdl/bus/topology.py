@@ -73,6 +73,9 @@ def stream_configs(names: Names, policy: QueuePolicy) -> list[StreamConfig]:
         StreamConfig(name=names.progress_stream, subjects=[names.all_file_progress],
                      retention=RetentionPolicy.LIMITS, max_msgs_per_subject=1,
                      discard=DiscardPolicy.OLD, max_age=DAY, **kept),
+        # stored, so a job JetStream gave up on is failed even if no orchestrator ran then
+        StreamConfig(name=names.advisories_stream, subjects=[names.max_deliveries_advisory()],
+                     retention=RetentionPolicy.LIMITS, max_age=7 * DAY, **kept),
     ]
 
 
@@ -90,16 +93,11 @@ async def ensure_topology(js: JetStreamContext, names: Names, policy: QueuePolic
             filter_subject=names.download_jobs,
         ),
     )
-    await js.add_consumer(
-        names.outcomes_stream,
-        ConsumerConfig(
-            durable_name=names.orchestrator_outcomes_consumer,
-            ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=30.0,
-            deliver_policy=DeliverPolicy.ALL,
-            filter_subject=names.all_file_done,
-        ),
-    )
+    for stream, durable in ((names.outcomes_stream, names.orchestrator_outcomes_consumer),
+                            (names.advisories_stream, names.orchestrator_advisories_consumer)):
+        await js.add_consumer(stream, ConsumerConfig(
+            durable_name=durable, ack_policy=AckPolicy.EXPLICIT, ack_wait=30.0,
+            deliver_policy=DeliverPolicy.ALL))
     for bucket in (names.leases_bucket, names.flood_bucket):
         await js.create_key_value(
             KeyValueConfig(bucket=bucket, history=1, storage=StorageType.FILE,

@@ -38,6 +38,11 @@ class Names:
         """Latest progress per file (one message kept per subject)."""
         return f"{self._upper}_PROGRESS"
 
+    @property
+    def advisories_stream(self) -> str:
+        """JetStream's own advisories we must not miss (a job out of deliveries)."""
+        return f"{self._upper}_ADVISORIES"
+
     # --- subjects ------------------------------------------------------------------------
     def batch_events(self, batch_id: str) -> str:
         return f"{self.prefix}.evt.batch.{batch_id}"
@@ -89,6 +94,10 @@ class Names:
     @property
     def orchestrator_outcomes_consumer(self) -> str:
         return "orchestrator-outcomes"
+
+    @property
+    def orchestrator_advisories_consumer(self) -> str:
+        return "orchestrator-advisories"
 
     @property
     def leases_bucket(self) -> str:

@@ -121,12 +121,16 @@ class OrchestratorService:
                 self._spawn(answer(msg, model, handler))
             await nc.subscribe(subject, queue="orchestrator", cb=on_command)
 
-        async def on_max_deliveries(msg: Msg) -> None:
-            self._spawn(self._job_gave_up(js, orch, msg))
-        await nc.subscribe(self.names.max_deliveries_advisory(), cb=on_max_deliveries)
-
-        loops = [asyncio.create_task(self._consume_outcomes(js, orch, stop)),
-                 asyncio.create_task(self._sweep(orch, stop))]
+        names = self.names
+        loops = [
+            asyncio.create_task(self._consume(
+                js, names.outcomes_stream, names.orchestrator_outcomes_consumer,
+                lambda msg: self._apply_outcome(orch, msg), stop)),
+            asyncio.create_task(self._consume(
+                js, names.advisories_stream, names.orchestrator_advisories_consumer,
+                lambda msg: self._job_gave_up(js, orch, msg), stop)),
+            asyncio.create_task(self._sweep(orch, stop)),
+        ]
         try:
             await stop.wait()
         finally:
@@ -146,10 +150,11 @@ class OrchestratorService:
             except Exception:
                 log.exception("sweep failed; will try again")
 
-    async def _consume_outcomes(self, js, orch: Orchestrator, stop: asyncio.Event) -> None:
-        sub = await js.pull_subscribe_bind(
-            self.names.orchestrator_outcomes_consumer, stream=self.names.outcomes_stream
-        )
+    @staticmethod
+    async def _consume(js, stream: str, durable: str,
+                       handle: Callable[[Msg], Awaitable[None]], stop: asyncio.Event) -> None:
+        """Pull from a durable consumer; `handle` acks, naks or terminates each message."""
+        sub = await js.pull_subscribe_bind(durable, stream=stream)
         try:
             while not stop.is_set():
                 try:
@@ -157,7 +162,7 @@ class OrchestratorService:
                 except TimeoutError:
                     continue
                 for msg in msgs:
-                    await self._apply_outcome(orch, msg)
+                    await handle(msg)
         finally:
             # unsubscribe rather than drain: an abandoned pull leaves nothing worth waiting for
             with contextlib.suppress(Exception):
@@ -182,9 +187,21 @@ class OrchestratorService:
         try:
             seq = int(json.loads(msg.data)["stream_seq"])
             raw = await js.get_msg(self.names.jobs_stream, seq)
-        except (KeyError, ValueError, NotFoundError):
+            job = DownloadJob.model_validate_json(raw.data)
+        except (KeyError, ValueError, NotFoundError):  # malformed, or the job is gone
+            await msg.ack()
             return
-        job = DownloadJob.model_validate_json(raw.data)
+        try:
+            await self._fail_job(js, orch, job)
+            with contextlib.suppress(NotFoundError):
+                await js.delete_msg(self.names.jobs_stream, seq)
+        except Exception:
+            log.exception("failing job %s after its last delivery; will retry", job.job_id)
+            await msg.nak(delay=1.0)
+            return
+        await msg.ack()
+
+    async def _fail_job(self, js, orch: Orchestrator, job: DownloadJob) -> None:
         m = job.entry.message_id
         failure = Failure.of(
             ErrorCode.worker_lost,
@@ -199,7 +216,6 @@ class OrchestratorService:
                              stream=self.names.outcomes_stream,
                              headers={"Nats-Msg-Id": f"{job.job_id}:done"})
             await orch.leases.release(m, job.job_id)
-        await js.delete_msg(self.names.jobs_stream, seq)
 
 
 def main() -> None:
