@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYPROJECTS := $(wildcard libs/*/pyproject.toml services/*/pyproject.toml)
 
-.PHONY: run test lint rebuild-read-model clean
+.PHONY: run test lint rebuild-read-model bench clean
 
 $(STAMP): requirements.txt $(PYPROJECTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,9 @@ lint: $(STAMP)
 
 rebuild-read-model: $(STAMP)
 	$(BIN)/tgdl rebuild-read-model
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_pipeline.py
 
 clean:
 	rm -rf $(VENV)

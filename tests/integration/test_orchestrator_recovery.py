@@ -29,6 +29,7 @@ from tgdl.db import catalog as catalog_db
 from tgdl.db.connection import connect as db_connect
 from tgdl.db.schema import migrate_database
 from tgdl.orchestrator.app import OrchestratorService
+from tgdl.orchestrator.open_index import OpenBatches
 from tgdl.orchestrator.settings import OrchestratorSettings
 
 NOW = datetime.now(UTC)
@@ -67,6 +68,15 @@ async def test_restart_dispatches_grants_and_leaves_leases_of_cancelled_batches(
         BatchCancelled(batch_id="batch_b", at=NOW, stopped=[9]),
     ], 0)
     await leases.acquire(9, "batch_b:9", "batch_b")
+    # Both were listed as open before their first append; a finished batch C was not
+    # unlisted before the crash either, and batch D never got its start appended.
+    index = await OpenBatches.open(js, names)
+    for batch_id in ("batch_a", "batch_b", "batch_c", "batch_d"):
+        await index.add(batch_id)
+    await log.append("batch_c", [started("batch_c", [])], 0)  # nothing to do: finishes
+    await log.append("batch_c", [BatchFinished(batch_id="batch_c", at=NOW,
+                                               overall_status="completed", completed=0,
+                                               failed=0)], (await log.load("batch_c"))[1])
 
     stop = asyncio.Event()
     service = OrchestratorService(OrchestratorSettings(
@@ -96,6 +106,8 @@ async def test_restart_dispatches_grants_and_leaves_leases_of_cancelled_batches(
         assert lease.parties == ["batch_a"]
     lease, _ = await leases.get(9)
     assert lease.parties == []  # the downloader of file 9 now sees nobody wants it
+    # only the batch with work left stays listed; D is young, so it may still be starting
+    assert await index.list() == ["batch_a", "batch_d"]
 
 
 async def test_a_job_whose_downloaders_keep_dying_fails_with_a_reason(servers, isolation, nc):

@@ -23,6 +23,7 @@ from tgdl.db.schema import migrate
 from tgdl.downloader.app import serve as serve_downloader
 from tgdl.downloader.settings import DownloaderSettings
 from tgdl.orchestrator.app import OrchestratorService
+from tgdl.orchestrator.open_index import OpenBatches
 from tgdl.orchestrator.settings import OrchestratorSettings
 from tgdl.simtelegram import client as sim_client
 from tgdl.simtelegram.content import expected_sha256
@@ -92,6 +93,11 @@ async def test_a_batch_over_nats_downloads_every_file_within_its_permits(pipelin
         events, _ = await log.load(batch_id)
         return events if isinstance(events[-1], BatchFinished) else None
     events = await until(finished, 60, "batch finished")
+    index = await OpenBatches.open(nc.jetstream(), names)
+
+    async def unlisted():
+        return batch_id not in await index.list()
+    await until(unlisted, 10, "finished batch unlisted")  # a restart will not look at it
     stats = await sim_client.stats(pipeline["sim_url"])
     assert stats["max_serving"] <= 2
     completed = [e for e in events if isinstance(e, FileCompleted)]

@@ -62,14 +62,6 @@ class EventLog:
             events.append(event)
         return events, last.seq
 
-    async def read_all(self) -> AsyncIterator[tuple[int, BatchEvent]]:
-        """Every event of every batch still retained, in stream order (for recovery)."""
-        info = await self._js.stream_info(self._names.events_stream)
-        if info.state.messages == 0:
-            return
-        async for item in self._read(self._names.all_batch_events, until_seq=info.state.last_seq):
-            yield item
-
     async def _read(
         self, subject: str, until_seq: int
     ) -> AsyncIterator[tuple[int, BatchEvent]]:

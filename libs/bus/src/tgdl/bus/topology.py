@@ -98,7 +98,7 @@ async def ensure_topology(js: JetStreamContext, names: Names, policy: QueuePolic
         await js.add_consumer(stream, ConsumerConfig(
             durable_name=durable, ack_policy=AckPolicy.EXPLICIT, ack_wait=30.0,
             deliver_policy=DeliverPolicy.ALL))
-    for bucket in (names.leases_bucket, names.flood_bucket):
+    for bucket in (names.leases_bucket, names.flood_bucket, names.open_batches_bucket):
         await js.create_key_value(
             KeyValueConfig(bucket=bucket, history=1, storage=StorageType.FILE,
                            replicas=policy.replicas)

@@ -105,6 +105,11 @@ class Names:
         return f"{self._upper}_leases"
 
     @property
+    def open_batches_bucket(self) -> str:
+        """batch ids the orchestrator has not finished with (its restart checklist)."""
+        return f"{self._upper}_open_batches"
+
+    @property
     def flood_bucket(self) -> str:
         """Telegram account -> until when every replica must hold off (flood wait)."""
         return f"{self._upper}_flood"

@@ -24,10 +24,11 @@ class FloodGate:
         self._replica = replica
         self.deadline = 0.0  # wall-clock seconds; shared across processes
         self._watch: asyncio.Task | None = None
+        self._watcher = None
 
     async def start(self) -> None:
-        watcher = await self._kv.watch(self._key)
-        self._watch = asyncio.create_task(self._follow(watcher))
+        self._watcher = await self._kv.watch(self._key)
+        self._watch = asyncio.create_task(self._follow(self._watcher))
 
     async def _follow(self, watcher) -> None:
         async for entry in watcher:
@@ -39,6 +40,10 @@ class FloodGate:
         if self._watch:
             self._watch.cancel()
             await asyncio.gather(self._watch, return_exceptions=True)
+        if self._watcher is not None:
+            # its heartbeat check would otherwise outlive the connection and log errors
+            with contextlib.suppress(Exception):
+                await self._watcher.stop()
 
     def remaining(self) -> float:
         return max(0.0, self.deadline - time.time())

@@ -132,6 +132,8 @@ class Worker:
             follow.cancel()
             await asyncio.gather(follow, return_exceptions=True)
             with contextlib.suppress(Exception):
+                await watcher.stop()  # or its heartbeat check outlives the connection
+            with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 
     async def _follow_leases(self, watcher) -> None:

@@ -8,8 +8,7 @@ import json
 import logging
 import signal
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
@@ -26,12 +25,11 @@ from tgdl.contracts.commands import (
     StartBatch,
 )
 from tgdl.contracts.errors import ErrorCode, Failure
-from tgdl.contracts.events import BatchCancelled
 from tgdl.contracts.jobs import DownloadJob, DownloadOutcome
 from tgdl.db.connection import create_pool
 from tgdl.db.schema import migrate_database
-from tgdl.orchestrator.batch import BatchState, FileState, evolve, initial_state
 from tgdl.orchestrator.handlers import Orchestrator, Rejected
+from tgdl.orchestrator.open_index import OpenBatches
 from tgdl.orchestrator.repository import BatchRepository
 from tgdl.orchestrator.settings import OrchestratorSettings
 
@@ -70,26 +68,6 @@ async def answer(msg: Msg, model: type[BaseModel], handler: Handler) -> None:
         await msg.respond(reply.model_dump_json(exclude_none=True).encode())
 
 
-@dataclass
-class Replay:
-    open_batches: dict[str, tuple[BatchState, int]]
-    # recently cancelled batches and the files they had running (their leases to leave)
-    cancelled: list[tuple[str, list[int]]]
-
-
-async def replay_all(log_: EventLog, cancel_horizon: timedelta = timedelta(days=1)) -> Replay:
-    states: dict[str, tuple[BatchState, int]] = {}
-    cancelled: list[tuple[str, list[int]]] = []
-    horizon = datetime.now(UTC) - cancel_horizon
-    async for seq, event in log_.read_all():
-        state, _ = states.get(event.batch_id, (initial_state, 0))
-        if isinstance(event, BatchCancelled) and event.at >= horizon:
-            running = [m for m in event.stopped if state.files.get(m) is FileState.running]
-            cancelled.append((event.batch_id, running))
-        states[event.batch_id] = (evolve(state, event), seq)
-    return Replay({b: s for b, s in states.items() if not s[0].closed}, cancelled)
-
-
 class OrchestratorService:
     def __init__(self, settings: OrchestratorSettings) -> None:
         self.settings = settings
@@ -110,11 +88,9 @@ class OrchestratorService:
         pool = await create_pool(s.database_url, s.db_schema)
         event_log = EventLog(js, self.names)
         orch = Orchestrator(s, js, BatchRepository(event_log), await Leases.open(js, self.names),
-                            pool)
+                            pool, await OpenBatches.open(js, self.names))
         self.orch = orch
-        replay = await replay_all(event_log)
-        open_batches = await orch.recover(replay.open_batches, replay.cancelled)
-        log.info("recovered %d open batches", open_batches)
+        log.info("recovered %d open batches", await orch.recover())
 
         for subject, (model, handler) in command_handlers(orch).items():
             async def on_command(msg: Msg, model=model, handler=handler) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
@@ -17,7 +17,13 @@ from tgdl.contracts.api import BatchCancelResponse, BatchDownloadResponse, Singl
 from tgdl.contracts.catalog import CatalogEntry
 from tgdl.contracts.commands import CancelBatch, CancelSingle, Rejection, StartBatch
 from tgdl.contracts.errors import Failure
-from tgdl.contracts.events import BatchCancelled, BatchEvent, BatchStarted, PermitGranted
+from tgdl.contracts.events import (
+    BatchCancelled,
+    BatchEvent,
+    BatchFinished,
+    BatchStarted,
+    PermitGranted,
+)
 from tgdl.contracts.jobs import DownloadJob, DownloadOutcome
 from tgdl.contracts.paths import relative_path
 from tgdl.contracts.subjects import Names
@@ -30,8 +36,11 @@ from tgdl.orchestrator.batch import (
     MarkDispatched,
     Reconcile,
     Start,
+    evolve,
+    fold,
 )
 from tgdl.orchestrator.classify import classify
+from tgdl.orchestrator.open_index import OpenBatches
 from tgdl.orchestrator.repository import BatchRepository
 from tgdl.orchestrator.settings import OrchestratorSettings
 
@@ -60,6 +69,7 @@ class Orchestrator:
         repo: BatchRepository,
         leases: Leases,
         db: asyncpg.Pool,
+        open_batches: OpenBatches,
     ) -> None:
         self.settings = settings
         self.names: Names = settings.names
@@ -67,6 +77,7 @@ class Orchestrator:
         self.repo = repo
         self.leases = leases
         self.db = db
+        self.open_batches = open_batches
         self._in_flight: set[tuple[str, int]] = set()  # dispatches running in this process
         self._seen_stalled: set[tuple[str, int]] = set()
 
@@ -91,6 +102,7 @@ class Orchestrator:
         )
         while True:
             batch_id = new_batch_id(cmd.kind)
+            await self.open_batches.add(batch_id)  # listed before it exists: see open_index
             events, _, _ = await self.repo.execute(batch_id, Start(
                 batch_id=batch_id, kind=cmd.kind, max_concurrent=cmd.max_concurrent,
                 force=cmd.force, requested_ids=ids, to_download=sorted_out.to_download,
@@ -183,6 +195,9 @@ class Orchestrator:
                     for m in event.stopped:
                         if before.files.get(m) is FileState.running:
                             await self.leases.leave(m, batch_id)  # empty lease: job stops
+                    await self.open_batches.remove(batch_id)
+                case BatchFinished():
+                    await self.open_batches.remove(batch_id)
                 case BatchStarted() | _:
                     pass
 
@@ -205,17 +220,23 @@ class Orchestrator:
             self._in_flight.discard(key)
         await self._act_on(batch_id, events)
 
-    async def recover(
-        self, states: dict[str, tuple[BatchState, int]], cancelled: list[tuple[str, list[int]]]
-    ) -> int:
+    async def recover(self, abandoned_after: timedelta = timedelta(minutes=1)) -> int:
         """After a restart: finish what a crash may have interrupted between an append and
-        its effects (dispatch granted files, grant free permits, leave cancelled leases)."""
-        for batch_id, (state, seq) in states.items():
+        its effects (dispatch granted files, grant free permits, leave cancelled leases,
+        unlist closed batches). Looks only at the batches listed as open."""
+        for batch_id in await self.open_batches.list():
+            events, seq = await self.repo.history(batch_id)
+            if not events:
+                listed = await self.open_batches.listed_for(batch_id)
+                if listed is not None and listed > abandoned_after:
+                    await self.open_batches.remove(batch_id)  # its start never got appended
+                continue
+            before = fold(events[:-1])
+            state = evolve(before, events[-1])
+            if state.closed:
+                await self._act_on(batch_id, events[-1:], before)
+                continue
             self.repo.prime(batch_id, state, seq)
-        for batch_id, running in cancelled:
-            for m in running:
-                await self.leases.leave(m, batch_id)
-        for state in self.repo.open_batches():
             await self._settle(state)
         return len(self.repo.open_batches())
 

@@ -32,6 +32,10 @@ class BatchRepository:
         self._remember(batch_id, state, last_seq)
         return state, last_seq
 
+    async def history(self, batch_id: str) -> tuple[list[BatchEvent], int]:
+        """Every event of the batch from the log (not the cache) and its last sequence."""
+        return await self._log.load(batch_id)
+
     def _remember(self, batch_id: str, state: BatchState, last_seq: int) -> None:
         if state.closed:
             # finished batches leave memory; a later query replays them from the log
