@@ -58,3 +58,15 @@ async def test_one_lease_per_message_and_every_party_is_told(js, isolation):
     assert await leases.get(7) is None
     c = await leases.acquire(7, "C:7", "C")  # free again after release
     assert (c.job_id, c.attached) == ("C:7", False)
+
+
+async def test_a_forcing_party_makes_the_shared_job_fetch_again(js, isolation):
+    leases = await Leases.open(js, Names(isolation.namespace))
+    await leases.acquire(3, "A:3", "A")
+    assert (await leases.get(3))[0].force is False
+    joined = await leases.acquire(3, "B:3", "B", force=True)
+    assert joined.attached and joined.job_id == "A:3"
+    lease, _ = await leases.get(3)
+    assert lease.force is True and lease.parties == ["A", "B"]
+    await leases.acquire(3, "C:3", "C")  # a later party without force keeps it forced
+    assert (await leases.get(3))[0].force is True

@@ -14,8 +14,10 @@ import pytest
 from sim_helpers import running_sim
 
 from tgdl.bus.eventlog import EventLog
+from tgdl.bus.leases import Leases
 from tgdl.contracts.commands import CancelBatch, CommandReply, StartBatch
 from tgdl.contracts.events import BatchFinished, FileCompleted
+from tgdl.contracts.jobs import DownloadJob
 from tgdl.contracts.subjects import Names
 from tgdl.db import catalog as catalog_db
 from tgdl.db.connection import connect as db_connect
@@ -116,3 +118,31 @@ async def test_commands_are_validated_and_unknown_batches_refused(pipeline, nc):
     assert rejected and rejected.status == 422 and "message_ids" in rejected.detail
     too_many = StartBatch(message_ids=list(range(1, 52)))
     assert (await command(nc, names.cmd_batch_start, too_many)).rejected.status == 422
+
+
+async def test_a_job_joined_by_a_forcing_request_fetches_the_file_again(pipeline, nc):
+    names: Names = pipeline["names"]
+    [entry] = [e for e in pipeline["entries"] if e.media_kind and e.chat == "sim_demo"][:1]
+    m = entry.message_id
+    reply = await command(nc, names.cmd_batch_start, StartBatch(message_ids=[m]))
+    log = EventLog(nc.jetstream(), names)
+
+    async def finished():
+        events, _ = await log.load(reply.ok.batch_id)
+        return isinstance(events[-1], BatchFinished)
+    await until(finished, 30, "first download")
+    # A job that does not force it, joined by a request that does (as when force=true
+    # attaches to a download queued just before the file completed elsewhere).
+    js = nc.jetstream()
+    leases = await Leases.open(js, names)
+    await leases.acquire(m, "plain:1", "someone")
+    await leases.acquire(m, "forced:1", "forcing", force=True)
+    await js.publish(names.download_jobs,
+                     DownloadJob(job_id="plain:1", entry=entry).model_dump_json().encode(),
+                     stream=names.jobs_stream)
+
+    async def released():
+        return await leases.get(m) is None
+    await until(released, 30, "the shared job to end")
+    sent = (await sim_client.stats(pipeline["sim_url"]))["bytes_sent_by_id"][m]
+    assert sent == 2 * entry.size  # fetched again, not skipped as already complete

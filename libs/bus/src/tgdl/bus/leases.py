@@ -58,15 +58,18 @@ class Leases:
             await self.kv.update(str(message_id), data, last=revision)
 
     async def acquire(
-        self, message_id: int, job_id: str, party: str, patience: float = 90.0
+        self, message_id: int, job_id: str, party: str, force: bool = False,
+        patience: float = 90.0,
     ) -> Acquired:
-        """Own the message for `job_id`, or join the job already downloading it."""
+        """Own the message for `job_id`, or join the job already downloading it (a party
+        asking for `force` makes that job fetch the file again even if it exists)."""
         deadline = time.monotonic() + patience
         while True:
             current = await self.get(message_id)
             try:
                 if current is None:
-                    await self._put(message_id, Lease(job_id=job_id, parties=[party]), None)
+                    lease = Lease(job_id=job_id, parties=[party], force=force)
+                    await self._put(message_id, lease, None)
                     return Acquired(job_id, attached=False)
                 lease, revision = current
                 if lease.outcome is not None:
@@ -75,8 +78,10 @@ class Leases:
                         raise LeaseBusy(f"message {message_id}: job {lease.job_id} ended")
                     await asyncio.sleep(0.05)
                     continue
-                if party not in lease.parties:
-                    joined = lease.model_copy(update={"parties": [*lease.parties, party]})
+                if party not in lease.parties or (force and not lease.force):
+                    parties = lease.parties if party in lease.parties else [*lease.parties, party]
+                    joined = lease.model_copy(
+                        update={"parties": parties, "force": lease.force or force})
                     await self._put(message_id, joined, revision)
                 return Acquired(lease.job_id, attached=lease.job_id != job_id)
             except KeyWrongLastSequenceError:

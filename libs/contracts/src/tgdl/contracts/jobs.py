@@ -68,6 +68,8 @@ class Lease(BaseModel):
 
     job_id: str
     parties: list[str]
+    # A party that asked for force joined: the job must fetch again even if the file exists.
+    force: bool = False
     # Set by the downloader when the job has ended, before it publishes the outcome and
     # deletes the lease: a downloader that crashes in between finds it on redelivery and
     # completes the hand-over, so no waiting party is ever forgotten.

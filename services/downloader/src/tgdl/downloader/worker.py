@@ -178,6 +178,8 @@ class Worker:
             await self._end(msg, self._outcome(job, "cancelled"))
             return
 
+        if lease.force and not job.force:  # a forcing request joined before we started
+            job = job.model_copy(update={"force": True})
         running = Running(job)
         self.running[m] = running
         heartbeat = asyncio.create_task(self._heartbeat(msg))

@@ -205,7 +205,7 @@ class Orchestrator:
         key = (batch_id, entry.message_id)
         self._in_flight.add(key)
         try:
-            acquired = await self.leases.acquire(entry.message_id, job_id, batch_id)
+            acquired = await self.leases.acquire(entry.message_id, job_id, batch_id, force)
             if not acquired.attached:
                 job = DownloadJob(job_id=job_id, entry=entry, force=force)
                 await self.js.publish(
