@@ -71,7 +71,7 @@ async def pipeline(servers, isolation, nc) -> AsyncIterator[dict]:
         await until(ready, what="services ready")
         try:
             yield {"sim_url": sim_url, "names": names, "entries": entries,
-                   "media": isolation.media_root}
+                   "media": isolation.media_root, "orchestrator": orchestrator}
         finally:
             stop.set()
             await asyncio.gather(*tasks)
@@ -100,6 +100,8 @@ async def test_a_batch_over_nats_downloads_every_file_within_its_permits(pipelin
     async def unlisted():
         return batch_id not in await index.list()
     await until(unlisted, 10, "finished batch unlisted")  # a restart will not look at it
+    # and the orchestrator's memory holds no finished batch (records do not pile up)
+    assert pipeline["orchestrator"].orch.repo.open_batches() == []
     stats = await sim_client.stats(pipeline["sim_url"])
     assert stats["max_serving"] <= 2
     completed = [e for e in events if isinstance(e, FileCompleted)]
