@@ -70,3 +70,13 @@ async def test_a_forcing_party_makes_the_shared_job_fetch_again(js, isolation):
     assert lease.force is True and lease.parties == ["A", "B"]
     await leases.acquire(3, "C:3", "C")  # a later party without force keeps it forced
     assert (await leases.get(3))[0].force is True
+
+
+async def test_a_lease_is_claimed_by_one_copy_of_its_job(js, isolation):
+    leases = await Leases.open(js, Names(isolation.namespace))
+    await leases.acquire(8, "A:8", "A")
+    assert await leases.claim(8, "A:8", job_seq=41)
+    assert await leases.claim(8, "A:8", job_seq=41)  # its own redelivery
+    assert not await leases.claim(8, "A:8", job_seq=42)  # a second copy of the job
+    assert not await leases.claim(8, "B:8", job_seq=41)  # another job altogether
+    assert not await leases.claim(9, "A:9", job_seq=1)  # no lease at all

@@ -29,7 +29,9 @@ from tgdl.db import catalog as catalog_db
 from tgdl.db.connection import connect as db_connect
 from tgdl.db.schema import migrate_database
 from tgdl.orchestrator.app import OrchestratorService
+from tgdl.orchestrator.handlers import Orchestrator
 from tgdl.orchestrator.open_index import OpenBatches
+from tgdl.orchestrator.repository import BatchRepository
 from tgdl.orchestrator.settings import OrchestratorSettings
 
 NOW = datetime.now(UTC)
@@ -172,3 +174,30 @@ async def until(predicate, what: str, within: float = 20.0):
         assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
         await asyncio.sleep(0.05)
     return value
+
+
+async def test_a_dispatch_retried_after_its_job_ended_queues_it_again(servers, isolation, nc):
+    """Nats-Msg-Id drops a re-published job; if that job already ran to its end, the lease
+    the retry took must still get a job, or the message would stay leased forever."""
+    names = Names(isolation.namespace)
+    js = nc.jetstream()
+    await ensure_topology(js, names, QueuePolicy())
+    leases = await Leases.open(js, names)
+    orch = Orchestrator(
+        OrchestratorSettings(namespace=isolation.namespace), js,
+        BatchRepository(EventLog(js, names)), leases, db=None,
+        open_batches=await OpenBatches.open(js, names))
+    job = DownloadJob(job_id="batch_x:4", entry=entry(4))
+    sub = await js.pull_subscribe_bind(names.downloader_consumer, stream=names.jobs_stream)
+
+    await orch._publish_job(job)
+    [first] = await sub.fetch(1, timeout=5)
+    await first.ack()  # the job ran and ended; its lease was released
+    await orch._publish_job(job)  # a retried dispatch publishes the same Nats-Msg-Id
+    [again] = await sub.fetch(1, timeout=5)
+    assert DownloadJob.model_validate_json(again.data).job_id == "batch_x:4"
+    await again.ack()
+
+    await orch._publish_job(job)  # while a copy is still queued, no second copy is added
+    await orch._publish_job(job)
+    assert len(await sub.fetch(5, timeout=2)) == 1

@@ -18,6 +18,7 @@ from tgdl.bus.leases import Leases
 from tgdl.contracts.commands import CancelBatch, CommandReply, StartBatch
 from tgdl.contracts.events import BatchFinished, FileCompleted
 from tgdl.contracts.jobs import DownloadJob
+from tgdl.contracts.paths import relative_path
 from tgdl.contracts.subjects import Names
 from tgdl.db import catalog as catalog_db
 from tgdl.db.connection import connect as db_connect
@@ -148,3 +149,25 @@ async def test_a_job_joined_by_a_forcing_request_fetches_the_file_again(pipeline
     await until(released, 30, "the shared job to end")
     sent = (await sim_client.stats(pipeline["sim_url"]))["bytes_sent_by_id"][m]
     assert sent == 2 * entry.size  # fetched again, not skipped as already complete
+
+
+async def test_two_copies_of_one_job_download_the_file_once(pipeline, nc):
+    names: Names = pipeline["names"]
+    entry = [e for e in pipeline["entries"] if e.media_kind and e.chat == "sim_demo"][1]
+    m = entry.message_id
+    js = nc.jetstream()
+    leases = await Leases.open(js, names)
+    await leases.acquire(m, "twice:1", "someone")
+    body = DownloadJob(job_id="twice:1", entry=entry).model_dump_json().encode()
+    for copy in ("a", "b"):  # e.g. re-queued after the duplicate window had passed
+        await js.publish(names.download_jobs, body, stream=names.jobs_stream,
+                         headers={"Nats-Msg-Id": f"twice:1:{copy}"})
+
+    async def done():
+        info = await js.stream_info(names.jobs_stream)
+        return await leases.get(m) is None and info.state.messages == 0
+    await until(done, 30, "both copies handled")
+    sent = (await sim_client.stats(pipeline["sim_url"]))["bytes_sent_by_id"][m]
+    assert sent == entry.size
+    final = pipeline["media"] / relative_path(entry)
+    assert hashlib.sha256(final.read_bytes()).hexdigest() == expected_sha256(m, entry.size)

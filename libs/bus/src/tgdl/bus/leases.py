@@ -103,6 +103,23 @@ class Leases:
             except KeyWrongLastSequenceError:
                 continue
 
+    async def claim(self, message_id: int, job_id: str, job_seq: int) -> bool:
+        """Bind the lease to one copy of its job (its stream sequence). True for that copy,
+        again on its redelivery; False for any other copy or a lease of another job."""
+        while True:
+            current = await self.get(message_id)
+            if current is None or current[0].job_id != job_id:
+                return False
+            lease, revision = current
+            if lease.claimed_by is not None:
+                return lease.claimed_by == job_seq
+            try:
+                await self._put(message_id, lease.model_copy(update={"claimed_by": job_seq}),
+                                revision)
+                return True
+            except KeyWrongLastSequenceError:
+                continue
+
     async def end(self, outcome: DownloadOutcome) -> DownloadOutcome | None:
         """Record how the job ended and freeze its parties (no one can join or leave an
         ended job). Returns the outcome addressed to those parties, or None when the

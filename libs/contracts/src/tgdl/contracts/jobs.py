@@ -68,6 +68,10 @@ class Lease(BaseModel):
 
     job_id: str
     parties: list[str]
+    # Stream sequence of the job message whose downloader holds the lease: a second copy
+    # of the same job (re-queued after a long outage) is dropped instead of writing the
+    # same .part file at the same time.
+    claimed_by: int | None = None
     # A party that asked for force joined: the job must fetch again even if the file exists.
     force: bool = False
     # Set by the downloader when the job has ended, before it publishes the outcome and

@@ -174,6 +174,9 @@ class Worker:
         if lease.outcome is not None:  # a previous delivery ended it but did not hand over
             await self._hand_over(msg, lease.outcome)
             return
+        if not await self.leases.claim(m, job.job_id, msg.metadata.sequence.stream):
+            await msg.ack()  # another copy of this job holds the lease: it does the work
+            return
         if not lease.parties:
             await self._end(msg, self._outcome(job, "cancelled"))
             return

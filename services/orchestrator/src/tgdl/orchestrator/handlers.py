@@ -11,6 +11,7 @@ from pathlib import Path
 
 import asyncpg
 from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 
 from tgdl.bus.leases import Leases
 from tgdl.contracts.api import BatchCancelResponse, BatchDownloadResponse, SingleCancelResponse
@@ -207,11 +208,7 @@ class Orchestrator:
         try:
             acquired = await self.leases.acquire(entry.message_id, job_id, batch_id, force)
             if not acquired.attached:
-                job = DownloadJob(job_id=job_id, entry=entry, force=force)
-                await self.js.publish(
-                    self.names.download_jobs, job.model_dump_json().encode(),
-                    stream=self.names.jobs_stream, headers={"Nats-Msg-Id": job_id},
-                )
+                await self._publish_job(DownloadJob(job_id=job_id, entry=entry, force=force))
             events, _, _ = await self.repo.execute(batch_id, MarkDispatched(
                 message_id=entry.message_id, job_id=acquired.job_id,
                 attached=acquired.attached, at=now(),
@@ -219,6 +216,27 @@ class Orchestrator:
         finally:
             self._in_flight.discard(key)
         await self._act_on(batch_id, events)
+
+    async def _publish_job(self, job: DownloadJob, max_requeues: int = 8) -> None:
+        """Queue the job once. Nats-Msg-Id drops a re-publish; if the copy it matched
+        already ran and ended, the lease just taken would have no job behind it, so the job
+        is queued again under the next numbered message id (itself deduplicated)."""
+        body = job.model_dump_json().encode()
+        for n in range(max_requeues + 1):
+            msg_id = job.job_id if n == 0 else f"{job.job_id}:requeued-{n}"
+            ack = await self.js.publish(self.names.download_jobs, body,
+                                        stream=self.names.jobs_stream,
+                                        headers={"Nats-Msg-Id": msg_id})
+            if not ack.duplicate or await self._still_queued(ack.seq):
+                return
+        raise RuntimeError(f"job {job.job_id} was queued {max_requeues} times already")
+
+    async def _still_queued(self, seq: int) -> bool:
+        try:
+            await self.js.get_msg(self.names.jobs_stream, seq)
+            return True
+        except NotFoundError:  # acknowledged, so removed from the work queue
+            return False
 
     async def recover(self, abandoned_after: timedelta = timedelta(minutes=1)) -> int:
         """After a restart: finish what a crash may have interrupted between an append and
