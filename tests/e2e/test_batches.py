@@ -293,3 +293,21 @@ async def test_single_file_cancel_stops_it_but_not_a_batch_sharing_the_file(stac
     assert final["overall_status"] == "completed"
     sizes = {m.message_id: m.size for m in stack.sim_messages()}
     assert (await stack.sim_stats())["bytes_sent_by_id"][shared] == sizes[shared]
+
+
+async def test_two_orchestrators_share_batches_without_corrupting_them(stack: Stack):
+    """Commands and outcomes are spread over both replicas; appends to one batch from
+    both meet the expected-sequence check and are decided again, never lost."""
+    stack.spawn("orchestrator-b", "tgdl.orchestrator", TGDL_REPLICA="orchestrator-b")
+    ids = stack.media_ids(12)
+    batches = [await stack.start_batch(ids[i:i + 4], max_concurrent=2) for i in (0, 4, 8)]
+    async with Watcher(stack, [b["batch_id"] for b in batches]) as watch:
+        finals = [await stack.until_finished(b["batch_id"], within=90) for b in batches]
+    assert all(f["overall_status"] == "completed" and f["completed"] == 4 for f in finals)
+    assert all(s["downloading"] <= 2 for s in watch.snapshots)
+    stats = await stack.sim_stats()
+    sizes = {m.message_id: m.size for m in stack.sim_messages()}
+    assert all(stats["bytes_sent_by_id"][m] == sizes[m] for m in ids)
+    for name in ("orchestrator", "orchestrator-b"):
+        log = stack.services[name].log.read_text()
+        assert "Traceback" not in log, log[-2000:]

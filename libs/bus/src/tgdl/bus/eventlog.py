@@ -50,6 +50,15 @@ class EventLog:
             last = ack.seq
         return last
 
+    async def last_seq(self, batch_id: str) -> int:
+        """Stream sequence of the batch's last event (0: no such batch)."""
+        try:
+            last = await self._js.get_last_msg(
+                self._names.events_stream, self._names.batch_events(batch_id))
+        except NotFoundError:
+            return 0
+        return last.seq
+
     async def load(self, batch_id: str) -> tuple[list[BatchEvent], int]:
         """Every event of one batch and the stream sequence of the last (0: no such batch)."""
         subject = self._names.batch_events(batch_id)

@@ -61,6 +61,11 @@ class BatchRepository:
                 cmd = command(before) if callable(command) else command
                 events = decide(cmd, before) if cmd is not None else []
                 if not events:
+                    # Nothing to do, by our cache. Another replica may have appended since
+                    # (e.g. granted the file whose outcome this is): check before dropping.
+                    if batch_id in self._cache and await self._log.last_seq(batch_id) != last_seq:
+                        self._cache.pop(batch_id, None)
+                        continue
                     return [], before, before
                 try:
                     new_seq = await self._log.append(batch_id, events, last_seq)
