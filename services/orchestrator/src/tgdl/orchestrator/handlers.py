@@ -266,8 +266,9 @@ class Orchestrator:
         } - self._in_flight
         ready, self._seen_stalled = stalled & self._seen_stalled, stalled
         for batch_id in {b for b, _ in ready}:
-            state, _ = await self.repo.load(batch_id)
-            await self._settle(state, only={m for b, m in ready if b == batch_id})
+            state, _ = await self.repo.reload(batch_id)  # another replica may have done it
+            if state.exists and not state.closed:
+                await self._settle(state, only={m for b, m in ready if b == batch_id})
 
     async def _settle(self, state: BatchState, only: set[int] | None = None) -> None:
         assert state.batch_id is not None

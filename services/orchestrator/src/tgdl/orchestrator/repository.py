@@ -32,6 +32,11 @@ class BatchRepository:
         self._remember(batch_id, state, last_seq)
         return state, last_seq
 
+    async def reload(self, batch_id: str) -> tuple[BatchState, int]:
+        """The batch as the log says now (refreshing the cache)."""
+        self._cache.pop(batch_id, None)
+        return await self.load(batch_id)
+
     async def history(self, batch_id: str) -> tuple[list[BatchEvent], int]:
         """Every event of the batch from the log (not the cache) and its last sequence."""
         return await self._log.load(batch_id)
