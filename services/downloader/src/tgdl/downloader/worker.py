@@ -99,7 +99,6 @@ class Worker:
         self.leases = leases
         self.flood = flood
         self.running: dict[int, Running] = {}
-        self.shutting_down = False
 
     # --- the loop ---------------------------------------------------------------------------
 
@@ -125,7 +124,6 @@ class Worker:
                     task.add_done_callback(lambda t: (tasks.discard(t), slots.release()))
         finally:
             # Shutting down: stop every download, keep its .part, hand the job back now.
-            self.shutting_down = True
             for running in self.running.values():
                 running.stop.set()
             await asyncio.gather(*tasks, return_exceptions=True)

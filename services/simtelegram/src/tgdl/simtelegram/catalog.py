@@ -151,36 +151,19 @@ def demo_catalog(
     for message_id, kind in enumerate(plan, start=1):
         when += timedelta(minutes=rng.randint(1, 600), seconds=rng.randint(0, 59))
         caption = rng.choice(_CAPTIONS) or None
+        media: dict = {"media_kind": None, "file_name": None, "mime_type": None, "size": None}
         if kind is None:
-            messages.append(
-                SimMessage(
-                    message_id=message_id,
-                    chat=DEMO_CHAT,
-                    telegram_message_id=TELEGRAM_ID_OFFSET + message_id,
-                    media_kind=None,
-                    file_name=None,
-                    mime_type=None,
-                    size=None,
-                    date=when,
-                    caption=caption or "just text",
-                )
-            )
-            continue
-        file_name, mime_type = _name(kind, when, rng)
-        messages.append(
-            SimMessage(
-                message_id=message_id,
-                chat=DEMO_CHAT,
-                telegram_message_id=TELEGRAM_ID_OFFSET + message_id,
-                media_kind=kind,
-                file_name=file_name,
-                mime_type=mime_type,
-                size=_size(kind, min_size, max_size, rng),
-                date=when,
-                caption=caption,
-                dc_id=rng.choice(_DC_IDS),
-            )
-        )
+            caption = caption or "just text"
+        else:
+            file_name, mime_type = _name(kind, when, rng)
+            media = {"media_kind": kind, "file_name": file_name, "mime_type": mime_type,
+                     "size": _size(kind, min_size, max_size, rng),
+                     "dc_id": rng.choice(_DC_IDS)}
+        messages.append(SimMessage(
+            message_id=message_id, chat=DEMO_CHAT,
+            telegram_message_id=TELEGRAM_ID_OFFSET + message_id,
+            date=when, caption=caption, **media,
+        ))
     return _with_faults(messages, rng)
 
 
