@@ -8,7 +8,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from e2e_stack import SIM_ENV, Stack, until
+from e2e_stack import SIM_ENV, Stack
+from waiting import until
 
 from tgdl.contracts.subjects import Names
 from tgdl.db import catalog as catalog_db

@@ -8,18 +8,16 @@ the test's tmp folder and are printed when a test fails.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+from waiting import until
 
 from tgdl.contracts.subjects import Names
 from tgdl.simtelegram import client as sim_client
@@ -35,21 +33,6 @@ SIM_ENV = {
     "TGDL_SIM_BANDWIDTH": "1200000",
     "TGDL_SIM_LATENCY": "0.02",
 }
-
-
-async def until(predicate: Callable[[], Any], within: float = 20.0, every: float = 0.05,
-                what: str = "condition") -> Any:
-    """Await `predicate()` (sync or async) becoming truthy; its value, or TimeoutError."""
-    deadline = time.monotonic() + within
-    while True:
-        value = predicate()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not reached within {within} s")
-        await asyncio.sleep(every)
 
 
 @dataclass

@@ -8,7 +8,8 @@ import signal
 from pathlib import Path
 
 import pytest
-from e2e_stack import Stack, until
+from e2e_stack import Stack
+from waiting import until
 
 from tgdl.simtelegram.content import expected_sha256
 

@@ -6,12 +6,10 @@ from __future__ import annotations
 import asyncio
 import sys
 import textwrap
-import time
-from collections.abc import Callable
-from typing import Any
 
 import psutil
 import pytest
+from waiting import until
 
 from tgdl.launcher.console import PrefixedOutput
 from tgdl.launcher.supervisor import SUPERVISOR_NAME, Backoff, ChildSpec, Supervisor
@@ -30,15 +28,6 @@ class Lines:
 
     def of(self, name: str) -> list[str]:
         return [text for who, text in self.seen if who == name]
-
-
-async def until(predicate: Callable[[], Any], within: float = 10.0, what: str = "it") -> Any:
-    deadline = time.monotonic() + within
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} did not happen within {within} s")
-        await asyncio.sleep(0.02)
-    return value
 
 
 def python(code: str, name: str = "child") -> ChildSpec:

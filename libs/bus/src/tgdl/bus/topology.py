@@ -1,4 +1,5 @@
-"""Streams, consumers and buckets, declared idempotently by whichever service starts first."""
+"""Streams, consumers and buckets: declared in one place (`tgdl migrate`, which `tgdl run`
+and compose call before any service starts); services only verify they exist."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BadRequestError
+from nats.js.errors import BadRequestError, NotFoundError
 
 from tgdl.contracts.config import CommonSettings
 from tgdl.contracts.subjects import Names
@@ -103,3 +104,36 @@ async def ensure_topology(js: JetStreamContext, names: Names, policy: QueuePolic
             KeyValueConfig(bucket=bucket, history=1, storage=StorageType.FILE,
                            replicas=policy.replicas)
         )
+
+
+class TopologyMissing(RuntimeError):
+    """A stream, consumer or bucket a service needs does not exist (yet)."""
+
+
+async def verify_topology(js: JetStreamContext, names: Names) -> None:
+    """Check that `ensure_topology` ran for this namespace; services call this at start
+    instead of declaring anything themselves."""
+    missing: list[str] = []
+    for config in stream_configs(names, QueuePolicy()):
+        try:
+            await js.stream_info(config.name)
+        except NotFoundError:
+            missing.append(f"stream {config.name}")
+    for stream, durable in ((names.jobs_stream, names.downloader_consumer),
+                            (names.outcomes_stream, names.orchestrator_outcomes_consumer),
+                            (names.advisories_stream, names.orchestrator_advisories_consumer)):
+        if f"stream {stream}" in missing:
+            continue
+        try:
+            await js.consumer_info(stream, durable)
+        except NotFoundError:
+            missing.append(f"consumer {durable} of {stream}")
+    for bucket in (names.leases_bucket, names.flood_bucket, names.open_batches_bucket):
+        try:
+            await js.stream_info(f"KV_{bucket}")
+        except NotFoundError:
+            missing.append(f"bucket {bucket}")
+    if missing:
+        raise TopologyMissing(
+            f"NATS lacks {', '.join(missing)} for namespace {names.prefix!r}: run "
+            "`tgdl migrate` (tgdl run and docker compose do it before starting services)")

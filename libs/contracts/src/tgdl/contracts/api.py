@@ -5,36 +5,24 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict
 
-from tgdl.contracts.errors import ErrorCode
-
-MAX_IDS_DEFAULT = 50
-
-
-class BatchDownloadRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    # The upper bound (default 50) is a setting, checked by the gateway and orchestrator.
-    message_ids: list[int] = Field(min_length=1)
-    force: bool = False
-    max_concurrent: int = Field(default=3, ge=1, le=5)
-
-    @field_validator("message_ids")
-    @classmethod
-    def _positive_unique(cls, ids: list[int]) -> list[int]:
-        if any(i <= 0 for i in ids):
-            raise ValueError("message ids are positive integers")
-        return list(dict.fromkeys(ids))  # duplicates collapse, first occurrence keeps order
+from tgdl.contracts.commands import BatchRequest, StartBatch
+from tgdl.contracts.errors import FileFailure
+from tgdl.contracts.status import FileStatus, OverallStatus
 
 
-class StartFailure(BaseModel):
-    model_config = ConfigDict(frozen=True)
+class BatchDownloadRequest(BatchRequest):
+    """The body of POST /api/media/batch-download."""
 
-    message_id: int
-    error: ErrorCode
-    detail: str
-    suggestion: str
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def command(self) -> StartBatch:
+        return StartBatch(**self.model_dump())
+
+
+# An item of `failed_to_start`: which message, and why.
+StartFailure = FileFailure
 
 
 class BatchDownloadResponse(BaseModel):
@@ -50,12 +38,6 @@ class BatchDownloadResponse(BaseModel):
     # Of started_downloads, the ids another request was already downloading: this batch
     # waits for that download instead of starting a second one.
     already_downloading: list[int] = []
-
-
-FileStatus = Literal[
-    "pending", "queued", "downloading", "waiting", "completed", "failed", "cancelled"
-]
-OverallStatus = Literal["pending", "in_progress", "completed", "failed", "cancelled"]
 
 
 class FileStatusBody(BaseModel):

@@ -1,37 +1,53 @@
-"""Requests any NATS client (the gateway among them) may send to the orchestrator.
+"""Requests any NATS client (the gateway among them) may send to the orchestrator, and
+its answers.
 
 They travel as request/reply on the subjects in `subjects.Names`; the reply is a
-`CommandReply` wrapping the HTTP-shaped body or a rejection.
+`CommandReply` holding a domain result or a `Rejection` with its reason. Nothing here is
+HTTP: the gateway alone chooses status codes and wording.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from enum import StrEnum
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from tgdl.contracts.api import (
-    BatchCancelResponse,
-    BatchDownloadResponse,
-    SingleCancelResponse,
-)
+from tgdl.contracts.errors import FileFailure
+from tgdl.contracts.status import BatchKind
 
-BatchKind = Literal["batch", "single"]
+BATCH_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"  # batch ids go into NATS subjects
 
 
-class StartBatch(BaseModel):
+class BatchRequest(BaseModel):
+    """What a caller chooses when starting a batch: the rules of these fields live here
+    (the HTTP body and the command share them). How many ids one batch may hold is a
+    setting (`max_batch_ids`) that the orchestrator checks (`too_many_files`)."""
+
     model_config = ConfigDict(frozen=True)
 
     message_ids: list[int] = Field(min_length=1)
     force: bool = False
     max_concurrent: int = Field(default=3, ge=1, le=5)
-    kind: BatchKind = "batch"
+
+    @field_validator("message_ids")
+    @classmethod
+    def _positive_unique(cls, ids: list[int]) -> list[int]:
+        if any(i <= 0 for i in ids):
+            raise ValueError("message ids are positive integers")
+        return list(dict.fromkeys(ids))  # duplicates collapse, first occurrence keeps order
+
+
+class StartBatch(BatchRequest):
+    """Download these messages' media as one batch."""
+
+    kind: BatchKind = BatchKind.batch
 
 
 class CancelBatch(BaseModel):
     model_config = ConfigDict(frozen=True)
 
-    batch_id: str
+    batch_id: str = Field(pattern=BATCH_ID_PATTERN)
 
 
 class CancelSingle(BaseModel):
@@ -39,16 +55,55 @@ class CancelSingle(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
+    message_id: int = Field(ge=1)
+
+
+# --- answers -------------------------------------------------------------------------------
+
+
+class BatchAccepted(BaseModel):
+    """A batch exists; how its files were sorted at the start."""
+
+    type: Literal["BatchAccepted"] = "BatchAccepted"
+    batch_id: str
+    requested_ids: list[int]  # duplicates collapsed, request order
+    started: list[int]  # will be downloaded (including those joining a running download)
+    already_downloaded: list[int]
+    already_downloading: list[int]  # of `started`: another request's download is joined
+    failed_to_start: list[FileFailure]
+
+
+class BatchCancelOutcome(BaseModel):
+    type: Literal["BatchCancelOutcome"] = "BatchCancelOutcome"
+    batch_id: str
+    total_files: int
+    stopped: list[int]  # files that were pending or running
+    already_finished: bool  # nothing to cancel: the batch had ended before
+
+
+class SingleCancelOutcome(BaseModel):
+    type: Literal["SingleCancelOutcome"] = "SingleCancelOutcome"
     message_id: int
+    cancelled: list[str]  # the single-file requests (batch ids) cancelled; [] if none ran
+
+
+class RejectReason(StrEnum):
+    invalid_command = "invalid_command"  # the body is not a valid command
+    too_many_files = "too_many_files"  # more ids than `max_batch_ids`
+    batch_not_found = "batch_not_found"
+    internal = "internal_error"  # the orchestrator failed; retrying may help
 
 
 class Rejection(BaseModel):
-    status: int  # the HTTP status a gateway should answer with
-    error: str
+    reason: RejectReason
     detail: str
-    suggestion: str | None = None
+
+
+CommandResult = Annotated[
+    BatchAccepted | BatchCancelOutcome | SingleCancelOutcome, Field(discriminator="type")
+]
 
 
 class CommandReply(BaseModel):
-    ok: BatchDownloadResponse | BatchCancelResponse | SingleCancelResponse | None = None
+    ok: CommandResult | None = None
     rejected: Rejection | None = None

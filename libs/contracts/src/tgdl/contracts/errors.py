@@ -56,7 +56,9 @@ SUGGESTIONS: dict[ErrorCode, str] = {
 
 
 class Failure(BaseModel):
-    """A classified failure: machine-readable code, human detail, what to do."""
+    """A classified failure: machine-readable code, human detail, what to do. Embedded
+    as a field where something failed (events, outcomes), or extended with the message
+    it concerns (`FileFailure`)."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -67,3 +69,24 @@ class Failure(BaseModel):
     @classmethod
     def of(cls, error: ErrorCode, detail: str) -> Failure:
         return cls(error=error, detail=detail, suggestion=SUGGESTIONS[error])
+
+    @property
+    def failure(self) -> Failure:
+        """The bare failure (without whatever a subclass adds)."""
+        return Failure(error=self.error, detail=self.detail, suggestion=self.suggestion)
+
+
+class _MessageRef(BaseModel):
+    message_id: int
+
+
+class FileFailure(Failure, _MessageRef):  # message_id comes first on the wire
+    """Why one message could not be downloaded (an item of ``failed_to_start``)."""
+
+    @classmethod
+    def of_message(cls, message_id: int, error: ErrorCode, detail: str) -> FileFailure:
+        return cls(message_id=message_id, **Failure.of(error, detail).model_dump())
+
+    @classmethod
+    def for_message(cls, message_id: int, failure: Failure) -> FileFailure:
+        return cls(message_id=message_id, **failure.failure.model_dump())

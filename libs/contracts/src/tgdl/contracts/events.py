@@ -1,22 +1,26 @@
 """Events of a batch's log (subject `Names.batch_events(batch_id)`): what happened, never
-what should happen. Frozen; the ``type`` tag makes the union self-describing on the wire."""
+what should happen. Frozen and versioned (``v``; see `versioning`): the log is kept for
+30 days, so every release reads the events older releases wrote. The ``type`` tag makes
+the union self-describing on the wire. These are stored facts, not HTTP bodies: nothing
+here depends on the API models."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from tgdl.contracts.api import StartFailure
 from tgdl.contracts.catalog import CatalogEntry
-from tgdl.contracts.commands import BatchKind
-from tgdl.contracts.errors import ErrorCode
+from tgdl.contracts.errors import Failure, FileFailure
+from tgdl.contracts.status import BatchKind
+from tgdl.contracts.versioning import Versioned, nest_failure
 
 
-class _Event(BaseModel):
+class _Event(Versioned):
     model_config = ConfigDict(frozen=True)
 
+    v: Literal[1] = 1
     batch_id: str
     at: datetime
 
@@ -38,7 +42,7 @@ class BatchStarted(_Event):
     requested_ids: list[int]  # after collapsing duplicates, in request order
     to_download: list[CatalogEntry]  # in the order permits are granted
     already_downloaded: list[AlreadyDownloaded]
-    failed_to_start: list[StartFailure]
+    failed_to_start: list[FileFailure]
     already_downloading: list[int] = []  # informational: leased by someone else at start
 
 
@@ -69,12 +73,14 @@ class FileCompleted(_Event):
 
 
 class FileFailed(_Event):
+    # v2: the failure is one embedded `Failure` (v1 had flat error/detail/suggestion)
+    UPCASTERS: ClassVar = {1: nest_failure}
+
+    v: Literal[2] = 2
     type: Literal["FileFailed"] = "FileFailed"
     message_id: int
     job_id: str | None
-    error: ErrorCode
-    detail: str
-    suggestion: str
+    failure: Failure
 
 
 class BatchCancelled(_Event):

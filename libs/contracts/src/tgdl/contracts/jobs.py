@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict
 
 from tgdl.contracts.catalog import CatalogEntry
-from tgdl.contracts.errors import ErrorCode
-
-OutcomeStatus = Literal["completed", "failed", "cancelled"]
+from tgdl.contracts.errors import Failure
+from tgdl.contracts.status import JobState, OutcomeStatus
+from tgdl.contracts.versioning import Versioned, nest_failure
 
 
 class DownloadJob(BaseModel):
@@ -24,6 +24,7 @@ class DownloadJob(BaseModel):
     force: bool = False
 
 
+# The states a running job reports (a subset of JobState).
 ProgressState = Literal["starting", "downloading", "waiting", "retrying"]
 
 
@@ -43,12 +44,19 @@ class DownloadProgress(BaseModel):
     attempt: int = 1
     at: datetime
 
+    @property
+    def job_state(self) -> JobState:
+        return JobState(self.state)
 
-class DownloadOutcome(BaseModel):
-    """Published once per job on `Names.file_done(message_id)`."""
+
+class DownloadOutcome(Versioned):
+    """Published once per job on `Names.file_done(message_id)`; stored for 30 days, so
+    versioned like the batch events (v2 embeds the failure; v1 had flat fields)."""
 
     model_config = ConfigDict(frozen=True)
+    UPCASTERS: ClassVar = {1: nest_failure}
 
+    v: Literal[2] = 2
     job_id: str
     message_id: int
     status: OutcomeStatus
@@ -56,9 +64,7 @@ class DownloadOutcome(BaseModel):
     file_path: str | None = None
     relative_path: str | None = None
     size: int | None = None
-    error: ErrorCode | None = None
-    detail: str | None = None
-    suggestion: str | None = None
+    failure: Failure | None = None  # why it failed or was cancelled
     at: datetime
 
 

@@ -112,16 +112,42 @@ async def migrate(conn: asyncpg.Connection, schema: str) -> int:
             if version not in applied:
                 await conn.execute(sql)
                 await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
-        return max(v for v, _ in MIGRATIONS)
+        return LATEST_VERSION
 
 
 async def migrate_database(dsn: str, schema: str) -> int:
-    """Connect, migrate `schema`, disconnect: what every service does once at start."""
+    """Connect, migrate `schema`, disconnect (`tgdl migrate`; services only verify)."""
     conn = await connect(dsn, schema)
     try:
         return await migrate(conn, schema)
     finally:
         await conn.close()
+
+
+class SchemaOutdated(RuntimeError):
+    """The database schema is missing or older than this release expects."""
+
+
+LATEST_VERSION = max(v for v, _ in MIGRATIONS)
+
+
+async def verify_schema(dsn: str, schema: str) -> int:
+    """Check that `migrate` brought `schema` to this release's version; services call
+    this at start instead of migrating themselves. Returns the version."""
+    conn = await connect(dsn, schema)
+    try:
+        exists = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
+        version = await conn.fetchval("SELECT max(version) FROM schema_migrations") if exists \
+            else None
+    finally:
+        await conn.close()
+    if version is None or version < LATEST_VERSION:
+        found = "no tables" if version is None else f"version {version}"
+        raise SchemaOutdated(
+            f"PostgreSQL schema {schema!r} has {found}, this release needs version "
+            f"{LATEST_VERSION}: run `tgdl migrate` (tgdl run and docker compose do it "
+            "before starting services)")
+    return version
 
 
 async def truncate_read_model(conn: asyncpg.Connection) -> None:

@@ -1,0 +1,138 @@
+"""The life of one download job, the same for every side that touches it.
+
+    acquire (orchestrator) -> publish_job -> claim (downloader) -> heartbeats
+        -> end: record the outcome in the lease, publish it, release the lease
+
+The lease (see `leases`) says which job downloads a message and who waits for it; the
+job message stays unacknowledged in JetStream until its outcome is handed over, so a
+crash at any step is finished by whoever next sees the job or its lease. The downloader
+ends jobs it ran; the orchestrator ends a job JetStream stopped redelivering. Both go
+through `end`, so an outcome is always published the same way (deduplicated by
+``Nats-Msg-Id: <job_id>:done``) and the lease is always released after it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from pydantic import BaseModel
+
+from tgdl.bus.leases import Acquired, Leases
+from tgdl.contracts.jobs import DownloadJob, DownloadOutcome
+from tgdl.contracts.subjects import Names
+
+
+@dataclass(frozen=True)
+class Ack:
+    seq: int  # stream sequence of the stored message (of the first copy, if a duplicate)
+    duplicate: bool
+
+
+class StreamPublisher(Protocol):
+    """Publishing to JetStream with deduplication, and asking whether a message is still
+    stored (a work-queue message is deleted once acknowledged)."""
+
+    async def publish(self, subject: str, body: BaseModel, *, stream: str,
+                      msg_id: str) -> Ack: ...
+
+    async def stored(self, stream: str, seq: int) -> bool: ...
+
+
+class JetStreamPublisher:
+    """`StreamPublisher` over a nats-py JetStream context (a FastStream broker's too:
+    ``broker.connection.jetstream()``)."""
+
+    def __init__(self, js) -> None:
+        self._js = js
+
+    async def publish(self, subject: str, body: BaseModel, *, stream: str,
+                      msg_id: str) -> Ack:
+        ack = await self._js.publish(subject, body.model_dump_json().encode(), stream=stream,
+                                     headers={"Nats-Msg-Id": msg_id})
+        return Ack(ack.seq, bool(ack.duplicate))
+
+    async def stored(self, stream: str, seq: int) -> bool:
+        from nats.js.errors import NotFoundError
+
+        try:
+            await self._js.get_msg(stream, seq)
+            return True
+        except NotFoundError:
+            return False
+
+
+class BrokerPublisher(JetStreamPublisher):
+    """`StreamPublisher` through a FastStream `NatsBroker` (its serialiser and
+    middlewares), reading stored messages over the broker's own connection."""
+
+    def __init__(self, broker) -> None:
+        self._broker = broker
+
+    @property
+    def _js(self):  # the connection exists only once the broker has started
+        return self._broker.connection.jetstream()
+
+    async def publish(self, subject: str, body: BaseModel, *, stream: str,
+                      msg_id: str) -> Ack:
+        ack = await self._broker.publish(body, subject, stream=stream,
+                                         headers={"Nats-Msg-Id": msg_id})
+        return Ack(ack.seq, bool(ack.duplicate))
+
+
+class JobLostTooOften(RuntimeError):
+    """A job's copies kept being acknowledged before its lease could use them."""
+
+
+class JobLifecycle:
+    MAX_REQUEUES = 8
+
+    def __init__(self, leases: Leases, publisher: StreamPublisher, names: Names) -> None:
+        self.leases = leases
+        self._publisher = publisher
+        self._names = names
+
+    # --- the orchestrator's side ---------------------------------------------------------
+
+    async def acquire(self, message_id: int, job_id: str, party: str,
+                      force: bool = False) -> Acquired:
+        """Own the message for `job_id`, or join the job already downloading it."""
+        return await self.leases.acquire(message_id, job_id, party, force)
+
+    async def publish_job(self, job: DownloadJob) -> None:
+        """Queue the job once. ``Nats-Msg-Id`` drops a re-publish; if the copy it matched
+        already ran and was acknowledged, the lease just taken would have no job behind
+        it, so the job is queued again under the next numbered id (itself deduplicated)."""
+        stream = self._names.jobs_stream
+        for n in range(self.MAX_REQUEUES + 1):
+            msg_id = job.job_id if n == 0 else f"{job.job_id}:requeued-{n}"
+            ack = await self._publisher.publish(self._names.download_jobs, job,
+                                                stream=stream, msg_id=msg_id)
+            if not ack.duplicate or await self._publisher.stored(stream, ack.seq):
+                return
+        raise JobLostTooOften(f"job {job.job_id} was queued {self.MAX_REQUEUES} times already")
+
+    # --- the downloader's side -----------------------------------------------------------
+
+    async def claim(self, message_id: int, job_id: str, job_seq: int) -> bool:
+        """Bind the lease to this copy of the job (see `Leases.claim`)."""
+        return await self.leases.claim(message_id, job_id, job_seq)
+
+    # --- ending (either side) ------------------------------------------------------------
+
+    async def end(self, outcome: DownloadOutcome) -> DownloadOutcome | None:
+        """Record how the job ended, tell every waiting party, free the message. Returns
+        the outcome as addressed, or None when the lease belongs to another job (this
+        copy was stale and has nothing to say)."""
+        addressed = await self.leases.end(outcome)
+        if addressed is not None:
+            await self.hand_over(addressed)
+        return addressed
+
+    async def hand_over(self, addressed: DownloadOutcome) -> None:
+        """Publish an ended job's outcome and release its lease (idempotent: a crash in
+        between is finished by the next delivery, which finds the outcome in the lease)."""
+        await self._publisher.publish(
+            self._names.file_done(addressed.message_id), addressed,
+            stream=self._names.outcomes_stream, msg_id=f"{addressed.job_id}:done")
+        await self.leases.release(addressed.message_id, addressed.job_id)

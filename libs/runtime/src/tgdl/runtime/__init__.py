@@ -1,0 +1,54 @@
+"""How every tgdl service process runs: one place for logging, signals and shutdown.
+
+`run_service` is the `main()` of the NATS services: SIGINT/SIGTERM set a stop event the
+service awaits, it stops cleanly and the process exits 0. `serve_http` does the same for
+the HTTP services on uvicorn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    logging.basicConfig(level=level, format=LOG_FORMAT)
+
+
+def run_service(name: str, serve: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    """Run `serve(stop)` until it returns; the first SIGINT/SIGTERM sets `stop`."""
+    setup_logging()
+    log = logging.getLogger(f"tgdl.{name}")
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(stop)
+        log.info("%s stopped", name)
+
+    asyncio.run(main())
+
+
+def serve_http(app: Any, host: str, port: int, log_level: str = "info") -> None:
+    """Serve an ASGI app until SIGINT/SIGTERM, then exit 0 after a graceful shutdown."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        # uvicorn re-raises the signal after its graceful shutdown; a clean stop exits 0
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            with super().capture_signals():
+                try:
+                    yield
+                finally:
+                    self._captured_signals.clear()
+
+    Server(uvicorn.Config(app, host=host, port=port, log_level=log_level)).run()
