@@ -11,6 +11,8 @@ import httpx
 import pytest
 
 from tgdl.contracts.catalog import CatalogEntry, MediaKind
+from tgdl.contracts.commands import BatchAccepted, CommandReply, Rejection, RejectReason
+from tgdl.contracts.errors import SUGGESTIONS, ErrorCode, FileFailure
 from tgdl.contracts.events import (
     BatchFinished,
     BatchStarted,
@@ -19,9 +21,11 @@ from tgdl.contracts.events import (
     PermitGranted,
 )
 from tgdl.contracts.jobs import DownloadProgress
+from tgdl.contracts.status import OverallStatus
 from tgdl.db import catalog
 from tgdl.db.connection import connect
 from tgdl.db.readmodel import batch_status, snapshot_json
+from tgdl.db.schema import SchemaOutdated, migrate_database
 from tgdl.gateway.app import create_app
 from tgdl.gateway.settings import GatewaySettings
 from tgdl.projector.fold import fold_event, fold_progress
@@ -41,8 +45,9 @@ def settings(servers, isolation) -> GatewaySettings:
 
 @pytest.fixture
 async def app(settings):
+    await migrate_database(settings.database_url, settings.db_schema)  # as `tgdl migrate`
     app = create_app(settings)
-    async with app.router.lifespan_context(app):  # connects NATS and PostgreSQL, migrates
+    async with app.router.lifespan_context(app):  # connects NATS and PostgreSQL
         yield app
 
 
@@ -176,7 +181,6 @@ async def test_messages_list_each_message_with_its_download_state(client, db):
 
 
 @pytest.mark.parametrize(("body", "detail"), [
-    ({"message_ids": list(range(1, 52))}, "message_ids: at most 50 ids per request"),
     ({"message_ids": [1], "max_concurrent": 0}, "max_concurrent: must be >= 1"),
     ({"message_ids": [1], "max_concurrent": 6}, "max_concurrent: must be <= 5"),
     ({"message_ids": []}, "message_ids: must hold at least 1 item(s)"),
@@ -222,6 +226,65 @@ async def test_commands_without_an_orchestrator_are_503_with_advice(client, meth
     assert "orchestrator" in body["detail"] and "tgdl run" in body["suggestion"]
 
 
+# --- what the orchestrator's answers become in HTTP -----------------------------------------
+
+
+@pytest.fixture
+async def orchestrator_answers(nc, settings):
+    """A stand-in orchestrator on NATS that answers every start with the given reply."""
+    replies: list[bytes] = []
+
+    async def answer(msg) -> None:
+        await msg.respond(replies[0])
+
+    sub = await nc.subscribe(settings.names.cmd_batch_start, cb=answer)
+    await nc.flush()
+    yield replies
+    await sub.unsubscribe()
+
+
+async def test_a_rejection_becomes_a_4xx_chosen_by_the_gateway(client, orchestrator_answers):
+    orchestrator_answers.append(CommandReply(rejected=Rejection(
+        reason=RejectReason.too_many_files, detail="51 message ids given; at most 50 per batch",
+    )).model_dump_json().encode())
+    response = await client.post("/api/media/batch-download",
+                                 json={"message_ids": list(range(1, 52))})
+    body = assert_error_body(response, 422, "too_many_files")
+    assert body["detail"].startswith("51 message ids") and body["suggestion"]
+
+
+async def test_an_accepted_batch_becomes_the_contract_body(client, orchestrator_answers, db):
+    orchestrator_answers.append(CommandReply(ok=BatchAccepted(
+        batch_id="batch_x", requested_ids=[1, 2, 3], started=[1], already_downloaded=[],
+        already_downloading=[1], failed_to_start=[FileFailure.of_message(
+            3, ErrorCode.no_media, "message 3 carries no media")],
+    )).model_dump_json().encode())
+    response = await client.post("/api/media/batch-download", json={"message_ids": [1, 2, 3]})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["batch_id"], body["status"], body["total_files"], body["started_downloads"],
+            body["already_downloading"]) == ("batch_x", "started", 3, [1], [1])
+    assert body["failed_to_start"] == [{
+        "message_id": 3, "error": "no_media", "detail": "message 3 carries no media",
+        "suggestion": SUGGESTIONS[ErrorCode.no_media]}]
+    assert body["message"].startswith("Batch download started with 3 files")
+
+
+async def test_an_unreadable_reply_is_a_502(client, orchestrator_answers):
+    orchestrator_answers.append(b'{"ok": {"type": "Something"}}')
+    response = await client.post("/api/media/batch-download", json={"message_ids": [1]})
+    assert_error_body(response, 502, "bad_gateway")
+
+
+async def test_the_gateway_refuses_to_start_on_an_unmigrated_schema(servers):
+    settings = GatewaySettings(nats_url=servers.nats_url, database_url=servers.database_url,
+                               db_schema="never_migrated")
+    app = create_app(settings)
+    with pytest.raises(SchemaOutdated, match="tgdl migrate"):
+        async with app.router.lifespan_context(app):
+            pass
+
+
 # --- files, health, page, events ------------------------------------------------------------
 
 
@@ -263,8 +326,8 @@ async def test_the_web_page_is_served(client):
 async def test_batch_events_relay_snapshots_until_the_batch_finishes(client, db, settings, nc):
     await a_batch_in_flight(db)
     stream = asyncio.create_task(client.get("/api/media/batch-events/b"))
-    finished = (await batch_status(db, "b")).model_copy(update={"finished": True,
-                                                                  "overall_status": "failed"})
+    finished = (await batch_status(db, "b")).model_copy(
+        update={"finished": True, "overall_status": OverallStatus.failed})
     # publish the final snapshot until the stream, once subscribed, relays it and ends
     async with asyncio.timeout(10):
         while not stream.done():

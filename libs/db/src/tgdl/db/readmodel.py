@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -18,20 +19,20 @@ import asyncpg
 
 from tgdl.contracts.api import (
     BatchStatusResponse,
-    FileStatus,
     FileStatusBody,
     MessageItem,
     MessagePage,
-    OverallStatus,
 )
 from tgdl.contracts.paths import download_url
+from tgdl.contracts.status import (
+    FINISHED_BATCH_STATUSES,
+    FileStatus,
+    JobState,
+    OverallStatus,
+)
 from tgdl.db import catalog
 
 Row = Mapping[str, Any]
-
-TERMINAL_FILE_STATES = frozenset({"completed", "failed", "cancelled"})
-TERMINAL_JOB_STATES = frozenset({"completed", "failed", "cancelled"})
-RUNNING_JOB_STATES = frozenset({"starting", "downloading", "retrying"})
 
 # Columns of `jobs` the rules read; SQL selects them with this prefix next to the file's.
 JOB_COLUMNS = (
@@ -63,7 +64,7 @@ def _completed(message_id: int, relative: str | None, file_path: str | None,
                total_size: int | None, already: bool) -> FileStatusBody:
     return FileStatusBody(
         message_id=message_id,
-        status="completed",
+        status=FileStatus.completed,
         progress=100,
         file_path=file_path,
         download_url=download_url(relative) if relative else None,
@@ -76,31 +77,31 @@ def file_status(file: Row, job: Row | None) -> FileStatusBody:
     """One file as a client sees it. The batch's own terminal verdict wins; a file with a
     permit shows its job's live state (which may belong to another batch's download)."""
     m = file["message_id"]
-    status = file["status"]
-    if status == "completed":
+    status = FileStatus(file["status"])
+    if status is FileStatus.completed:
         return _completed(m, file["relative_path"], file["file_path"], file["total_size"],
                           file["already_downloaded"])
-    if status in ("failed", "cancelled"):
+    if status in (FileStatus.failed, FileStatus.cancelled):
         return FileStatusBody(message_id=m, status=status, total_size=file["total_size"],
                               error=file["error"], detail=file["detail"],
                               suggestion=file["suggestion"])
-    if status == "pending" or job is None or job["state"] == "queued":
-        shown: FileStatus = "pending" if status == "pending" else "queued"
+    if status is FileStatus.pending or job is None or job["state"] == JobState.queued:
+        shown = FileStatus.pending if status is FileStatus.pending else FileStatus.queued
         return FileStatusBody(message_id=m, status=shown, total_size=file["total_size"])
-    state = job["state"]
-    if state == "completed":
+    state = JobState(job["state"])
+    if state is JobState.completed:
         return _completed(m, job["relative_path"] or file["relative_path"],
                           job["file_path"] or file["file_path"],
                           job["total_size"] or file["total_size"], already=False)
-    if state in ("failed", "cancelled"):
-        return FileStatusBody(message_id=m, status=state, total_size=file["total_size"],
+    if state in (JobState.failed, JobState.cancelled):
+        return FileStatusBody(message_id=m, status=FileStatus(state), total_size=file["total_size"],
                               error=job["error"], detail=job["detail"],
                               suggestion=job["suggestion"])
     total = job["total_size"] if job["total_size"] is not None else file["total_size"]
-    waiting = state == "waiting"  # a flood wait: the file waits, it has not failed
+    waiting = state is JobState.waiting  # a flood wait: the file waits, it has not failed
     return FileStatusBody(
         message_id=m,
-        status="waiting" if waiting else "downloading",
+        status=FileStatus.waiting if waiting else FileStatus.downloading,
         progress=_percent(job["downloaded_size"], total),
         downloaded_size=job["downloaded_size"],
         total_size=total,
@@ -116,52 +117,54 @@ def _files(n: int) -> str:
 
 def summary_sentence(overall: OverallStatus, total: int, counts: Mapping[FileStatus, int]) -> str:
     """A plain sentence for people, e.g. "18 of 20 files completed, 2 failed"."""
-    c = counts.get
-    if overall == "cancelled":
-        parts = [f"Cancelled: {_files(c('completed', 0))} completed"]
-        if c("failed", 0):
-            parts.append(f"{c('failed')} failed")
-        parts.append(f"{c('cancelled', 0)} stopped")
+    def c(status: FileStatus) -> int:
+        return counts.get(status, 0)
+
+    F = FileStatus
+    if overall is OverallStatus.cancelled:
+        parts = [f"Cancelled: {_files(c(F.completed))} completed"]
+        if c(F.failed):
+            parts.append(f"{c(F.failed)} failed")
+        parts.append(f"{c(F.cancelled)} stopped")
         return ", ".join(parts)
-    parts = [f"{c('completed', 0)} of {_files(total)} completed"]
-    if c("downloading", 0):
-        parts.append(f"{c('downloading')} downloading")
-    if c("waiting", 0):
-        parts.append(f"{c('waiting')} paused by a Telegram rate limit")
-    queued = c("pending", 0) + c("queued", 0)
+    parts = [f"{c(F.completed)} of {_files(total)} completed"]
+    if c(F.downloading):
+        parts.append(f"{c(F.downloading)} downloading")
+    if c(F.waiting):
+        parts.append(f"{c(F.waiting)} paused by a Telegram rate limit")
+    queued = c(F.pending) + c(F.queued)
     if queued:
         parts.append(f"{queued} waiting for {'its' if queued == 1 else 'their'} turn")
-    if c("failed", 0):
-        parts.append(f"{c('failed')} failed")
-    if c("cancelled", 0):
-        parts.append(f"{c('cancelled')} cancelled")
+    if c(F.failed):
+        parts.append(f"{c(F.failed)} failed")
+    if c(F.cancelled):
+        parts.append(f"{c(F.cancelled)} cancelled")
     return ", ".join(parts)
 
 
 def overall_status(batch_status: str, files: Sequence[FileStatusBody]) -> OverallStatus:
-    if batch_status in ("completed", "failed", "cancelled"):
-        return batch_status  # type: ignore[return-value]
-    if any(f.status != "pending" for f in files):
-        return "in_progress"
-    return "pending"
+    if batch_status in FINISHED_BATCH_STATUSES:
+        return OverallStatus(batch_status)
+    if any(f.status is not FileStatus.pending for f in files):
+        return OverallStatus.in_progress
+    return OverallStatus.pending
 
 
 def batch_status_of(batch: Row, files: Sequence[FileStatusBody]) -> BatchStatusResponse:
-    counts: dict[FileStatus, int] = {}
-    for f in files:
-        counts[f.status] = counts.get(f.status, 0) + 1
+    counts = Counter(f.status for f in files)
     overall = overall_status(batch["status"], files)
     total = batch["total_files"]
+    F = FileStatus
     return BatchStatusResponse(
         batch_id=batch["batch_id"],
         total_files=total,
-        completed=counts.get("completed", 0),
-        downloading=counts.get("downloading", 0) + counts.get("waiting", 0),
-        failed=counts.get("failed", 0),
-        pending=counts.get("pending", 0) + counts.get("queued", 0),
-        cancelled=counts.get("cancelled", 0),
+        completed=counts[F.completed],
+        downloading=counts[F.downloading] + counts[F.waiting],
+        failed=counts[F.failed],
+        pending=counts[F.pending] + counts[F.queued],
+        cancelled=counts[F.cancelled],
         overall_status=overall,
-        finished=overall in ("completed", "failed", "cancelled"),
+        finished=overall in FINISHED_BATCH_STATUSES,
         summary=summary_sentence(overall, total, counts),
         max_concurrent=batch["max_concurrent"],
         files=list(files),
@@ -176,8 +179,9 @@ def file_body(file: FileStatusBody) -> dict[str, Any]:
     """The wire form of one file: fields that do not apply to its status are left out
     (as in the original examples), except the live numbers of a running file."""
     body = file.model_dump(mode="json", exclude_none=True)
-    if file.status in ("downloading", "waiting"):
-        live = (*LIVE_FIELDS, "wait_seconds") if file.status == "waiting" else LIVE_FIELDS
+    if file.status in (FileStatus.downloading, FileStatus.waiting):
+        live = (*LIVE_FIELDS, "wait_seconds") if file.status is FileStatus.waiting \
+            else LIVE_FIELDS
         for key in live:
             body.setdefault(key, None)
     return body
@@ -194,14 +198,15 @@ def snapshot_json(status: BatchStatusResponse) -> bytes:
     return json.dumps(status_body(status), separators=(",", ":")).encode()
 
 
+# A file's status -> the message list's download_state.
 DOWNLOAD_STATE: dict[FileStatus, str] = {
-    "pending": "queued",
-    "queued": "queued",
-    "downloading": "downloading",
-    "waiting": "waiting",
-    "completed": "downloaded",
-    "failed": "failed",
-    "cancelled": "cancelled",
+    FileStatus.pending: "queued",
+    FileStatus.queued: "queued",
+    FileStatus.downloading: "downloading",
+    FileStatus.waiting: "waiting",
+    FileStatus.completed: "downloaded",
+    FileStatus.failed: "failed",
+    FileStatus.cancelled: "cancelled",
 }
 
 

@@ -3,23 +3,22 @@
 from __future__ import annotations
 
 import contextlib
-import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from importlib.resources import files
 
-import uvicorn
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
 
 from tgdl.bus.topology import connect
 from tgdl.db.connection import create_pool
-from tgdl.db.schema import migrate
+from tgdl.db.schema import verify_schema
 from tgdl.gateway import batches, health, messages, single
-from tgdl.gateway.commands import Orchestrator
+from tgdl.gateway.commands import OrchestratorClient
 from tgdl.gateway.errors import install_error_handlers
 from tgdl.gateway.media import MediaFiles
 from tgdl.gateway.services import Services
 from tgdl.gateway.settings import GatewaySettings
+from tgdl.runtime import serve_http, setup_logging
 
 INDEX_HTML = files("tgdl.gateway").joinpath("static", "index.html")
 
@@ -29,15 +28,13 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await verify_schema(settings.database_url, settings.db_schema)
         nc = await connect(settings.nats_url, "tgdl-gateway")
         try:
             pool = await create_pool(settings.database_url, settings.db_schema, max_size=4)
             try:
-                async with pool.acquire() as conn:
-                    # The tables exist whichever service starts first.
-                    await migrate(conn, settings.db_schema)
                 app.state.services = Services(
-                    settings, nc, pool, Orchestrator(nc, settings.command_timeout))
+                    settings, nc, pool, OrchestratorClient(nc, settings.command_timeout))
                 yield
             finally:
                 await pool.close()
@@ -59,23 +56,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     return app
 
 
-class _Server(uvicorn.Server):
-    """On SIGTERM/SIGINT uvicorn stops accepting, finishes, runs the lifespan's exit, and
-    then re-raises the signal; a clean stop should exit with status 0 instead."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        with super().capture_signals():
-            try:
-                yield
-            finally:
-                self._captured_signals.clear()
-
-
 def main() -> None:
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     settings = GatewaySettings()
-    config = uvicorn.Config(create_app(settings), host=settings.http_host,
-                            port=settings.http_port, log_level="info")
-    _Server(config).run()
+    serve_http(create_app(settings), settings.http_host, settings.http_port)

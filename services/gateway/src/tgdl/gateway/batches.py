@@ -17,15 +17,20 @@ from tgdl.contracts.api import (
     BatchDownloadResponse,
     BatchStatusResponse,
 )
-from tgdl.contracts.commands import CancelBatch, StartBatch
+from tgdl.contracts.commands import (
+    BATCH_ID_PATTERN,
+    BatchAccepted,
+    BatchCancelOutcome,
+    CancelBatch,
+    StartBatch,
+)
 from tgdl.db import readmodel
 from tgdl.db.readmodel import snapshot_json
-from tgdl.gateway.errors import ApiError, invalid
+from tgdl.gateway.errors import ApiError
 from tgdl.gateway.services import Services, services
 
 router = APIRouter(prefix="/api/media", tags=["batches"])
 
-BATCH_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 BatchId = Annotated[str, Path(pattern=BATCH_ID_PATTERN, description="as returned at start")]
 Svc = Annotated[Services, Depends(services)]
 
@@ -37,19 +42,46 @@ def batch_not_found(batch_id: str) -> ApiError:
                     "Use the batch_id returned by POST /api/media/batch-download.")
 
 
+async def start(svc: Services, command: StartBatch) -> BatchAccepted:
+    """Ask the orchestrator for a batch (the single-file API uses it too) and wait briefly
+    until the read model knows it, so a status query right after finds it."""
+    accepted = await svc.orchestrator.call(svc.settings.names.cmd_batch_start, command,
+                                           BatchAccepted)
+    if accepted.started or accepted.already_downloaded:
+        await svc.until_projected(accepted.batch_id)
+    return accepted
+
+
+def start_message(accepted: BatchAccepted) -> str:
+    parts = [f"{len(accepted.started)} to download"]
+    if accepted.already_downloaded:
+        parts.append(f"{len(accepted.already_downloaded)} already downloaded")
+    if accepted.already_downloading:
+        parts.append(f"{len(accepted.already_downloading)} already downloading elsewhere "
+                     "(shared)")
+    if accepted.failed_to_start:
+        parts.append(f"{len(accepted.failed_to_start)} could not start")
+    return (f"Batch download started with {len(accepted.requested_ids)} files: "
+            f"{', '.join(parts)}")
+
+
+def start_response(accepted: BatchAccepted) -> BatchDownloadResponse:
+    return BatchDownloadResponse(
+        batch_id=accepted.batch_id,
+        status="started" if accepted.started else (
+            "completed" if accepted.already_downloaded else "failed"),
+        message=start_message(accepted),
+        total_files=len(accepted.requested_ids),
+        started_downloads=accepted.started,
+        already_downloaded=accepted.already_downloaded,
+        failed_to_start=accepted.failed_to_start,
+        already_downloading=accepted.already_downloading,
+    )
+
+
 @router.post("/batch-download", response_model=BatchDownloadResponse)
 async def batch_download(body: BatchDownloadRequest, svc: Svc) -> BatchDownloadResponse:
-    limit = svc.settings.max_batch_ids
-    if len(body.message_ids) > limit:
-        raise invalid(f"message_ids: at most {limit} ids per request "
-                      f"(got {len(body.message_ids)}); split them into several batches")
-    command = StartBatch(message_ids=body.message_ids, force=body.force,
-                         max_concurrent=body.max_concurrent)
-    ok = await svc.orchestrator.call(svc.settings.names.cmd_batch_start, command)
-    started = BatchDownloadResponse.model_validate(ok)
-    if started.started_downloads or started.already_downloaded:
-        await svc.until_projected(started.batch_id)
-    return started
+    return start_response(await start(svc, body.command()))
 
 
 @router.get("/batch-status/{batch_id}", response_model=BatchStatusResponse)
@@ -63,9 +95,17 @@ async def batch_status(batch_id: BatchId, svc: Svc) -> Response:
 
 @router.post("/batch-cancel/{batch_id}", response_model=BatchCancelResponse)
 async def batch_cancel(batch_id: BatchId, svc: Svc) -> BatchCancelResponse:
-    ok = await svc.orchestrator.call(svc.settings.names.cmd_batch_cancel,
-                                     CancelBatch(batch_id=batch_id))
-    return BatchCancelResponse.model_validate(ok)
+    done = await svc.orchestrator.call(svc.settings.names.cmd_batch_cancel,
+                                       CancelBatch(batch_id=batch_id), BatchCancelOutcome)
+    if done.already_finished:
+        return BatchCancelResponse(
+            status="already_finished", batch_id=batch_id, cancelled_downloads=0,
+            total_files=done.total_files,
+            message="Batch had already finished; nothing to cancel")
+    return BatchCancelResponse(
+        status="cancelled", batch_id=batch_id, cancelled_downloads=len(done.stopped),
+        total_files=done.total_files,
+        message=f"Batch cancelled, {len(done.stopped)} downloads stopped")
 
 
 @router.get("/batch-events/{batch_id}", response_class=StreamingResponse,

@@ -9,7 +9,7 @@ import asyncpg
 from fastapi import Request
 from nats.aio.client import Client as NATS
 
-from tgdl.gateway.commands import Orchestrator
+from tgdl.gateway.commands import OrchestratorClient
 from tgdl.gateway.settings import GatewaySettings
 
 
@@ -18,7 +18,7 @@ class Services:
     settings: GatewaySettings
     nc: NATS
     pool: asyncpg.Pool
-    orchestrator: Orchestrator
+    orchestrator: OrchestratorClient
 
     async def until_projected(self, batch_id: str) -> bool:
         """Wait (briefly) until the read model knows a batch the orchestrator just

@@ -10,14 +10,15 @@ from fastapi import APIRouter, Body, Depends, Path
 from fastapi.responses import JSONResponse
 
 from tgdl.contracts.api import (
-    BatchDownloadResponse,
     SingleCancelResponse,
     SingleDownloadRequest,
     SingleDownloadResponse,
 )
-from tgdl.contracts.commands import CancelSingle, StartBatch
+from tgdl.contracts.commands import CancelSingle, SingleCancelOutcome, StartBatch
 from tgdl.contracts.errors import ErrorCode
+from tgdl.contracts.status import BatchKind
 from tgdl.db import readmodel
+from tgdl.gateway.batches import start
 from tgdl.gateway.errors import ApiError
 from tgdl.gateway.services import Services, services
 
@@ -43,9 +44,8 @@ async def download(message_id: MessageId, svc: Svc,
                    body: Annotated[SingleDownloadRequest | None, Body()] = None,
                    ) -> SingleDownloadResponse:
     force = body.force if body else False
-    command = StartBatch(kind="single", message_ids=[message_id], max_concurrent=1, force=force)
-    batch = BatchDownloadResponse.model_validate(
-        await svc.orchestrator.call(svc.settings.names.cmd_batch_start, command))
+    batch = await start(svc, StartBatch(kind=BatchKind.single, message_ids=[message_id],
+                                        max_concurrent=1, force=force))
     if batch.failed_to_start:
         failure = batch.failed_to_start[0]
         # An ErrorBody like every error, plus the fields of the single-file answer.
@@ -53,7 +53,6 @@ async def download(message_id: MessageId, svc: Svc,
                        failure.detail, failure.suggestion,
                        extra={"message_id": message_id, "download_id": batch.batch_id,
                               "status": "failed"})
-    await svc.until_projected(batch.batch_id)
     if message_id in batch.already_downloaded:
         status = await readmodel.batch_status(svc.pool, batch.batch_id)
         done = status.files[0] if status and status.files else None
@@ -82,6 +81,11 @@ async def status(message_id: MessageId, svc: Svc) -> JSONResponse:
 
 @router.post("/cancel/{message_id}", response_model=SingleCancelResponse)
 async def cancel(message_id: MessageId, svc: Svc) -> SingleCancelResponse:
-    ok = await svc.orchestrator.call(svc.settings.names.cmd_single_cancel,
-                                     CancelSingle(message_id=message_id))
-    return SingleCancelResponse.model_validate(ok)
+    done = await svc.orchestrator.call(svc.settings.names.cmd_single_cancel,
+                                       CancelSingle(message_id=message_id), SingleCancelOutcome)
+    if not done.cancelled:
+        return SingleCancelResponse(
+            message_id=message_id, status="not_downloading",
+            message=f"No single-file download of message {message_id} is running")
+    return SingleCancelResponse(message_id=message_id, status="cancelled",
+                                message=f"Download of message {message_id} cancelled")

@@ -23,7 +23,6 @@ from tgdl.contracts.catalog import CatalogEntry
 from tgdl.contracts.config import CommonSettings
 from tgdl.db import catalog
 from tgdl.db.connection import connect
-from tgdl.db.schema import migrate
 from tgdl.downloader.telegram.telethon import (
     PeerResolver,
     TelegramSettings,
@@ -132,7 +131,6 @@ async def sync_chat(
         # settings were given.
         db = settings if isinstance(settings, CommonSettings) else CommonSettings()
         conn = await connect(db.database_url, db.db_schema)
-        await migrate(conn, db.db_schema)
     flood_sleep = client.flood_sleep_threshold
     client.flood_sleep_threshold = SYNC_FLOOD_SLEEP
     try:

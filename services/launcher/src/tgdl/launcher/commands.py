@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tgdl.contracts.config import CommonSettings
 from tgdl.launcher.plan import Home, settings_from
-from tgdl.launcher.prepare import ensure_nats, migrate_database, prepare, seed_from_simulator
+from tgdl.launcher.prepare import prepare, seed_from_simulator
 from tgdl.launcher.runner import StopRequest, start_simulator
 from tgdl.launcher.servers import Endpoints, servers_for
 from tgdl.launcher.supervisor import Supervisor
@@ -34,9 +34,8 @@ def _session_file(env: Mapping[str, str], cwd: Path) -> Path:
 async def migrate(env: Mapping[str, str], cwd: Path) -> int:
     async with servers_for(Home.from_env(env, cwd), env, say) as endpoints:
         settings = _settings(env, endpoints)
-        version = await migrate_database(settings)
+        version = await prepare(settings)
         say(f"Database schema {settings.db_schema!r} is at version {version}")
-        await ensure_nats(settings)
         say(f"NATS streams, consumers and buckets are ready under {settings.namespace!r}")
     return 0
 
@@ -106,6 +105,7 @@ async def sync(env: Mapping[str, str], cwd: Path, chat: str, limit: int | None) 
             AccountSettings, env, nats_url=endpoints.nats_url,
             database_url=endpoints.database_url, session_file=_session_file(env, cwd),
         )
+        await prepare(settings)  # the catalog table exists even before a first `tgdl run`
         try:
             report = await sync_chat(settings, chat, limit)
         except (TelegramSetupError, SyncError) as exc:

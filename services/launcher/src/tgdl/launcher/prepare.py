@@ -1,4 +1,7 @@
-"""Getting the servers ready for the services: the schema, the NATS topology, the catalog."""
+"""Getting the servers ready for the services: the schema, the NATS topology, the catalog.
+
+This is the one place that declares them (`tgdl migrate`, and `tgdl run` before it starts
+any service); the services only verify that they exist."""
 
 from __future__ import annotations
 
@@ -9,26 +12,19 @@ from tgdl.db import catalog, schema
 from tgdl.db.connection import connect
 
 
-def queue_policy(settings: CommonSettings) -> topology.QueuePolicy:
-    return topology.QueuePolicy.of(settings)
-
-
-async def migrate_database(settings: CommonSettings) -> int:
-    """Bring the schema up to date; returns its version."""
-    return await schema.migrate_database(settings.database_url, settings.db_schema)
-
-
 async def ensure_nats(settings: CommonSettings) -> None:
     """Declare the streams, consumers and buckets (idempotent)."""
     nc = await topology.connect(settings.nats_url, "tgdl-launcher")
     try:
-        await topology.ensure_topology(nc.jetstream(), settings.names, queue_policy(settings))
+        await topology.ensure_topology(nc.jetstream(), settings.names,
+                                        topology.QueuePolicy.of(settings))
     finally:
         await nc.drain()
 
 
 async def prepare(settings: CommonSettings) -> int:
-    version = await migrate_database(settings)
+    """Schema and topology, both idempotent; returns the schema's version."""
+    version = await schema.migrate_database(settings.database_url, settings.db_schema)
     await ensure_nats(settings)
     return version
 

@@ -28,7 +28,7 @@ from tgdl.contracts.events import (
 )
 from tgdl.contracts.jobs import DownloadOutcome, DownloadProgress
 from tgdl.contracts.paths import relative_path
-from tgdl.db.readmodel import TERMINAL_JOB_STATES
+from tgdl.contracts.status import TERMINAL_JOB_STATES
 
 # --- rows ---------------------------------------------------------------------------------
 
