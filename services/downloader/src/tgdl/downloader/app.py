@@ -1,17 +1,27 @@
-"""Downloader process wiring: pick the Telegram adapter, connect, run the worker."""
+"""Downloader process wiring on FastStream: the job consumer, the progress and outcome
+publishers, and the Telegram adapter. Nothing else lives here; the work is in `worker`."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import signal
+from collections.abc import Callable
+from typing import Any
 
+from faststream import BaseMiddleware
+from faststream.middlewares import AckPolicy
+from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
+from pydantic import ValidationError
+
+from tgdl.bus.jobs import BrokerPublisher, JobLifecycle
 from tgdl.bus.leases import Leases
-from tgdl.bus.topology import QueuePolicy, connect, ensure_topology
+from tgdl.bus.topology import verify_topology
+from tgdl.contracts.jobs import DownloadJob, DownloadOutcome, DownloadProgress
 from tgdl.downloader.flood import FloodGate
 from tgdl.downloader.settings import DownloaderSettings
 from tgdl.downloader.telegram.port import TelegramPort
 from tgdl.downloader.worker import Worker
+from tgdl.runtime import run_service
 
 log = logging.getLogger("tgdl.downloader")
 
@@ -26,36 +36,114 @@ def build_port(settings: DownloaderSettings) -> TelegramPort:
     return SimulatedTelegram(settings.sim_url)
 
 
+class _NeverTerminate(BaseMiddleware):
+    """FastStream's answer to a job whose handler raised must never be to drop it: only
+    a body that is not a job at all is terminated; anything else goes back to the queue."""
+
+    async def consume_scope(self, call_next, msg: NatsMessage) -> Any:
+        try:
+            return await call_next(msg)
+        except Exception as exc:
+            try:
+                DownloadJob.model_validate_json(msg.body)
+            except ValidationError:
+                log.error("terminating malformed job %r", msg.body[:200])
+                await msg.reject()
+                return None
+            log.error("job handler failed (%r); giving the job back", exc)
+            await msg.nack(delay=1.0)
+            return None
+
+
+def _not_started() -> Worker:
+    raise RuntimeError("the downloader's worker is not running")
+
+
+def create_broker(settings: DownloaderSettings,
+                  worker: Callable[[], Worker] = _not_started) -> NatsBroker:
+    """The downloader's broker: the shared job consumer and what it publishes. Nothing
+    connects here, so the AsyncAPI document can be built from it anywhere. `worker`
+    returns the running worker (it needs the connection, so it exists only after start)."""
+    names = settings.names
+    broker = NatsBroker(
+        settings.nats_url, name=settings.replica, max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5, log_level=logging.DEBUG, middlewares=[_NeverTerminate],
+        description="tgdl downloader: pulls download jobs, reports progress and outcomes",
+    )
+    # batch_size=1 and no max_workers: the worker returns from `take` only once a slot
+    # is free, so a job is fetched only when it can start at once. FastStream's own
+    # max_workers fetches before a worker is free, and a fetched job waiting without
+    # heartbeats past ack_wait is redelivered to another replica while this one still
+    # holds it (github.com/ag2ai/faststream/issues/2563).
+    @broker.subscriber(
+        names.download_jobs, stream=JStream(names.jobs_stream, declare=False),
+        durable=names.downloader_consumer, pull_sub=PullSub(batch_size=1, timeout=0.2),
+        ack_policy=AckPolicy.MANUAL, title="download-jobs",
+        description="Work queue shared by every downloader replica (durable consumer "
+                    f"`{names.downloader_consumer}`): explicit ack once the outcome is "
+                    "published, in-progress heartbeats while downloading, nak to retry.",
+    )
+    async def on_job(job: DownloadJob, msg: NatsMessage) -> None:
+        await worker().take(job, msg)
+
+    broker.publisher(
+        names.file_progress("{message_id}"), schema=DownloadProgress, title="file-progress",
+        description="A few times per second while a file downloads (core NATS; the "
+                    "progress stream keeps the latest per file).",
+    )
+    broker.publisher(
+        names.file_done("{message_id}"), schema=DownloadOutcome, title="file-done",
+        stream=JStream(names.outcomes_stream, declare=False),
+        description="Once per job, deduplicated by `Nats-Msg-Id: <job_id>:done`; "
+                    "`parties` are the batches that were waiting for it.",
+    )
+    return broker
+
+
 async def serve(settings: DownloaderSettings, stop: asyncio.Event,
                 port: TelegramPort | None = None) -> None:
+    """Download jobs until `stop` is set; then every running job goes back to the queue
+    at once, its .part file kept for whoever resumes it."""
     port = port or build_port(settings)
-    nc = await connect(settings.nats_url, settings.replica)
-    js = nc.jetstream()
     names = settings.names
-    await ensure_topology(js, names, QueuePolicy.of(settings))
-    flood = FloodGate(await js.key_value(names.flood_bucket), settings.account, settings.replica)
-    await flood.start()
-    await port.start()
-    worker = Worker(settings, port, nc, js, await Leases.open(js, names), flood)
-    log.info("%s ready (telegram: %s, %d slots)", settings.replica, settings.telegram,
-             settings.slots)
+    running: list[Worker] = []
+    broker = create_broker(settings, lambda: running[0])
+    await broker.connect()
     try:
-        await worker.run(stop)
+        js = broker.connection.jetstream()
+        await verify_topology(js, names)
+        flood = FloodGate(await js.key_value(names.flood_bucket), settings.account,
+                          settings.replica)
+        await flood.start()
+        try:
+            await port.start()
+            lifecycle = JobLifecycle(await Leases.open(js, names), BrokerPublisher(broker),
+                                     names)
+
+            async def progress(body: DownloadProgress) -> None:
+                await broker.publish(body, names.file_progress(body.message_id))
+
+            worker = Worker(settings, port, lifecycle, flood, progress)
+            running.append(worker)
+            await worker.open()
+            await broker.start()
+            log.info("%s ready (telegram: %s, %d slots)", settings.replica, settings.telegram,
+                     settings.slots)
+            try:
+                await stop.wait()
+            finally:
+                # Stop fetching first, so no job is taken while the running ones go back.
+                subscribers = [asyncio.create_task(s.stop()) for s in broker.subscribers]
+                await asyncio.sleep(0)
+                await worker.stop()
+                await asyncio.gather(*subscribers, return_exceptions=True)
+        finally:
+            await flood.stop()
+            await port.close()
     finally:
-        await flood.stop()
-        await port.close()
-        await nc.drain()
+        await broker.stop()
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     settings = DownloaderSettings()
-
-    async def run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await serve(settings, stop)
-
-    asyncio.run(run())
+    run_service("downloader", lambda stop: serve(settings, stop))

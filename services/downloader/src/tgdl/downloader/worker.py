@@ -1,8 +1,10 @@
-"""Pull a job, download it with heartbeats, publish progress and exactly one outcome.
+"""Run a job: download it with heartbeats, publish progress and exactly one outcome.
 
 The worker holds no state that matters: the job stays unacknowledged in JetStream until
-its outcome is published, the lease says who waits for it, and the bytes already fetched
-are in the .part file. Kill it at any point and another replica picks up where it was.
+its outcome is handed over (`JobLifecycle.end`), the lease says who waits for it, and the
+bytes already fetched are in the .part file. Kill it at any point and another replica
+picks up where it was. `app.py` feeds it jobs from FastStream; a job arrives as the
+`DownloadJob` body plus its `JobMessage` (the JetStream delivery it answers through).
 """
 
 from __future__ import annotations
@@ -15,13 +17,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Protocol
 
-from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
-from nats.js import JetStreamContext
-from pydantic import ValidationError
-
-from tgdl.bus.leases import Leases
+from tgdl.bus.jobs import JobLifecycle
 from tgdl.contracts.errors import ErrorCode, Failure
 from tgdl.contracts.jobs import (
     DownloadJob,
@@ -31,7 +29,7 @@ from tgdl.contracts.jobs import (
     ProgressState,
 )
 from tgdl.contracts.paths import relative_path
-from tgdl.contracts.subjects import Names
+from tgdl.contracts.status import OutcomeStatus
 from tgdl.downloader.files import (
     PartWriter,
     SizeMismatch,
@@ -70,6 +68,21 @@ class Retry(Exception):
         self.delay = delay
 
 
+class JobMessage(Protocol):
+    """The JetStream delivery of a job, as the worker answers it (FastStream's
+    `NatsMessage` is one)."""
+
+    async def ack(self) -> None: ...
+    async def nack(self, delay: float | None = None) -> None: ...
+    async def in_progress(self) -> None: ...
+
+    @property
+    def raw_message(self): ...  # the nats-py message: its delivery count and sequence
+
+
+ProgressSink = Callable[[DownloadProgress], Awaitable[None]]
+
+
 @dataclass
 class Running:
     job: DownloadJob
@@ -82,57 +95,76 @@ def _now() -> datetime:
 
 
 class Worker:
+    """Runs up to `settings.slots` jobs at once. `take` starts a job and returns once a
+    slot is free for the next one, so the consumer in front of it fetches a job only when
+    it can start it at once: a fetched job never waits unheartbeated (JetStream would
+    hand it to another replica meanwhile, and both would write the same .part file)."""
+
     def __init__(
         self,
         settings: DownloaderSettings,
         port: TelegramPort,
-        nc: NATS,
-        js: JetStreamContext,
-        leases: Leases,
+        lifecycle: JobLifecycle,
         flood: FloodGate,
+        progress: ProgressSink,
     ) -> None:
         self.s = settings
-        self.names: Names = settings.names
         self.port = port
-        self.nc = nc
-        self.js = js
-        self.leases = leases
+        self.jobs = lifecycle
+        self.leases = lifecycle.leases
         self.flood = flood
+        self.send_progress = progress
         self.running: dict[int, Running] = {}
+        self._slots = asyncio.Semaphore(settings.slots)
+        self._stopping = asyncio.Event()
+        self._tasks: set[asyncio.Task] = set()
+        self._watcher = None
+        self._follow: asyncio.Task | None = None
 
-    # --- the loop ---------------------------------------------------------------------------
+    # --- taking jobs --------------------------------------------------------------------------
 
-    async def run(self, stop: asyncio.Event) -> None:
-        watcher = await self.leases.kv.watchall()
-        follow = asyncio.create_task(self._follow_leases(watcher))
-        sub = await self.js.pull_subscribe_bind(
-            self.names.downloader_consumer, stream=self.names.jobs_stream
-        )
-        slots = asyncio.Semaphore(self.s.slots)
-        tasks: set[asyncio.Task] = set()
+    async def open(self) -> None:
+        """Follow the leases and hold the slot for the first job (before any fetch)."""
+        self._watcher = await self.leases.kv.watchall()
+        self._follow = asyncio.create_task(self._follow_leases(self._watcher))
+        await self._slots.acquire()
+
+    async def take(self, job: DownloadJob, msg: JobMessage) -> None:
+        """Start `job` in the slot held for it; return once the next slot is held (or the
+        worker is stopping)."""
+        if self._stopping.is_set():
+            await msg.nack()  # fetched as we stop: straight back to the queue
+            return
+        task = asyncio.create_task(self._guarded(job, msg))
+        self._tasks.add(task)
+        task.add_done_callback(self._finished)
+        slot = asyncio.create_task(self._slots.acquire())
+        stopping = asyncio.create_task(self._stopping.wait())
         try:
-            while not stop.is_set():
-                await slots.acquire()
-                try:
-                    msgs = await sub.fetch(batch=1, timeout=1.0)
-                except TimeoutError:
-                    slots.release()
-                    continue
-                for msg in msgs:
-                    task = asyncio.create_task(self.handle(msg))
-                    tasks.add(task)
-                    task.add_done_callback(lambda t: (tasks.discard(t), slots.release()))
+            await asyncio.wait({slot, stopping}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            # Shutting down: stop every download, keep its .part, hand the job back now.
-            for running in self.running.values():
-                running.stop.set()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            follow.cancel()
-            await asyncio.gather(follow, return_exceptions=True)
-            with contextlib.suppress(Exception):
-                await watcher.stop()  # or its heartbeat check outlives the connection
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+            stopping.cancel()
+            if not slot.done():
+                slot.cancel()
+                # acquired just as it was cancelled: nobody will use that slot now
+                await asyncio.gather(slot, return_exceptions=True)
+
+    def _finished(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        self._slots.release()
+
+    async def stop(self) -> None:
+        """Stop every download (each keeps its .part and goes back to the queue at once)."""
+        self._stopping.set()
+        for running in self.running.values():
+            running.stop.set()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._follow is not None:
+            self._follow.cancel()
+            await asyncio.gather(self._follow, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            if self._watcher is not None:
+                await self._watcher.stop()  # or its heartbeat check outlives the connection
 
     async def _follow_leases(self, watcher) -> None:
         """Stop a running download as soon as its lease has no party left (or is gone)."""
@@ -155,28 +187,36 @@ class Worker:
 
     # --- one job ----------------------------------------------------------------------------
 
-    async def handle(self, msg: Msg) -> None:
+    async def _guarded(self, job: DownloadJob, msg: JobMessage) -> None:
+        """Whatever goes wrong, the job goes back to the queue: never terminated, since
+        the orchestrator hears of a job only through its outcome or its last delivery."""
         try:
-            job = DownloadJob.model_validate_json(msg.data)
-        except ValidationError:
-            log.error("terminating malformed job %r", msg.data[:200])
-            await msg.term()
-            return
+            await self.handle(job, msg)
+        except Exception:
+            log.exception("job %s failed unexpectedly; giving it back", job.job_id)
+            with contextlib.suppress(Exception):
+                await msg.nack(delay=self.s.retry_base_delay)
+
+    async def handle(self, job: DownloadJob, msg: JobMessage) -> None:
         m = job.entry.message_id
-        attempt = msg.metadata.num_delivered
+        meta = msg.raw_message.metadata
+        attempt = meta.num_delivered
+        if m in self.running:
+            return  # this job is already running here; that run answers for the message
         current = await self.leases.get(m)
         if current is None or current[0].job_id != job.job_id:
             await msg.ack()  # stale: the message is someone else's now, or nobody's
             return
         lease = current[0]
         if lease.outcome is not None:  # a previous delivery ended it but did not hand over
-            await self._hand_over(msg, lease.outcome)
+            await self.jobs.hand_over(lease.outcome)
+            await self._done(msg, lease.outcome)
             return
-        if not await self.leases.claim(m, job.job_id, msg.metadata.sequence.stream):
+        if not await self.jobs.claim(m, job.job_id, meta.sequence.stream):
             await msg.ack()  # another copy of this job holds the lease: it does the work
             return
         if not lease.parties:
-            await self._end(msg, self._outcome(job, "cancelled"))
+            await self._end(msg, self._outcome(job, OutcomeStatus.cancelled))
             return
 
         if lease.force and not job.force:  # a forcing request joined before we started
@@ -188,14 +228,14 @@ class Worker:
             outcome = await self._download(job, running, attempt)
         except Retry as retry:
             log.info("job %s: %s; retrying in %.1f s", job.job_id, retry, retry.delay)
-            await msg.nak(delay=retry.delay)
+            await msg.nack(delay=retry.delay)
             return
         finally:
             heartbeat.cancel()
             self.running.pop(m, None)
         await self._end(msg, outcome)
 
-    async def _heartbeat(self, msg: Msg) -> None:
+    async def _heartbeat(self, msg: JobMessage) -> None:
         """Tell JetStream we are alive well inside ack_wait, however long the file takes."""
         interval = max(0.2, min(self.s.ack_wait / 3, 5.0))
         while True:
@@ -203,35 +243,27 @@ class Worker:
             with contextlib.suppress(Exception):
                 await msg.in_progress()
 
-    async def _end(self, msg: Msg, outcome: DownloadOutcome) -> None:
-        addressed = await self.leases.end(outcome)
+    async def _end(self, msg: JobMessage, outcome: DownloadOutcome) -> None:
+        addressed = await self.jobs.end(outcome)
         if addressed is None:
-            await msg.ack()
+            await msg.ack()  # stale: the lease is another job's
             return
-        await self._hand_over(msg, addressed)
+        await self._done(msg, addressed)
 
-    async def _hand_over(self, msg: Msg, outcome: DownloadOutcome) -> None:
-        await self.js.publish(
-            self.names.file_done(outcome.message_id), outcome.model_dump_json().encode(),
-            stream=self.names.outcomes_stream,
-            headers={"Nats-Msg-Id": f"{outcome.job_id}:done"},
-        )
-        await self.leases.release(outcome.message_id, outcome.job_id)
-        await msg.ack()
+    async def _done(self, msg: JobMessage, outcome: DownloadOutcome) -> None:
+        await msg.ack()  # only now: until here a redelivery finishes the hand-over
         log.info("job %s %s", outcome.job_id, outcome.status)
 
-    def _outcome(self, job: DownloadJob, status: str, failure: Failure | None = None,
+    def _outcome(self, job: DownloadJob, status: OutcomeStatus, failure: Failure | None = None,
                  size: int | None = None) -> DownloadOutcome:
         rel = relative_path(job.entry)
-        completed = status == "completed"
+        completed = status == OutcomeStatus.completed
         return DownloadOutcome(
             job_id=job.job_id, message_id=job.entry.message_id, status=status,
             file_path=str(self.s.media_root / rel) if completed else None,
             relative_path=str(rel) if completed else None,
             size=size if completed else None,
-            error=failure.error if failure else None,
-            detail=failure.detail if failure else None,
-            suggestion=failure.suggestion if failure else None,
+            failure=failure,
             at=_now(),
         )
 
@@ -240,7 +272,7 @@ class Worker:
     async def _download(self, job: DownloadJob, running: Running, attempt: int) -> DownloadOutcome:
         final: Path = self.s.media_root / relative_path(job.entry)
         if not job.force and is_complete(final, job.entry.size):
-            return self._outcome(job, "completed", size=job.entry.size)
+            return self._outcome(job, OutcomeStatus.completed, size=job.entry.size)
         progress = _ProgressPublisher(self, job, attempt)
         try:
             while True:
@@ -248,10 +280,10 @@ class Worker:
                     await self._wait_out_flood(running, progress)
                     media = await self._interruptible(running, self.port.resolve(job.entry))
                     size = await self._fetch(media, final, running, progress)
-                    return self._outcome(job, "completed", size=size)
+                    return self._outcome(job, OutcomeStatus.completed, size=size)
                 except FloodWait as wait:
                     if wait.seconds > self.s.max_flood_wait:
-                        return self._outcome(job, "failed", Failure.of(
+                        return self._outcome(job, OutcomeStatus.failed, Failure.of(
                             ErrorCode.flood_wait_too_long,
                             f"Telegram asked to wait {wait.seconds} s (limit "
                             f"{self.s.max_flood_wait} s)"))
@@ -260,11 +292,11 @@ class Worker:
                     pass  # sit out the deadline already shared; do not extend it
         except Cancelled:
             discard_part(final)
-            return self._outcome(job, "cancelled", Failure.of(
+            return self._outcome(job, OutcomeStatus.cancelled, Failure.of(
                 ErrorCode.cancelled, "every request for this file was cancelled"))
         except PermanentError as exc:
             discard_part(final)
-            return self._outcome(job, "failed", exc.failure)
+            return self._outcome(job, OutcomeStatus.failed, exc.failure)
         except (TransientError, SizeMismatch, OSError) as exc:
             if isinstance(exc, SizeMismatch) and exc.actual > exc.expected:
                 discard_part(final)  # more bytes than announced: start clean next time
@@ -272,7 +304,7 @@ class Worker:
                 code = ErrorCode.storage if isinstance(exc, OSError) else (
                     ErrorCode.size_mismatch if isinstance(exc, SizeMismatch)
                     else ErrorCode.retries_exhausted)
-                return self._outcome(job, "failed", Failure.of(
+                return self._outcome(job, OutcomeStatus.failed, Failure.of(
                     code, f"gave up after {attempt} attempts; last error: {exc}"))
             delay = min(self.s.retry_base_delay * 2 ** (attempt - 1), self.s.retry_max_delay)
             await progress.publish("retrying", force=True)
@@ -374,10 +406,7 @@ class _ProgressPublisher:
             wait_seconds=wait_seconds, attempt=self.attempt, at=_now(),
         )
         with contextlib.suppress(Exception):  # progress is best effort; outcomes are not
-            await self.w.nc.publish(
-                self.w.names.file_progress(self.job.entry.message_id),
-                body.model_dump_json().encode(),
-            )
+            await self.w.send_progress(body)
 
     def close(self) -> None:
         self.meter = None

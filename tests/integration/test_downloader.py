@@ -1,0 +1,216 @@
+"""The downloader service alone (its FastStream consumer and worker) on real NATS, fed jobs
+the way the orchestrator queues them, downloading from the simulated Telegram."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
+from sim_helpers import running_sim
+from waiting import until
+
+from tgdl.bus.leases import Leases
+from tgdl.bus.topology import QueuePolicy, ensure_topology
+from tgdl.contracts.catalog import CatalogEntry
+from tgdl.contracts.jobs import DownloadJob, DownloadOutcome
+from tgdl.contracts.paths import relative_path
+from tgdl.contracts.subjects import Names
+from tgdl.downloader.app import serve
+from tgdl.downloader.files import part_path
+from tgdl.downloader.settings import DownloaderSettings
+from tgdl.downloader.telegram.simulated import SimulatedTelegram
+from tgdl.simtelegram import client as sim_client
+from tgdl.simtelegram.content import expected_sha256
+from tgdl.simtelegram.settings import SimSettings
+
+# Slow enough that a download is still running while the test looks at it.
+SIM = SimSettings(bandwidth=1_000_000, latency=0.0, count=30, min_size=300_000,
+                  max_size=1_500_000)
+
+
+@dataclass
+class Downloader:
+    settings: DownloaderSettings
+    names: Names
+    js: object
+    leases: Leases
+    entries: list[CatalogEntry]
+    outcomes: list[DownloadOutcome]
+    stop: asyncio.Event
+    task: asyncio.Task | None = None
+
+    async def queue(self, entry: CatalogEntry, job_id: str, party: str = "b1") -> None:
+        """What the orchestrator does: take the lease, then queue the job."""
+        await self.leases.acquire(entry.message_id, job_id, party)
+        await self.publish(DownloadJob(job_id=job_id, entry=entry).model_dump_json().encode(),
+                           job_id)
+
+    async def publish(self, body: bytes, msg_id: str) -> None:
+        await self.js.publish(self.names.download_jobs, body, stream=self.names.jobs_stream,
+                              headers={"Nats-Msg-Id": msg_id})
+
+    async def outcome(self, job_id: str, within: float = 20.0) -> DownloadOutcome:
+        return await until(lambda: next((o for o in self.outcomes if o.job_id == job_id), None),
+                           within, what=f"outcome of {job_id}")
+
+    async def queued(self) -> int:
+        return (await self.js.stream_info(self.names.jobs_stream)).state.messages
+
+    async def consumer(self):
+        return await self.js.consumer_info(self.names.jobs_stream, self.names.downloader_consumer)
+
+    def start(self, port=None, **overrides) -> None:
+        settings = self.settings.model_copy(update=overrides)
+        self.stop = asyncio.Event()
+        self.task = asyncio.create_task(serve(settings, self.stop, port=port))
+
+    async def halt(self) -> None:
+        self.stop.set()
+        if self.task is not None:
+            await self.task
+            self.task = None
+
+    def healthy(self, n: int) -> list[CatalogEntry]:
+        return [e for e in self.entries if e.media_kind and e.chat == "sim_demo"][:n]
+
+
+@pytest.fixture
+async def downloader(servers, isolation, nc) -> AsyncIterator[Downloader]:
+    async with running_sim(SIM) as sim_url:
+        settings = DownloaderSettings(
+            nats_url=servers.nats_url, namespace=isolation.namespace,
+            media_root=isolation.media_root, sim_url=sim_url, ack_wait=2.0, slots=2,
+            retry_base_delay=0.1, max_deliver=4,
+        )
+        names = settings.names
+        js = nc.jetstream()
+        await ensure_topology(js, names, QueuePolicy.of(settings))
+        outcomes: list[DownloadOutcome] = []
+
+        async def on_done(msg) -> None:
+            outcomes.append(DownloadOutcome.model_validate_json(msg.data))
+        sub = await nc.subscribe(names.all_file_done, cb=on_done)
+        d = Downloader(settings, names, js, await Leases.open(js, names),
+                       await sim_client.fetch_catalog(sim_url), outcomes, asyncio.Event())
+        try:
+            yield d
+        finally:
+            await d.halt()
+            await sub.unsubscribe()
+
+
+def sha_of(d: Downloader, entry: CatalogEntry) -> str:
+    return hashlib.sha256((d.settings.media_root / relative_path(entry)).read_bytes()).hexdigest()
+
+
+async def test_a_job_is_downloaded_and_its_outcome_handed_to_the_waiting_parties(downloader):
+    d = downloader
+    [entry] = d.healthy(1)
+    d.start()
+    await d.queue(entry, "b1:1")
+    done = await d.outcome("b1:1")
+    assert done.status == "completed" and done.parties == ["b1"] and done.failure is None
+    assert sha_of(d, entry) == expected_sha256(entry.message_id, entry.size)
+    assert await until(lambda: _is_none(d.leases.get(entry.message_id)), what="lease released")
+    assert await until(lambda: _eq(d.queued(), 0), what="job acknowledged")
+
+
+async def _is_none(awaitable) -> bool:
+    return await awaitable is None
+
+
+async def _eq(awaitable, value) -> bool:
+    return await awaitable == value
+
+
+async def test_a_malformed_job_is_terminated_not_redelivered(downloader):
+    d = downloader
+    d.start()
+    await d.publish(b'{"job_id": "broken"}', "broken")
+    assert await until(lambda: _eq(d.queued(), 0), 5, what="malformed job removed")
+    assert (await d.consumer()).num_redelivered == 0
+    assert d.outcomes == []
+
+
+class FailsOnce(SimulatedTelegram):
+    """A bug in the adapter on the first attempt: an exception the worker knows nothing of."""
+
+    failed = 0
+
+    async def resolve(self, entry):
+        if not self.failed:
+            self.failed += 1
+            raise RuntimeError("unexpected bug")
+        return await super().resolve(entry)
+
+
+async def test_a_job_whose_handling_raises_goes_back_to_the_queue(downloader):
+    d = downloader
+    [entry] = d.healthy(1)
+    port = FailsOnce(d.settings.sim_url)
+    d.start(port=port)
+    await d.queue(entry, "b1:1")
+    done = await d.outcome("b1:1")
+    assert port.failed == 1 and done.status == "completed"
+
+
+async def test_a_job_is_fetched_only_when_a_slot_is_free(downloader):
+    d = downloader
+    entries = d.healthy(3)
+    d.start(slots=1)
+    for i, e in enumerate(entries):
+        await d.queue(e, f"b1:{i}")
+    seen = 0
+    while len(d.outcomes) < 3:
+        seen = max(seen, (await d.consumer()).num_ack_pending)
+        await asyncio.sleep(0.02)
+        assert d.task is not None and not d.task.done()
+    assert seen == 1  # never a second job held (and its ack_wait running) while one works
+    assert (await d.consumer()).num_redelivered == 0
+    for e in entries:
+        assert sha_of(d, e) == expected_sha256(e.message_id, e.size)
+
+
+async def test_shutdown_gives_the_running_job_back_at_once_and_keeps_its_part(downloader):
+    d = downloader
+    entry = max(d.healthy(10), key=lambda e: e.size or 0)
+    final = d.settings.media_root / relative_path(entry)
+    d.start()
+    await d.queue(entry, "b1:1")
+
+    def partial() -> bool:
+        with contextlib.suppress(FileNotFoundError):
+            return part_path(final).stat().st_size > 0
+        return False
+    await until(partial, 10, what="download under way")
+    async with asyncio.timeout(3):
+        await d.halt()
+    assert part_path(final).exists() and not final.exists()
+    # Back on the queue now, not after ack_wait: another puller gets it at once.
+    puller = await d.js.pull_subscribe_bind(d.names.downloader_consumer,
+                                            stream=d.names.jobs_stream)
+    [again] = await puller.fetch(1, timeout=d.settings.ack_wait / 2)
+    assert DownloadJob.model_validate_json(again.data).job_id == "b1:1"
+    await again.nak()
+    await puller.unsubscribe()
+    d.start()  # another replica resumes it from the .part
+    done = await d.outcome("b1:1")
+    assert done.status == "completed"
+    assert sha_of(d, entry) == expected_sha256(entry.message_id, entry.size)
+
+
+async def test_a_cancelled_lease_stops_the_download_and_removes_its_part(downloader):
+    d = downloader
+    entry = max(d.healthy(10), key=lambda e: e.size or 0)
+    final = d.settings.media_root / relative_path(entry)
+    d.start()
+    await d.queue(entry, "b1:1")
+    await until(lambda: part_path(final).exists(), 10, what="download under way")
+    await d.leases.leave(entry.message_id, "b1")
+    done = await d.outcome("b1:1")
+    assert done.status == "cancelled" and done.failure is not None
+    assert not part_path(final).exists() and not final.exists()
