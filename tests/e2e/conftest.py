@@ -11,11 +11,13 @@ import pytest
 from e2e_stack import SIM_ENV, Stack
 from waiting import until
 
+from tgdl.contracts.config import CommonSettings
 from tgdl.contracts.subjects import Names
 from tgdl.db import catalog as catalog_db
 from tgdl.db.connection import connect as db_connect
-from tgdl.db.schema import migrate
 from tgdl.launcher.embedded import free_port
+from tgdl.launcher.plan import settings_from
+from tgdl.launcher.prepare import prepare
 from tgdl.simtelegram import client as sim_client
 
 
@@ -59,9 +61,9 @@ async def stack(servers, isolation, tmp_path: Path, nc, request) -> AsyncIterato
     downloaders = 2
     try:
         stack.spawn("simtelegram", "tgdl.simtelegram")
+        await prepare(settings_from(CommonSettings, env))  # what `tgdl migrate` does
         conn = await db_connect(servers.database_url, isolation.schema)
         try:
-            await migrate(conn, isolation.schema)
 
             async def sim_catalog():
                 with contextlib.suppress(httpx.HTTPError):

@@ -16,14 +16,15 @@ from tgdl.contracts.catalog import CatalogEntry, MediaKind
 from tgdl.db.catalog import get_many
 from tgdl.db.connection import connect
 from tgdl.db.schema import migrate
-from tgdl.downloader.telegram.telethon import (
+from tgdl.downloader.telegram.telethon import TelethonTelegram
+from tgdl.launcher.account import AccountSettings, SyncError, sync_chat
+from tgdl.telegram.client import (
     TelegramSettings,
     TelegramSetupError,
-    TelethonTelegram,
     build_client,
     client_options,
+    login,
 )
-from tgdl.launcher.account import AccountSettings, SyncError, login, sync_chat
 
 
 @pytest.fixture

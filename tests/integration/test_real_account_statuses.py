@@ -56,13 +56,14 @@ from tgdl.db.schema import migrate
 from tgdl.downloader import app as downloader_app
 from tgdl.downloader.files import part_path
 from tgdl.downloader.settings import DownloaderSettings
-from tgdl.downloader.telegram.telethon import TelethonTelegram, client_options
+from tgdl.downloader.telegram.telethon import TelethonTelegram
 from tgdl.gateway.app import create_app
 from tgdl.gateway.settings import GatewaySettings
 from tgdl.orchestrator.app import OrchestratorService
 from tgdl.orchestrator.settings import OrchestratorSettings
 from tgdl.projector.app import run as run_projector
 from tgdl.projector.settings import ProjectorSettings
+from tgdl.telegram.client import client_options
 
 RS = TelethonTelegram.request_size  # 512 KiB: every GetFile asks for one such part
 ACK_WAIT = 3.0  # seconds before JetStream hands a silent downloader's job to another

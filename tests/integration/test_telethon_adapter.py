@@ -23,15 +23,15 @@ from tgdl.downloader.telegram.port import (
     TelegramError,
     TransientError,
 )
-from tgdl.downloader.telegram.telethon import (
+from tgdl.downloader.telegram.telethon import TelethonTelegram
+from tgdl.telegram.client import (
     TelegramSettings,
     TelegramSetupError,
-    TelethonTelegram,
     build_client,
-    classify,
     client_options,
     write_session,
 )
+from tgdl.telegram.rpc import as_telegram_error
 
 RS = TelethonTelegram.request_size
 SIZE = MiB + MiB // 2  # three requests, the last one starts on the 1 MiB boundary
@@ -453,7 +453,7 @@ async def test_setup_errors_say_what_to_do(server, tmp_path: Path):
     ],
 )
 def test_error_classification(error, expected):
-    result = classify(error, resolving=False)
+    result = as_telegram_error(error, resolving=False)
     if isinstance(expected, ErrorCode):
         assert isinstance(result, PermanentError) and result.failure.error is expected
     else:

@@ -1,40 +1,29 @@
-"""The Telegram account: interactive login, and syncing a chat's media into the catalog.
+"""Syncing a chat's media into the catalog (`tgdl sync`).
 
-`login` stores a StringSession in `TGDL_SESSION_FILE` (owner-only). `sync_chat` reads a
-chat's history with Telethon and adds the messages that carry media to the catalog,
-allocating our own stable message ids; it continues where the previous sync stopped.
+`sync_chat` reads a chat's history through the account (`tgdl.telegram`) and adds the
+messages that carry media to the catalog, allocating our own stable message ids; it
+continues where the previous sync stopped. `login` (`tgdl login`) lives with the account.
 """
 
 from __future__ import annotations
 
-import getpass
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import asyncpg
-from telethon import TelegramClient, errors, utils
-from telethon.sessions import StringSession
+from telethon import TelegramClient, errors
 from telethon.tl import types
 
 from tgdl.contracts.catalog import CatalogEntry
 from tgdl.contracts.config import CommonSettings
 from tgdl.db import catalog
 from tgdl.db.connection import connect
-from tgdl.downloader.telegram.telethon import (
-    PeerResolver,
-    TelegramSettings,
-    TelegramSetupError,
-    api_credentials,
-    build_client,
-    chat_ref,
-    classify,
-    client_options,
-    describe_media,
-    write_session,
-)
+from tgdl.telegram.client import TelegramSettings, TelegramSetupError, build_client
+from tgdl.telegram.media import describe_media
+from tgdl.telegram.peers import PeerResolver, catalog_chat
+from tgdl.telegram.rpc import as_telegram_error
 
 log = logging.getLogger("tgdl.account")
 
@@ -63,42 +52,6 @@ class SyncReport:
     def __str__(self) -> str:
         return (f"{self.scanned} messages read, {self.added} added to the catalog as "
                 f"{self.chat!r}, newest message {self.newest_telegram_id}")
-
-
-# --- login -----------------------------------------------------------------------------------
-
-
-async def login(
-    settings: TelegramSettings,
-    ask: Callable[[str], str] = input,
-    ask_secret: Callable[[str], str] = getpass.getpass,
-    client: TelegramClient | None = None,
-) -> Path:
-    """Log in interactively (phone, code, then the 2FA password if the account has one)
-    and store the session. An existing, still valid session is kept as is."""
-    api_id, api_hash = api_credentials(settings)
-    path = settings.session_file.expanduser()
-    if client is None:
-        client = TelegramClient(_stored_session(path), api_id, api_hash, **client_options())
-    try:
-        await client.start(
-            phone=lambda: ask("Phone number (international format, e.g. +441234567890): "),
-            code_callback=lambda: ask("Login code sent by Telegram: "),
-            password=lambda: ask_secret("Two-step verification password: "),
-            max_attempts=3,
-        )
-        write_session(path, client.session.save())
-    finally:
-        await client.disconnect()
-    return path
-
-
-def _stored_session(path: Path) -> StringSession:
-    """The session to continue from: the stored one if it is readable, else a new one."""
-    try:
-        return StringSession(path.read_text().strip() or None)
-    except (OSError, ValueError):
-        return StringSession()
 
 
 # --- sync ------------------------------------------------------------------------------------
@@ -148,7 +101,7 @@ async def sync_chat(
 
 
 def _cannot_read(chat: str, exc: Exception) -> SyncError:
-    reason = classify(exc, resolving=True)
+    reason = as_telegram_error(exc, resolving=True)
     return SyncError(f"Cannot sync {chat!r}: {reason}")
 
 
@@ -194,17 +147,6 @@ async def _sync(
         await _store(conn, key, [], top)
     log.info("synced %s: %d messages read, %d added, newest %d", key, scanned, added, top)
     return SyncReport(chat=key, scanned=scanned, added=added, newest_telegram_id=top)
-
-
-def catalog_chat(chat: str, peer: Any) -> str:
-    """How the catalog names a chat: its public username when it was given by one, else
-    its marked numeric id (what Telethon accepts back in both cases)."""
-    ref = chat_ref(chat)
-    if isinstance(ref, str) and not utils.parse_phone(ref):
-        username, is_invite = utils.parse_username(ref)
-        if username and not is_invite:
-            return username
-    return str(utils.get_peer_id(peer))
 
 
 async def _store(

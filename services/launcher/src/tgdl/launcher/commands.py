@@ -82,8 +82,8 @@ async def seed_demo(env: Mapping[str, str], cwd: Path) -> int:
 
 
 async def login(env: Mapping[str, str], cwd: Path) -> int:
-    from tgdl.downloader.telegram.telethon import TelegramSettings, TelegramSetupError
-    from tgdl.launcher.account import login as account_login
+    from tgdl.telegram.client import TelegramSettings, TelegramSetupError
+    from tgdl.telegram.client import login as account_login
 
     try:
         settings = settings_from(TelegramSettings, env, session_file=_session_file(env, cwd))
@@ -97,8 +97,8 @@ async def login(env: Mapping[str, str], cwd: Path) -> int:
 
 
 async def sync(env: Mapping[str, str], cwd: Path, chat: str, limit: int | None) -> int:
-    from tgdl.downloader.telegram.telethon import TelegramSetupError
     from tgdl.launcher.account import AccountSettings, SyncError, sync_chat
+    from tgdl.telegram.client import TelegramSetupError
 
     async with servers_for(Home.from_env(env, cwd), env, say) as endpoints:
         settings = settings_from(

@@ -10,7 +10,15 @@ from typing import Any, Protocol
 from pydantic import BaseModel, ConfigDict
 
 from tgdl.contracts.catalog import CatalogEntry, MediaKind
-from tgdl.contracts.errors import ErrorCode, Failure
+from tgdl.telegram.errors import (  # the port's vocabulary, shared with every adapter
+    FloodWait,
+    PermanentError,
+    TelegramError,
+    TransientError,
+)
+
+__all__ = ["FloodWait", "PermanentError", "RemoteMedia", "TelegramError", "TelegramPort",
+           "TransientError"]
 
 
 class RemoteMedia(BaseModel):
@@ -25,34 +33,6 @@ class RemoteMedia(BaseModel):
     file_name: str | None = None
     dc_id: int | None = None
     handle: Any = None  # adapter-specific (e.g. Telethon's document or photo object)
-
-
-class TelegramError(Exception):
-    """Base of everything an adapter raises; the worker decides what it means."""
-
-
-class PermanentError(TelegramError):
-    """Retrying cannot help (deleted message, no media, no access)."""
-
-    def __init__(self, failure: Failure) -> None:
-        super().__init__(failure.detail)
-        self.failure = failure
-
-    @classmethod
-    def of(cls, code: ErrorCode, detail: str) -> PermanentError:
-        return cls(Failure.of(code, detail))
-
-
-class FloodWait(TelegramError):
-    """Telegram asks the whole account to hold off for `seconds`."""
-
-    def __init__(self, seconds: int, detail: str = "") -> None:
-        super().__init__(detail or f"flood wait of {seconds} s")
-        self.seconds = seconds
-
-
-class TransientError(TelegramError):
-    """A timeout, a dropped connection, a server hiccup: retry with back-off."""
 
 
 class TelegramPort(Protocol):

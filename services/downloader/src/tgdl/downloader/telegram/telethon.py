@@ -4,13 +4,11 @@ Every request goes through Telethon's own machinery (`get_messages`, `iter_downl
 exported senders for files stored in other data centers); this module only adds what
 Telethon leaves to its caller:
 
-- the client is built so that every error reaches us: `flood_sleep_threshold=0` (Telethon
-  would otherwise sleep through flood waits inside the request) and
-  `raise_last_call_error=True` (otherwise repeated server errors end as a bare ValueError,
-  indistinguishable from "unknown chat");
+- the client is built so that every error reaches us (`tgdl.telegram.client`);
 - expired file references are refreshed by fetching the message again and the download
   continues at the same offset (Telethon's `iter_download` does not do it);
-- every failure becomes FloodWait, TransientError or PermanentError with a reason.
+- every failure becomes FloodWait, TransientError or PermanentError with a reason
+  (`tgdl.telegram.rpc`).
 
 Telegram's rules for `upload.getFile`: offset and limit multiples of 4 KiB, the limit
 divides 1 MiB, and no request crosses a 1 MiB boundary. Requests of `request_size` bytes
@@ -21,323 +19,23 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
-import re
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
-from telethon import TelegramClient, errors
-from telethon.sessions import StringSession
+from telethon import TelegramClient
 from telethon.tl import types
 
-from tgdl.contracts.catalog import CatalogEntry, MediaKind
+from tgdl.contracts.catalog import CatalogEntry
 from tgdl.contracts.errors import ErrorCode
-from tgdl.downloader.telegram.port import (
-    FloodWait,
-    PermanentError,
-    RemoteMedia,
-    TelegramError,
-    TransientError,
-)
+from tgdl.downloader.telegram.port import RemoteMedia
+from tgdl.telegram.client import TelegramSettings, TelegramSetupError, build_client
+from tgdl.telegram.errors import PermanentError, TransientError
+from tgdl.telegram.media import MediaInfo, describe_media, file_location
+from tgdl.telegram.peers import PeerResolver
+from tgdl.telegram.rpc import REFERENCE_EXPIRED, as_telegram_error, rpc_name
 
 REQUEST_SIZE = 512 * 1024  # Telethon's maximum; divides 1 MiB
 MAX_REFERENCE_REFRESHES = 3  # per stream; more means Telegram keeps rejecting fresh ones
-
-
-class TelegramSettings(BaseSettings):
-    """The Telegram account (shared by the downloader and the `tgdl` command)."""
-
-    model_config = SettingsConfigDict(env_prefix="TGDL_", extra="ignore")
-
-    api_id: int | None = None
-    api_hash: str | None = None
-    session_file: Path = Path(".tgdl/telegram.session")  # a StringSession, owner-only
-    account: str = "default"  # replicas logged in to one account share its flood waits
-    telegram_timeout: float = Field(default=60.0, gt=0)  # seconds for one request
-
-
-class TelegramSetupError(RuntimeError):
-    """The account cannot be used at all: missing credentials or session, not logged in."""
-
-
-# --- building a client -----------------------------------------------------------------------
-
-
-def client_options() -> dict[str, Any]:
-    """Options every client of the project is built with (see the module docstring)."""
-    return {
-        "flood_sleep_threshold": 0,
-        "raise_last_call_error": True,
-        "request_retries": 2,  # server hiccups; beyond that the worker's back-off decides
-        "receive_updates": False,  # nothing here reacts to updates
-    }
-
-
-def api_credentials(settings: TelegramSettings) -> tuple[int, str]:
-    missing = [
-        name
-        for name, value in (("TGDL_API_ID", settings.api_id), ("TGDL_API_HASH", settings.api_hash))
-        if not value
-    ]
-    if missing:
-        raise TelegramSetupError(
-            f"Telegram API credentials are missing: set {' and '.join(missing)} "
-            "(create them at https://my.telegram.org under 'API development tools')."
-        )
-    return int(settings.api_id), str(settings.api_hash)  # type: ignore[arg-type]
-
-
-def read_session(path: Path) -> str:
-    path = path.expanduser()
-    try:
-        text = path.read_text().strip()
-    except FileNotFoundError:
-        raise TelegramSetupError(
-            f"No Telegram session at {path}: run `tgdl login` first "
-            "(or point TGDL_SESSION_FILE at an existing session)."
-        ) from None
-    if not text:
-        raise TelegramSetupError(f"The Telegram session {path} is empty: run `tgdl login`.")
-    return text
-
-
-def write_session(path: Path, session: str) -> None:
-    """Store the session string readable by its owner only: it grants the whole account."""
-    path = path.expanduser()
-    folder = path.parent
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if folder.resolve() not in (Path.cwd().resolve(), Path.home().resolve()):
-        os.chmod(folder, 0o700)  # never loosen (or tighten) a folder the user lives in
-    temporary = folder / f".{path.name}.{os.getpid()}.tmp"
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)  # a leftover temporary may have had other bits
-        os.write(fd, session.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(temporary, path)
-
-
-def build_client(
-    settings: TelegramSettings,
-    client_class: Callable[..., TelegramClient] = TelegramClient,
-) -> TelegramClient:
-    api_id, api_hash = api_credentials(settings)
-    session = StringSession(read_session(settings.session_file))
-    return client_class(session, api_id, api_hash, **client_options())
-
-
-# --- chats -----------------------------------------------------------------------------------
-
-
-def chat_ref(chat: str) -> str | int:
-    """A catalog chat as Telethon wants it: marked numeric ids as int, names as text."""
-    text = chat.strip()
-    return int(text) if re.fullmatch(r"-?\d+", text) else text
-
-
-class PeerResolver:
-    """Chat -> input peer. Usernames resolve over the network; a numeric id needs its
-    access hash, which a fresh StringSession does not have until the account's dialogs
-    were listed once (done lazily, once per client)."""
-
-    def __init__(self, client: TelegramClient) -> None:
-        self._client = client
-        self._dialogs_loaded = False
-        self._lock = asyncio.Lock()
-
-    async def input_peer(self, chat: str) -> Any:
-        ref = chat_ref(chat)
-        try:
-            return await self._client.get_input_entity(ref)
-        except ValueError:
-            if not isinstance(ref, int) or self._dialogs_loaded:
-                raise
-        async with self._lock:
-            if not self._dialogs_loaded:
-                await self._client.get_dialogs(limit=None)
-                self._dialogs_loaded = True
-        return await self._client.get_input_entity(ref)
-
-
-# --- media -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class MediaInfo:
-    """What a message's downloadable media is, as Telegram describes it."""
-
-    kind: MediaKind
-    size: int
-    mime_type: str | None
-    file_name: str | None
-    dc_id: int
-    media_id: int  # the document's or photo's id: tells whether a refetch is the same file
-    handle: types.Document | types.Photo
-
-
-def _photo_size_bytes(size: Any) -> int | None:
-    if isinstance(size, types.PhotoSize):
-        return size.size
-    if isinstance(size, types.PhotoSizeProgressive):
-        return max(size.sizes) if size.sizes else None
-    return None  # stripped/cached/path sizes are inline thumbnails, not downloadable files
-
-
-def largest_photo_size(photo: types.Photo) -> tuple[str, int] | None:
-    """(size type, bytes) of the biggest downloadable size; Telegram's order is no promise."""
-    sized = [(s.type, n) for s in photo.sizes if (n := _photo_size_bytes(s))]
-    return max(sized, key=lambda pair: pair[1]) if sized else None
-
-
-def _document_kind(document: types.Document) -> MediaKind:
-    for attribute in document.attributes:
-        if isinstance(attribute, types.DocumentAttributeAudio):
-            return MediaKind.voice if attribute.voice else MediaKind.audio
-    for attribute in document.attributes:
-        if isinstance(attribute, types.DocumentAttributeVideo):
-            return MediaKind.video
-    mime = document.mime_type or ""
-    if mime.startswith("video/"):
-        return MediaKind.video
-    if mime.startswith("audio/"):
-        return MediaKind.audio
-    return MediaKind.document
-
-
-def describe_media(media: Any) -> MediaInfo | None:
-    """The message media's downloadable file, or None (text, web preview, poll, expired
-    self-destructing media, ...)."""
-    if isinstance(media, types.MessageMediaPhoto) and isinstance(media.photo, types.Photo):
-        photo = media.photo
-        largest = largest_photo_size(photo)
-        if largest is None:
-            return None
-        return MediaInfo(MediaKind.photo, largest[1], "image/jpeg", None, photo.dc_id, photo.id,
-                         photo)
-    if isinstance(media, types.MessageMediaDocument) and isinstance(
-        media.document, types.Document
-    ):
-        document = media.document
-        file_name = next(
-            (a.file_name for a in document.attributes
-             if isinstance(a, types.DocumentAttributeFilename)),
-            None,
-        )
-        return MediaInfo(_document_kind(document), document.size, document.mime_type or None,
-                         file_name, document.dc_id, document.id, document)
-    return None
-
-
-def file_location(handle: types.Document | types.Photo) -> Any:
-    """The input location of the whole file (not a thumbnail), with the handle's current
-    file reference."""
-    if isinstance(handle, types.Document):
-        return types.InputDocumentFileLocation(
-            id=handle.id, access_hash=handle.access_hash,
-            file_reference=handle.file_reference, thumb_size="",
-        )
-    largest = largest_photo_size(handle)
-    if largest is None:
-        raise PermanentError.of(ErrorCode.no_media, "the photo has no downloadable size")
-    return types.InputPhotoFileLocation(
-        id=handle.id, access_hash=handle.access_hash,
-        file_reference=handle.file_reference, thumb_size=largest[0],
-    )
-
-
-# --- errors ----------------------------------------------------------------------------------
-
-_ACCESS_DENIED: tuple[type[Exception], ...] = (
-    errors.ChannelPrivateError,
-    errors.ChatForbiddenError,
-    errors.ChatAdminRequiredError,
-    errors.UserBannedInChannelError,
-    errors.ChannelBannedError,
-    errors.ChatRestrictedError,
-    errors.ChannelPublicGroupNaError,
-    errors.ForbiddenError,  # any other 403
-)
-_NOT_FOUND: tuple[type[Exception], ...] = (
-    errors.UsernameInvalidError,
-    errors.UsernameNotOccupiedError,
-    errors.ChannelInvalidError,
-    errors.PeerIdInvalidError,
-    errors.MsgIdInvalidError,
-    errors.MessageIdInvalidError,
-)
-_FILE_GONE: tuple[type[Exception], ...] = (
-    errors.FileIdInvalidError,
-    errors.LocationInvalidError,
-    errors.MediaEmptyError,
-    errors.FileReferenceEmptyError,
-)
-_REFERENCE_EXPIRED: tuple[type[Exception], ...] = (
-    errors.FileReferenceExpiredError,
-    errors.FileReferenceInvalidError,
-    errors.FilerefUpgradeNeededError,
-)
-_TRANSIENT: tuple[type[Exception], ...] = (
-    errors.ServerError,  # 5xx, RPC_CALL_FAIL and friends
-    errors.TimedOutError,
-    errors.InvalidDCError,  # a migrate Telethon did not follow: try again
-    OSError,  # ConnectionError, TimeoutError (asyncio's too), socket errors
-)
-
-
-# Telegram's name for each error class ("CHANNEL_PRIVATE"), for details people can search.
-_RPC_NAMES: dict[type, str] = {
-    **{cls: name for name, cls in errors.rpcerrorlist.rpc_errors_dict.items()},
-    **{cls: pattern.replace("_(\\d+)", "") for pattern, cls in errors.rpcerrorlist.rpc_errors_re},
-}
-
-
-def _rpc_name(exc: BaseException) -> str:
-    if type(exc) in _RPC_NAMES:
-        return _RPC_NAMES[type(exc)]
-    return getattr(exc, "message", None) or type(exc).__name__
-
-
-def classify(exc: BaseException, *, resolving: bool) -> TelegramError:
-    """Turn whatever Telethon raised into the port's vocabulary. `resolving`: the error
-    came while finding the chat or message (a ValueError then means "no such chat")."""
-    if isinstance(exc, TelegramError):
-        return exc
-    if isinstance(exc, errors.FloodError):
-        seconds = getattr(exc, "seconds", None)
-        if seconds is None:
-            return TransientError(f"Telegram flood limit without a wait time ({_rpc_name(exc)})")
-        return FloodWait(max(int(seconds), 1), f"Telegram asked to wait {seconds} s "
-                                                f"({_rpc_name(exc)})")
-    if isinstance(exc, _ACCESS_DENIED):
-        return PermanentError.of(ErrorCode.access_denied,
-                                 f"Telegram refused access to the chat ({_rpc_name(exc)})")
-    if isinstance(exc, _NOT_FOUND) or (resolving and isinstance(exc, ValueError)):
-        return PermanentError.of(ErrorCode.message_not_found,
-                                 f"Telegram does not know this chat or message ({exc})")
-    if isinstance(exc, errors.UnauthorizedError | errors.AuthKeyDuplicatedError):
-        # AUTH_KEY_DUPLICATED: one session was used by two processes at once; Telegram
-        # then revokes it. Every replica needs a session of its own.
-        return PermanentError.of(
-            ErrorCode.access_denied,
-            f"the Telegram session is no longer authorized ({_rpc_name(exc)}); "
-            "run `tgdl login` again")
-    if isinstance(exc, _FILE_GONE):
-        return PermanentError.of(ErrorCode.message_deleted,
-                                 f"Telegram no longer serves this file ({_rpc_name(exc)})")
-    if isinstance(exc, _TRANSIENT):
-        return TransientError(f"{type(exc).__name__}: {exc}".strip(": "))
-    if isinstance(exc, errors.BadRequestError):
-        return PermanentError.of(ErrorCode.internal,
-                                 f"Telegram rejected the request ({_rpc_name(exc)})")
-    if isinstance(exc, errors.RPCError):
-        return TransientError(f"Telegram error {exc.code} {_rpc_name(exc)}")
-    return TransientError(f"unexpected {type(exc).__name__}: {exc}")
 
 
 # --- the adapter -----------------------------------------------------------------------------
@@ -392,7 +90,7 @@ class TelethonTelegram:
                 peer = await self._peers.input_peer(entry.chat)
                 message = await self._client.get_messages(peer, ids=entry.telegram_message_id)
         except Exception as exc:
-            raise classify(exc, resolving=True) from exc
+            raise as_telegram_error(exc, resolving=True) from exc
         if message is None or isinstance(message, types.MessageEmpty):
             raise PermanentError.of(
                 ErrorCode.message_deleted,
@@ -457,16 +155,16 @@ class TelethonTelegram:
                         data = bytes(chunk)
                         offset += len(data)
                         yield data
-                except _REFERENCE_EXPIRED as exc:
+                except REFERENCE_EXPIRED as exc:
                     refreshes += 1
                     if refreshes > self._max_refreshes:
                         raise TransientError(
-                            f"file reference rejected {refreshes} times ({_rpc_name(exc)})"
+                            f"file reference rejected {refreshes} times ({rpc_name(exc)})"
                         ) from exc
                     handle = await self._refreshed(media)
                     continue  # same offset: nothing yielded is requested again
                 except Exception as exc:
-                    raise classify(exc, resolving=False) from exc
+                    raise as_telegram_error(exc, resolving=False) from exc
                 finally:
                     await _release(chunks)
                 if offset < media.size:
