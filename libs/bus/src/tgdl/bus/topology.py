@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import nats
-from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
@@ -20,6 +18,7 @@ from nats.js.api import (
 )
 from nats.js.errors import BadRequestError, NotFoundError
 
+from tgdl.bus.broker import connect  # noqa: F401  (kept where callers look for it)
 from tgdl.contracts.config import CommonSettings
 from tgdl.contracts.subjects import Names
 
@@ -41,12 +40,6 @@ class QueuePolicy:
     def of(cls, settings: CommonSettings) -> QueuePolicy:
         return cls(ack_wait=settings.ack_wait, max_deliver=settings.max_deliver,
                    global_cap=settings.global_cap, replicas=settings.stream_replicas)
-
-
-async def connect(url: str, name: str) -> NATS:
-    return await nats.connect(
-        url, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5
-    )
 
 
 async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:

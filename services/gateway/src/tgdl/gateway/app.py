@@ -9,11 +9,10 @@ from importlib.resources import files
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
 
-from tgdl.bus.topology import connect
 from tgdl.db.connection import create_pool
 from tgdl.db.schema import verify_schema
 from tgdl.gateway import batches, health, messages, single
-from tgdl.gateway.commands import OrchestratorClient
+from tgdl.gateway.commands import create_broker
 from tgdl.gateway.errors import install_error_handlers
 from tgdl.gateway.media import MediaFiles
 from tgdl.gateway.services import Services
@@ -29,17 +28,17 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await verify_schema(settings.database_url, settings.db_schema)
-        nc = await connect(settings.nats_url, "tgdl-gateway")
+        broker, orchestrator = create_broker(settings)
+        await broker.start()
         try:
             pool = await create_pool(settings.database_url, settings.db_schema, max_size=4)
             try:
-                app.state.services = Services(
-                    settings, nc, pool, OrchestratorClient(nc, settings.command_timeout))
+                app.state.services = Services(settings, broker.connection, pool, orchestrator)
                 yield
             finally:
                 await pool.close()
         finally:
-            await nc.drain()
+            await broker.stop()
 
     app = FastAPI(title="tgdl", summary="Batch media downloads from Telegram messages",
                   version="0.1.0", lifespan=lifespan)

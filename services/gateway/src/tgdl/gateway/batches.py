@@ -45,8 +45,7 @@ def batch_not_found(batch_id: str) -> ApiError:
 async def start(svc: Services, command: StartBatch) -> BatchAccepted:
     """Ask the orchestrator for a batch (the single-file API uses it too) and wait briefly
     until the read model knows it, so a status query right after finds it."""
-    accepted = await svc.orchestrator.call(svc.settings.names.cmd_batch_start, command,
-                                           BatchAccepted)
+    accepted = await svc.orchestrator.call(command, BatchAccepted)
     if accepted.started or accepted.already_downloaded:
         await svc.until_projected(accepted.batch_id)
     return accepted
@@ -95,8 +94,7 @@ async def batch_status(batch_id: BatchId, svc: Svc) -> Response:
 
 @router.post("/batch-cancel/{batch_id}", response_model=BatchCancelResponse)
 async def batch_cancel(batch_id: BatchId, svc: Svc) -> BatchCancelResponse:
-    done = await svc.orchestrator.call(svc.settings.names.cmd_batch_cancel,
-                                       CancelBatch(batch_id=batch_id), BatchCancelOutcome)
+    done = await svc.orchestrator.call(CancelBatch(batch_id=batch_id), BatchCancelOutcome)
     if done.already_finished:
         return BatchCancelResponse(
             status="already_finished", batch_id=batch_id, cancelled_downloads=0,

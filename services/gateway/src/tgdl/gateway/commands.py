@@ -6,12 +6,21 @@ from __future__ import annotations
 
 from typing import TypeVar
 
-from nats.aio.client import Client as NATS
+from faststream.nats import NatsBroker
+from faststream.nats.publisher.usecase import LogicPublisher
 from nats.errors import NoRespondersError
 from pydantic import BaseModel, ValidationError
 
-from tgdl.contracts.commands import CommandReply, RejectReason
+from tgdl.bus.broker import nats_broker
+from tgdl.contracts.commands import (
+    CancelBatch,
+    CancelSingle,
+    CommandReply,
+    RejectReason,
+    StartBatch,
+)
 from tgdl.gateway.errors import ApiError
+from tgdl.gateway.settings import GatewaySettings
 
 Result = TypeVar("Result", bound=BaseModel)
 
@@ -40,26 +49,51 @@ def nats_unavailable() -> ApiError:
                     "Check that nats-server is running and reachable, then retry.")
 
 
+def create_broker(settings: GatewaySettings) -> tuple[NatsBroker, OrchestratorClient]:
+    """The gateway's NATS side: the commands it sends (documented for AsyncAPI; nothing
+    connects here). Status comes from PostgreSQL and live snapshots are subscribed per
+    request (see `batches`), so it declares no subscriber."""
+    names = settings.names
+    broker = nats_broker(settings.nats_url, "tgdl-gateway",
+                         description="tgdl gateway: turns HTTP requests into commands")
+    sends = {
+        StartBatch: broker.publisher(
+            names.cmd_batch_start, schema=StartBatch, title="startBatch",
+            description="Start a batch (or a single-file download): request/reply, answered "
+                        "by an orchestrator with a CommandReply"),
+        CancelBatch: broker.publisher(
+            names.cmd_batch_cancel, schema=CancelBatch, title="cancelBatch",
+            description="Cancel a batch: request/reply, answered with a CommandReply"),
+        CancelSingle: broker.publisher(
+            names.cmd_single_cancel, schema=CancelSingle, title="cancelSingle",
+            description="Cancel the single-file requests of one message: request/reply"),
+    }
+    return broker, OrchestratorClient(broker, sends, settings.command_timeout)
+
+
 class OrchestratorClient:
     """Sends commands to whichever orchestrator replica answers first."""
 
-    def __init__(self, nc: NATS, timeout: float) -> None:
-        self._nc = nc
+    def __init__(self, broker: NatsBroker, sends: dict[type[BaseModel], LogicPublisher],
+                 timeout: float) -> None:
+        self._broker = broker
+        self._sends = sends
         self._timeout = timeout
 
-    async def call(self, subject: str, command: BaseModel, expect: type[Result]) -> Result:
-        if not self._nc.is_connected:
+    async def call(self, command: BaseModel, expect: type[Result]) -> Result:
+        if not self._broker.connection.is_connected:
             raise nats_unavailable()
+        publisher = self._sends[type(command)]
+        subject = publisher.subject.template
         try:
-            msg = await self._nc.request(subject, command.model_dump_json().encode(),
-                                         timeout=self._timeout)
+            msg = await publisher.request(command, timeout=self._timeout)
         except NoRespondersError:
             raise orchestrator_unavailable(f"no orchestrator is listening on {subject}") from None
         except TimeoutError:
             raise orchestrator_unavailable(
                 f"the orchestrator did not answer within {self._timeout:g} s") from None
         try:
-            reply = CommandReply.model_validate_json(msg.data)
+            reply = CommandReply.model_validate_json(msg.body)
         except ValidationError:
             reply = CommandReply()
         if reply.rejected is not None:

@@ -81,8 +81,7 @@ async def status(message_id: MessageId, svc: Svc) -> JSONResponse:
 
 @router.post("/cancel/{message_id}", response_model=SingleCancelResponse)
 async def cancel(message_id: MessageId, svc: Svc) -> SingleCancelResponse:
-    done = await svc.orchestrator.call(svc.settings.names.cmd_single_cancel,
-                                       CancelSingle(message_id=message_id), SingleCancelOutcome)
+    done = await svc.orchestrator.call(CancelSingle(message_id=message_id), SingleCancelOutcome)
     if not done.cancelled:
         return SingleCancelResponse(
             message_id=message_id, status="not_downloading",
