@@ -8,8 +8,10 @@ import contextlib
 from datetime import UTC, datetime
 
 from nats.errors import NoRespondersError
+from waiting import until
 
 from tgdl.bus.eventlog import EventLog
+from tgdl.bus.jobs import JetStreamPublisher, JobLifecycle
 from tgdl.bus.leases import Leases
 from tgdl.bus.topology import QueuePolicy, ensure_topology
 from tgdl.contracts.catalog import CatalogEntry, MediaKind
@@ -29,9 +31,7 @@ from tgdl.db import catalog as catalog_db
 from tgdl.db.connection import connect as db_connect
 from tgdl.db.schema import migrate_database
 from tgdl.orchestrator.app import OrchestratorService
-from tgdl.orchestrator.handlers import Orchestrator
 from tgdl.orchestrator.open_index import OpenBatches
-from tgdl.orchestrator.repository import BatchRepository
 from tgdl.orchestrator.settings import OrchestratorSettings
 
 NOW = datetime.now(UTC)
@@ -52,7 +52,8 @@ async def test_restart_dispatches_grants_and_leaves_leases_of_cancelled_batches(
         servers, isolation, nc):
     names = Names(isolation.namespace)
     js = nc.jetstream()
-    await ensure_topology(js, names, QueuePolicy())
+    await ensure_topology(js, names, QueuePolicy())  # what `tgdl migrate` declares
+    await migrate_database(servers.database_url, isolation.schema)
     log = EventLog(js, names)
     leases = await Leases.open(js, names)
     # Batch A crashed right after granting permits: no lease, no job, no JobDispatched.
@@ -89,10 +90,10 @@ async def test_restart_dispatches_grants_and_leaves_leases_of_cancelled_batches(
         async def dispatched() -> list:
             events, _ = await log.load("batch_a")
             return [e for e in events if isinstance(e, JobDispatched)]
-        deadline = asyncio.get_running_loop().time() + 20
-        while len(await dispatched()) < 2:
-            assert asyncio.get_running_loop().time() < deadline, "grants never dispatched"
-            await asyncio.sleep(0.05)
+
+        async def both_dispatched() -> bool:
+            return len(await dispatched()) == 2
+        await until(both_dispatched, 20, what="the grants dispatched")
     finally:
         stop.set()
         await task
@@ -119,6 +120,7 @@ async def test_a_job_whose_downloaders_keep_dying_fails_with_a_reason(servers, i
     settings = OrchestratorSettings(
         nats_url=servers.nats_url, database_url=servers.database_url,
         namespace=isolation.namespace, db_schema=isolation.schema, ack_wait=1.0, max_deliver=1)
+    await ensure_topology(nc.jetstream(), names, QueuePolicy.of(settings))
     await migrate_database(servers.database_url, isolation.schema)
     conn = await db_connect(servers.database_url, isolation.schema)
     await catalog_db.upsert(conn, [entry(5)])
@@ -148,7 +150,7 @@ async def test_a_job_whose_downloaders_keep_dying_fails_with_a_reason(servers, i
 
     async def advisory_stored() -> bool:
         return (await js.stream_info(names.advisories_stream)).state.messages == 1
-    await until(advisory_stored, "the max-deliveries advisory to be stored")
+    await until(advisory_stored, 20, what="the max-deliveries advisory stored")
 
     stop = asyncio.Event()
     task = asyncio.create_task(OrchestratorService(settings).run(stop))
@@ -157,23 +159,15 @@ async def test_a_job_whose_downloaders_keep_dying_fails_with_a_reason(servers, i
         async def finished() -> list:
             events, _ = await log.load(batch_id)
             return events if isinstance(events[-1], BatchFinished) else []
-        events = await until(finished, "the batch to finish")
+        events = await until(finished, 20, what="the batch finished")
     finally:
         stop.set()
         await task
     [failed] = [e for e in events if isinstance(e, FileFailed)]
-    assert failed.error is ErrorCode.worker_lost and failed.suggestion
+    assert failed.failure.error is ErrorCode.worker_lost and failed.failure.suggestion
     assert events[-1].overall_status == "failed"
     assert await (await Leases.open(js, names)).get(5) is None  # the message is free again
     assert (await js.stream_info(names.jobs_stream)).state.messages == 0
-
-
-async def until(predicate, what: str, within: float = 20.0):
-    deadline = asyncio.get_running_loop().time() + within
-    while not (value := await predicate()):
-        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
-    return value
 
 
 async def test_a_dispatch_retried_after_its_job_ended_queues_it_again(servers, isolation, nc):
@@ -182,22 +176,18 @@ async def test_a_dispatch_retried_after_its_job_ended_queues_it_again(servers, i
     names = Names(isolation.namespace)
     js = nc.jetstream()
     await ensure_topology(js, names, QueuePolicy())
-    leases = await Leases.open(js, names)
-    orch = Orchestrator(
-        OrchestratorSettings(namespace=isolation.namespace), js,
-        BatchRepository(EventLog(js, names)), leases, db=None,
-        open_batches=await OpenBatches.open(js, names))
+    jobs = JobLifecycle(await Leases.open(js, names), JetStreamPublisher(js), names)
     job = DownloadJob(job_id="batch_x:4", entry=entry(4))
     sub = await js.pull_subscribe_bind(names.downloader_consumer, stream=names.jobs_stream)
 
-    await orch._publish_job(job)
+    await jobs.publish_job(job)  # how the orchestrator's dispatch queues a job
     [first] = await sub.fetch(1, timeout=5)
     await first.ack()  # the job ran and ended; its lease was released
-    await orch._publish_job(job)  # a retried dispatch publishes the same Nats-Msg-Id
+    await jobs.publish_job(job)  # a retried dispatch publishes the same Nats-Msg-Id
     [again] = await sub.fetch(1, timeout=5)
     assert DownloadJob.model_validate_json(again.data).job_id == "batch_x:4"
     await again.ack()
 
-    await orch._publish_job(job)  # while a copy is still queued, no second copy is added
-    await orch._publish_job(job)
+    await jobs.publish_job(job)  # while a copy is still queued, no second copy is added
+    await jobs.publish_job(job)
     assert len(await sub.fetch(5, timeout=2)) == 1

@@ -15,7 +15,8 @@ from sim_helpers import running_sim
 
 from tgdl.bus.eventlog import EventLog
 from tgdl.bus.leases import Leases
-from tgdl.contracts.commands import CancelBatch, CommandReply, StartBatch
+from tgdl.bus.topology import QueuePolicy, ensure_topology
+from tgdl.contracts.commands import CancelBatch, CommandReply, RejectReason, StartBatch
 from tgdl.contracts.events import BatchFinished, FileCompleted
 from tgdl.contracts.jobs import DownloadJob
 from tgdl.contracts.paths import relative_path
@@ -56,8 +57,10 @@ async def pipeline(servers, isolation, nc) -> AsyncIterator[dict]:
         entries = await sim_client.fetch_catalog(sim_url)
         await catalog_db.upsert(conn, entries)
         await conn.close()
+        settings = OrchestratorSettings(**common)
+        await ensure_topology(nc.jetstream(), settings.names, QueuePolicy.of(settings))
         stop = asyncio.Event()
-        orchestrator = OrchestratorService(OrchestratorSettings(**common))
+        orchestrator = OrchestratorService(settings)
         tasks = [asyncio.create_task(orchestrator.run(stop))]
         for i in range(2):
             tasks.append(asyncio.create_task(serve_downloader(
@@ -115,12 +118,15 @@ async def test_a_batch_over_nats_downloads_every_file_within_its_permits(pipelin
 async def test_commands_are_validated_and_unknown_batches_refused(pipeline, nc):
     names: Names = pipeline["names"]
     reply = await command(nc, names.cmd_batch_cancel, CancelBatch(batch_id="batch_nothere"))
-    assert reply.rejected and reply.rejected.status == 404
-    raw = await nc.request(names.cmd_batch_start, b'{"message_ids": []}', timeout=10)
-    rejected = CommandReply.model_validate_json(raw.data).rejected
-    assert rejected and rejected.status == 422 and "message_ids" in rejected.detail
+    assert reply.rejected and reply.rejected.reason is RejectReason.batch_not_found
+    for body, says in ((b'{"message_ids": []}', "message_ids"), (b"not json", "")):
+        raw = await nc.request(names.cmd_batch_start, body, timeout=10)  # answered, never silence
+        rejected = CommandReply.model_validate_json(raw.data).rejected
+        assert rejected and rejected.reason is RejectReason.invalid_command
+        assert says in rejected.detail
     too_many = StartBatch(message_ids=list(range(1, 52)))
-    assert (await command(nc, names.cmd_batch_start, too_many)).rejected.status == 422
+    reply = await command(nc, names.cmd_batch_start, too_many)
+    assert reply.rejected.reason is RejectReason.too_many_files
 
 
 async def test_a_job_joined_by_a_forcing_request_fetches_the_file_again(pipeline, nc):

@@ -8,9 +8,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from tgdl.contracts.api import StartFailure
 from tgdl.contracts.catalog import CatalogEntry, MediaKind
-from tgdl.contracts.errors import ErrorCode, Failure
+from tgdl.contracts.errors import ErrorCode, Failure, FileFailure
 from tgdl.contracts.events import (
     AlreadyDownloaded,
     BatchCancelled,
@@ -48,8 +47,8 @@ def start(ids: list[int], max_concurrent: int = 3, done: list[int] = (), refused
         requested_ids=[*ids, *done, *refused], to_download=[entry(m) for m in ids],
         already_downloaded=[AlreadyDownloaded(message_id=m, file_path=f"/m/{m}",
                                               relative_path=f"{m}", size=1000) for m in done],
-        failed_to_start=[StartFailure(message_id=m, error=ErrorCode.message_not_found,
-                                      detail="x", suggestion="y") for m in refused],
+        failed_to_start=[FileFailure(message_id=m, error=ErrorCode.message_not_found,
+                                     detail="x", suggestion="y") for m in refused],
         already_downloading=[], at=AT,
     )
 
@@ -83,7 +82,7 @@ def test_a_finished_file_hands_its_permit_to_the_next_pending_file():
     assert events[1].message_id == 3
     events, s = run(s, done(2, "failed"))
     assert [type(e) for e in events] == [FileFailed, PermitGranted]
-    assert events[0].error is ErrorCode.message_deleted  # reason survives
+    assert events[0].failure.error is ErrorCode.message_deleted  # reason survives
     assert s.running == [3, 4]
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from tgdl.contracts.catalog import CatalogEntry, MediaKind
 from tgdl.contracts.errors import ErrorCode
-from tgdl.orchestrator.classify import classify
+from tgdl.orchestrator.triage import triage_request
 
 ROOT = Path("/media")
 CATALOG = {
@@ -21,8 +21,8 @@ CATALOG = {
 
 
 def test_each_case_is_told_apart():
-    c = classify([1, 2, 3, 4, 99], CATALOG, sizes_on_disk={1: 100, 4: 299}, media_root=ROOT,
-                 force=False, allowed_chats={"pub"}, leased={4})
+    c = triage_request([1, 2, 3, 4, 99], CATALOG, sizes_on_disk={1: 100, 4: 299},
+                       media_root=ROOT, force=False, allowed_chats={"pub"}, leased={4})
     assert [e.message_id for e in c.to_download] == [4]  # 299 bytes on disk: incomplete
     assert [(d.message_id, d.file_path) for d in c.already_downloaded] == [
         (1, "/media/photos/1_11_a.jpg")]
@@ -33,7 +33,7 @@ def test_each_case_is_told_apart():
 
 
 def test_force_downloads_again_and_no_allow_list_means_every_chat():
-    c = classify([1, 3], CATALOG, sizes_on_disk={1: 100}, media_root=ROOT, force=True,
-                 allowed_chats=None, leased=set())
+    c = triage_request([1, 3], CATALOG, sizes_on_disk={1: 100}, media_root=ROOT,
+                       force=True, allowed_chats=None, leased=set())
     assert [e.message_id for e in c.to_download] == [1, 3]
     assert c.already_downloaded == [] and c.failed_to_start == []

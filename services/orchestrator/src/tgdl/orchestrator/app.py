@@ -1,208 +1,247 @@
-"""Orchestrator process wiring: NATS subscriptions in, handlers out. Nothing else."""
+"""Orchestrator process wiring on FastStream: what it subscribes to, what it publishes,
+how it starts and stops. Nothing else.
+
+The command subscribers are request/reply on core NATS (queue group "orchestrator"); the
+outcome and advisory consumers are durables `tgdl migrate` declares, bound here with
+manual acks: a handler that fails naks the message for a retry, only a body that can
+never be read is terminated (FastStream's default policy would terminate on any error).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import signal
-from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from typing import Annotated
 
-from nats.aio.msg import Msg
-from nats.js.errors import NotFoundError
+from faststream import AckPolicy, Context
+from faststream.middlewares import ExceptionMiddleware
+from faststream.nats import JStream, NatsBroker, NatsMessage, NatsRouter, PullSub
 from pydantic import BaseModel, ValidationError
 
 from tgdl.bus.eventlog import EventLog
+from tgdl.bus.jobs import BrokerPublisher, JobLifecycle
 from tgdl.bus.leases import Leases
-from tgdl.bus.topology import QueuePolicy, connect, ensure_topology
+from tgdl.bus.topology import verify_topology
 from tgdl.contracts.commands import (
+    BatchAccepted,
+    BatchCancelOutcome,
     CancelBatch,
     CancelSingle,
     CommandReply,
     Rejection,
+    RejectReason,
+    SingleCancelOutcome,
     StartBatch,
 )
-from tgdl.contracts.errors import ErrorCode, Failure
+from tgdl.contracts.events import BatchEvent
 from tgdl.contracts.jobs import DownloadJob, DownloadOutcome
 from tgdl.db.connection import create_pool
-from tgdl.db.schema import migrate_database
-from tgdl.orchestrator.handlers import Orchestrator, Rejected
+from tgdl.db.schema import verify_schema
+from tgdl.orchestrator.adapters import JobStream, PgCatalog, SystemClock
+from tgdl.orchestrator.handlers import Orchestrator
 from tgdl.orchestrator.open_index import OpenBatches
-from tgdl.orchestrator.repository import BatchRepository
+from tgdl.orchestrator.ports import Ports
 from tgdl.orchestrator.settings import OrchestratorSettings
+from tgdl.runtime import run_service
 
 log = logging.getLogger("tgdl.orchestrator")
 
-Handler = Callable[[BaseModel], Awaitable[BaseModel]]
+ORCHESTRATOR = "orchestrator"  # the broker context key of the running `Orchestrator`
+Orch = Annotated[Orchestrator, Context(ORCHESTRATOR)]
+COMMAND_WORKERS = 16  # commands answered at once (each waits on NATS and PostgreSQL)
 
 
-def command_handlers(orch: Orchestrator) -> dict[str, tuple[type[BaseModel], Handler]]:
-    names = orch.names
-    return {
-        names.cmd_batch_start: (StartBatch, orch.start_batch),
-        names.cmd_batch_cancel: (CancelBatch, orch.cancel_batch),
-        names.cmd_single_cancel: (CancelSingle, orch.cancel_single),
-    }
+class MaxDeliveriesAdvisory(BaseModel):
+    """JetStream's advisory that a job used up its deliveries (the fields we read)."""
+
+    stream_seq: int
 
 
-async def answer(msg: Msg, model: type[BaseModel], handler: Handler) -> None:
+# --- replies ---------------------------------------------------------------------------------
+
+
+def reply(result: BatchAccepted | BatchCancelOutcome | SingleCancelOutcome | Rejection
+          ) -> CommandReply:
+    if isinstance(result, Rejection):
+        return CommandReply(rejected=result)
+    return CommandReply(ok=result)
+
+
+def _invalid_command(exc: ValidationError) -> CommandReply:
+    problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}"
+                         for e in exc.errors())
+    return CommandReply(rejected=Rejection(reason=RejectReason.invalid_command,
+                                           detail=problems or "not a valid command"))
+
+
+async def _answer(subject: str, handle) -> CommandReply:
     try:
-        reply = CommandReply(ok=await handler(model.model_validate_json(msg.data)))
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()
-        )
-        reply = CommandReply(rejected=Rejection(status=422, error="invalid_command",
-                                                detail=problems))
-    except Rejected as exc:
-        reply = CommandReply(rejected=exc.rejection)
+        return reply(await handle())
     except Exception:
-        log.exception("command on %s failed", msg.subject)
-        reply = CommandReply(rejected=Rejection(
-            status=500, error="internal_error", detail="the orchestrator failed to handle it",
-            suggestion="retry; if it persists, check the orchestrator logs",
-        ))
-    if msg.reply:
-        await msg.respond(reply.model_dump_json(exclude_none=True).encode())
+        log.exception("command on %s failed", subject)
+        return CommandReply(rejected=Rejection(
+            reason=RejectReason.internal, detail="the orchestrator failed to handle it"))
+
+
+async def _unreadable(exc: ValidationError, msg: NatsMessage) -> None:
+    """A stored body no release can read: retrying would never help."""
+    log.error("terminating an unreadable message on %s: %s", msg.raw_message.subject, exc)
+    await msg.reject()
+
+
+async def _ack_after(msg: NatsMessage, handle, what: str) -> None:
+    """Ack after `handle` succeeded; nak with a delay (retried) if it raised."""
+    try:
+        await handle()
+    except Exception:
+        log.exception("%s failed; will retry", what)
+        await msg.nack(delay=1.0)
+        return
+    await msg.ack()
+
+
+# --- the broker ------------------------------------------------------------------------------
+
+
+def create_broker(settings: OrchestratorSettings) -> NatsBroker:
+    """Every subscriber and publisher of the orchestrator; connects only when started
+    (so the AsyncAPI document can be generated from it without NATS)."""
+    names = settings.names
+    broker = NatsBroker(settings.nats_url, name=settings.replica, max_reconnect_attempts=-1,
+                        reconnect_time_wait=1, log_level=logging.DEBUG)
+
+    commands = NatsRouter(middlewares=[ExceptionMiddleware(publish_handlers={
+        ValidationError: _invalid_command})])
+
+    @commands.subscriber(names.cmd_batch_start, queue="orchestrator",
+                         max_workers=COMMAND_WORKERS, title="StartBatch",
+                         description="Start a batch of downloads; replies a CommandReply "
+                                     "(BatchAccepted or a Rejection).")
+    async def start_batch(cmd: StartBatch, orch: Orch) -> CommandReply:
+        return await _answer(names.cmd_batch_start, lambda: orch.start_batch(cmd))
+
+    @commands.subscriber(names.cmd_batch_cancel, queue="orchestrator",
+                         max_workers=COMMAND_WORKERS, title="CancelBatch",
+                         description="Cancel a batch; replies a CommandReply "
+                                     "(BatchCancelOutcome or a Rejection).")
+    async def cancel_batch(cmd: CancelBatch, orch: Orch) -> CommandReply:
+        return await _answer(names.cmd_batch_cancel, lambda: orch.cancel_batch(cmd))
+
+    @commands.subscriber(names.cmd_single_cancel, queue="orchestrator",
+                         max_workers=COMMAND_WORKERS, title="CancelSingle",
+                         description="Cancel the single-file requests of a message; "
+                                     "replies a CommandReply (SingleCancelOutcome).")
+    async def cancel_single(cmd: CancelSingle, orch: Orch) -> CommandReply:
+        return await _answer(names.cmd_single_cancel, lambda: orch.cancel_single(cmd))
+
+    streams = NatsRouter(middlewares=[ExceptionMiddleware(handlers={
+        ValidationError: _unreadable})])
+
+    @streams.subscriber(names.all_file_done,
+                        stream=JStream(names.outcomes_stream, declare=False),
+                        durable=names.orchestrator_outcomes_consumer,
+                        pull_sub=PullSub(batch_size=32, timeout=0.5),
+                        ack_policy=AckPolicy.MANUAL, title="DownloadOutcome",
+                        description="How each download job ended: release its permits.")
+    async def on_outcome(outcome: DownloadOutcome, msg: NatsMessage, orch: Orch) -> None:
+        await _ack_after(msg, lambda: orch.on_outcome(outcome), f"outcome of {outcome.job_id}")
+
+    @streams.subscriber(names.max_deliveries_advisory(),
+                        stream=JStream(names.advisories_stream, declare=False),
+                        durable=names.orchestrator_advisories_consumer,
+                        pull_sub=PullSub(batch_size=8, timeout=0.5),
+                        ack_policy=AckPolicy.MANUAL, title="JobOutOfDeliveries",
+                        description="JetStream gave up on a job: fail its file.")
+    async def on_job_gave_up(advisory: MaxDeliveriesAdvisory, msg: NatsMessage,
+                             orch: Orch) -> None:
+        await _ack_after(msg, lambda: orch.on_job_gave_up(advisory.stream_seq),
+                      f"failing the job at {advisory.stream_seq}")
+
+    broker.include_router(commands)
+    broker.include_router(streams)
+
+    # What the orchestrator publishes. Jobs and outcomes go out through the shared job
+    # lifecycle (`tgdl.bus.jobs`) and events through the event log; these declarations
+    # put their channels and bodies in the AsyncAPI document.
+    broker.publisher(names.download_jobs, stream=JStream(names.jobs_stream, declare=False),
+                     schema=DownloadJob, title="DownloadJob",
+                     description="One message to download, because of a PermitGranted "
+                                 "event; Nats-Msg-Id is the job id.")
+    broker.publisher(names.batch_events("{batch_id}"),
+                     stream=JStream(names.events_stream, declare=False), schema=BatchEvent,
+                     title="BatchEvent",
+                     description="A batch's event log, appended with "
+                                 "Nats-Expected-Last-Subject-Sequence.")
+    broker.publisher(names.file_done("{message_id}"),
+                     stream=JStream(names.outcomes_stream, declare=False),
+                     schema=DownloadOutcome, title="DownloadOutcome (job given up)",
+                     description="A job JetStream stopped redelivering ends as failed "
+                                 "(worker_lost); Nats-Msg-Id is '<job_id>:done'.")
+    return broker
+
+
+# --- running ---------------------------------------------------------------------------------
+
+
+async def sweep_forever(orch: Orchestrator, interval: float, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval)
+        try:
+            await orch.sweep()
+        except Exception:
+            log.exception("sweep failed; will try again")
 
 
 class OrchestratorService:
+    """The orchestrator in this process; `orch` is set once it serves."""
+
+    orch: Orchestrator
+
     def __init__(self, settings: OrchestratorSettings) -> None:
         self.settings = settings
-        self.names = settings.names
-        self._tasks: set[asyncio.Task] = set()
-
-    def _spawn(self, coro: Awaitable) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     async def run(self, stop: asyncio.Event) -> None:
         s = self.settings
-        await migrate_database(s.database_url, s.db_schema)
-        nc = await connect(s.nats_url, s.replica)
-        js = nc.jetstream()
-        await ensure_topology(js, self.names, QueuePolicy.of(s))
-        pool = await create_pool(s.database_url, s.db_schema)
-        event_log = EventLog(js, self.names)
-        orch = Orchestrator(s, js, BatchRepository(event_log), await Leases.open(js, self.names),
-                            pool, await OpenBatches.open(js, self.names))
-        self.orch = orch
-        log.info("recovered %d open batches", await orch.recover())
-
-        for subject, (model, handler) in command_handlers(orch).items():
-            async def on_command(msg: Msg, model=model, handler=handler) -> None:
-                self._spawn(answer(msg, model, handler))
-            await nc.subscribe(subject, queue="orchestrator", cb=on_command)
-
-        names = self.names
-        loops = [
-            asyncio.create_task(self._consume(
-                js, names.outcomes_stream, names.orchestrator_outcomes_consumer,
-                lambda msg: self._apply_outcome(orch, msg), stop)),
-            asyncio.create_task(self._consume(
-                js, names.advisories_stream, names.orchestrator_advisories_consumer,
-                lambda msg: self._job_gave_up(js, orch, msg), stop)),
-            asyncio.create_task(self._sweep(orch, stop)),
-        ]
+        names = s.names
+        await verify_schema(s.database_url, s.db_schema)
+        broker = create_broker(s)
+        pool = None
         try:
-            await stop.wait()
-        finally:
-            for loop in loops:
-                loop.cancel()
-            await asyncio.gather(*loops, return_exceptions=True)
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-            await nc.drain()
-            await pool.close()
-
-    async def _sweep(self, orch: Orchestrator, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.settings.sweep_interval)
+            js = (await broker.connect()).jetstream()
+            await verify_topology(js, names)
+            pool = await create_pool(s.database_url, s.db_schema)
+            leases = await Leases.open(js, names)
+            orch = Orchestrator(s, Ports(
+                log=EventLog(js, names),
+                jobs=JobLifecycle(leases, BrokerPublisher(broker), names),
+                leases=leases,
+                queued_jobs=JobStream(js, names),
+                open_batches=await OpenBatches.open(js, names),
+                catalog=PgCatalog(pool),
+                clock=SystemClock(),
+            ))
+            log.info("recovered %d open batches", await orch.recover())
+            broker.context.set_global(ORCHESTRATOR, orch)
+            await broker.start()
+            self.orch = orch
+            sweeper = asyncio.create_task(sweep_forever(orch, s.sweep_interval, stop))
             try:
-                await orch.sweep()
-            except Exception:
-                log.exception("sweep failed; will try again")
-
-    @staticmethod
-    async def _consume(js, stream: str, durable: str,
-                       handle: Callable[[Msg], Awaitable[None]], stop: asyncio.Event) -> None:
-        """Pull from a durable consumer; `handle` acks, naks or terminates each message."""
-        sub = await js.pull_subscribe_bind(durable, stream=stream)
-        try:
-            while not stop.is_set():
-                try:
-                    msgs = await sub.fetch(batch=32, timeout=1.0)
-                except TimeoutError:
-                    continue
-                for msg in msgs:
-                    await handle(msg)
+                await stop.wait()
+            finally:
+                sweeper.cancel()
+                await asyncio.gather(sweeper, return_exceptions=True)
         finally:
-            # unsubscribe rather than drain: an abandoned pull leaves nothing worth waiting for
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+            await broker.stop()
+            if pool is not None:
+                await pool.close()
 
-    @staticmethod
-    async def _apply_outcome(orch: Orchestrator, msg: Msg) -> None:
-        try:
-            await orch.on_outcome(DownloadOutcome.model_validate_json(msg.data))
-        except ValidationError:
-            log.error("dropping malformed outcome on %s", msg.subject)
-            await msg.term()
-            return
-        except Exception:
-            log.exception("outcome on %s failed; will retry", msg.subject)
-            await msg.nak(delay=1.0)
-            return
-        await msg.ack()
 
-    async def _job_gave_up(self, js, orch: Orchestrator, msg: Msg) -> None:
-        """JetStream stopped redelivering a job (its downloaders kept dying): fail it."""
-        try:
-            seq = int(json.loads(msg.data)["stream_seq"])
-            raw = await js.get_msg(self.names.jobs_stream, seq)
-            job = DownloadJob.model_validate_json(raw.data)
-        except (KeyError, ValueError, NotFoundError):  # malformed, or the job is gone
-            await msg.ack()
-            return
-        try:
-            await self._fail_job(js, orch, job)
-            with contextlib.suppress(NotFoundError):
-                await js.delete_msg(self.names.jobs_stream, seq)
-        except Exception:
-            log.exception("failing job %s after its last delivery; will retry", job.job_id)
-            await msg.nak(delay=1.0)
-            return
-        await msg.ack()
-
-    async def _fail_job(self, js, orch: Orchestrator, job: DownloadJob) -> None:
-        m = job.entry.message_id
-        failure = Failure.of(
-            ErrorCode.worker_lost,
-            f"the downloader stopped {self.settings.max_deliver} times while on this file",
-        )
-        outcome = await orch.leases.end(DownloadOutcome(
-            job_id=job.job_id, message_id=m, status="failed", error=failure.error,
-            detail=failure.detail, suggestion=failure.suggestion, at=datetime.now(UTC),
-        ))
-        if outcome is not None:
-            await js.publish(self.names.file_done(m), outcome.model_dump_json().encode(),
-                             stream=self.names.outcomes_stream,
-                             headers={"Nats-Msg-Id": f"{job.job_id}:done"})
-            await orch.leases.release(m, job.job_id)
+async def serve(settings: OrchestratorSettings, stop: asyncio.Event) -> None:
+    await OrchestratorService(settings).run(stop)
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     settings = OrchestratorSettings()
-
-    async def run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await OrchestratorService(settings).run(stop)
-
-    asyncio.run(run())
+    run_service("orchestrator", lambda stop: serve(settings, stop))

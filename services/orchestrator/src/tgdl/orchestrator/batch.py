@@ -13,10 +13,8 @@ from datetime import datetime
 from enum import StrEnum
 from types import MappingProxyType
 
-from tgdl.contracts.api import StartFailure
 from tgdl.contracts.catalog import CatalogEntry
-from tgdl.contracts.commands import BatchKind
-from tgdl.contracts.errors import ErrorCode, Failure
+from tgdl.contracts.errors import ErrorCode, Failure, FileFailure
 from tgdl.contracts.events import (
     AlreadyDownloaded,
     BatchCancelled,
@@ -28,6 +26,7 @@ from tgdl.contracts.events import (
     JobDispatched,
     PermitGranted,
 )
+from tgdl.contracts.status import BatchKind, OutcomeStatus
 
 
 class FileState(StrEnum):
@@ -44,7 +43,7 @@ TERMINAL = frozenset({FileState.completed, FileState.failed, FileState.cancelled
 @dataclass(frozen=True)
 class BatchState:
     batch_id: str | None = None  # None: the batch does not exist yet
-    kind: BatchKind = "batch"
+    kind: BatchKind = BatchKind.batch
     max_concurrent: int = 0
     force: bool = False
     order: tuple[int, ...] = ()  # files to download, in grant order
@@ -87,7 +86,7 @@ class Start:
     requested_ids: list[int]
     to_download: list[CatalogEntry]
     already_downloaded: list[AlreadyDownloaded]
-    failed_to_start: list[StartFailure]
+    failed_to_start: list[FileFailure]
     already_downloading: list[int]
     at: datetime
 
@@ -98,7 +97,7 @@ class Finish:
 
     message_id: int
     job_id: str
-    status: str  # "completed" | "failed" | "cancelled"
+    status: OutcomeStatus
     at: datetime
     file_path: str | None = None
     relative_path: str | None = None
@@ -151,10 +150,10 @@ def decide(cmd: Command, s: BatchState) -> list[BatchEvent]:
                 failed_to_start=cmd.failed_to_start,
                 already_downloading=cmd.already_downloading,
             )
-            return [started, *_settle(evolve(s, started), cmd.at)]
+            return [started, *_grant_or_finish(evolve(s, started), cmd.at)]
         case Finish() if not s.closed and s.files.get(cmd.message_id) is FileState.running:
             ended = _file_ended(s, cmd)
-            return [ended, *_settle(evolve(s, ended), cmd.at)]
+            return [ended, *_grant_or_finish(evolve(s, ended), cmd.at)]
         case MarkDispatched() if (
             s.files.get(cmd.message_id) is FileState.running
             and cmd.message_id not in s.dispatched
@@ -172,13 +171,13 @@ def decide(cmd: Command, s: BatchState) -> list[BatchEvent]:
             stopped = [m for m in s.order if s.files[m] not in TERMINAL]
             return [BatchCancelled(batch_id=s.batch_id, at=cmd.at, stopped=stopped)]
         case Reconcile() if s.exists and not s.closed:
-            return _settle(s, cmd.at)
+            return _grant_or_finish(s, cmd.at)
     return []
 
 
 def _file_ended(s: BatchState, cmd: Finish) -> BatchEvent:
     assert s.batch_id is not None
-    if cmd.status == "completed" and cmd.file_path and cmd.relative_path:
+    if cmd.status == OutcomeStatus.completed and cmd.file_path and cmd.relative_path:
         return FileCompleted(
             batch_id=s.batch_id,
             at=cmd.at,
@@ -189,7 +188,7 @@ def _file_ended(s: BatchState, cmd: Finish) -> BatchEvent:
             size=cmd.size or 0,
         )
     failure = cmd.failure or Failure.of(
-        ErrorCode.cancelled if cmd.status == "cancelled" else ErrorCode.internal,
+        ErrorCode.cancelled if cmd.status == OutcomeStatus.cancelled else ErrorCode.internal,
         f"the download job ended as {cmd.status} without details",
     )
     return FileFailed(
@@ -197,13 +196,11 @@ def _file_ended(s: BatchState, cmd: Finish) -> BatchEvent:
         at=cmd.at,
         message_id=cmd.message_id,
         job_id=cmd.job_id,
-        error=failure.error,
-        detail=failure.detail,
-        suggestion=failure.suggestion,
+        failure=failure,
     )
 
 
-def _settle(s: BatchState, at: datetime) -> list[BatchEvent]:
+def _grant_or_finish(s: BatchState, at: datetime) -> list[BatchEvent]:
     """Grant permits to the next pending files up to `max_concurrent`; finish when done."""
     assert s.batch_id is not None
     free = s.max_concurrent - len(s.running)

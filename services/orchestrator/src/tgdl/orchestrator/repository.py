@@ -7,21 +7,41 @@ a concurrent append by another replica makes us drop the entry and decide again.
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict
-from collections.abc import Callable
+import contextlib
+from collections.abc import AsyncIterator, Callable
 
-from tgdl.bus.eventlog import ConcurrentAppend, EventLog
+from tgdl.bus.eventlog import ConcurrentAppend
 from tgdl.contracts.events import BatchEvent
 from tgdl.orchestrator.batch import BatchState, Command, decide, fold, initial_state
+from tgdl.orchestrator.ports import BatchLog
 
 MAX_CONFLICT_RETRIES = 8
 
 
 class BatchRepository:
-    def __init__(self, log: EventLog) -> None:
+    def __init__(self, log: BatchLog) -> None:
         self._log = log
         self._cache: dict[str, tuple[BatchState, int]] = {}
-        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        # one lock per batch in use, with how many hold or wait for it: dropped when
+        # nobody does, so ids of finished or unknown batches never pile up
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def _exclusive(self, batch_id: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(batch_id, (asyncio.Lock(), 0))
+        self._locks[batch_id] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[batch_id]
+            if users == 1:
+                del self._locks[batch_id]
+            else:
+                self._locks[batch_id] = (lock, users - 1)
+
+    def locks_held(self) -> int:
+        return len(self._locks)
 
     async def load(self, batch_id: str) -> tuple[BatchState, int]:
         cached = self._cache.get(batch_id)
@@ -45,7 +65,6 @@ class BatchRepository:
         if state.closed:
             # finished batches leave memory; a later query replays them from the log
             self._cache.pop(batch_id, None)
-            self._locks.pop(batch_id, None)
         elif state.exists:
             self._cache[batch_id] = (state, last_seq)
 
@@ -60,7 +79,7 @@ class BatchRepository:
     ) -> tuple[list[BatchEvent], BatchState, BatchState]:
         """Decide and append; returns (events, state before, state after). A callable
         builds the command from the current state (re-run after a conflict)."""
-        async with self._locks[batch_id]:
+        async with self._exclusive(batch_id):
             for _ in range(MAX_CONFLICT_RETRIES):
                 before, last_seq = await self.load(batch_id)
                 cmd = command(before) if callable(command) else command

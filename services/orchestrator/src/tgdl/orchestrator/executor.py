@@ -1,0 +1,73 @@
+"""Carries effects out through the ports, one small case per effect; what to do was
+decided by `react.py`. The only state kept here is which dispatches run right now (the
+sweep leaves those alone)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from tgdl.contracts.events import BatchEvent
+from tgdl.contracts.jobs import DownloadJob
+from tgdl.orchestrator.batch import BatchState, Command, MarkDispatched
+from tgdl.orchestrator.ports import Ports
+from tgdl.orchestrator.react import (
+    Decide,
+    Dispatch,
+    DropQueuedJob,
+    Effect,
+    EndJob,
+    Key,
+    LeaveLease,
+    Unlist,
+    after_dispatch,
+    react_all,
+)
+from tgdl.orchestrator.repository import BatchRepository
+
+
+class Executor:
+    def __init__(self, repo: BatchRepository, ports: Ports) -> None:
+        self.repo = repo
+        self.ports = ports
+        self.in_flight: set[Key] = set()
+
+    async def decide(
+        self, batch_id: str, command: Command
+    ) -> tuple[list[BatchEvent], BatchState, BatchState]:
+        """Decide and append, then carry out the reactions to what was appended.
+        Returns (appended events, state before, state after)."""
+        events, before, after = await self.repo.execute(batch_id, command)
+        await self.carry_out(react_all(events, after))
+        return events, before, after
+
+    async def carry_out(self, effects: Iterable[Effect]) -> None:
+        for effect in effects:  # in order: e.g. leave the leases, then unlist
+            match effect:
+                case Decide(batch_id=batch_id, command=command):
+                    await self.decide(batch_id, command)
+                case Dispatch():
+                    await self._dispatch(effect)
+                case LeaveLease(message_id=m, batch_id=batch_id):
+                    await self.ports.leases.leave(m, batch_id)
+                case Unlist(batch_id=batch_id):
+                    await self.ports.open_batches.remove(batch_id)
+                case EndJob(outcome=outcome):
+                    await self.ports.jobs.end(outcome)
+                case DropQueuedJob(seq=seq):
+                    await self.ports.queued_jobs.delete(seq)
+
+    async def _dispatch(self, d: Dispatch) -> None:
+        m = d.entry.message_id
+        key = (d.batch_id, m)
+        self.in_flight.add(key)
+        try:
+            acquired = await self.ports.jobs.acquire(m, d.job_id, d.batch_id, d.force)
+            if not acquired.attached:
+                await self.ports.jobs.publish_job(
+                    DownloadJob(job_id=d.job_id, entry=d.entry, force=d.force))
+            events, _, after = await self.repo.execute(d.batch_id, MarkDispatched(
+                message_id=m, job_id=acquired.job_id, attached=acquired.attached,
+                at=self.ports.clock.now()))
+        finally:
+            self.in_flight.discard(key)
+        await self.carry_out([*react_all(events, after), *after_dispatch(after, m, events)])

@@ -1,0 +1,455 @@
+"""The orchestrator's handlers over in-memory fakes of its ports: start, outcomes, cancel,
+recovery after a crash, the sweep of stalled dispatches and the give-up path.
+
+The fakes (`tgdl.orchestrator.ports`: event log, job lifecycle with its leases and queue,
+open-batches index, catalog, clock) keep the contracts that matter (expected-sequence
+appends, one lease per message, deduplicated jobs), so these tests run the real decider,
+repository and executor in milliseconds. The same code runs over real NATS in
+tests/integration/test_orchestrator_recovery.py and test_pipeline.py."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from tgdl.bus.eventlog import ConcurrentAppend
+from tgdl.bus.leases import Acquired
+from tgdl.contracts.catalog import CatalogEntry, MediaKind
+from tgdl.contracts.commands import (
+    BatchAccepted,
+    BatchCancelOutcome,
+    CancelBatch,
+    CancelSingle,
+    Rejection,
+    RejectReason,
+    StartBatch,
+)
+from tgdl.contracts.errors import ErrorCode
+from tgdl.contracts.events import (
+    BatchCancelled,
+    BatchEvent,
+    BatchFinished,
+    BatchStarted,
+    FileCompleted,
+    FileFailed,
+    JobDispatched,
+    PermitGranted,
+)
+from tgdl.contracts.jobs import DownloadJob, DownloadOutcome, Lease
+from tgdl.contracts.status import BatchKind, OutcomeStatus
+from tgdl.orchestrator.handlers import Orchestrator
+from tgdl.orchestrator.ports import Ports
+from tgdl.orchestrator.react import Dispatch
+from tgdl.orchestrator.settings import OrchestratorSettings
+
+START = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def entry(m: int) -> CatalogEntry:
+    return CatalogEntry(message_id=m, chat="c", telegram_message_id=100 + m,
+                        media_kind=MediaKind.photo, file_name=f"{m}.jpg", size=1000)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.at = START
+
+    def now(self) -> datetime:
+        return self.at
+
+    def advance(self, seconds: float) -> None:
+        self.at += timedelta(seconds=seconds)
+
+
+class FakeLog:
+    """One stream of events; each batch is a subject with expected-sequence appends."""
+
+    def __init__(self) -> None:
+        self.seq = 0
+        self.subjects: dict[str, list[tuple[int, BatchEvent]]] = {}
+
+    def events(self, batch_id: str) -> list[BatchEvent]:
+        return [e for _, e in self.subjects.get(batch_id, [])]
+
+    def of_type(self, batch_id: str, kind: type) -> list:
+        return [e for e in self.events(batch_id) if isinstance(e, kind)]
+
+    async def append(self, batch_id: str, events: Sequence[BatchEvent],
+                     expected_last_seq: int) -> int:
+        if await self.last_seq(batch_id) != expected_last_seq:
+            raise ConcurrentAppend(batch_id)
+        for event in events:
+            self.seq += 1
+            self.subjects.setdefault(batch_id, []).append((self.seq, event))
+        return self.seq
+
+    async def last_seq(self, batch_id: str) -> int:
+        stored = self.subjects.get(batch_id)
+        return stored[-1][0] if stored else 0
+
+    async def load(self, batch_id: str) -> tuple[list[BatchEvent], int]:
+        return self.events(batch_id), await self.last_seq(batch_id)
+
+
+class FakeLeases:
+    def __init__(self) -> None:
+        self.leases: dict[int, Lease] = {}
+
+    async def get(self, message_id: int) -> tuple[Lease, int] | None:
+        lease = self.leases.get(message_id)
+        return (lease, 1) if lease else None
+
+    async def leave(self, message_id: int, party: str) -> Lease | None:
+        lease = self.leases.get(message_id)
+        if lease is None:
+            return None
+        left = lease.model_copy(update={"parties": [p for p in lease.parties if p != party]})
+        self.leases[message_id] = left
+        return left
+
+
+class FakeJobs:
+    """The job lifecycle and the jobs work queue: jobs deduplicated by id, stored by
+    sequence until a downloader (the test) ends them; `end` publishes to `outcomes`."""
+
+    def __init__(self, leases: FakeLeases) -> None:
+        self.leases = leases
+        self.seq = 0
+        self.queue: dict[int, DownloadJob] = {}  # stored job messages by stream sequence
+        self.published: list[str] = []  # job ids, in publish order
+        self.outcomes: list[DownloadOutcome] = []  # published, addressed outcomes
+        self.unreachable = False  # NATS is down: publishing fails
+
+    async def acquire(self, message_id: int, job_id: str, party: str,
+                      force: bool = False) -> Acquired:
+        lease = self.leases.leases.get(message_id)
+        if lease is None:
+            self.leases.leases[message_id] = Lease(job_id=job_id, parties=[party], force=force)
+            return Acquired(job_id, attached=False)
+        if party not in lease.parties:
+            self.leases.leases[message_id] = lease.model_copy(
+                update={"parties": [*lease.parties, party]})
+        return Acquired(lease.job_id, attached=lease.job_id != job_id)
+
+    async def publish_job(self, job: DownloadJob) -> None:
+        if self.unreachable:
+            raise ConnectionError("nats: no servers available")
+        if job.job_id in self.published:
+            return  # Nats-Msg-Id deduplicates
+        self.seq += 1
+        self.queue[self.seq] = job
+        self.published.append(job.job_id)
+
+    async def end(self, outcome: DownloadOutcome) -> DownloadOutcome | None:
+        lease = self.leases.leases.get(outcome.message_id)
+        if lease is None or lease.job_id != outcome.job_id:
+            return None
+        addressed = outcome.model_copy(update={"parties": lease.parties})
+        self.outcomes.append(addressed)
+        del self.leases.leases[outcome.message_id]
+        return addressed
+
+    # the work queue (`QueuedJobs`)
+    async def get(self, seq: int) -> DownloadJob | None:
+        return self.queue.get(seq)
+
+    async def delete(self, seq: int) -> None:
+        self.queue.pop(seq, None)
+
+    def seq_of(self, job_id: str) -> int:
+        return next(seq for seq, job in self.queue.items() if job.job_id == job_id)
+
+
+class FakeOpenBatches:
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self.listed: dict[str, datetime] = {}
+
+    async def add(self, batch_id: str) -> None:
+        self.listed[batch_id] = self.clock.now()
+
+    async def remove(self, batch_id: str) -> None:
+        self.listed.pop(batch_id, None)
+
+    async def list(self) -> list[str]:
+        return sorted(self.listed)
+
+    async def listed_for(self, batch_id: str) -> timedelta | None:
+        added = self.listed.get(batch_id)
+        return None if added is None else self.clock.now() - added
+
+
+@dataclass
+class FakeCatalog:
+    entries: dict[int, CatalogEntry] = field(default_factory=dict)
+
+    async def get_many(self, ids: Sequence[int]) -> Mapping[int, CatalogEntry]:
+        return {m: self.entries[m] for m in ids if m in self.entries}
+
+
+@dataclass
+class World:
+    """An orchestrator over fakes, and the fakes to look at."""
+
+    orch: Orchestrator
+    log: FakeLog
+    jobs: FakeJobs
+    leases: FakeLeases
+    open_batches: FakeOpenBatches
+    clock: FakeClock
+
+    def restarted(self) -> World:
+        """A new orchestrator process over the same log, leases, queue and index."""
+        return World(Orchestrator(self.orch.settings, self.orch.ports), self.log, self.jobs,
+                     self.leases, self.open_batches, self.clock)
+
+    async def end_job(self, job_id: str, status: OutcomeStatus = OutcomeStatus.completed,
+                      deliver: bool = True) -> DownloadOutcome | None:
+        """A downloader ends the job (and the outcome reaches the orchestrator)."""
+        seq = self.jobs.seq_of(job_id)
+        job = self.jobs.queue.pop(seq)
+        m = job.entry.message_id
+        done = status is OutcomeStatus.completed
+        addressed = await self.jobs.end(DownloadOutcome(
+            job_id=job_id, message_id=m, status=status, at=self.clock.now(),
+            file_path=f"/media/{m}.jpg" if done else None,
+            relative_path=f"{m}.jpg" if done else None, size=1000 if done else None))
+        if addressed is not None and deliver:
+            await self.orch.on_outcome(addressed)
+        return addressed
+
+
+def world(media_root: Path, ids: Sequence[int] = range(1, 11), **settings) -> World:
+    clock = FakeClock()
+    log, leases = FakeLog(), FakeLeases()
+    jobs = FakeJobs(leases)
+    index = FakeOpenBatches(clock)
+    ports = Ports(log=log, jobs=jobs, leases=leases, queued_jobs=jobs, open_batches=index,
+                  catalog=FakeCatalog({m: entry(m) for m in ids}), clock=clock)
+    orch = Orchestrator(OrchestratorSettings(media_root=media_root, **settings), ports)
+    return World(orch, log, jobs, leases, index, clock)
+
+
+# --- tests -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def w(tmp_path: Path) -> World:
+    return world(tmp_path)
+
+
+async def start(w: World, ids: list[int], max_concurrent: int = 2, **kw) -> str:
+    accepted = await w.orch.start_batch(StartBatch(message_ids=ids,
+                                                   max_concurrent=max_concurrent, **kw))
+    assert isinstance(accepted, BatchAccepted), accepted
+    return accepted.batch_id
+
+
+def started(batch_id: str, ids: list[int], kind: BatchKind = BatchKind.batch,
+            max_concurrent: int = 2) -> BatchStarted:
+    return BatchStarted(batch_id=batch_id, at=START, kind=kind, max_concurrent=max_concurrent,
+                        force=False, requested_ids=ids, to_download=[entry(m) for m in ids],
+                        already_downloaded=[], failed_to_start=[])
+
+
+def granted(batch_id: str, m: int) -> PermitGranted:
+    return PermitGranted(batch_id=batch_id, at=START, message_id=m, job_id=f"{batch_id}:{m}")
+
+
+def dispatched(batch_id: str, m: int) -> JobDispatched:
+    return JobDispatched(batch_id=batch_id, at=START, message_id=m, job_id=f"{batch_id}:{m}",
+                         attached=False)
+
+
+# start and dispatch
+
+
+async def test_start_dispatches_as_many_jobs_as_permits_and_lists_the_batch(w):
+    accepted = await w.orch.start_batch(StartBatch(message_ids=[1, 2, 3, 99, 2],
+                                                   max_concurrent=2))
+    assert isinstance(accepted, BatchAccepted)
+    b = accepted.batch_id
+    assert accepted.requested_ids == [1, 2, 3, 99] and accepted.started == [1, 2, 3]
+    assert [f.error for f in accepted.failed_to_start] == [ErrorCode.message_not_found]
+    assert w.jobs.published == [f"{b}:1", f"{b}:2"]
+    assert [e.message_id for e in w.log.of_type(b, JobDispatched)] == [1, 2]
+    assert {m: lease.parties for m, lease in w.leases.leases.items()} == {1: [b], 2: [b]}
+    assert await w.open_batches.list() == [b]
+
+
+async def test_each_outcome_frees_a_permit_and_the_finished_batch_leaves_every_list(w):
+    b = await start(w, [1, 2, 3])
+    await w.end_job(f"{b}:1")
+    assert w.jobs.published == [f"{b}:1", f"{b}:2", f"{b}:3"]
+    await w.end_job(f"{b}:2", OutcomeStatus.failed)
+    await w.end_job(f"{b}:3")
+    [finished] = w.log.of_type(b, BatchFinished)
+    assert (finished.completed, finished.failed, finished.overall_status) == (2, 1, "failed")
+    assert await w.open_batches.list() == [] and w.leases.leases == {}
+    assert w.orch.repo.open_batches() == [] and w.orch.repo.locks_held() == 0
+
+
+async def test_a_second_request_for_a_message_joins_the_running_job(w):
+    first = await start(w, [1])
+    second = await start(w, [1], max_concurrent=1)
+    assert w.jobs.published == [f"{first}:1"]  # one download for both
+    [joined] = w.log.of_type(second, JobDispatched)
+    assert joined.attached and joined.job_id == f"{first}:1"
+    await w.end_job(f"{first}:1")
+    for b in (first, second):
+        assert [e.message_id for e in w.log.of_type(b, FileCompleted)] == [1]
+
+
+async def test_too_many_ids_are_rejected_before_anything_is_written(tmp_path):
+    w = world(tmp_path, max_batch_ids=3)
+    rejected = await w.orch.start_batch(StartBatch(message_ids=[1, 2, 3, 4]))
+    assert isinstance(rejected, Rejection) and rejected.reason is RejectReason.too_many_files
+    assert w.log.subjects == {} and await w.open_batches.list() == []
+
+
+# cancel
+
+
+async def test_cancel_leaves_the_leases_of_running_files_and_unlists_the_batch(w):
+    b = await start(w, [1, 2, 3])
+    outcome = await w.orch.cancel_batch(CancelBatch(batch_id=b))
+    assert outcome == BatchCancelOutcome(batch_id=b, total_files=3, stopped=[1, 2, 3],
+                                         already_finished=False)
+    assert [lease.parties for lease in w.leases.leases.values()] == [[], []]  # jobs stop
+    assert await w.open_batches.list() == []
+    again = await w.orch.cancel_batch(CancelBatch(batch_id=b))
+    assert isinstance(again, BatchCancelOutcome) and again.already_finished
+
+
+async def test_cancelling_an_unknown_batch_is_refused_and_leaves_nothing_in_memory(w):
+    rejected = await w.orch.cancel_batch(CancelBatch(batch_id="batch_nothere"))
+    assert isinstance(rejected, Rejection) and rejected.reason is RejectReason.batch_not_found
+    assert w.orch.repo.locks_held() == 0 and w.orch.repo.open_batches() == []
+
+
+async def test_cancel_single_takes_the_kind_from_the_batch_not_its_id(w):
+    # ids are opaque: a single-file request under any id, a batch whose id looks single
+    w.log.subjects.clear()
+    for b, kind in (("odd_name", BatchKind.single), ("single_lookalike", BatchKind.batch)):
+        await w.log.append(b, [started(b, [5], kind), granted(b, 5), dispatched(b, 5)], 0)
+        await w.jobs.acquire(5, "odd_name:5", b)
+    outcome = await w.orch.cancel_single(CancelSingle(message_id=5))
+    assert outcome.cancelled == ["odd_name"]
+    assert w.leases.leases[5].parties == ["single_lookalike"]  # the batch keeps its file
+    assert w.log.of_type("single_lookalike", BatchCancelled) == []
+
+
+async def test_a_dispatch_overtaken_by_a_cancel_does_not_leave_the_batch_waiting(w):
+    b = await start(w, [1], max_concurrent=1)
+    # the cancel lands while a (second replica's) dispatch of file 1 is between steps
+    await w.orch.cancel_batch(CancelBatch(batch_id=b))
+    await w.orch.executor.carry_out([Dispatch(b, entry(1), f"{b}:1", False)])
+    assert w.leases.leases[1].parties == []
+
+
+# the give-up path
+
+
+async def test_a_job_jetstream_gave_up_on_fails_with_worker_lost_through_the_lifecycle(w):
+    b = await start(w, [7], max_concurrent=1)
+    seq = w.jobs.seq_of(f"{b}:7")
+    await w.orch.on_job_gave_up(seq)  # its downloaders kept dying
+    [outcome] = w.jobs.outcomes  # ended through the shared lifecycle: addressed, released
+    assert outcome.parties == [b] and outcome.failure.error is ErrorCode.worker_lost
+    assert w.leases.leases == {} and w.jobs.queue == {}  # message free, job dropped
+    await w.orch.on_outcome(outcome)  # as the outcomes consumer delivers it
+    [failed] = w.log.of_type(b, FileFailed)
+    assert failed.failure.error is ErrorCode.worker_lost and failed.failure.suggestion
+    assert w.log.events(b)[-1].overall_status == "failed"
+    await w.orch.on_job_gave_up(seq)  # a redelivered advisory changes nothing
+    assert len(w.jobs.outcomes) == 1
+
+
+# recovery after a crash
+
+
+async def test_recovery_finishes_what_a_crash_interrupted(w):
+    log, leases = w.log, w.leases
+    # A crashed right after granting permits: no lease, no job, no JobDispatched.
+    await log.append("a", [started("a", [1, 2, 3]), granted("a", 1), granted("a", 2)], 0)
+    # B was cancelled, but the crash came before it left the lease of file 9.
+    await log.append("b", [started("b", [9]), granted("b", 9), dispatched("b", 9),
+                           BatchCancelled(batch_id="b", at=START, stopped=[9])], 0)
+    await w.jobs.acquire(9, "b:9", "b")
+    # C finished but was not unlisted; D and E never got their start appended.
+    await log.append("c", [started("c", [1]), BatchFinished(
+        batch_id="c", at=START, overall_status="completed", completed=0, failed=0)], 0)
+    for b in ("a", "b", "c", "e"):
+        await w.open_batches.add(b)
+    w.clock.advance(120)
+    await w.open_batches.add("d")  # young: it may still be starting
+
+    after = w.restarted()
+    assert await after.orch.recover() == 1
+    assert w.jobs.published == ["a:1", "a:2"]
+    assert [e.message_id for e in log.of_type("a", JobDispatched)] == [1, 2]
+    assert leases.leases[1].parties == ["a"] and leases.leases[9].parties == []
+    assert await w.open_batches.list() == ["a", "d"]
+    assert [s.batch_id for s in after.orch.repo.open_batches()] == ["a"]
+
+
+async def test_recovery_grants_free_permits_and_finishes_a_batch_whose_grant_was_lost(w):
+    # the crash came between a file's completion and the next grant
+    await w.log.append("a", [started("a", [1, 2], max_concurrent=1), granted("a", 1),
+                             dispatched("a", 1), FileCompleted(
+        batch_id="a", at=START, message_id=1, job_id="a:1", file_path="/m/1",
+        relative_path="1", size=1)], 0)
+    await w.open_batches.add("a")
+    after = w.restarted()
+    await after.orch.recover()
+    assert w.jobs.published == ["a:2"]
+    await after.end_job("a:2")
+    assert isinstance(w.log.events("a")[-1], BatchFinished)
+    assert await w.open_batches.list() == []
+
+
+async def test_recovering_twice_publishes_nothing_twice(w):
+    await w.log.append("a", [started("a", [1, 2]), granted("a", 1), granted("a", 2)], 0)
+    await w.open_batches.add("a")
+    await w.restarted().orch.recover()
+    await w.restarted().orch.recover()
+    assert w.jobs.published == ["a:1", "a:2"]
+    assert len(w.log.of_type("a", JobDispatched)) == 2
+
+
+# the sweep
+
+
+async def test_the_sweep_redispatches_a_grant_stalled_on_two_sweeps_in_a_row(w):
+    w.jobs.unreachable = True  # NATS hiccup: the grant is appended, its job is not
+    with pytest.raises(ConnectionError):
+        await start(w, [1], max_concurrent=1)
+    [b] = w.log.subjects
+    w.jobs.unreachable = False
+    assert w.jobs.published == [] and w.log.of_type(b, JobDispatched) == []
+
+    await w.orch.sweep()  # seen stalled once: it may be a dispatch still under way
+    assert w.jobs.published == []
+    await w.orch.sweep()
+    assert w.jobs.published == [f"{b}:1"]
+    assert [e.message_id for e in w.log.of_type(b, JobDispatched)] == [1]
+    await w.orch.sweep()
+    await w.orch.sweep()
+    assert w.jobs.published == [f"{b}:1"]  # dispatched: nothing left to sweep
+
+
+async def test_the_sweep_trusts_the_log_over_its_cache(w):
+    w.jobs.unreachable = True
+    with pytest.raises(ConnectionError):
+        await start(w, [1], max_concurrent=1)
+    [b] = w.log.subjects
+    w.jobs.unreachable = False
+    # another replica dispatched it meanwhile; this one's cache does not know
+    await w.log.append(b, [dispatched(b, 1)], await w.log.last_seq(b))
+    await w.orch.sweep()
+    await w.orch.sweep()
+    assert w.jobs.published == [] and len(w.log.of_type(b, JobDispatched)) == 1
