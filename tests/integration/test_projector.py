@@ -6,15 +6,15 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from tgdl.bus.eventlog import EventLog
-from tgdl.bus.topology import QueuePolicy, ensure_topology
-from tgdl.contracts.api import StartFailure
+from tgdl.bus.topology import QueuePolicy, TopologyMissing, ensure_topology
 from tgdl.contracts.catalog import CatalogEntry, MediaKind
-from tgdl.contracts.errors import ErrorCode
+from tgdl.contracts.errors import ErrorCode, FileFailure
 from tgdl.contracts.events import (
     AlreadyDownloaded,
     BatchCancelled,
@@ -28,6 +28,7 @@ from tgdl.contracts.jobs import DownloadOutcome, DownloadProgress
 from tgdl.db.connection import connect
 from tgdl.db.readmodel import batch_status, message_status, snapshot_json
 from tgdl.db.schema import migrate
+from tgdl.projector.app import run as run_projector
 from tgdl.projector.projector import Delivery, ProjectionLocked, Projector
 from tgdl.projector.rebuild import catch_up, rebuild, stream_targets
 from tgdl.projector.settings import ProjectorSettings
@@ -115,8 +116,8 @@ async def start_two_batches(feed: Feed) -> None:
         requested_ids=[1, 2, 3, 4, 5], to_download=[entry(1), entry(2), entry(3)],
         already_downloaded=[AlreadyDownloaded(message_id=4, file_path="/srv/media/videos/4",
                                               relative_path="videos/4.mp4", size=44)],
-        failed_to_start=[StartFailure(message_id=5, error=ErrorCode.message_not_found,
-                                      detail="no message 5", suggestion="check the id")],
+        failed_to_start=[FileFailure(message_id=5, error=ErrorCode.message_not_found,
+                                     detail="no message 5", suggestion="check the id")],
     ))
     for m in (1, 2):
         await feed.events("b1", PermitGranted(batch_id="b1", at=at(1), message_id=m,
@@ -328,3 +329,36 @@ async def test_catch_up_gives_up_at_its_deadline_when_nothing_projects(feed, js,
     with pytest.raises(TimeoutError):
         await catch_up(js, db, settings.names, within=0.2)
     assert time.monotonic() - started < 5
+
+
+# --- the process --------------------------------------------------------------------------
+
+
+async def test_the_process_refuses_to_start_before_tgdl_migrate(servers):
+    fresh = ProjectorSettings(nats_url=servers.nats_url, database_url=servers.database_url,
+                              namespace=f"t{uuid.uuid4().hex[:10]}",
+                              db_schema=f"t_{uuid.uuid4().hex[:10]}")
+    with pytest.raises(TopologyMissing, match="tgdl migrate"):
+        await asyncio.wait_for(run_projector(fresh, asyncio.Event()), 10)
+
+
+async def test_the_process_projects_and_publishes_snapshots_until_stopped(feed, js, db, settings,
+                                                                          nc):
+    received: asyncio.Queue[dict] = asyncio.Queue()
+
+    async def on_snapshot(msg) -> None:
+        await received.put(json.loads(msg.data))
+    sub = await nc.subscribe(settings.names.batch_progress("s1"), cb=on_snapshot)
+    stop = asyncio.Event()
+    process = asyncio.create_task(run_projector(settings, stop))
+    try:
+        await start_two_batches(feed)
+        await finish_file_1(feed)
+        await catch_up(js, db, settings.names)
+        while not (await asyncio.wait_for(received.get(), 10))["finished"]:
+            pass
+    finally:
+        stop.set()
+        await asyncio.wait_for(process, 10)
+        await sub.unsubscribe()
+    assert (await batch_status(db, "s1")).finished

@@ -7,9 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tgdl.contracts.api import StartFailure
 from tgdl.contracts.catalog import CatalogEntry, MediaKind
-from tgdl.contracts.errors import ErrorCode
+from tgdl.contracts.errors import ErrorCode, Failure, FileFailure
 from tgdl.contracts.events import (
     AlreadyDownloaded,
     BatchCancelled,
@@ -60,7 +59,8 @@ def outcome(status: str = "completed", job: str = "b:1", at: float = 5.0) -> Dow
                                file_path="/media/photos/1.jpg",
                                relative_path="photos/1.jpg", size=1000)
     return DownloadOutcome(job_id=job, message_id=1, status=status, at=later(at),
-                           error=ErrorCode.network, detail="gone", suggestion="retry later")
+                           failure=Failure(error=ErrorCode.network, detail="gone",
+                                           suggestion="retry later"))
 
 
 def merge_all(changes, row: JobRow | None = None) -> JobRow | None:
@@ -79,8 +79,8 @@ def test_batch_started_writes_the_batch_and_its_files_in_request_order():
         to_download=[entry(1, size=4000)],
         already_downloaded=[AlreadyDownloaded(message_id=2, file_path="/m/photos/2.jpg",
                                               relative_path="photos/2.jpg", size=77)],
-        failed_to_start=[StartFailure(message_id=3, error=ErrorCode.no_media,
-                                      detail="text only", suggestion="pick another")],
+        failed_to_start=[FileFailure(message_id=3, error=ErrorCode.no_media,
+                                     detail="text only", suggestion="pick another")],
     )
     [change] = fold_event(event)
     assert isinstance(change, InsertBatch)
@@ -115,8 +115,8 @@ def test_file_completed_and_failed_carry_their_details():
     assert (done.values["file_path"], done.values["relative_path"],
             done.values["total_size"]) == ("/m/x", "x", 5)
     [failed, _] = fold_event(FileFailed(batch_id="b", at=AT, message_id=1, job_id=None,
-                                        error=ErrorCode.message_deleted, detail="d",
-                                        suggestion="s"))
+                                        failure=Failure(error=ErrorCode.message_deleted,
+                                                        detail="d", suggestion="s")))
     assert failed.values == {"status": "failed", "error": "message_deleted", "detail": "d",
                              "suggestion": "s"}  # no job: the job id stays as it was
 
@@ -229,3 +229,17 @@ def test_progress_buffer_ignores_a_late_older_report():
     buf.offer(6, progress(done=100, at=1.0))
     taken, seq = buf.take()
     assert [p.downloaded_size for p in taken] == [500] and seq == 6
+
+
+# --- settings ----------------------------------------------------------------------------
+
+
+def test_the_flush_interval_is_set_by_its_own_prefixed_variable_only(monkeypatch):
+    from tgdl.projector.settings import ProjectorSettings
+
+    monkeypatch.setenv("PROGRESS_INTERVAL", "7")  # no TGDL_ prefix: not ours
+    monkeypatch.setenv("TGDL_PROGRESS_INTERVAL", "8")  # the downloaders' report pace
+    assert ProjectorSettings().progress_interval == 1.0
+    monkeypatch.setenv("TGDL_PROGRESS_FLUSH_INTERVAL", "3")
+    assert ProjectorSettings().progress_interval == 3.0
+    assert ProjectorSettings(progress_interval=0.05).progress_interval == 0.05

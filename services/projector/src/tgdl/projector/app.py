@@ -1,26 +1,77 @@
-"""Projector process wiring: connect, declare the topology, migrate, project until told
-to stop (SIGTERM/SIGINT), flushing held progress on the way out."""
+"""Projector process wiring: a FastStream broker for the connection and the AsyncAPI
+document, a check that `tgdl migrate` prepared NATS and PostgreSQL, then projection until
+told to stop (SIGTERM/SIGINT), flushing held progress on the way out."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-import signal
 
-from tgdl.bus.topology import QueuePolicy, connect, ensure_topology
-from tgdl.db.schema import migrate_database
+from faststream.nats import JStream, NatsBroker
+
+from tgdl.bus.topology import verify_topology
+from tgdl.contracts.api import BatchStatusResponse
+from tgdl.contracts.events import BatchEvent
+from tgdl.contracts.jobs import DownloadOutcome, DownloadProgress
+from tgdl.db.schema import verify_schema
 from tgdl.projector.projector import Projector
 from tgdl.projector.settings import ProjectorSettings
+from tgdl.runtime import run_service
 
 log = logging.getLogger("tgdl.projector")
 
 
+def create_broker(settings: ProjectorSettings) -> NatsBroker:
+    """The projector's broker, documenting what it reads and what it publishes. Nothing
+    connects here, so the AsyncAPI document can be built from it anywhere.
+
+    The subscribers below describe the channels; the projector never starts them. It
+    reads each stream with an ordered consumer from the position stored in PostgreSQL
+    (see `Projector.start`), over this broker's connection: that start sequence is known
+    only once the projection lock is held, after FastStream fixed its consumers' config,
+    and an unreadable body must still reach the writer so that its position advances,
+    where a typed FastStream handler would reject it first.
+    """
+    names = settings.names
+    broker = NatsBroker(
+        settings.nats_url, name="tgdl-projector", max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5, log_level=logging.DEBUG,
+        description="tgdl projector: folds batch events, outcomes and progress into the "
+                    "PostgreSQL read model; publishes batch snapshots",
+    )
+
+    def reads(subject: str, stream: str, title: str, description: str):
+        return broker.subscriber(subject, stream=JStream(stream, declare=False),
+                                 title=title, description=description)
+
+    @reads(names.batch_events("{batch_id}"), names.events_stream, "batch-events",
+           "Every batch's event log, the source of truth (read from the stored position).")
+    async def batch_events(event: BatchEvent) -> None: ...
+
+    @reads(names.file_done("{message_id}"), names.outcomes_stream, "file-done",
+           "How each download job ended.")
+    async def outcomes(outcome: DownloadOutcome) -> None: ...
+
+    @reads(names.file_progress("{message_id}"), names.progress_stream, "file-progress",
+           "Download progress, written to the database about once per second per file.")
+    async def progress(report: DownloadProgress) -> None: ...
+
+    broker.publisher(
+        names.batch_progress("{batch_id}"), schema=BatchStatusResponse, title="batch-progress",
+        description="Core-NATS snapshots of a batch's status (the HTTP batch status body), "
+                    "at most one per batch per snapshot interval, and always the last state.",
+    )
+    return broker
+
+
 async def run(settings: ProjectorSettings, stop: asyncio.Event) -> None:
-    nc = await connect(settings.nats_url, "tgdl-projector")
+    broker = create_broker(settings)
+    await broker.connect()  # connect only: the documented subscribers never start
     try:
-        await ensure_topology(nc.jetstream(), settings.names, QueuePolicy.of(settings))
-        await migrate_database(settings.database_url, settings.db_schema)
+        nc = broker.connection
+        await verify_topology(nc.jetstream(), settings.names)
+        await verify_schema(settings.database_url, settings.db_schema)
         projector = Projector(settings, nc)
         try:
             starting = asyncio.create_task(projector.start())
@@ -37,20 +88,9 @@ async def run(settings: ProjectorSettings, stop: asyncio.Event) -> None:
         finally:
             await projector.stop()
     finally:
-        await nc.drain()
+        await broker.stop()
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = ProjectorSettings()
-
-    async def _main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await run(settings, stop)
-        log.info("projector stopped")
-
-    asyncio.run(_main())
+    run_service("projector", lambda stop: run(settings, stop))

@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from tgdl.contracts.catalog import CatalogEntry
+from tgdl.contracts.errors import Failure
 from tgdl.contracts.events import (
     BatchCancelled,
     BatchEvent,
@@ -28,7 +29,13 @@ from tgdl.contracts.events import (
 )
 from tgdl.contracts.jobs import DownloadOutcome, DownloadProgress
 from tgdl.contracts.paths import relative_path
-from tgdl.contracts.status import TERMINAL_JOB_STATES
+from tgdl.contracts.status import (
+    TERMINAL_JOB_STATES,
+    FileStatus,
+    JobState,
+    OutcomeStatus,
+    OverallStatus,
+)
 
 # --- rows ---------------------------------------------------------------------------------
 
@@ -40,7 +47,7 @@ class BatchRow:
     max_concurrent: int
     force: bool
     total_files: int
-    status: str
+    status: OverallStatus
     created_at: datetime
     updated_at: datetime
     finished_at: datetime | None = None
@@ -51,7 +58,7 @@ class FileRow:
     batch_id: str
     message_id: int
     position: int
-    status: str
+    status: FileStatus
     job_id: str | None = None
     total_size: int | None = None
     file_path: str | None = None
@@ -66,7 +73,7 @@ class FileRow:
 class JobRow:
     job_id: str
     message_id: int
-    state: str
+    state: JobState
     updated_at: datetime
     downloaded_size: int = 0
     total_size: int | None = None
@@ -128,7 +135,7 @@ class EnsureJob:
     def merge(self, existing: JobRow | None) -> JobRow | None:
         if existing is not None:
             return None
-        return JobRow(job_id=self.job_id, message_id=self.message_id, state="queued",
+        return JobRow(job_id=self.job_id, message_id=self.message_id, state=JobState.queued,
                       updated_at=self.at)
 
 
@@ -142,19 +149,17 @@ class ApplyOutcome:
 
     def merge(self, existing: JobRow | None) -> JobRow | None:
         o = self.outcome
-        completed = o.status == "completed"
+        completed = o.status == OutcomeStatus.completed
         return JobRow(
             job_id=o.job_id,
             message_id=o.message_id,
-            state=o.status,
+            state=JobState(o.status),
             updated_at=o.at,
             downloaded_size=(o.size or 0) if completed else 0,
             total_size=o.size if completed else None,
             file_path=o.file_path,
             relative_path=o.relative_path,
-            error=o.error.value if o.error else None,
-            detail=o.detail,
-            suggestion=o.suggestion,
+            **failure_columns(o.failure),
         )
 
 
@@ -175,12 +180,12 @@ class ApplyProgress:
         if existing is not None:
             if existing.state in TERMINAL_JOB_STATES:
                 return None  # the outcome is final
-            if existing.state != "queued" and is_older(p, existing):
+            if existing.state != JobState.queued and is_older(p, existing):
                 return None  # never move back to an older report
         return JobRow(
             job_id=p.job_id,
             message_id=p.message_id,
-            state=p.state,
+            state=p.job_state,
             updated_at=p.at,
             downloaded_size=p.downloaded_size,
             total_size=p.total_size,
@@ -204,6 +209,14 @@ Change = BatchChange | JobChange
 # --- the fold -------------------------------------------------------------------------------
 
 
+def failure_columns(failure: Failure | None) -> dict[str, str | None]:
+    """A failure as the read model stores it: one column per field (all None: none)."""
+    if failure is None:
+        return {"error": None, "detail": None, "suggestion": None}
+    return {"error": failure.error.value, "detail": failure.detail,
+            "suggestion": failure.suggestion}
+
+
 def _relative(entry: CatalogEntry) -> str | None:
     try:
         return str(relative_path(entry))
@@ -215,19 +228,19 @@ def _started(e: BatchStarted) -> InsertBatch:
     rows: dict[int, FileRow] = {}
     for entry in e.to_download:
         rows[entry.message_id] = FileRow(
-            e.batch_id, entry.message_id, 0, "pending",
+            e.batch_id, entry.message_id, 0, FileStatus.pending,
             total_size=entry.size, relative_path=_relative(entry),
         )
     for done in e.already_downloaded:
         rows[done.message_id] = FileRow(
-            e.batch_id, done.message_id, 0, "completed", total_size=done.size,
+            e.batch_id, done.message_id, 0, FileStatus.completed, total_size=done.size,
             file_path=done.file_path, relative_path=done.relative_path,
             already_downloaded=True,
         )
     for failure in e.failed_to_start:
         rows[failure.message_id] = FileRow(
-            e.batch_id, failure.message_id, 0, "failed", error=failure.error.value,
-            detail=failure.detail, suggestion=failure.suggestion,
+            e.batch_id, failure.message_id, 0, FileStatus.failed,
+            **failure_columns(failure),
         )
     # Request order; anything not in the request (never expected) goes last.
     order = list(dict.fromkeys([*e.requested_ids, *rows]))
@@ -236,7 +249,7 @@ def _started(e: BatchStarted) -> InsertBatch:
     )
     batch = BatchRow(
         batch_id=e.batch_id, kind=e.kind, max_concurrent=e.max_concurrent, force=e.force,
-        total_files=len(e.requested_ids), status="in_progress",
+        total_files=len(e.requested_ids), status=OverallStatus.in_progress,
         created_at=e.at, updated_at=e.at,
     )
     return InsertBatch(batch, files)
@@ -249,29 +262,29 @@ def fold_event(event: BatchEvent) -> list[Change]:
     touched = UpdateBatch(b, {"updated_at": at})
     match event:
         case PermitGranted(message_id=m, job_id=job):
-            return [UpdateFile(b, m, {"status": "queued", "job_id": job}), touched]
+            return [UpdateFile(b, m, {"status": FileStatus.queued, "job_id": job}), touched]
         case JobDispatched(message_id=m, job_id=job):
             # Attached: the batch waits for another request's job, so it follows that one.
             return [UpdateFile(b, m, {"job_id": job}), EnsureJob(job, m, at), touched]
         case FileCompleted(message_id=m):
             return [UpdateFile(b, m, {
-                "status": "completed", "job_id": event.job_id, "file_path": event.file_path,
-                "relative_path": event.relative_path, "total_size": event.size,
-                "error": None, "detail": None, "suggestion": None,
+                "status": FileStatus.completed, "job_id": event.job_id,
+                "file_path": event.file_path, "relative_path": event.relative_path,
+                "total_size": event.size, **failure_columns(None),
             }), touched]
         case FileFailed(message_id=m):
-            values: dict[str, Any] = {
-                "status": "failed", "error": event.error.value, "detail": event.detail,
-                "suggestion": event.suggestion,
-            }
+            values: dict[str, Any] = {"status": FileStatus.failed,
+                                      **failure_columns(event.failure)}
             if event.job_id is not None:
                 values["job_id"] = event.job_id
             return [UpdateFile(b, m, values), touched]
         case BatchCancelled(stopped=stopped):
             return [CancelFiles(b, tuple(stopped)),
-                    UpdateBatch(b, {"status": "cancelled", "finished_at": at, "updated_at": at})]
+                    UpdateBatch(b, {"status": OverallStatus.cancelled, "finished_at": at,
+                                    "updated_at": at})]
         case BatchFinished(overall_status=status):
-            return [UpdateBatch(b, {"status": status, "finished_at": at, "updated_at": at})]
+            return [UpdateBatch(b, {"status": OverallStatus(status), "finished_at": at,
+                                    "updated_at": at})]
     raise TypeError(f"unknown event {type(event).__name__}")
 
 

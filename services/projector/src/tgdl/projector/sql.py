@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields
 
 import asyncpg
 
+from tgdl.contracts.status import TERMINAL_FILE_STATUSES, FileStatus
 from tgdl.projector.fold import (
     BatchRow,
     CancelFiles,
@@ -47,10 +48,10 @@ _UPSERT_JOB = _insert(
 )
 _SELECT_JOBS = f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs WHERE job_id = ANY($1::text[])"
 _CANCEL_FILES = """
-UPDATE batch_files SET status = 'cancelled'
-WHERE batch_id = $1 AND message_id = ANY($2::bigint[])
-  AND status NOT IN ('completed', 'failed', 'cancelled')
+UPDATE batch_files SET status = $3
+WHERE batch_id = $1 AND message_id = ANY($2::bigint[]) AND status <> ALL($4::text[])
 """
+_TERMINAL_FILE_STATUSES = sorted(TERMINAL_FILE_STATUSES)
 
 
 def _assignments(columns: Iterable[str], allowed: Sequence[str], first: int) -> str:
@@ -85,7 +86,8 @@ async def apply_changes(conn: asyncpg.Connection, changes: Sequence[Change]) -> 
                 )
                 written.batches.add(b)
             case CancelFiles(batch_id=b, message_ids=ids):
-                await conn.execute(_CANCEL_FILES, b, list(ids))
+                await conn.execute(_CANCEL_FILES, b, list(ids), FileStatus.cancelled,
+                                   _TERMINAL_FILE_STATUSES)
                 written.batches.add(b)
             case UpdateBatch(batch_id=b, values=values):
                 sets = _assignments(values, BATCH_COLUMNS, first=2)
