@@ -25,7 +25,8 @@ from tgdl.contracts.events import (
     JobDispatched,
     PermitGranted,
 )
-from tgdl.contracts.jobs import DownloadJob
+from tgdl.contracts.jobs import DownloadJob, DownloadOutcome
+from tgdl.contracts.status import OutcomeStatus
 from tgdl.contracts.subjects import Names
 from tgdl.db import catalog as catalog_db
 from tgdl.db.connection import connect as db_connect
@@ -191,3 +192,46 @@ async def test_a_dispatch_retried_after_its_job_ended_queues_it_again(servers, i
     await jobs.publish_job(job)  # while a copy is still queued, no second copy is added
     await jobs.publish_job(job)
     assert len(await sub.fetch(5, timeout=2)) == 1
+
+
+async def test_an_outcome_that_fails_to_apply_is_retried_and_an_unreadable_one_dropped(
+        servers, isolation, nc):
+    """The outcomes durable is bound with manual acks: a handler that raised naks (the
+    outcome comes back), only a body no release can read is terminated."""
+    names = Names(isolation.namespace)
+    js = nc.jetstream()
+    await ensure_topology(js, names, QueuePolicy())
+    await migrate_database(servers.database_url, isolation.schema)
+    service = OrchestratorService(OrchestratorSettings(
+        nats_url=servers.nats_url, database_url=servers.database_url,
+        namespace=isolation.namespace, db_schema=isolation.schema))
+    stop = asyncio.Event()
+    task = asyncio.create_task(service.run(stop))
+    try:
+        await until(lambda: hasattr(service, "orch"), 20, what="the orchestrator serving")
+        applied: list[str] = []
+        real = service.orch.on_outcome
+
+        async def flaky(outcome) -> None:
+            applied.append(outcome.job_id)
+            if len(applied) == 1:
+                raise ConnectionError("a NATS hiccup")
+            await real(outcome)
+        service.orch.on_outcome = flaky
+
+        await js.publish(names.file_done(1), b'{"job_id": 1}', stream=names.outcomes_stream)
+        outcome = DownloadOutcome(job_id="nobody:2", message_id=2,
+                                  status=OutcomeStatus.completed, at=NOW)
+        await js.publish(names.file_done(2), outcome.model_dump_json().encode(),
+                         stream=names.outcomes_stream)
+        await until(lambda: len(applied) >= 2, 20, what="the failed outcome applied again")
+
+        async def all_settled() -> bool:
+            info = await js.consumer_info(names.outcomes_stream,
+                                          names.orchestrator_outcomes_consumer)
+            return info.num_ack_pending == 0 and info.num_pending == 0
+        await until(all_settled, 20, what="both outcomes acknowledged or terminated")
+        assert applied == ["nobody:2", "nobody:2"]  # the unreadable one never reached it
+    finally:
+        stop.set()
+        await task

@@ -19,6 +19,7 @@ from faststream.middlewares import ExceptionMiddleware
 from faststream.nats import JStream, NatsBroker, NatsMessage, NatsRouter, PullSub
 from pydantic import BaseModel, ValidationError
 
+from tgdl.bus.broker import nats_broker
 from tgdl.bus.eventlog import EventLog
 from tgdl.bus.jobs import BrokerPublisher, JobLifecycle
 from tgdl.bus.leases import Leases
@@ -108,8 +109,8 @@ def create_broker(settings: OrchestratorSettings) -> NatsBroker:
     """Every subscriber and publisher of the orchestrator; connects only when started
     (so the AsyncAPI document can be generated from it without NATS)."""
     names = settings.names
-    broker = NatsBroker(settings.nats_url, name=settings.replica, max_reconnect_attempts=-1,
-                        reconnect_time_wait=1, log_level=logging.DEBUG)
+    # per-message logs at DEBUG: at INFO they would cost CPU on every outcome and command
+    broker = nats_broker(settings.nats_url, settings.replica, log_level=logging.DEBUG)
 
     commands = NatsRouter(middlewares=[ExceptionMiddleware(publish_handlers={
         ValidationError: _invalid_command})])
