@@ -115,24 +115,21 @@ def create_broker(settings: OrchestratorSettings) -> NatsBroker:
     commands = NatsRouter(middlewares=[ExceptionMiddleware(publish_handlers={
         ValidationError: _invalid_command})])
 
-    @commands.subscriber(names.cmd_batch_start, queue="orchestrator",
-                         max_workers=COMMAND_WORKERS, title="StartBatch",
-                         description="Start a batch of downloads; replies a CommandReply "
-                                     "(BatchAccepted or a Rejection).")
+    def command(subject: str, title: str, description: str):
+        return commands.subscriber(subject, queue="orchestrator", max_workers=COMMAND_WORKERS,
+                                   title=title, description=f"{description}; replies a "
+                                   "CommandReply (the result or a Rejection).")
+
+    @command(names.cmd_batch_start, "StartBatch", "Start a batch of downloads")
     async def start_batch(cmd: StartBatch, orch: Orch) -> CommandReply:
         return await _answer(names.cmd_batch_start, lambda: orch.start_batch(cmd))
 
-    @commands.subscriber(names.cmd_batch_cancel, queue="orchestrator",
-                         max_workers=COMMAND_WORKERS, title="CancelBatch",
-                         description="Cancel a batch; replies a CommandReply "
-                                     "(BatchCancelOutcome or a Rejection).")
+    @command(names.cmd_batch_cancel, "CancelBatch", "Cancel a batch")
     async def cancel_batch(cmd: CancelBatch, orch: Orch) -> CommandReply:
         return await _answer(names.cmd_batch_cancel, lambda: orch.cancel_batch(cmd))
 
-    @commands.subscriber(names.cmd_single_cancel, queue="orchestrator",
-                         max_workers=COMMAND_WORKERS, title="CancelSingle",
-                         description="Cancel the single-file requests of a message; "
-                                     "replies a CommandReply (SingleCancelOutcome).")
+    @command(names.cmd_single_cancel, "CancelSingle",
+             "Cancel the single-file requests of a message")
     async def cancel_single(cmd: CancelSingle, orch: Orch) -> CommandReply:
         return await _answer(names.cmd_single_cancel, lambda: orch.cancel_single(cmd))
 
