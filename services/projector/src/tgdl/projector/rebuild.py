@@ -13,11 +13,11 @@ import time
 import asyncpg
 from nats.js import JetStreamContext
 
-from tgdl.bus.topology import QueuePolicy, connect, ensure_topology
+from tgdl.bus.topology import connect, verify_topology
 from tgdl.contracts.config import CommonSettings
 from tgdl.contracts.subjects import Names
 from tgdl.db.connection import connect as db_connect
-from tgdl.db.schema import migrate_database
+from tgdl.db.schema import verify_schema
 from tgdl.projector.projector import Projector
 from tgdl.projector.settings import ProjectorSettings
 from tgdl.projector.sql import load_positions
@@ -69,8 +69,8 @@ async def rebuild(settings: CommonSettings, idle_timeout: float = 30.0) -> dict[
     nc = await connect(s.nats_url, "tgdl-rebuild")
     try:
         js = nc.jetstream()
-        await ensure_topology(js, names, QueuePolicy.of(s))
-        await migrate_database(s.database_url, s.db_schema)
+        await verify_topology(js, names)  # `tgdl migrate` declares; nothing else does
+        await verify_schema(s.database_url, s.db_schema)
         projector = Projector(s, nc, publish_snapshots=False)
         await projector.start(wait_for_lock=False, truncate=True)
         try:
