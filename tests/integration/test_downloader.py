@@ -8,6 +8,7 @@ import contextlib
 import hashlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from sim_helpers import running_sim
@@ -175,8 +176,8 @@ async def test_a_job_is_fetched_only_when_a_slot_is_free(downloader):
         assert sha_of(d, e) == expected_sha256(e.message_id, e.size)
 
 
-async def test_shutdown_gives_the_running_job_back_at_once_and_keeps_its_part(downloader):
-    d = downloader
+async def downloading_the_largest(d: Downloader) -> tuple[CatalogEntry, Path]:
+    """Queue job b1:1 for the largest file; return once some of it is in its .part file."""
     entry = max(d.healthy(10), key=lambda e: e.size or 0)
     final = d.settings.media_root / relative_path(entry)
     d.start()
@@ -187,6 +188,12 @@ async def test_shutdown_gives_the_running_job_back_at_once_and_keeps_its_part(do
             return part_path(final).stat().st_size > 0
         return False
     await until(partial, 10, what="download under way")
+    return entry, final
+
+
+async def test_shutdown_gives_the_running_job_back_at_once_and_keeps_its_part(downloader):
+    d = downloader
+    entry, final = await downloading_the_largest(d)
     async with asyncio.timeout(3):
         await d.halt()
     assert part_path(final).exists() and not final.exists()
@@ -205,11 +212,7 @@ async def test_shutdown_gives_the_running_job_back_at_once_and_keeps_its_part(do
 
 async def test_a_cancelled_lease_stops_the_download_and_removes_its_part(downloader):
     d = downloader
-    entry = max(d.healthy(10), key=lambda e: e.size or 0)
-    final = d.settings.media_root / relative_path(entry)
-    d.start()
-    await d.queue(entry, "b1:1")
-    await until(lambda: part_path(final).exists(), 10, what="download under way")
+    entry, final = await downloading_the_largest(d)
     await d.leases.leave(entry.message_id, "b1")
     done = await d.outcome("b1:1")
     assert done.status == "cancelled" and done.failure is not None
