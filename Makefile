@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYPROJECTS := $(wildcard libs/*/pyproject.toml services/*/pyproject.toml)
 
-.PHONY: run test lint rebuild-read-model bench clean
+.PHONY: run test lint asyncapi rebuild-read-model bench clean
 
 $(STAMP): requirements.txt $(PYPROJECTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,10 +18,14 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/tgdl asyncapi --check docs/asyncapi.yaml
 	$(BIN)/pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+
+asyncapi: $(STAMP)
+	$(BIN)/tgdl asyncapi --write docs/asyncapi.yaml
 
 rebuild-read-model: $(STAMP)
 	$(BIN)/tgdl rebuild-read-model

@@ -68,6 +68,17 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "seed-demo", help="fill the catalog with the simulated Telegram's messages",
     )
+    asyncapi = commands.add_parser(
+        "asyncapi", help="the AsyncAPI document of every service's NATS subjects",
+        description="Build the AsyncAPI 3.0 document from the services' FastStream brokers "
+        "(nothing connects) and print it, write it to docs/asyncapi.yaml, or check that "
+        "file is current.",
+    )
+    mode = asyncapi.add_mutually_exclusive_group()
+    mode.add_argument("--write", metavar="FILE", nargs="?", const="docs/asyncapi.yaml",
+                      help="write the document (default docs/asyncapi.yaml)")
+    mode.add_argument("--check", metavar="FILE", nargs="?", const="docs/asyncapi.yaml",
+                      help="exit 1 if FILE is not the current document")
     return parser
 
 
@@ -89,12 +100,31 @@ async def _dispatch(args: argparse.Namespace) -> int:
     raise AssertionError(f"unhandled command {args.command}")
 
 
+def _asyncapi(write: str | None, check: str | None) -> int:
+    from tgdl.launcher.asyncapi import document, render
+
+    text = render(document())
+    if write:
+        Path(write).write_text(text)
+        print(f"wrote {write}")
+    elif check:
+        if Path(check).read_text() != text:
+            print(f"{check} is out of date: run `make asyncapi`", file=sys.stderr)
+            return 1
+        print(f"{check} is current")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "sync" and args.limit is not None and args.limit < 1:
         print("tgdl sync: --limit must be at least 1", file=sys.stderr)
         return 2
     try:
+        if args.command == "asyncapi":
+            return _asyncapi(args.write, args.check)
         if args.command == "run":
             from tgdl.launcher.console import PrefixedOutput
             from tgdl.launcher.runner import run
