@@ -45,16 +45,17 @@ from rich.table import Table
 from tgdl.bus.eventlog import EventLog
 from tgdl.contracts.catalog import MediaKind
 from tgdl.contracts.commands import CommandReply, StartBatch
+from tgdl.contracts.config import CommonSettings
 from tgdl.contracts.events import BatchFinished, FileCompleted
 from tgdl.contracts.subjects import Names
 from tgdl.db import catalog as catalog_db
 from tgdl.db.connection import connect as db_connect
 from tgdl.db.connection import create_pool
 from tgdl.db.readmodel import batch_status
-from tgdl.db.schema import migrate
 from tgdl.downloader.app import serve as serve_downloader
 from tgdl.downloader.settings import DownloaderSettings
 from tgdl.launcher.embedded import start_nats, start_postgres
+from tgdl.launcher.prepare import prepare
 from tgdl.orchestrator.app import OrchestratorService
 from tgdl.orchestrator.settings import OrchestratorSettings
 from tgdl.projector import app as projector_app
@@ -224,9 +225,9 @@ async def pipeline(servers: Servers, sim: SimSettings, sizes: Sequence[int],
                   global_cap=GLOBAL_CAP)
     names = Names(f"b{token}")
     async with running_sim(sim, catalog) as sim_url:
+        await prepare(CommonSettings(**common))  # schema and topology, as `tgdl migrate`
         conn = await db_connect(servers.database_url, f"b_{token}")
         try:
-            await migrate(conn, f"b_{token}")
             await catalog_db.upsert(conn, [m.to_entry() for m in catalog])
         finally:
             await conn.close()

@@ -42,23 +42,25 @@ from fakes.telegram_server import (
     content,
     sha256,
 )
+from faststream.nats import NatsBroker
 from nats.aio.client import Client as NATS
 from telethon.sessions import StringSession
 from telethon.tl import functions
 
 from tgdl.contracts.catalog import CatalogEntry, MediaKind
+from tgdl.contracts.config import CommonSettings
 from tgdl.contracts.jobs import DownloadProgress
 from tgdl.contracts.paths import relative_path
 from tgdl.contracts.subjects import Names
 from tgdl.db import catalog
 from tgdl.db.connection import connect as db_connect
-from tgdl.db.schema import migrate
 from tgdl.downloader import app as downloader_app
 from tgdl.downloader.files import part_path
 from tgdl.downloader.settings import DownloaderSettings
 from tgdl.downloader.telegram.telethon import TelethonTelegram
 from tgdl.gateway.app import create_app
 from tgdl.gateway.settings import GatewaySettings
+from tgdl.launcher.prepare import prepare
 from tgdl.orchestrator.app import OrchestratorService
 from tgdl.orchestrator.settings import OrchestratorSettings
 from tgdl.projector.app import run as run_projector
@@ -206,7 +208,7 @@ class Stack:
     """Gateway, orchestrator, projector and downloaders of one test."""
 
     def __init__(self, servers, isolation, nc: NATS, telegram: ClockedTelegram,
-                 connections: dict[str, NATS], max_deliver: int) -> None:
+                 brokers: dict[str, NatsBroker], max_deliver: int) -> None:
         self.common: dict[str, Any] = dict(
             nats_url=servers.nats_url, database_url=servers.database_url,
             namespace=isolation.namespace, db_schema=isolation.schema,
@@ -217,7 +219,7 @@ class Stack:
         self.nc = nc
         self.js = nc.jetstream()
         self.telegram = telegram
-        self.connections = connections  # replica -> its NATS connection (to kill it)
+        self.brokers = brokers  # replica -> its FastStream broker (to cut its connection)
         self.progress: list[DownloadProgress] = []  # from the public progress subject
         self.http: httpx.AsyncClient
         self._stop = asyncio.Event()
@@ -226,11 +228,7 @@ class Stack:
         self._exit = contextlib.AsyncExitStack()
 
     async def start(self, replicas: int) -> None:
-        conn = await db_connect(self.common["database_url"], self.common["db_schema"])
-        try:
-            await migrate(conn, self.common["db_schema"])
-        finally:
-            await conn.close()
+        await prepare(CommonSettings(**self.common))  # as `tgdl migrate`
 
         async def on_progress(msg) -> None:
             self.progress.append(DownloadProgress.model_validate_json(msg.data))
@@ -273,7 +271,7 @@ class Stack:
         heartbeat of the running job ever reaches JetStream; then its task is cancelled
         (its Telethon client closes, bytes already written stay in the .part file)."""
         task, _ = self._downloaders.pop(replica)
-        await self.connections[replica].close()
+        await self.brokers[replica].connection.close()
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
 
@@ -349,17 +347,17 @@ def telegram() -> ClockedTelegram:
 
 @pytest.fixture
 async def launch(servers, isolation, nc, telegram, monkeypatch) -> AsyncIterator:
-    connections: dict[str, NATS] = {}
-    real_connect = downloader_app.connect
+    brokers: dict[str, NatsBroker] = {}
+    real_create_broker = downloader_app.create_broker
 
-    async def recording_connect(url: str, name: str) -> NATS:
-        connections[name] = client = await real_connect(url, name)
-        return client
-    monkeypatch.setattr(downloader_app, "connect", recording_connect)
+    def recording_create_broker(settings, *args, **kwargs) -> NatsBroker:
+        brokers[settings.replica] = broker = real_create_broker(settings, *args, **kwargs)
+        return broker
+    monkeypatch.setattr(downloader_app, "create_broker", recording_create_broker)
     stacks: list[Stack] = []
 
     async def start(replicas: int = 1, max_deliver: int = 6) -> Stack:
-        stack = Stack(servers, isolation, nc, telegram, connections, max_deliver)
+        stack = Stack(servers, isolation, nc, telegram, brokers, max_deliver)
         stacks.append(stack)
         await stack.start(replicas)
         return stack
