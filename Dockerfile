@@ -14,7 +14,7 @@ COPY services/ services/
 # Every package from this tree (each pins its own dependencies); the launcher brings
 # the `tgdl` command for one-off jobs such as `tgdl migrate` and `tgdl seed-demo`.
 RUN pip install \
-        ./libs/contracts ./libs/bus ./libs/db \
+        ./libs/contracts ./libs/bus ./libs/db ./libs/runtime ./libs/telegram \
         ./services/simtelegram ./services/downloader ./services/orchestrator \
         ./services/projector ./services/gateway ./services/launcher \
  && useradd --create-home --uid 10001 tgdl \
