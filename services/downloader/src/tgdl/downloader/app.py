@@ -22,6 +22,7 @@ from tgdl.downloader.settings import DownloaderSettings
 from tgdl.downloader.telegram.port import TelegramPort
 from tgdl.downloader.worker import Worker
 from tgdl.runtime import run_service
+from tgdl.telegram.crypto import aes_backend
 
 log = logging.getLogger("tgdl.downloader")
 
@@ -127,8 +128,8 @@ async def serve(settings: DownloaderSettings, stop: asyncio.Event,
             running.append(worker)
             await worker.open()
             await broker.start()
-            log.info("%s ready (telegram: %s, %d slots)", settings.replica, settings.telegram,
-                     settings.slots)
+            log.info("%s ready (telegram: %s, %d slots, AES: %s)", settings.replica,
+                     settings.telegram, settings.slots, aes_backend())
             try:
                 await stop.wait()
             finally:
