@@ -63,8 +63,9 @@ class JetStreamPublisher:
 
 
 class BrokerPublisher(JetStreamPublisher):
-    """`StreamPublisher` through a FastStream `NatsBroker` (its serialiser and
-    middlewares), reading stored messages over the broker's own connection."""
+    """`StreamPublisher` through a FastStream `NatsBroker`: each message goes out through
+    the publisher the service declared for its stream (so what the AsyncAPI document
+    shows is what is sent), reading stored messages over the broker's own connection."""
 
     def __init__(self, broker) -> None:
         self._broker = broker
@@ -73,10 +74,16 @@ class BrokerPublisher(JetStreamPublisher):
     def _js(self):  # the connection exists only once the broker has started
         return self._broker.connection.jetstream()
 
+    def _declared(self, stream: str):
+        for publisher in self._broker.publishers:
+            if getattr(publisher.stream, "name", None) == stream:
+                return publisher
+        raise LookupError(f"the service declares no publisher for stream {stream}")
+
     async def publish(self, subject: str, body: BaseModel, *, stream: str,
                       msg_id: str) -> Ack:
-        ack = await self._broker.publish(body, subject, stream=stream,
-                                         headers={"Nats-Msg-Id": msg_id})
+        ack = await self._declared(stream).publish(body, subject=subject,
+                                                   headers={"Nats-Msg-Id": msg_id})
         return Ack(ack.seq, bool(ack.duplicate))
 
 

@@ -159,9 +159,10 @@ def create_broker(settings: OrchestratorSettings) -> NatsBroker:
     broker.include_router(commands)
     broker.include_router(streams)
 
-    # What the orchestrator publishes. Jobs and outcomes go out through the shared job
-    # lifecycle (`tgdl.bus.jobs`) and events through the event log; these declarations
-    # put their channels and bodies in the AsyncAPI document.
+    # What the orchestrator publishes. The shared job lifecycle (`tgdl.bus.jobs`) sends
+    # jobs and given-up outcomes through these publishers; events are appended by the
+    # event log (expected-sequence appends on the JetStream context), declared here so
+    # the AsyncAPI document shows them.
     broker.publisher(names.download_jobs, stream=JStream(names.jobs_stream, declare=False),
                      schema=DownloadJob, title="DownloadJob",
                      description="One message to download, because of a PermitGranted "
