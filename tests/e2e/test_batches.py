@@ -260,6 +260,15 @@ async def test_permanent_failures_are_reported_with_reasons(stack: Stack):
     assert "1 of" in final["summary"] or "completed" in final["summary"]
 
 
+async def test_too_many_ids_are_refused_by_the_orchestrator_as_a_422(stack: Stack):
+    response = await stack.http.post("/api/media/batch-download",
+                                     json={"message_ids": list(range(1, 52))})
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert body["error"] == "too_many_files" and "at most 50" in body["detail"]
+    assert body["suggestion"]
+
+
 async def test_sigterm_stops_every_service_cleanly(stack: Stack):
     for name, service in list(stack.services.items()):
         assert service.stop(signal.SIGTERM, timeout=15) == 0, f"{name} exited uncleanly"
