@@ -6,12 +6,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from sim_helpers import running_sim
+from waiting import until
 
 from tgdl.bus.eventlog import EventLog
 from tgdl.bus.leases import Leases
@@ -35,15 +35,6 @@ from tgdl.simtelegram.settings import SimSettings
 
 SIM = SimSettings(bandwidth=3_000_000, latency=0.0, count=30, min_size=200_000,
                   max_size=1_500_000)
-
-
-async def until(predicate, within: float = 20.0, what: str = "condition"):
-    deadline = time.monotonic() + within
-    while not (value := await predicate()):
-        if time.monotonic() > deadline:
-            raise TimeoutError(what)
-        await asyncio.sleep(0.05)
-    return value
 
 
 @pytest.fixture
