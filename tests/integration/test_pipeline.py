@@ -89,12 +89,12 @@ async def test_a_batch_over_nats_downloads_every_file_within_its_permits(pipelin
     async def finished():
         events, _ = await log.load(batch_id)
         return events if isinstance(events[-1], BatchFinished) else None
-    events = await until(finished, 60, "batch finished")
+    events = await until(finished, 60, what="batch finished")
     index = await OpenBatches.open(nc.jetstream(), names)
 
     async def unlisted():
         return batch_id not in await index.list()
-    await until(unlisted, 10, "finished batch unlisted")  # a restart will not look at it
+    await until(unlisted, 10, what="finished batch unlisted")  # a restart will not look at it
     # and the orchestrator's memory holds no finished batch (records do not pile up)
     assert pipeline["orchestrator"].orch.repo.open_batches() == []
     stats = await sim_client.stats(pipeline["sim_url"])
@@ -130,7 +130,7 @@ async def test_a_job_joined_by_a_forcing_request_fetches_the_file_again(pipeline
     async def finished():
         events, _ = await log.load(reply.ok.batch_id)
         return isinstance(events[-1], BatchFinished)
-    await until(finished, 30, "first download")
+    await until(finished, 30, what="first download")
     # A job that does not force it, joined by a request that does (as when force=true
     # attaches to a download queued just before the file completed elsewhere).
     js = nc.jetstream()
@@ -143,7 +143,7 @@ async def test_a_job_joined_by_a_forcing_request_fetches_the_file_again(pipeline
 
     async def released():
         return await leases.get(m) is None
-    await until(released, 30, "the shared job to end")
+    await until(released, 30, what="the shared job to end")
     sent = (await sim_client.stats(pipeline["sim_url"]))["bytes_sent_by_id"][m]
     assert sent == 2 * entry.size  # fetched again, not skipped as already complete
 
@@ -163,7 +163,7 @@ async def test_two_copies_of_one_job_download_the_file_once(pipeline, nc):
     async def done():
         info = await js.stream_info(names.jobs_stream)
         return await leases.get(m) is None and info.state.messages == 0
-    await until(done, 30, "both copies handled")
+    await until(done, 30, what="both copies handled")
     sent = (await sim_client.stats(pipeline["sim_url"]))["bytes_sent_by_id"][m]
     assert sent == entry.size
     final = pipeline["media"] / relative_path(entry)
