@@ -3,13 +3,14 @@ fields beyond it are additions that old clients can ignore."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
 from tgdl.contracts.commands import BatchRequest, StartBatch
 from tgdl.contracts.errors import FileFailure
-from tgdl.contracts.status import FileStatus, OverallStatus
+from tgdl.contracts.status import BatchKind, FileStatus, OverallStatus
 
 
 class BatchDownloadRequest(BatchRequest):
@@ -113,10 +114,45 @@ class MessageItem(BaseModel):
     download_state: Literal["not_downloaded", "queued", "downloading", "waiting", "downloaded",
                             "failed", "cancelled", "no_media"]
     download_url: str | None = None
+    date: datetime | None = None  # when the message was posted
+    caption: str | None = None
 
 
 class MessagePage(BaseModel):
     items: list[MessageItem]
+    total: int  # messages matching the filters
+    offset: int
+    limit: int
+    # How many ids one batch may hold, so a client can "select all matching" up to it.
+    batch_limit: int | None = None
+
+
+class BatchSummary(BaseModel):
+    """One batch of the batch list: its counts and overall progress, without the files."""
+
+    batch_id: str
+    kind: BatchKind
+    created_at: datetime
+    finished_at: datetime | None = None
+    total_files: int
+    completed: int
+    downloading: int
+    failed: int
+    pending: int
+    cancelled: int = 0
+    overall_status: OverallStatus
+    finished: bool
+    summary: str
+    max_concurrent: int
+    force: bool
+    progress: int  # percent of the batch's files done, by bytes where known
+    downloaded_size: int  # bytes on disk of completed and running files
+    total_size: int | None = None  # bytes of every file, None while some size is unknown
+    download_speed: int = 0  # bytes per second of the running files together
+
+
+class BatchPage(BaseModel):
+    items: list[BatchSummary]  # newest first
     total: int
     offset: int
     limit: int

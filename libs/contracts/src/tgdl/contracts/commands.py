@@ -17,6 +17,7 @@ from tgdl.contracts.errors import FileFailure
 from tgdl.contracts.status import BatchKind
 
 BATCH_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"  # batch ids go into NATS subjects
+MAX_MESSAGE_ID = 2**63 - 1  # PostgreSQL bigint: a larger id is refused, not failed on
 
 
 class BatchRequest(BaseModel):
@@ -35,6 +36,8 @@ class BatchRequest(BaseModel):
     def _positive_unique(cls, ids: list[int]) -> list[int]:
         if any(i <= 0 for i in ids):
             raise ValueError("message ids are positive integers")
+        if any(i > MAX_MESSAGE_ID for i in ids):
+            raise ValueError(f"message ids are at most {MAX_MESSAGE_ID}")
         return list(dict.fromkeys(ids))  # duplicates collapse, first occurrence keeps order
 
 
@@ -55,7 +58,7 @@ class CancelSingle(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    message_id: int = Field(ge=1)
+    message_id: int = Field(ge=1, le=MAX_MESSAGE_ID)
 
 
 # --- answers -------------------------------------------------------------------------------

@@ -3,7 +3,11 @@ the simulated Telegram's seed or by `tgdl sync`."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
 
 import asyncpg
 
@@ -46,13 +50,65 @@ async def get_many(conn: asyncpg.Connection, ids: Sequence[int]) -> dict[int, Ca
     return {r["message_id"]: _entry(r) for r in rows}
 
 
+@dataclass(frozen=True)
+class MessageFilter:
+    """What the message list may be narrowed to; every field is optional (None: any)."""
+
+    media_only: bool = False
+    chat: str | None = None
+    media_kinds: tuple[str, ...] = ()
+    min_size: int | None = None
+    max_size: int | None = None
+    since: datetime | None = None  # inclusive
+    until: datetime | None = None  # exclusive
+    text: str | None = None  # in the file name or the caption, case-insensitive
+
+    def where(self) -> tuple[str, list[Any]]:
+        """The WHERE clause (empty when nothing narrows) and its parameters ($1...)."""
+        clauses: list[str] = []
+        args: list[Any] = []
+
+        def arg(value: Any) -> str:
+            args.append(value)
+            return f"${len(args)}"
+
+        if self.media_only:
+            clauses.append("media_kind IS NOT NULL")
+        if self.chat is not None:
+            clauses.append(f"chat = {arg(self.chat)}")
+        if self.media_kinds:
+            clauses.append(f"media_kind = ANY({arg(list(self.media_kinds))}::text[])")
+        if self.min_size is not None:
+            clauses.append(f"size >= {arg(self.min_size)}")
+        if self.max_size is not None:
+            clauses.append(f"size <= {arg(self.max_size)}")
+        if self.since is not None:
+            clauses.append(f"date >= {arg(self.since)}")
+        if self.until is not None:
+            clauses.append(f"date < {arg(self.until)}")
+        if self.text:
+            # The text is matched literally: LIKE's wildcards in it are escaped.
+            pattern = "%" + re.sub(r"([\\%_])", r"\\\1", self.text) + "%"
+            p = arg(pattern)
+            clauses.append(f"(file_name ILIKE {p} OR caption ILIKE {p})")
+        return ("WHERE " + " AND ".join(clauses)) if clauses else "", args
+
+
 async def page(
-    conn: asyncpg.Connection, offset: int, limit: int, media_only: bool = False
+    conn: asyncpg.Connection, offset: int, limit: int, media_only: bool = False,
+    where: MessageFilter | None = None,
 ) -> tuple[list[CatalogEntry], int]:
-    where = "WHERE media_kind IS NOT NULL" if media_only else ""
-    total = await conn.fetchval(f"SELECT count(*) FROM catalog {where}")
+    """One page of the catalog in message id order, and how many messages match."""
+    if where is None:
+        where = MessageFilter(media_only=media_only)
+    elif media_only and not where.media_only:
+        where = replace(where, media_only=True)
+    clause, args = where.where()
+    n = len(args)
+    total = await conn.fetchval(f"SELECT count(*) FROM catalog {clause}", *args)
     rows = await conn.fetch(
-        f"SELECT {_COLUMNS} FROM catalog {where} ORDER BY message_id LIMIT $1 OFFSET $2",
-        limit, offset,
+        f"SELECT {_COLUMNS} FROM catalog {clause} ORDER BY message_id"
+        f" LIMIT ${n + 1} OFFSET ${n + 2}",
+        *args, limit, offset,
     )
     return [_entry(r) for r in rows], total

@@ -18,7 +18,9 @@ from typing import Any
 import asyncpg
 
 from tgdl.contracts.api import (
+    BatchPage,
     BatchStatusResponse,
+    BatchSummary,
     FileStatusBody,
     MessageItem,
     MessagePage,
@@ -283,8 +285,9 @@ async def message_status(conn: asyncpg.Connection | asyncpg.Pool,
 
 
 async def message_page(conn: asyncpg.Connection, offset: int, limit: int,
-                       media_only: bool = False) -> MessagePage:
-    entries, total = await catalog.page(conn, offset, limit, media_only)
+                       media_only: bool = False,
+                       where: catalog.MessageFilter | None = None) -> MessagePage:
+    entries, total = await catalog.page(conn, offset, limit, media_only, where)
     rows = await conn.fetch(_LATEST_FILE, [e.message_id for e in entries])
     latest = {r["message_id"]: file_status(r, split_job(r)) for r in rows}
     items = []
@@ -306,5 +309,75 @@ async def message_page(conn: asyncpg.Connection, offset: int, limit: int,
             size=e.size,
             download_state=state,
             download_url=shown.download_url if shown and state == "downloaded" else None,
+            date=e.date,
+            caption=e.caption,
         ))
     return MessagePage(items=items, total=total, offset=offset, limit=limit)
+
+
+# --- the batch list ----------------------------------------------------------------------
+
+
+def _bytes_done(f: FileStatusBody) -> int:
+    if f.status is FileStatus.completed:
+        return f.total_size or 0
+    if f.status in (FileStatus.downloading, FileStatus.waiting):
+        return f.downloaded_size or 0
+    return 0
+
+
+def batch_summary(batch: Row, files: Sequence[FileStatusBody]) -> BatchSummary:
+    """A batch's counts and overall progress: the share of the requested bytes on disk
+    (a file that failed or was cancelled counts as none), or of the files' own progress
+    while some size is not known yet."""
+    status = batch_status_of(batch, files)
+    done = sum(_bytes_done(f) for f in files)
+    sizes = [f.total_size for f in files]
+    total = sum(s or 0 for s in sizes) if files and None not in sizes else None
+    if status.overall_status is OverallStatus.completed:
+        progress = 100
+    elif total:
+        progress = _percent(done, total)
+    elif files:
+        progress = math.floor(sum(100 if f.status is FileStatus.completed else f.progress
+                                  for f in files) / len(files))
+    else:
+        progress = 0
+    return BatchSummary(
+        **status.model_dump(exclude={"files", "max_concurrent"}),
+        kind=batch["kind"], created_at=batch["created_at"],
+        finished_at=batch["finished_at"], max_concurrent=batch["max_concurrent"],
+        force=batch["force"], progress=progress, downloaded_size=done, total_size=total,
+        download_speed=sum(f.download_speed or 0 for f in files
+                           if f.status is FileStatus.downloading),
+    )
+
+
+_BATCH_PAGE_SQL = f"""
+SELECT b.batch_id, b.kind, b.status AS batch_status, b.total_files, b.max_concurrent,
+       b.force, b.created_at, b.finished_at,
+       f.message_id, f.status, f.total_size, f.file_path, f.relative_path,
+       f.already_downloaded, f.error, f.detail, f.suggestion, {_JOB_SELECT}
+FROM (SELECT * FROM batches ORDER BY created_at DESC, batch_id DESC LIMIT $1 OFFSET $2) b
+LEFT JOIN batch_files f ON f.batch_id = b.batch_id
+LEFT JOIN jobs j ON j.job_id = f.job_id
+ORDER BY b.created_at DESC, b.batch_id DESC, f.position
+"""
+
+
+async def batch_page(conn: asyncpg.Connection | asyncpg.Pool, offset: int,
+                     limit: int) -> BatchPage:
+    """Batches newest first, each with its overall progress."""
+    total = await conn.fetchval("SELECT count(*) FROM batches")
+    rows = await conn.fetch(_BATCH_PAGE_SQL, limit, offset)
+    batches: dict[str, tuple[dict[str, Any], list[FileStatusBody]]] = {}
+    for r in rows:
+        if r["batch_id"] not in batches:
+            batch = {"batch_id": r["batch_id"], "status": r["batch_status"],
+                     **{k: r[k] for k in ("kind", "total_files", "max_concurrent", "force",
+                                          "created_at", "finished_at")}}
+            batches[r["batch_id"]] = (batch, [])
+        if r["message_id"] is not None:
+            batches[r["batch_id"]][1].append(file_status(r, split_job(r)))
+    items = [batch_summary(batch, files) for batch, files in batches.values()]
+    return BatchPage(items=items, total=total, offset=offset, limit=limit)

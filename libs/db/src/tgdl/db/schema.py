@@ -92,6 +92,15 @@ MIGRATIONS: list[tuple[int, str]] = [
         # by message id across every batch that asked for it.
         "CREATE INDEX batch_files_by_message ON batch_files (message_id);",
     ),
+    (
+        3,
+        # The batch list (newest first) and the message list's filters by chat and date.
+        """
+        CREATE INDEX batches_newest ON batches (created_at DESC, batch_id DESC);
+        CREATE INDEX catalog_by_chat_date ON catalog (chat, date);
+        CREATE INDEX catalog_by_date ON catalog (date);
+        """,
+    ),
 ]
 
 READ_MODEL_TABLES = ("batch_files", "batches", "jobs", "projection_positions")

@@ -7,7 +7,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path
+from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import Response, StreamingResponse
 from nats.aio.subscription import Subscription
 
@@ -15,6 +15,7 @@ from tgdl.contracts.api import (
     BatchCancelResponse,
     BatchDownloadRequest,
     BatchDownloadResponse,
+    BatchPage,
     BatchStatusResponse,
 )
 from tgdl.contracts.commands import (
@@ -83,13 +84,22 @@ async def batch_download(body: BatchDownloadRequest, svc: Svc) -> BatchDownloadR
     return start_response(await start(svc, body.command()))
 
 
+@router.get("/batches", response_model=BatchPage)
+async def batch_list(svc: Svc, offset: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
+                     limit: Annotated[int, Query(ge=1, le=100)] = 20) -> BatchPage:
+    """Batches newest first (single-file requests among them, as kind "single"), each
+    with its counts and overall progress; GET batch-status/{id} has the files."""
+    return await readmodel.batch_page(svc.pool, offset, limit)
+
+
 @router.get("/batch-status/{batch_id}", response_model=BatchStatusResponse)
 async def batch_status(batch_id: BatchId, svc: Svc) -> Response:
     status = await readmodel.batch_status(svc.pool, batch_id)
     if status is None:
         raise batch_not_found(batch_id)
-    # The same bytes the projector publishes on NATS (see readmodel.status_body).
-    return Response(snapshot_json(status), media_type="application/json")
+    # The same bytes the projector publishes on NATS (see readmodel.status_body), plus
+    # `stale` when the read model cannot be current.
+    return Response(svc.freshness.mark(snapshot_json(status)), media_type="application/json")
 
 
 @router.post("/batch-cancel/{batch_id}", response_model=BatchCancelResponse)

@@ -1,22 +1,80 @@
-"""The message list (the catalog) with each message's download state."""
+"""The message list (the catalog) with each message's download state, narrowed by the
+filters of the query string (all optional, combined with AND)."""
 
 from __future__ import annotations
 
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
 
 from tgdl.contracts.api import MessagePage
+from tgdl.contracts.catalog import MediaKind
 from tgdl.db import readmodel
+from tgdl.db.catalog import MessageFilter
+from tgdl.gateway.errors import invalid
 from tgdl.gateway.services import Services, services
 
 router = APIRouter(tags=["messages"])
 
+BIGINT_MAX = 2**63 - 1  # PostgreSQL bigint: larger numbers are refused, not failed on
+MEDIA_KINDS = ", ".join(k.value for k in MediaKind)
+
+
+def media_kinds(value: str | None) -> tuple[str, ...]:
+    names = [n.strip().lower() for n in (value or "").split(",") if n.strip()]
+    unknown = [n for n in names if n not in MediaKind.__members__]
+    if unknown:
+        raise invalid(f"media_type: unknown type {', '.join(map(repr, unknown))}; "
+                      f"use one or more of {MEDIA_KINDS}, comma-separated")
+    return tuple(dict.fromkeys(names))
+
+
+def moment(name: str, value: str | None, end_of_day: bool) -> datetime | None:
+    """An ISO date or date-time (UTC unless it names its zone). A bare date means its
+    whole day: `since` from its start, `until` up to its end."""
+    if value is None or not value.strip():
+        return None
+    value = value.strip()
+    try:
+        if len(value) == 10:
+            day = date.fromisoformat(value)
+            start = datetime.combine(day, time(), UTC)
+            return start + timedelta(days=1) if end_of_day else start
+        at = datetime.fromisoformat(value)
+    except ValueError:
+        raise invalid(f"{name}: {value!r} is not a date (2025-01-31) or date-time "
+                      "(2025-01-31T18:00:00Z)") from None
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
+
 
 @router.get("/api/messages", response_model=MessagePage)
-async def messages(svc: Annotated[Services, Depends(services)],
-                   offset: Annotated[int, Query(ge=0)] = 0,
-                   limit: Annotated[int, Query(ge=1, le=200)] = 50,
-                   media_only: bool = False) -> MessagePage:
+async def messages(
+    svc: Annotated[Services, Depends(services)],
+    offset: Annotated[int, Query(ge=0, le=BIGINT_MAX)] = 0,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    media_only: bool = False,
+    chat: Annotated[str | None, Query(max_length=200, description="exact chat name")] = None,
+    media_type: Annotated[str | None, Query(
+        max_length=200, description=f"comma-separated: {MEDIA_KINDS}")] = None,
+    min_size: Annotated[int | None, Query(ge=0, le=BIGINT_MAX, description="bytes")] = None,
+    max_size: Annotated[int | None, Query(ge=0, le=BIGINT_MAX, description="bytes")] = None,
+    since: Annotated[str | None, Query(max_length=40, description="ISO date or date-time, "
+                                       "inclusive")] = None,
+    until: Annotated[str | None, Query(max_length=40, description="ISO date (the whole day "
+                                       "included) or date-time (exclusive)")] = None,
+    q: Annotated[str | None, Query(max_length=200, description="text in the file name or "
+                                   "caption, any case")] = None,
+) -> MessagePage:
+    where = MessageFilter(
+        media_only=media_only, chat=chat or None, media_kinds=media_kinds(media_type),
+        min_size=min_size, max_size=max_size, since=moment("since", since, False),
+        until=moment("until", until, True), text=q or None)
+    if min_size is not None and max_size is not None and min_size > max_size:
+        raise invalid(f"min_size: {min_size} is larger than max_size {max_size}")
+    if where.since and where.until and where.since >= where.until:
+        raise invalid(f"since: {since} is not before until {until}")
     async with svc.pool.acquire() as conn:
-        return await readmodel.message_page(conn, offset, limit, media_only)
+        page = await readmodel.message_page(conn, offset, limit, where=where)
+    page.batch_limit = svc.settings.max_batch_ids
+    return page
