@@ -6,9 +6,11 @@
 
 from __future__ import annotations
 
+from types import TracebackType
 from typing import Any
 
 import nats
+import nats.errors
 from faststream.nats import NatsBroker
 from nats.aio.client import Client as NATS
 
@@ -23,10 +25,26 @@ def servers(url: str) -> list[str]:
     return found
 
 
+class Broker(NatsBroker):
+    """FastStream's broker, able to stop while its server is away: draining needs a
+    server, so a connection that is reconnecting is closed instead."""
+
+    async def stop(self, exc_type: type[BaseException] | None = None,
+                   exc_val: BaseException | None = None, exc_tb: TracebackType | None = None,
+                   ) -> None:
+        try:
+            await super().stop(exc_type, exc_val, exc_tb)
+        except (nats.errors.ConnectionReconnectingError, nats.errors.ConnectionClosedError):
+            if self._connection is not None:
+                await self._connection.close()
+                self._connection = None
+            self.config.disconnect()
+
+
 def nats_broker(url: str, name: str, **options: Any) -> NatsBroker:
     """A FastStream broker with the project's connection options; nothing connects yet."""
-    return NatsBroker(servers(url), name=name, max_reconnect_attempts=-1,
-                      reconnect_time_wait=RECONNECT_WAIT, **options)
+    return Broker(servers(url), name=name, max_reconnect_attempts=-1,
+                  reconnect_time_wait=RECONNECT_WAIT, **options)
 
 
 async def connect(url: str, name: str) -> NATS:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from importlib.resources import files
@@ -14,12 +15,18 @@ from tgdl.db.schema import verify_schema
 from tgdl.gateway import batches, health, messages, single
 from tgdl.gateway.commands import create_broker
 from tgdl.gateway.errors import install_error_handlers
+from tgdl.gateway.freshness import Freshness
 from tgdl.gateway.media import MediaFiles
-from tgdl.gateway.services import Services
+from tgdl.gateway.services import Database, Services
 from tgdl.gateway.settings import GatewaySettings
 from tgdl.runtime import serve_http, setup_logging
 
 INDEX_HTML = files("tgdl.gateway").joinpath("static", "index.html")
+
+
+async def _positions(db: Database) -> dict[str, int]:
+    rows = await db.fetch("SELECT stream, last_seq FROM projection_positions")
+    return {r["stream"]: r["last_seq"] for r in rows}
 
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
@@ -31,12 +38,21 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         broker, orchestrator = create_broker(settings)
         await broker.start()
         try:
-            pool = await create_pool(settings.database_url, settings.db_schema, max_size=4)
+            db = Database(await create_pool(settings.database_url, settings.db_schema,
+                                            max_size=4), settings.db_timeout)
+            names = settings.names
+            freshness = Freshness(
+                broker.connection,
+                [names.events_stream, names.outcomes_stream, names.progress_stream],
+                lambda: _positions(db), settings.stale_after)
+            watching = asyncio.create_task(freshness.run())
             try:
-                app.state.services = Services(settings, broker.connection, pool, orchestrator)
+                app.state.services = Services(settings, broker.connection, db, orchestrator,
+                                              freshness)
                 yield
             finally:
-                await pool.close()
+                watching.cancel()
+                await db.close()
         finally:
             await broker.stop()
 

@@ -19,7 +19,7 @@ from tgdl.contracts.commands import (
     RejectReason,
     StartBatch,
 )
-from tgdl.gateway.errors import ApiError
+from tgdl.gateway.errors import NATS_OUTAGES, RETRY_AFTER, ApiError, nats_unavailable
 from tgdl.gateway.settings import GatewaySettings
 
 Result = TypeVar("Result", bound=BaseModel)
@@ -41,12 +41,8 @@ REJECTIONS: dict[RejectReason, tuple[int, str, str]] = {
 def orchestrator_unavailable(detail: str) -> ApiError:
     return ApiError(503, "orchestrator_unavailable", detail,
                     "Start the orchestrator (`tgdl run` starts every service) and retry; "
-                    "GET /healthz shows whether NATS and PostgreSQL are reachable.")
-
-
-def nats_unavailable() -> ApiError:
-    return ApiError(503, "nats_unavailable", "the gateway is not connected to NATS right now",
-                    "Check that nats-server is running and reachable, then retry.")
+                    "GET /healthz shows whether NATS and PostgreSQL are reachable.",
+                    headers={"Retry-After": RETRY_AFTER})
 
 
 def create_broker(settings: GatewaySettings) -> tuple[NatsBroker, OrchestratorClient]:
@@ -89,7 +85,15 @@ class OrchestratorClient:
             msg = await publisher.request(command, timeout=self._timeout)
         except NoRespondersError:
             raise orchestrator_unavailable(f"no orchestrator is listening on {subject}") from None
+        except NATS_OUTAGES:
+            raise nats_unavailable("the connection to NATS was lost during the request") \
+                from None
         except TimeoutError:
+            # A request sent while the connection drops waits in the client's buffer and
+            # times out: that is NATS being down, not the orchestrator.
+            if not self._broker.connection.is_connected:
+                raise nats_unavailable("the connection to NATS was lost during the request") \
+                    from None
             raise orchestrator_unavailable(
                 f"the orchestrator did not answer within {self._timeout:g} s") from None
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import nats.errors
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -20,11 +21,13 @@ class ApiError(Exception):
     """An answer other than success; `extra` adds fields next to the ErrorBody's."""
 
     def __init__(self, status: int, error: str, detail: str | dict | list,
-                 suggestion: str | None = None, extra: dict[str, Any] | None = None) -> None:
+                 suggestion: str | None = None, extra: dict[str, Any] | None = None,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(detail)
         self.status = status
         self.body = ErrorBody(error=error, detail=detail, suggestion=suggestion)
         self.extra = extra or {}
+        self.headers = headers
 
 
 def error_response(status: int, body: ErrorBody, extra: dict[str, Any] | None = None,
@@ -76,6 +79,34 @@ def _problem(err: dict[str, Any]) -> str:
     return f"{where}: {what}"
 
 
+# --- outages: 503 naming what is down, never a 500 ---------------------------------------
+
+RETRY_AFTER = "2"  # seconds; both servers come back within that under `tgdl run`
+
+
+def database_unavailable(detail: str) -> ApiError:
+    return ApiError(503, "database_unavailable", f"PostgreSQL is unreachable: {detail}",
+                    "Retry in a moment; check that PostgreSQL is running and reachable "
+                    "(GET /healthz shows it).",
+                    extra={"unavailable": "postgres"}, headers={"Retry-After": RETRY_AFTER})
+
+
+def nats_unavailable(detail: str = "the gateway is not connected to NATS right now") -> ApiError:
+    return ApiError(503, "nats_unavailable", detail,
+                    "Retry in a moment; check that nats-server is running and reachable "
+                    "(GET /healthz shows it).",
+                    extra={"unavailable": "nats"}, headers={"Retry-After": RETRY_AFTER})
+
+
+# A NATS client that lost its server raises these; none of them is the request's fault.
+NATS_OUTAGES: tuple[type[Exception], ...] = (
+    nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError,
+    nats.errors.ConnectionDrainingError, nats.errors.StaleConnectionError,
+    nats.errors.OutboundBufferLimitError, nats.errors.NoServersError,
+    nats.errors.FlushTimeoutError, nats.errors.UnexpectedEOF,
+)
+
+
 def invalid(detail: str) -> ApiError:
     return ApiError(422, "invalid_request", detail,
                     "Fix the field named in the detail and send the request again.")
@@ -90,7 +121,14 @@ _CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_f
 
 async def _on_api_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
-    return error_response(exc.status, exc.body, exc.extra)
+    return error_response(exc.status, exc.body, exc.extra, exc.headers)
+
+
+async def _on_nats_outage(request: Request, exc: Exception) -> JSONResponse:
+    log.warning("%s %s: NATS unavailable (%s)", request.method, request.url.path,
+                type(exc).__name__)
+    error = nats_unavailable()
+    return error_response(error.status, error.body, error.extra, error.headers)
 
 
 async def _on_validation(request: Request, exc: Exception) -> JSONResponse:
@@ -120,4 +158,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _on_api_error)
     app.add_exception_handler(RequestValidationError, _on_validation)
     app.add_exception_handler(HTTPException, _on_http)
+    for outage in NATS_OUTAGES:
+        app.add_exception_handler(outage, _on_nats_outage)
     app.add_exception_handler(Exception, _on_unexpected)

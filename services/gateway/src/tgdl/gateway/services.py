@@ -2,23 +2,78 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 from fastapi import Request
 from nats.aio.client import Client as NATS
 
 from tgdl.gateway.commands import OrchestratorClient
+from tgdl.gateway.errors import database_unavailable
+from tgdl.gateway.freshness import Freshness
 from tgdl.gateway.settings import GatewaySettings
+
+# What a lost or stopped PostgreSQL raises (a refused or vanished socket, a closed
+# connection, a server shutting down or starting up, no answer in time).
+DB_OUTAGES: tuple[type[Exception], ...] = (
+    OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError, asyncpg.TooManyConnectionsError,
+)
+
+
+@contextlib.contextmanager
+def _outage_is_503() -> Iterator[None]:
+    try:
+        yield
+    except DB_OUTAGES as exc:
+        raise database_unavailable(str(exc) or type(exc).__name__) from None
+
+
+class Database:
+    """The read model's pool, with every outage turned into a 503 naming PostgreSQL and
+    a deadline on getting a connection (a hung server must not hang requests)."""
+
+    def __init__(self, pool: asyncpg.Pool, timeout: float) -> None:
+        self._pool = pool
+        self._timeout = timeout
+
+    @contextlib.asynccontextmanager
+    async def acquire(self) -> AsyncIterator[asyncpg.Connection]:
+        with _outage_is_503():
+            async with self._pool.acquire(timeout=self._timeout) as conn:
+                yield conn
+
+    async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        async with self.acquire() as conn:
+            return await conn.fetch(query, *args)
+
+    async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
+        async with self.acquire() as conn:
+            return await conn.fetchrow(query, *args)
+
+    async def fetchval(self, query: str, *args: Any) -> Any:
+        async with self.acquire() as conn:
+            return await conn.fetchval(query, *args)
+
+    async def close(self) -> None:
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._pool.close()
+        except (TimeoutError, *DB_OUTAGES):
+            self._pool.terminate()
 
 
 @dataclass(frozen=True)
 class Services:
     settings: GatewaySettings
     nc: NATS
-    pool: asyncpg.Pool
+    pool: Database
     orchestrator: OrchestratorClient
+    freshness: Freshness
 
     async def until_projected(self, batch_id: str) -> bool:
         """Wait (briefly) until the read model knows a batch the orchestrator just

@@ -13,3 +13,8 @@ class GatewaySettings(CommonSettings):
     # How long a start (or an event stream) waits for a just-accepted batch to appear in
     # the read model, so that a status query right after the start finds it.
     projection_wait: float = Field(default=2.0, ge=0)
+    # A read from PostgreSQL gives up (503) if no connection is had within this.
+    db_timeout: float = Field(default=5.0, gt=0)
+    # A status says `stale` once the projector has left a stream's messages unapplied
+    # this long (it applies within about a second when healthy).
+    stale_after: float = Field(default=5.0, gt=0)

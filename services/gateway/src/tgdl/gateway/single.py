@@ -76,7 +76,10 @@ async def status(message_id: MessageId, svc: Svc) -> JSONResponse:
     if found is None:
         raise ApiError(404, "not_requested", f"message {message_id} was never requested",
                        f"Start it with POST /api/media/download/{message_id}.")
-    return JSONResponse({**readmodel.file_body(found), "download_id": found.download_id})
+    body = {**readmodel.file_body(found), "download_id": found.download_id}
+    if (stale := svc.freshness.reason()) is not None:
+        body |= {"stale": True, "stale_reason": stale}
+    return JSONResponse(body)
 
 
 @router.post("/cancel/{message_id}", response_model=SingleCancelResponse)
