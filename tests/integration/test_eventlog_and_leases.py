@@ -80,3 +80,17 @@ async def test_a_lease_is_claimed_by_one_copy_of_its_job(js, isolation):
     assert not await leases.claim(8, "A:8", job_seq=42)  # a second copy of the job
     assert not await leases.claim(8, "B:8", job_seq=41)  # another job altogether
     assert not await leases.claim(9, "A:9", job_seq=1)  # no lease at all
+
+
+async def test_release_with_the_revision_end_left_and_with_a_stale_one(js, isolation):
+    leases = await Leases.open(js, Names(isolation.namespace))
+    ended = DownloadOutcome(job_id="A:5", message_id=5, status="completed", at=NOW)
+    await leases.acquire(5, "A:5", "A")
+    addressed, revision = await leases.end_at(ended)
+    assert addressed.parties == ["A"] and revision == (await leases.get(5))[1]
+    await leases.release(5, "A:5", revision)  # no read needed
+    assert await leases.get(5) is None
+    # a stale revision reads the lease again, and never deletes another job's lease
+    await leases.acquire(5, "B:5", "B")
+    await leases.release(5, "A:5", revision)
+    assert (await leases.get(5))[0].job_id == "B:5"

@@ -453,3 +453,16 @@ async def test_the_sweep_trusts_the_log_over_its_cache(w):
     await w.orch.sweep()
     await w.orch.sweep()
     assert w.jobs.published == [] and len(w.log.of_type(b, JobDispatched)) == 1
+
+
+async def test_a_start_on_an_id_another_replica_took_draws_a_new_id(w: World, monkeypatch):
+    # another orchestrator replica already wrote batch_taken: a start that drew the same id
+    # must not append a second BatchStarted to it, and must not lose the request either
+    await w.log.append("batch_taken", [started("batch_taken", [7])], 0)
+    drawn = iter(["batch_taken", "batch_fresh"])
+    monkeypatch.setattr("tgdl.orchestrator.handlers.new_batch_id", lambda kind: next(drawn))
+    batch_id = await start(w, [1])
+    assert batch_id == "batch_fresh"
+    assert len(w.log.of_type("batch_taken", BatchStarted)) == 1
+    assert w.log.of_type("batch_taken", BatchStarted)[0].requested_ids == [7]
+    assert [e.requested_ids for e in w.log.of_type("batch_fresh", BatchStarted)] == [[1]]

@@ -1,4 +1,5 @@
-"""How every service connects to NATS: one set of options, a seed list of servers.
+"""How every service connects to NATS: one set of options, a seed list of servers, and
+one place that says when the connection goes and comes back.
 
 `TGDL_NATS_URL` may name several servers of a cluster, comma-separated
 (``nats://a:4222,nats://b:4222``); the client connects to any of them and fails over.
@@ -6,6 +7,9 @@
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any
 
@@ -16,6 +20,8 @@ from nats.aio.client import Client as NATS
 
 RECONNECT_WAIT = 0.5  # seconds between reconnect attempts (forever: services outlive outages)
 
+log = logging.getLogger("tgdl.nats")
+
 
 def servers(url: str) -> list[str]:
     """The seed servers named by a NATS URL setting (one URL, or several comma-separated)."""
@@ -25,9 +31,57 @@ def servers(url: str) -> list[str]:
     return found
 
 
+class ConnectionReport:
+    """nats-py's callbacks as two log lines per outage: a warning when the connection
+    goes, an info line with the time it was down when it is back. Errors the client
+    meets while reconnecting are expected and stay at DEBUG; others are one line, never
+    a traceback (the client handles them itself)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.client: NATS | None = None
+        self._lost_at: float | None = None
+
+    def _server(self) -> str:
+        url = self.client.connected_url if self.client is not None else None
+        return f"{url.hostname}:{url.port}" if url is not None else "?"
+
+    async def disconnected(self) -> None:
+        if self._lost_at is None and self.client is not None and not self.client.is_closed:
+            self._lost_at = time.monotonic()
+            log.warning("%s lost its NATS connection (%s); reconnecting", self.name,
+                        self._server())
+
+    async def reconnected(self) -> None:
+        lost_at, self._lost_at = self._lost_at, None
+        down = f" after {time.monotonic() - lost_at:.1f} s" if lost_at is not None else ""
+        log.info("%s reconnected to NATS (%s)%s", self.name, self._server(), down)
+
+    async def error(self, exc: Exception) -> None:
+        if isinstance(exc, OSError | TimeoutError | nats.errors.UnexpectedEOF |
+                      nats.errors.StaleConnectionError | nats.errors.NoServersError):
+            log.debug("%s: NATS connection error %r", self.name, exc)
+        else:
+            log.warning("%s: NATS error %s: %s", self.name, type(exc).__name__, exc)
+
+    def callbacks(self) -> dict[str, Callable[..., Awaitable[None]]]:
+        return {"disconnected_cb": self.disconnected, "reconnected_cb": self.reconnected,
+                "error_cb": self.error}
+
+
 class Broker(NatsBroker):
-    """FastStream's broker, able to stop while its server is away: draining needs a
-    server, so a connection that is reconnecting is closed instead."""
+    """FastStream's broker with the connection reported by `ConnectionReport`, able to
+    stop while its server is away (draining needs a server, so a connection that is
+    reconnecting is closed instead)."""
+
+    def __init__(self, *args: Any, report: ConnectionReport, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._report = report
+
+    async def connect(self, *args: Any, **kwargs: Any) -> NATS:
+        connection = await super().connect(*args, **kwargs)
+        self._report.client = connection
+        return connection
 
     async def stop(self, exc_type: type[BaseException] | None = None,
                    exc_val: BaseException | None = None, exc_tb: TracebackType | None = None,
@@ -42,12 +96,20 @@ class Broker(NatsBroker):
 
 
 def nats_broker(url: str, name: str, **options: Any) -> NatsBroker:
-    """A FastStream broker with the project's connection options; nothing connects yet."""
+    """A FastStream broker with the project's connection options; nothing connects yet.
+    FastStream logs through `tgdl.faststream`, so the service's log setup (one format,
+    repeats summarised) applies to it too."""
+    report = ConnectionReport(name)
+    options.setdefault("logger", logging.getLogger("tgdl.faststream"))
     return Broker(servers(url), name=name, max_reconnect_attempts=-1,
-                  reconnect_time_wait=RECONNECT_WAIT, **options)
+                  reconnect_time_wait=RECONNECT_WAIT, report=report,
+                  **report.callbacks(), **options)
 
 
 async def connect(url: str, name: str) -> NATS:
     """A plain nats-py client with the same options (tools and tests)."""
-    return await nats.connect(servers=servers(url), name=name, max_reconnect_attempts=-1,
-                              reconnect_time_wait=RECONNECT_WAIT)
+    report = ConnectionReport(name)
+    report.client = await nats.connect(servers=servers(url), name=name,
+                                       max_reconnect_attempts=-1,
+                                       reconnect_time_wait=RECONNECT_WAIT, **report.callbacks())
+    return report.client

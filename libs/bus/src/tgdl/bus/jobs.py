@@ -131,15 +131,18 @@ class JobLifecycle:
         """Record how the job ended, tell every waiting party, free the message. Returns
         the outcome as addressed, or None when the lease belongs to another job (this
         copy was stale and has nothing to say)."""
-        addressed = await self.leases.end(outcome)
-        if addressed is not None:
-            await self.hand_over(addressed)
+        ended = await self.leases.end_at(outcome)
+        if ended is None:
+            return None
+        addressed, revision = ended
+        await self.hand_over(addressed, revision)
         return addressed
 
-    async def hand_over(self, addressed: DownloadOutcome) -> None:
+    async def hand_over(self, addressed: DownloadOutcome, revision: int | None = None) -> None:
         """Publish an ended job's outcome and release its lease (idempotent: a crash in
-        between is finished by the next delivery, which finds the outcome in the lease)."""
+        between is finished by the next delivery, which finds the outcome in the lease).
+        `revision`: the ended lease's, when the caller knows it."""
         await self._publisher.publish(
             self._names.file_done(addressed.message_id), addressed,
             stream=self._names.outcomes_stream, msg_id=f"{addressed.job_id}:done")
-        await self.leases.release(addressed.message_id, addressed.job_id)
+        await self.leases.release(addressed.message_id, addressed.job_id, revision)

@@ -50,12 +50,12 @@ class Leases:
             return None
         return Lease.model_validate_json(entry.value), entry.revision
 
-    async def _put(self, message_id: int, lease: Lease, revision: int | None) -> None:
+    async def _put(self, message_id: int, lease: Lease, revision: int | None) -> int:
+        """Create (revision None) or compare-and-set; returns the new revision."""
         data = lease.model_dump_json().encode()
         if revision is None:
-            await self.kv.create(str(message_id), data)
-        else:
-            await self.kv.update(str(message_id), data, last=revision)
+            return await self.kv.create(str(message_id), data)
+        return await self.kv.update(str(message_id), data, last=revision)
 
     async def acquire(
         self, message_id: int, job_id: str, party: str, force: bool = False,
@@ -64,12 +64,17 @@ class Leases:
         """Own the message for `job_id`, or join the job already downloading it (a party
         asking for `force` makes that job fetch the file again even if it exists)."""
         deadline = time.monotonic() + patience
+        fresh = Lease(job_id=job_id, parties=[party], force=force)
+        try:  # most messages are not being downloaded: try to take it in one round trip
+            await self._put(message_id, fresh, None)
+            return Acquired(job_id, attached=False)
+        except KeyWrongLastSequenceError:
+            pass  # someone holds it (or held it): look
         while True:
             current = await self.get(message_id)
             try:
                 if current is None:
-                    lease = Lease(job_id=job_id, parties=[party], force=force)
-                    await self._put(message_id, lease, None)
+                    await self._put(message_id, fresh, None)
                     return Acquired(job_id, attached=False)
                 lease, revision = current
                 if lease.outcome is not None:
@@ -124,30 +129,39 @@ class Leases:
         """Record how the job ended and freeze its parties (no one can join or leave an
         ended job). Returns the outcome addressed to those parties, or None when the
         lease belongs to another job: this one was stale."""
+        ended = await self.end_at(outcome)
+        return ended[0] if ended else None
+
+    async def end_at(self, outcome: DownloadOutcome) -> tuple[DownloadOutcome, int] | None:
+        """`end`, also returning the lease's revision after it (for `release`)."""
         while True:
             current = await self.get(outcome.message_id)
             if current is None or current[0].job_id != outcome.job_id:
                 return None
             lease, revision = current
             if lease.outcome is not None:
-                return lease.outcome  # a previous delivery of this job got this far
+                return lease.outcome, revision  # a previous delivery of this job got this far
             addressed = outcome.model_copy(update={"parties": lease.parties})
             try:
-                await self._put(
+                revision = await self._put(
                     outcome.message_id, lease.model_copy(update={"outcome": addressed}), revision
                 )
-                return addressed
+                return addressed, revision
             except KeyWrongLastSequenceError:
                 continue
 
-    async def release(self, message_id: int, job_id: str) -> None:
-        """Delete the ended job's lease: the message is free for the next request."""
+    async def release(self, message_id: int, job_id: str, revision: int | None = None) -> None:
+        """Delete the ended job's lease: the message is free for the next request.
+        `revision`: the lease's revision as `end_at` left it, saving a read."""
         while True:
-            current = await self.get(message_id)
-            if current is None or current[0].job_id != job_id:
-                return
+            if revision is None:
+                current = await self.get(message_id)
+                if current is None or current[0].job_id != job_id:
+                    return
+                revision = current[1]
             try:
-                await self.kv.delete(str(message_id), last=current[1])
+                await self.kv.delete(str(message_id), last=revision)
                 return
             except KeyWrongLastSequenceError:
+                revision = None  # changed since: read it again
                 continue

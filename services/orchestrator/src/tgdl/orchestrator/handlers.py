@@ -8,6 +8,7 @@ alone chooses status codes and wording.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterable
 from datetime import timedelta
@@ -67,7 +68,9 @@ class Orchestrator:
                              detail=f"{len(ids)} message ids given; at most {limit} per batch")
         entries = await self.ports.catalog.get_many(ids)
         media_root = self.settings.media_root
-        leased = {m for m in entries if await self.ports.leases.get(m) is not None}
+        # one round trip for all of them, not one per id
+        held = await asyncio.gather(*(self.ports.leases.get(m) for m in entries))
+        leased = {m for m, lease in zip(entries, held, strict=True) if lease is not None}
         triage = triage_request(
             ids, entries, _sizes_on_disk(entries.values(), media_root), media_root,
             cmd.force, self.settings.allowed_chat_set, leased,

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Callable
 
 from tgdl.bus.eventlog import ConcurrentAppend
 from tgdl.contracts.events import BatchEvent
-from tgdl.orchestrator.batch import BatchState, Command, decide, fold, initial_state
+from tgdl.orchestrator.batch import BatchState, Command, Start, decide, fold, initial_state
 from tgdl.orchestrator.ports import BatchLog
 
 MAX_CONFLICT_RETRIES = 8
@@ -80,8 +80,13 @@ class BatchRepository:
         """Decide and append; returns (events, state before, state after). A callable
         builds the command from the current state (re-run after a conflict)."""
         async with self._exclusive(batch_id):
-            for _ in range(MAX_CONFLICT_RETRIES):
-                before, last_seq = await self.load(batch_id)
+            for attempt in range(MAX_CONFLICT_RETRIES):
+                if attempt == 0 and isinstance(command, Start) and batch_id not in self._cache:
+                    # A fresh id: nothing to read. Should it exist after all, the append
+                    # (expecting an empty subject) fails and the next attempt reads it.
+                    before, last_seq = initial_state, 0
+                else:
+                    before, last_seq = await self.load(batch_id)
                 cmd = command(before) if callable(command) else command
                 events = decide(cmd, before) if cmd is not None else []
                 if not events:
