@@ -41,10 +41,17 @@ class ConnectionReport:
         self.name = name
         self.client: NATS | None = None
         self._lost_at: float | None = None
+        self._last_server = "?"
 
     def _server(self) -> str:
+        """The server connected to (the last one, while disconnected)."""
         url = self.client.connected_url if self.client is not None else None
-        return f"{url.hostname}:{url.port}" if url is not None else "?"
+        if url is not None:
+            self._last_server = f"{url.hostname}:{url.port}"
+        return self._last_server
+
+    def connected(self) -> None:
+        self._server()  # remembered, to be named when the connection goes
 
     async def disconnected(self) -> None:
         if self._lost_at is None and self.client is not None and not self.client.is_closed:
@@ -81,6 +88,7 @@ class Broker(NatsBroker):
     async def connect(self, *args: Any, **kwargs: Any) -> NATS:
         connection = await super().connect(*args, **kwargs)
         self._report.client = connection
+        self._report.connected()
         return connection
 
     async def stop(self, exc_type: type[BaseException] | None = None,
@@ -112,4 +120,5 @@ async def connect(url: str, name: str) -> NATS:
     report.client = await nats.connect(servers=servers(url), name=name,
                                        max_reconnect_attempts=-1,
                                        reconnect_time_wait=RECONNECT_WAIT, **report.callbacks())
+    report.connected()
     return report.client

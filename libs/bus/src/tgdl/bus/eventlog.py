@@ -12,7 +12,7 @@ from nats.js.errors import APIError, NotFoundError
 from tgdl.contracts.events import BatchEvent, dump_event, parse_event
 from tgdl.contracts.subjects import Names
 
-WRONG_LAST_SEQUENCE = 10071
+WRONG_LAST_SEQUENCE = 10071  # JetStream's err_code for a failed expected-sequence check
 
 
 class ConcurrentAppend(Exception):

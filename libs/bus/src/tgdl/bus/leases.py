@@ -16,9 +16,10 @@ import time
 from dataclasses import dataclass
 
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import BadRequestError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from tgdl.bus.eventlog import WRONG_LAST_SEQUENCE
 from tgdl.contracts.jobs import DownloadOutcome, Lease
 from tgdl.contracts.subjects import Names
 
@@ -162,6 +163,9 @@ class Leases:
             try:
                 await self.kv.delete(str(message_id), last=revision)
                 return
-            except KeyWrongLastSequenceError:
+            except (KeyWrongLastSequenceError, BadRequestError) as exc:
+                # nats-py reports a stale delete as a plain BadRequestError
+                if getattr(exc, "err_code", WRONG_LAST_SEQUENCE) != WRONG_LAST_SEQUENCE:
+                    raise
                 revision = None  # changed since: read it again
                 continue
