@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import math
 import os
 import random
@@ -189,6 +190,7 @@ class Channel:
 class Logged:
     dc_id: int
     request: TLObject  # unwrapped from InvokeWithLayer / InitConnection / InvokeWithout...
+    sender: int = 0  # which connection (sender) it came over
 
 
 @dataclass
@@ -248,6 +250,11 @@ class TelegramServer:
         # Telegram's flood waits hold per method until a deadline on this virtual clock.
         self.clock = 0.0
         self.flood_until: dict[type, float] = {}
+        self.in_flight = 0  # GetFile requests being answered right now
+        self.most_in_flight = 0
+        self.senders = itertools.count(1)
+        # What Telethon constructs as `MTProtoSender(auth_key, loggers=...)`, bound here.
+        self.sender_class = type("BoundFakeSender", (FakeSender,), {"server": self})
 
     # --- content -------------------------------------------------------------------------
 
@@ -361,7 +368,7 @@ class TelegramServer:
         while isinstance(request, _WRAPPERS):
             request = request.query
         assert sender.dc_id is not None
-        self.log.append(Logged(sender.dc_id, request))
+        self.log.append(Logged(sender.dc_id, request, sender.number))
         if not isinstance(request, _OPEN) and sender.auth_key.key not in self.authorized_keys:
             raise RpcFailure(401, "AUTH_KEY_UNREGISTERED")
         handler = _HANDLERS.get(type(request))
@@ -490,6 +497,16 @@ class TelegramServer:
             raise RpcFailure(400, "FILE_ID_INVALID")
         if sender.dc_id != stored.stored_dc:
             raise RpcFailure(303, f"FILE_MIGRATE_{stored.stored_dc}")
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            return await self._serve_file(stored, request)
+        finally:
+            self.in_flight -= 1
+
+    async def _serve_file(self, stored: StoredFile, request: Any) -> Any:
+        offset, limit, location = request.offset, request.limit, request.location
+        await asyncio.sleep(0)  # let other parts' requests arrive: they overlap as on the wire
         fault = next((f for f in self.faults if f.offset == offset
                       and f.file_id in (None, stored.id)), None)
         if fault is not None:
@@ -618,10 +635,13 @@ def _wire(result: Any) -> bytes:
 
 
 class FakeSender:
-    """Stands in for `MTProtoSender`: same public surface, answers from the server."""
+    """Stands in for `MTProtoSender`: same public surface, answers from the server (the
+    class is bound to one: `TelegramServer.sender_class`)."""
 
-    def __init__(self, server: TelegramServer, auth_key: AuthKey | None) -> None:
-        self.server = server
+    server: TelegramServer
+
+    def __init__(self, auth_key: AuthKey | None, **options: Any) -> None:
+        self.number = next(self.server.senders)
         self.auth_key = auth_key or AuthKey(None)
         self.dc_id: int | None = None
         self._connected = False
@@ -703,13 +723,13 @@ class FakeTelegramClient(TelegramClient):
                  **options: Any) -> None:
         super().__init__(session, api_id, api_hash, **options)
         self.server = server
-        self._sender = FakeSender(server, self.session.auth_key)
+        self._sender = server.sender_class(self.session.auth_key)
 
     async def _create_exported_sender(self, dc_id: int) -> FakeSender:
         # Telethon's own steps (telegrambaseclient.py), with a fake sender instead of
         # MTProtoSender: connect to the DC, export the authorization, import it there.
         dc = await self._get_dc(dc_id)
-        sender = FakeSender(self.server, None)
+        sender = self.server.sender_class(None)
         await sender.connect(self._connection(
             dc.ip_address, dc.port, dc.id, loggers=self._log, proxy=self._proxy,
             local_addr=self._local_addr,

@@ -55,8 +55,9 @@ from tgdl.contracts.subjects import Names
 from tgdl.db import catalog
 from tgdl.db.connection import connect as db_connect
 from tgdl.downloader import app as downloader_app
-from tgdl.downloader.files import part_path
+from tgdl.downloader.files import part_path, parts_path
 from tgdl.downloader.settings import DownloaderSettings
+from tgdl.downloader.telegram.port import PART_SIZE
 from tgdl.downloader.telegram.telethon import TelethonTelegram
 from tgdl.gateway.app import create_app
 from tgdl.gateway.settings import GatewaySettings
@@ -67,7 +68,9 @@ from tgdl.projector.app import run as run_projector
 from tgdl.projector.settings import ProjectorSettings
 from tgdl.telegram.client import client_options
 
-RS = TelethonTelegram.request_size  # 512 KiB: every GetFile asks for one such part
+RS = PART_SIZE  # 1 MiB: every GetFile asks for one such part
+# One part of a file at a time here: these tests follow each file's requests in order
+# (parallel parts have tests of their own, test_parallel_parts.py).
 ACK_WAIT = 3.0  # seconds before JetStream hands a silent downloader's job to another
 REQUEST_TIMEOUT = 1.0  # the adapter's limit for one Telegram request
 GetFile = functions.upload.GetFileRequest
@@ -261,7 +264,7 @@ class Stack:
             request_timeout=REQUEST_TIMEOUT,
         )
         settings = DownloaderSettings(**self.common, telegram="telethon", replica=replica,
-                                      slots=1, retry_base_delay=0.1)
+                                      slots=1, retry_base_delay=0.1, parts_per_file=1)
         stop = asyncio.Event()
         task = asyncio.create_task(downloader_app.serve(settings, stop, port=port))
         self._downloaders[replica] = (task, stop)
@@ -560,16 +563,23 @@ async def test_after_a_kill_the_next_replica_resumes_from_the_part_file(telegram
 
     batch = await stack.start_batch([big])
 
-    async def some_bytes_on_disk() -> bool:
-        return part.exists() and part.stat().st_size >= 3 * RS
-    await eventually(some_bytes_on_disk, "a few parts on disk")
+    sidecar = parts_path(stack.media_root / relative_path(big.entry))
+
+    def finished_parts() -> list[int]:
+        lines = sidecar.read_text().split("\n")[1:-1] if sidecar.exists() else []
+        return [int(line) for line in lines]
+
+    async def some_parts_on_disk() -> bool:
+        return len(finished_parts()) >= 3
+    await eventually(some_parts_on_disk, "a few parts on disk")
     await stack.kill_downloader("d0")
-    # The kill also tore the last write: the file grew, the bytes never made it.
-    with part.open("ab") as torn:
-        torn.write(bytes(100_000))
-    resume_at = part.stat().st_size // RS * RS
-    assert resume_at > 0
+    done = finished_parts()
+    resume_at = (max(done) + 1) * RS
     assert set(every_part(big)[: resume_at // RS]) <= set(offsets(telegram.parts(big, "d0")))
+    # The kill also tore a write: bytes landed in the next part, never recorded as done.
+    with part.open("r+b") as torn:
+        torn.seek(resume_at)
+        torn.write(bytes(100_000))
 
     stack.start_downloader("d1")
     body = await stack.finished(batch, within=ACK_WAIT + 30)

@@ -31,10 +31,10 @@ def build_port(settings: DownloaderSettings) -> TelegramPort:
     if settings.telegram == "telethon":
         from tgdl.downloader.telegram.telethon import TelethonTelegram
 
-        return TelethonTelegram.from_settings()
+        return TelethonTelegram.from_settings(connections_per_dc=settings.connections_per_dc)
     from tgdl.downloader.telegram.simulated import SimulatedTelegram
 
-    return SimulatedTelegram(settings.sim_url)
+    return SimulatedTelegram(settings.sim_url, connections=settings.connections_per_dc)
 
 
 class _NeverTerminate(BaseMiddleware):

@@ -81,3 +81,122 @@ class SizeMismatch(Exception):
 
 def discard_part(final: Path) -> None:
     part_path(final).unlink(missing_ok=True)
+    parts_path(final).unlink(missing_ok=True)
+
+
+# --- parallel parts: written at their offsets, finished ones recorded in a sidecar ------------
+
+PARTS_SUFFIX = ".parts"  # beside the .part file: which parts of it hold fetched bytes
+_PARTS_HEADER = "tgdl-parts 1 size={size} part={part}\n"
+
+
+def parts_path(final: Path) -> Path:
+    return final.with_name(final.name + PART_SUFFIX + PARTS_SUFFIX)
+
+
+class PartFile:
+    """A preallocated .part file filled part by part, in any order.
+
+    A part counts as finished only once its bytes are fsynced *and* its index is appended
+    (fsynced) to the sidecar, so after kill -9 the sidecar never names a hole: a resume
+    fetches exactly the parts it does not list. A sidecar written for another size or
+    part size, or a .part without one, is not trusted: the download starts over.
+    """
+
+    def __init__(self, final: Path, size: int, part_size: int) -> None:
+        self.final = final
+        self.part = part_path(final)
+        self.sidecar = parts_path(final)
+        self.size = size
+        self.part_size = part_size
+        self.count = -(-size // part_size)
+        self.done: set[int] = set()
+        self._fd: int | None = None
+        self._log: int | None = None
+
+    def open(self) -> set[int]:
+        """Open (or start) the .part file; return the indices of finished parts."""
+        self.part.parent.mkdir(parents=True, exist_ok=True)
+        header = _PARTS_HEADER.format(size=self.size, part=self.part_size)
+        self.done = self._recorded(header) if self.part.exists() else set()
+        if not self.done:
+            fd = os.open(self.sidecar, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                os.write(fd, header.encode())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        self._fd = os.open(self.part, os.O_RDWR | os.O_CREAT, 0o644)
+        if not self.done:
+            os.ftruncate(self._fd, 0)  # nothing in it is trusted
+        if os.fstat(self._fd).st_size != self.size:
+            os.ftruncate(self._fd, self.size)
+            try:  # reserve the blocks now: a full disk fails here, not at part 900
+                os.posix_fallocate(self._fd, 0, self.size)
+            except (AttributeError, OSError):
+                pass
+        self._log = os.open(self.sidecar, os.O_WRONLY | os.O_APPEND)
+        return set(self.done)
+
+    def _recorded(self, header: str) -> set[int]:
+        try:
+            text = self.sidecar.read_text(errors="replace")
+        except FileNotFoundError:
+            return set()
+        if not text.startswith(header):
+            return set()
+        done = set()
+        for line in text[len(header):].split("\n")[:-1]:  # a torn last line is ignored
+            if line.isdigit() and int(line) < self.count:
+                done.add(int(line))
+        return done
+
+    def missing(self) -> list[int]:
+        return [i for i in range(self.count) if i not in self.done]
+
+    def span(self, index: int) -> tuple[int, int]:
+        """(offset, length) of part `index`."""
+        offset = index * self.part_size
+        return offset, min(self.part_size, self.size - offset)
+
+    def bytes_done(self) -> int:
+        return sum(self.span(i)[1] for i in self.done)
+
+    def write(self, index: int, data: bytes) -> None:
+        """Store part `index` durably, then record it (blocking: run it in a thread)."""
+        assert self._fd is not None and self._log is not None
+        offset, length = self.span(index)
+        if len(data) != length:
+            raise SizeMismatch(length, len(data))
+        view = memoryview(data)
+        while view:
+            written = os.pwrite(self._fd, view, offset)
+            view, offset = view[written:], offset + written
+        os.fdatasync(self._fd)
+        os.write(self._log, f"{index}\n".encode())
+        os.fsync(self._log)
+        self.done.add(index)
+
+    def close(self) -> None:
+        for fd in (self._fd, self._log):
+            if fd is not None:
+                os.close(fd)
+        self._fd = self._log = None
+
+    def commit(self) -> None:
+        """Every part is there: check the size, fsync, rename, forget the sidecar."""
+        assert self._fd is not None
+        if self.missing():
+            raise SizeMismatch(self.size, self.bytes_done())
+        actual = os.fstat(self._fd).st_size
+        if actual != self.size:
+            raise SizeMismatch(self.size, actual)
+        os.fsync(self._fd)
+        self.close()
+        os.replace(self.part, self.final)
+        self.sidecar.unlink(missing_ok=True)
+        dir_fd = os.open(self.final.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)

@@ -17,3 +17,5 @@ class DownloaderSettings(CommonSettings):
     retry_base_delay: float = Field(default=1.0, ge=0)  # back-off before a retry: base * 2^n
     retry_max_delay: float = Field(default=30.0, ge=0)
     max_flood_wait: int = Field(default=3600, ge=0)  # longer waits fail the file instead
+    parts_per_file: int = Field(default=0, ge=0, le=32)  # 1 MiB parts in flight; 0: by size
+    connections_per_dc: int = Field(default=4, ge=1, le=32)  # per account: bounds parts

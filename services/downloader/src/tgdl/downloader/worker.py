@@ -30,18 +30,13 @@ from tgdl.contracts.jobs import (
 )
 from tgdl.contracts.paths import relative_path
 from tgdl.contracts.status import OutcomeStatus
-from tgdl.downloader.files import (
-    PartWriter,
-    SizeMismatch,
-    discard_part,
-    is_complete,
-    part_path,
-    resume_offset,
-)
+from tgdl.downloader.files import PartFile, SizeMismatch, discard_part, is_complete
 from tgdl.downloader.flood import FloodGate
 from tgdl.downloader.meter import Meter
+from tgdl.downloader.parts import fetch_parts, parts_for
 from tgdl.downloader.settings import DownloaderSettings
 from tgdl.downloader.telegram.port import (
+    PART_SIZE,
     FloodWait,
     PermanentError,
     RemoteMedia,
@@ -315,24 +310,28 @@ class Worker:
     async def _fetch(
         self, media: RemoteMedia, final: Path, running: Running, progress: _ProgressPublisher
     ) -> int:
-        offset = _aligned_resume(final, self.port.request_size, media.size)
-        writer = PartWriter(final, offset)
-        progress.start(media.size, offset)
-        await progress.publish("downloading", force=True)
+        """Fetch the parts the .part file is missing, several at once, then commit it."""
+        file = PartFile(final, media.size, PART_SIZE)
+        await asyncio.to_thread(file.open)
         try:
-            async def copy() -> None:
-                async with contextlib.aclosing(self.port.stream(media, offset)) as chunks:
-                    async for chunk in chunks:
-                        writer.write(chunk)
-                        progress.add(len(chunk))
-                        await progress.publish("downloading")
-                        if self.flood.remaining() > 0:  # another replica hit a flood wait
-                            raise _AccountWaiting()
+            progress.start(media.size, file.bytes_done())
+            await progress.publish("downloading", force=True)
 
-            await self._interruptible(running, copy())
-            await asyncio.to_thread(writer.commit, media.size)
+            async def stored(nbytes: int) -> None:
+                progress.add(nbytes)
+                await progress.publish("downloading")
+                if self.flood.remaining() > 0:  # another replica hit a flood wait
+                    raise _AccountWaiting()
+
+            async def fetch() -> None:
+                async with self.port.parts(media) as source:
+                    await fetch_parts(source, file, parts_for(media.size, self.s.parts_per_file),
+                                      stored)
+
+            await self._interruptible(running, fetch())
+            await asyncio.to_thread(file.commit)
         finally:
-            writer.close()
+            file.close()
         progress.add(0)
         await progress.publish("downloading", force=True)
         return media.size
@@ -361,11 +360,6 @@ class Worker:
             if running.stop.is_set():
                 raise Cancelled() if running.cancelled else Retry(0, "shutting down")
         progress.resume()
-
-
-def _aligned_resume(final: Path, request_size: int, size: int) -> int:
-    offset = resume_offset(part_path(final), request_size)
-    return offset if offset <= size else 0
 
 
 class _ProgressPublisher:

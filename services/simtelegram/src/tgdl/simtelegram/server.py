@@ -4,7 +4,8 @@ serving statistics.
 
 Routes:
     GET  /chats/{chat}/messages/{tg_id}                  describe a message and its media
-    GET  /chats/{chat}/messages/{tg_id}/content?offset=N  its bytes from N to the end
+    GET  /chats/{chat}/messages/{tg_id}/content?offset=N[&limit=L]
+                                                          its bytes from N (L of them at most)
     GET  /catalog                                         every message as a sync saw it
     GET  /stats, POST /stats/reset                        what is being served
     GET  /faults, POST /faults, DELETE /faults            injected faults
@@ -68,6 +69,8 @@ class Simulator:
         self._by_address = {(m.chat, m.telegram_message_id): m for m in self.catalog}
         self.faults = Faults()
         self.stats = ServingStats()
+        self.account_pacer = _Pacer()  # every connection of the account shares this cap
+        self.connections = 0  # content answers being sent right now
 
     @property
     def bandwidth(self) -> int:
@@ -95,28 +98,32 @@ class Simulator:
             return _error(410, "message_deleted")
         return None
 
-    async def stream(self, message: SimMessage, offset: int, drop_after: int | None
-                     ) -> AsyncIterator[bytes]:
-        """The message's bytes from `offset`, paced; counted as serving while open. The
-        server cancels this generator as soon as the client disconnects, so `finally`
-        runs promptly."""
+    async def stream(self, message: SimMessage, offset: int, drop_after: int | None,
+                     end: int | None = None) -> AsyncIterator[bytes]:
+        """The message's bytes from `offset` to `end`, paced per connection and per
+        account; counted as serving while open. The server cancels this generator as soon
+        as the client disconnects, so `finally` runs promptly."""
         message_id, size = message.message_id, message.size or 0
+        end = size if end is None else min(end, size)
         self.stats.opened(message_id)
+        self.connections += 1
         try:
             pacer = _Pacer()
             sent = 0
-            for piece in _pieces(message_id, size, offset):
+            for piece in _pieces(message_id, end, offset):
                 cut = drop_after is not None and sent + len(piece) >= drop_after
                 if cut:
                     piece = piece[: drop_after - sent]
                 if piece:
                     await pacer.wait(len(piece), self.bandwidth)
+                    await self.account_pacer.wait(len(piece), self.settings.account_bandwidth)
                     yield piece
                     sent += len(piece)
                     self.stats.sent(message_id, len(piece))
                 if cut:
                     raise SimulatedDrop(f"message {message_id} dropped after {drop_after} bytes")
         finally:
+            self.connections -= 1
             self.stats.closed(message_id)
 
 
@@ -187,6 +194,9 @@ async def message_content(request: Request) -> Response:
     offset = _offset(request.query_params.get("offset", "0"))
     if offset is None:
         return _error(422, "invalid_offset", detail="offset must be an integer >= 0")
+    limit = _offset(request.query_params.get("limit", "0"))
+    if limit is None:
+        return _error(422, "invalid_limit", detail="limit must be an integer >= 0 (0: all)")
     await asyncio.sleep(sim.latency)
     refusal = sim.refusal(message)
     if refusal is not None:
@@ -199,13 +209,17 @@ async def message_content(request: Request) -> Response:
     seconds = sim.faults.take_flood_wait(message.message_id)
     if seconds is not None:
         return _error(420, "flood_wait", seconds=seconds)
+    if sim.settings.max_connections and sim.connections >= sim.settings.max_connections:
+        # Telegram's answer to an account that opens too many file connections at once
+        return _error(420, "flood_wait", seconds=1)
     if sim.faults.take_expired_reference(message.message_id):
         return _error(400, "file_reference_expired")
     drop_after = sim.faults.take_drop(message.message_id)
+    end = min(message.size, offset + limit) if limit else message.size
     return StreamingResponse(
-        sim.stream(message, offset, drop_after),
+        sim.stream(message, offset, drop_after, end),
         media_type="application/octet-stream",
-        headers={"content-length": str(message.size - offset)},
+        headers={"content-length": str(end - offset)},
     )
 
 

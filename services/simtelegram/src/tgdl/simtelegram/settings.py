@@ -17,6 +17,8 @@ class SimSettings(BaseSettings):
     port: int = Field(default=8100, ge=0, le=65535)  # 0: any free port
     bandwidth: int = Field(default=4_000_000, ge=0)  # bytes/s per connection; 0 = unlimited
     latency: float = Field(default=0.05, ge=0, le=60)  # seconds before each answer
+    account_bandwidth: int = Field(default=0, ge=0)  # bytes/s over all connections; 0 = no cap
+    max_connections: int = Field(default=0, ge=0)  # beyond: a flood wait; 0 = no limit
 
     # The demo catalog (see catalog.demo_catalog).
     count: int = Field(default=240, ge=1, le=1_000_000)

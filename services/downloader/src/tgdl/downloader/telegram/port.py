@@ -5,6 +5,7 @@ implement it: `simulated.SimulatedTelegram` (demo, tests, benchmarks) and
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict
@@ -17,8 +18,12 @@ from tgdl.telegram.errors import (  # the port's vocabulary, shared with every a
     TransientError,
 )
 
-__all__ = ["FloodWait", "PermanentError", "RemoteMedia", "TelegramError", "TelegramPort",
-           "TransientError"]
+__all__ = ["PART_SIZE", "FloodWait", "PartSource", "PermanentError", "RemoteMedia",
+           "TelegramError", "TelegramPort", "TransientError"]
+
+#: Telegram's largest `upload.getFile` request. Parts start at multiples of it, so every
+#: request is 4 KiB-aligned, divides 1 MiB and never crosses a 1 MiB boundary.
+PART_SIZE = 1024 * 1024
 
 
 class RemoteMedia(BaseModel):
@@ -33,6 +38,18 @@ class RemoteMedia(BaseModel):
     file_name: str | None = None
     dc_id: int | None = None
     handle: Any = None  # adapter-specific (e.g. Telethon's document or photo object)
+
+
+class PartSource(Protocol):
+    """One file being fetched in parts. Trouble that concerns the whole file is handled
+    once for all parts in flight: an expired file reference is refreshed once, a file
+    that lives in another data center moves there for every part."""
+
+    async def read(self, offset: int, length: int) -> bytes:
+        """Bytes `[offset, offset + length)`: `offset` a multiple of PART_SIZE, `length`
+        at most PART_SIZE (less only for the last part). Waits for a free connection of
+        the account's pool; raises FloodWait, TransientError or PermanentError."""
+        ...
 
 
 class TelegramPort(Protocol):
@@ -52,6 +69,11 @@ class TelegramPort(Protocol):
         """Yield the media's bytes from `offset` (a multiple of `request_size`) to the end,
         in chunks of at most `request_size`. Refreshes expired file references itself;
         raises FloodWait, TransientError or PermanentError."""
+        ...
+
+    def parts(self, media: RemoteMedia) -> AbstractAsyncContextManager[PartSource]:
+        """Fetch `media` in parts, any number of them at once; a pool of connections per
+        data center of the account bounds how many requests are really in flight."""
         ...
 
     def serving(self) -> int:

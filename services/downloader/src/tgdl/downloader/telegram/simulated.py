@@ -4,6 +4,7 @@ the same errors a real account raises: FloodWait, TransientError, PermanentError
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from urllib.parse import quote
@@ -13,6 +14,7 @@ import httpx
 from tgdl.contracts.catalog import CatalogEntry, MediaKind
 from tgdl.contracts.errors import ErrorCode
 from tgdl.downloader.telegram.port import (
+    PART_SIZE,
     FloodWait,
     PermanentError,
     RemoteMedia,
@@ -76,10 +78,12 @@ class SimulatedTelegram:
 
     request_size: int = 512 * 1024
 
-    def __init__(self, base_url: str) -> None:
+    def __init__(self, base_url: str, connections: int = 4) -> None:
         self._base_url = base_url.rstrip("/")
         self._client: httpx.AsyncClient | None = None
         self._open_streams = 0
+        self.connections = connections  # the simulated account has one data center
+        self._pool = asyncio.Semaphore(connections)
 
     async def start(self) -> None:
         if self._client is None:
@@ -161,6 +165,57 @@ class SimulatedTelegram:
                 raise TransientError("the file reference kept expiring")
             await self.resolve(media.entry)
         raise AssertionError("unreachable")
+
+
+    @asynccontextmanager
+    async def parts(self, media: RemoteMedia) -> AsyncIterator[_SimulatedFile]:
+        self._open_streams += 1
+        try:
+            yield _SimulatedFile(self, media)
+        finally:
+            self._open_streams -= 1
+
+    async def _range(self, media: RemoteMedia, offset: int, length: int) -> httpx.Response:
+        url = f"{_message_path(media.entry)}/content"
+        async with self._pool:
+            try:
+                response = await self._http().get(url, params={"offset": offset,
+                                                               "limit": length})
+            except httpx.TransportError as exc:
+                raise TransientError(f"part at {offset} interrupted: {exc!r}") from exc
+        return response
+
+
+class _SimulatedFile:
+    """One file fetched in parts over range requests (`PartSource`)."""
+
+    def __init__(self, port: SimulatedTelegram, media: RemoteMedia) -> None:
+        self._port = port
+        self._media = media
+        self._generation = 0
+        self._refreshes = 0
+        self._refreshing = asyncio.Lock()
+
+    async def read(self, offset: int, length: int) -> bytes:
+        if offset % PART_SIZE or not 0 < length <= PART_SIZE:
+            raise ValueError(f"part {offset}+{length} breaks the 1 MiB rules")
+        while True:
+            generation = self._generation
+            response = await self._port._range(self._media, offset, length)
+            if response.status_code == 200:
+                if len(response.content) != length:
+                    raise TransientError(f"part at {offset}: {len(response.content)} of "
+                                         f"{length} bytes")
+                return response.content
+            if _error_of(response)[0] != _REFERENCE_EXPIRED:
+                raise _failure(response, self._media.entry)
+            async with self._refreshing:  # one refresh for every part that saw it expire
+                if self._generation == generation:
+                    self._refreshes += 1
+                    if self._refreshes > _MAX_REFRESHES:
+                        raise TransientError("the file reference kept expiring")
+                    await self._port.resolve(self._media.entry)
+                    self._generation += 1
 
 
 def _check_length(response: httpx.Response, expected: int) -> None:

@@ -12,27 +12,31 @@ Telethon leaves to its caller:
 
 Telegram's rules for `upload.getFile`: offset and limit multiples of 4 KiB, the limit
 divides 1 MiB, and no request crosses a 1 MiB boundary. Requests of `request_size` bytes
-(512 KiB) at offsets that are multiples of it satisfy all three.
+(512 KiB) at offsets that are multiples of it satisfy all three, and so do the parts of
+`parts()`: 1 MiB at multiples of 1 MiB, over a pool of connections per data center
+(`tgdl.telegram.senders`), with one reference refresh and one DC move for all of them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 from collections.abc import AsyncIterator
 from typing import Any
 
-from telethon import TelegramClient
-from telethon.tl import types
+from telethon import TelegramClient, errors
+from telethon.tl import functions, types
 
 from tgdl.contracts.catalog import CatalogEntry
 from tgdl.contracts.errors import ErrorCode
-from tgdl.downloader.telegram.port import RemoteMedia
+from tgdl.downloader.telegram.port import PART_SIZE, RemoteMedia
 from tgdl.telegram.client import TelegramSettings, TelegramSetupError, build_client
 from tgdl.telegram.errors import PermanentError, TransientError
 from tgdl.telegram.media import MediaInfo, describe_media, file_location
 from tgdl.telegram.peers import PeerResolver
 from tgdl.telegram.rpc import REFERENCE_EXPIRED, as_telegram_error, rpc_name
+from tgdl.telegram.senders import SenderPool
 
 REQUEST_SIZE = 512 * 1024  # Telethon's maximum; divides 1 MiB
 MAX_REFERENCE_REFRESHES = 3  # per stream; more means Telegram keeps rejecting fresh ones
@@ -52,17 +56,25 @@ class TelethonTelegram:
         *,
         request_timeout: float = 60.0,
         max_reference_refreshes: int = MAX_REFERENCE_REFRESHES,
+        connections_per_dc: int = 4,
     ) -> None:
         self._client = client
+        self._pool = SenderPool(client, connections_per_dc)
         self._peers = PeerResolver(client)
         self._timeout = request_timeout
         self._max_refreshes = max_reference_refreshes
         self._serving = 0
 
     @classmethod
-    def from_settings(cls, settings: TelegramSettings | None = None) -> TelethonTelegram:
+    def from_settings(cls, settings: TelegramSettings | None = None,
+                      connections_per_dc: int = 4) -> TelethonTelegram:
         settings = settings or TelegramSettings()
-        return cls(build_client(settings), request_timeout=settings.telegram_timeout)
+        return cls(build_client(settings), request_timeout=settings.telegram_timeout,
+                   connections_per_dc=connections_per_dc)
+
+    @property
+    def pool(self) -> SenderPool:
+        return self._pool
 
     @property
     def client(self) -> TelegramClient:
@@ -77,6 +89,7 @@ class TelethonTelegram:
             )
 
     async def close(self) -> None:
+        await self._pool.close()
         await self._client.disconnect()
 
     def serving(self) -> int:
@@ -173,6 +186,72 @@ class TelethonTelegram:
                     )
         finally:
             self._serving -= 1
+
+
+    @contextlib.asynccontextmanager
+    async def parts(self, media: RemoteMedia) -> AsyncIterator[_TelethonFile]:
+        self._serving += 1
+        try:
+            yield _TelethonFile(self, media)
+        finally:
+            self._serving -= 1
+
+    async def _get_file(self, dc_id: int, location: Any, offset: int) -> bytes:
+        async with self._pool.sender(dc_id) as sender:
+            async with asyncio.timeout(self._timeout):
+                result = await self._client._call(
+                    sender, functions.upload.GetFileRequest(location, offset, PART_SIZE))
+        if not isinstance(result, types.upload.File):  # a CDN redirect: never asked for
+            raise TransientError(f"Telegram answered {type(result).__name__}")
+        return result.bytes
+
+
+class _TelethonFile:
+    """One file fetched in parts (`PartSource`); what all its parts share lives here."""
+
+    def __init__(self, port: TelethonTelegram, media: RemoteMedia) -> None:
+        self._port = port
+        self._media = media
+        self._handle = media.handle
+        self._generation = 0  # bumped by each reference refresh
+        self._refreshes = 0
+        self._refreshing = asyncio.Lock()
+        self.dc_id = media.dc_id or port.client.session.dc_id
+
+    async def read(self, offset: int, length: int) -> bytes:
+        if offset % PART_SIZE or not 0 < length <= PART_SIZE:
+            raise ValueError(f"part {offset}+{length} breaks the 1 MiB rules")
+        while True:
+            generation, handle, dc_id = self._generation, self._handle, self.dc_id
+            try:
+                # Always 1 MiB: the last part is a short read (a smaller limit would
+                # have to divide 1 MiB, and Telegram ends the file for us anyway).
+                data = await self._port._get_file(dc_id, file_location(handle), offset)
+            except REFERENCE_EXPIRED as exc:
+                await self._refresh(generation, exc)
+                continue
+            except errors.FileMigrateError as exc:
+                self.dc_id = exc.new_dc  # the whole file lives there: every part moves
+                continue
+            except Exception as exc:
+                raise as_telegram_error(exc, resolving=False) from exc
+            if len(data) != length:
+                raise TransientError(
+                    f"Telegram answered {len(data)} bytes at {offset}, {length} expected")
+            return data
+
+    async def _refresh(self, seen: int, exc: Exception) -> None:
+        """One refresh for every part that saw the reference `seen` expire."""
+        async with self._refreshing:
+            if self._generation != seen:
+                return  # another part refreshed it meanwhile
+            self._refreshes += 1
+            if self._refreshes > self._port._max_refreshes:
+                raise TransientError(
+                    f"file reference rejected {self._refreshes} times ({rpc_name(exc)})"
+                ) from exc
+            self._handle = await self._port._refreshed(self._media)
+            self._generation += 1
 
 
 async def _release(chunks: Any) -> None:

@@ -1,0 +1,171 @@
+"""Files fetched as parallel 1 MiB parts through Telethon's real client (answered by the
+scripted Telegram of fakes/telegram_server.py): several connections, Telegram's request
+rules, shared trouble handled once, and resumes after a kill that fetch only what is
+missing."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from fakes.telegram_server import MiB, TelegramServer, content, sha256
+from telethon.tl import functions
+from waiting import until
+
+from tgdl.contracts.catalog import CatalogEntry
+from tgdl.downloader.files import PartFile, parts_path
+from tgdl.downloader.parts import fetch_parts, parts_for
+from tgdl.downloader.telegram.port import PART_SIZE
+from tgdl.downloader.telegram.telethon import TelethonTelegram
+from tgdl.telegram.client import client_options
+
+GetFile = functions.upload.GetFileRequest
+
+
+@pytest.fixture
+def server() -> TelegramServer:
+    return TelegramServer()
+
+
+async def started(server: TelegramServer, connections: int = 4) -> TelethonTelegram:
+    client = server.client(server.logged_in_session(), **client_options())
+    port = TelethonTelegram(client, request_timeout=5.0, connections_per_dc=connections)
+    await port.start()
+    return port
+
+
+@pytest.fixture
+async def port(server) -> AsyncIterator[TelethonTelegram]:
+    p = await started(server)
+    yield p
+    await p.close()
+
+
+def post(server: TelegramServer, size: int, name: str, **where) -> tuple[CatalogEntry, bytes]:
+    news = server.channels.get(1) or server.add_channel("news")
+    data = content(size, name)
+    telegram_id = server.post_document(news, data, file_name=f"{name}.bin", **where)
+    return CatalogEntry(message_id=telegram_id, chat="news", telegram_message_id=telegram_id,
+                        size=size), data
+
+
+async def download(port: TelethonTelegram, entry: CatalogEntry, final: Path,
+                   width: int = 8) -> PartFile:
+    media = await port.resolve(entry)
+    file = PartFile(final, media.size, PART_SIZE)
+    file.open()
+    try:
+        async with port.parts(media) as source:
+            async def stored(nbytes: int) -> None:
+                pass
+            await fetch_parts(source, file, width, stored)
+        file.commit()
+    finally:
+        file.close()
+    return file
+
+
+def assert_telegram_rules(server: TelegramServer) -> None:
+    for logged in server.file_requests():
+        offset, limit = logged.request.offset, logged.request.limit
+        assert offset % 4096 == 0 and limit % 4096 == 0, (offset, limit)
+        assert MiB % limit == 0, limit
+        assert offset // MiB == (offset + limit - 1) // MiB, (offset, limit)
+
+
+def served_offsets(server: TelegramServer) -> list[int]:
+    return sorted(r.request.offset for r in server.file_requests())
+
+
+def message_fetches(server: TelegramServer) -> int:
+    return len(server.requests(functions.channels.GetMessagesRequest))
+
+
+def test_parts_in_flight_grow_with_the_size_like_tdl():
+    assert [parts_for(n) for n in (10_000, MiB, 4 * MiB, 19 * MiB, 20 * MiB, 2**32)] == [
+        1, 2, 2, 4, 8, 8]
+    assert parts_for(2**32, setting=3) == 3
+
+
+async def test_parts_go_over_several_connections_within_telegrams_rules(server, port,
+                                                                        tmp_path):
+    entry, data = post(server, 10 * MiB + 12_345, "big")
+
+    await download(port, entry, tmp_path / "big.bin", width=8)
+
+    assert sha256((tmp_path / "big.bin").read_bytes()) == sha256(data)
+    assert served_offsets(server) == list(range(0, 11 * MiB, MiB))  # each part once
+    assert_telegram_rules(server)
+    assert server.most_in_flight == 4  # 8 parts wanted, the pool of 4 connections decides
+    senders = {r.sender for r in server.file_requests()}
+    assert len(senders) == 4 and port.pool.connections() == 4
+    assert not parts_path(tmp_path / "big.bin").exists()
+
+
+async def test_a_file_in_another_data_center_moves_there_for_every_part(server, port,
+                                                                       tmp_path):
+    entry, data = post(server, 6 * MiB, "far", stored_dc=4, announced_dc=2)
+
+    await download(port, entry, tmp_path / "far.bin", width=4)
+
+    assert sha256((tmp_path / "far.bin").read_bytes()) == sha256(data)
+    migrated = [r for r in server.file_requests() if r.dc_id == 2]
+    assert 1 <= len(migrated) <= 4  # only the parts already on their way asked at home
+    assert sorted(r.request.offset for r in server.file_requests() if r.dc_id == 4) == list(
+        range(0, 6 * MiB, MiB))
+
+
+async def test_an_expired_reference_is_refreshed_once_for_four_parts_in_flight(
+    server, port, tmp_path
+):
+    entry, data = post(server, 8 * MiB, "doc")
+    server.expire_reference_at(0)  # the first answer expires it for all four in flight
+    await port.resolve(entry)  # what the worker did before fetching
+    before = message_fetches(server)
+
+    await download(port, entry, tmp_path / "doc.bin", width=4)
+
+    assert sha256((tmp_path / "doc.bin").read_bytes()) == sha256(data)
+    assert server.most_in_flight == 4
+    expired = [r for r in server.file_requests()][:4]
+    assert sorted(r.request.offset for r in expired) == [0, MiB, 2 * MiB, 3 * MiB]
+    assert message_fetches(server) - before == 2  # resolve, then one refresh for all four
+
+
+async def test_a_kill_mid_file_with_parts_out_of_order_resumes_only_the_missing_ones(
+    server, tmp_path
+):
+    entry, data = post(server, 6 * MiB + 777, "movie")
+    server.hang_file_at(0)
+    server.hang_file_at(2 * MiB)
+    final = tmp_path / "movie.bin"
+    first = await started(server)
+    task = asyncio.create_task(download(first, entry, final, width=4))
+
+    def recorded() -> set[int]:
+        file = PartFile(final, len(data), PART_SIZE)
+        lines = parts_path(final).read_text().split("\n")[1:-1] if parts_path(
+            final).exists() else []
+        return {int(line) for line in lines if int(line) < file.count}
+
+    # Parts 1, 3, 4, 5 and 6 finish while 0 and 2 hang: done out of order.
+    await until(lambda: recorded() == {1, 3, 4, 5, 6}, 10, what="parts finished around a hole")
+    task.cancel()  # the process dies: nothing more is written
+    await asyncio.gather(task, return_exceptions=True)
+    await first.close()
+    with final.with_name(final.name + ".part").open("r+b") as torn:
+        torn.write(b"\xff" * 4096)  # a torn write in part 0: never recorded as done
+    before = len(server.file_requests())
+
+    second = await started(server)
+    try:
+        await download(second, entry, final, width=4)
+    finally:
+        await second.close()
+
+    assert sha256(final.read_bytes()) == sha256(data)
+    resumed = sorted(r.request.offset for r in server.file_requests()[before:])
+    assert resumed == [0, 2 * MiB]  # only the parts that were in flight at the kill
+    assert_telegram_rules(server)
