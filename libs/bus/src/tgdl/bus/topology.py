@@ -18,7 +18,6 @@ from nats.js.api import (
 )
 from nats.js.errors import BadRequestError, NotFoundError
 
-from tgdl.bus.broker import connect  # noqa: F401  (kept where callers look for it)
 from tgdl.contracts.config import CommonSettings
 from tgdl.contracts.subjects import Names
 

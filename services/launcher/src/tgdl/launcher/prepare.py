@@ -6,6 +6,7 @@ any service); the services only verify that they exist."""
 from __future__ import annotations
 
 from tgdl.bus import topology
+from tgdl.bus.broker import connect as nats_connect
 from tgdl.contracts.catalog import CatalogEntry
 from tgdl.contracts.config import CommonSettings
 from tgdl.db import catalog, schema
@@ -14,7 +15,7 @@ from tgdl.db.connection import connect
 
 async def ensure_nats(settings: CommonSettings) -> None:
     """Declare the streams, consumers and buckets (idempotent)."""
-    nc = await topology.connect(settings.nats_url, "tgdl-launcher")
+    nc = await nats_connect(settings.nats_url, "tgdl-launcher")
     try:
         await topology.ensure_topology(nc.jetstream(), settings.names,
                                         topology.QueuePolicy.of(settings))

@@ -13,7 +13,8 @@ import time
 import asyncpg
 from nats.js import JetStreamContext
 
-from tgdl.bus.topology import connect, verify_topology
+from tgdl.bus.broker import connect
+from tgdl.bus.topology import verify_topology
 from tgdl.contracts.config import CommonSettings
 from tgdl.contracts.subjects import Names
 from tgdl.db.connection import connect as db_connect
