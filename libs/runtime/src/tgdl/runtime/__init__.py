@@ -11,14 +11,25 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sys
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
+from tgdl.runtime.quiet import QuietLogs, expected_outage
+
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+__all__ = ["QuietLogs", "expected_outage", "run_service", "serve_http", "setup_logging"]
 
 
 def setup_logging(level: int = logging.INFO) -> None:
+    """One format for every service; expected network errors without tracebacks and
+    repeats summarised (see `QuietLogs`)."""
     logging.basicConfig(level=level, format=LOG_FORMAT)
+    quiet = QuietLogs()
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, QuietLogs) for f in handler.filters):
+            handler.addFilter(quiet)
 
 
 def run_service(name: str, serve: Callable[[asyncio.Event], Awaitable[None]]) -> None:
@@ -34,7 +45,16 @@ def run_service(name: str, serve: Callable[[asyncio.Event], Awaitable[None]]) ->
         await serve(stop)
         log.info("%s stopped", name)
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except Exception as exc:
+        if not expected_outage(exc):
+            raise
+        # e.g. started while PostgreSQL or NATS is down: one line, and the supervisor
+        # starts it again with back-off
+        log.error("%s stopped: a server it needs is unreachable (%s: %s)", name,
+                  type(exc).__name__, exc)
+        sys.exit(1)
 
 
 def serve_http(app: Any, host: str, port: int, log_level: str = "info") -> None:

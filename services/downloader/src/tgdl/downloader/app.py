@@ -13,6 +13,7 @@ from faststream.middlewares import AckPolicy
 from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
 from pydantic import ValidationError
 
+from tgdl.bus.broker import nats_broker
 from tgdl.bus.jobs import BrokerPublisher, JobLifecycle
 from tgdl.bus.leases import Leases
 from tgdl.bus.topology import verify_topology
@@ -66,9 +67,9 @@ def create_broker(settings: DownloaderSettings,
     connects here, so the AsyncAPI document can be built from it anywhere. `worker`
     returns the running worker (it needs the connection, so it exists only after start)."""
     names = settings.names
-    broker = NatsBroker(
-        settings.nats_url, name=settings.replica, max_reconnect_attempts=-1,
-        reconnect_time_wait=0.5, log_level=logging.DEBUG, middlewares=[_NeverTerminate],
+    broker = nats_broker(
+        settings.nats_url, settings.replica, log_level=logging.DEBUG,
+        middlewares=[_NeverTerminate],
         description="tgdl downloader: pulls download jobs, reports progress and outcomes",
     )
     # batch_size=1 and no max_workers: the worker returns from `take` only once a slot

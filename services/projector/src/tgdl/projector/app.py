@@ -10,6 +10,7 @@ import logging
 
 from faststream.nats import JStream, NatsBroker
 
+from tgdl.bus.broker import nats_broker
 from tgdl.bus.topology import verify_topology
 from tgdl.contracts.api import BatchStatusResponse
 from tgdl.contracts.events import BatchEvent
@@ -34,9 +35,8 @@ def create_broker(settings: ProjectorSettings) -> NatsBroker:
     where a typed FastStream handler would reject it first.
     """
     names = settings.names
-    broker = NatsBroker(
-        settings.nats_url, name="tgdl-projector", max_reconnect_attempts=-1,
-        reconnect_time_wait=0.5, log_level=logging.DEBUG,
+    broker = nats_broker(
+        settings.nats_url, "tgdl-projector", log_level=logging.DEBUG,
         description="tgdl projector: folds batch events, outcomes and progress into the "
                     "PostgreSQL read model; publishes batch snapshots",
     )

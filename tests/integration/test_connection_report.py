@@ -1,0 +1,49 @@
+"""A NATS server that goes away and comes back: one warning, one info line with the time
+it was down, nothing in between above DEBUG; a seed list whose first server is down."""
+
+from __future__ import annotations
+
+import logging
+
+from waiting import until
+
+from tgdl.bus.broker import connect, nats_broker
+from tgdl.launcher.embedded import free_port, start_nats
+
+
+async def test_a_lost_connection_is_one_warning_and_one_line_when_back(tmp_path, caplog):
+    server = start_nats(tmp_path / "nats", sync_always=False)
+    nc = await connect(server.url, "t-report")
+    try:
+        caplog.set_level(logging.DEBUG, logger="tgdl.nats")
+        server.process.kill()
+        server.process.wait()
+        await until(lambda: not nc.is_connected, within=10, what="disconnected")
+        await until(lambda: len([r for r in caplog.records if r.levelno == logging.DEBUG]) >= 2,
+                    within=10, what="reconnect attempts")
+        server = start_nats(tmp_path / "nats", port=server.port, sync_always=False)
+        await until(lambda: nc.is_connected, within=15, what="reconnected")
+        await until(lambda: any(r.levelno == logging.INFO for r in caplog.records),
+                    within=5, what="the line saying it is back")
+        loud = [(r.levelname, r.getMessage()) for r in caplog.records
+                if r.levelno >= logging.INFO]
+        assert len(loud) == 2, loud
+        (lost_level, lost), (back_level, back) = loud
+        assert lost_level == "WARNING" and "t-report lost its NATS connection" in lost
+        assert f":{server.port}" in lost
+        assert back_level == "INFO" and "reconnected to NATS" in back and " after " in back
+        assert all(r.exc_info is None for r in caplog.records)
+    finally:
+        await nc.close()
+        server.stop()
+
+
+async def test_a_service_connects_through_a_seed_list_whose_first_server_is_down(servers):
+    dead = f"nats://127.0.0.1:{free_port()}"
+    broker = nats_broker(f"{dead}, {servers.nats_url}", "t-seeds")
+    await broker.connect()
+    try:
+        assert broker.connection.is_connected
+        assert broker.connection.connected_url.port == int(servers.nats_url.rsplit(":", 1)[1])
+    finally:
+        await broker.stop()

@@ -1,0 +1,70 @@
+"""The log filter every service installs: expected outages without tracebacks, repeats
+held back and counted."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from tgdl.runtime.quiet import QuietLogs
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def record(msg: str, level: int = logging.WARNING, exc: BaseException | None = None,
+           name: str = "tgdl.test") -> logging.LogRecord:
+    exc_info = None
+    if exc is not None:
+        try:
+            raise exc
+        except BaseException:
+            exc_info = sys.exc_info()
+    return logging.LogRecord(name, level, __file__, 1, msg, None, exc_info)
+
+
+def test_an_expected_network_error_keeps_its_reason_but_not_its_traceback():
+    r = record("fetch failed", exc=ConnectionRefusedError(111, "Connection refused"))
+    assert QuietLogs().filter(r)
+    assert r.exc_info is None
+    assert r.getMessage() == "fetch failed (ConnectionRefusedError: [Errno 111] Connection refused)"
+
+
+def test_an_unexpected_error_keeps_its_traceback():
+    r = record("handler failed", logging.ERROR, exc=KeyError("x"))
+    assert QuietLogs().filter(r)
+    assert r.exc_info is not None
+
+
+def test_repeats_within_the_window_are_held_back_and_counted():
+    clock = Clock()
+    quiet = QuietLogs(window=30, clock=clock)
+    shown = []
+    for second in range(0, 65, 5):
+        clock.now = second
+        r = record("cannot reach the database")
+        if quiet.filter(r):
+            shown.append(r.getMessage())
+    assert shown == ["cannot reach the database",
+                     "cannot reach the database (and 5 more like it in the last 30 s)",
+                     "cannot reach the database (and 5 more like it in the last 30 s)"]
+
+
+def test_different_messages_and_info_lines_pass():
+    quiet = QuietLogs(window=30, clock=Clock())
+    assert quiet.filter(record("a")) and quiet.filter(record("b"))
+    assert quiet.filter(record("started", logging.INFO))
+    assert quiet.filter(record("started", logging.INFO))
+
+
+def test_faststreams_own_connection_lines_are_left_to_the_bus():
+    quiet = QuietLogs()
+    assert not quiet.filter(record("Connection broken with UnexpectedEOF()",
+                                   name="tgdl.faststream"))
+    assert not quiet.filter(record("callback for Task-17 is being executed...", logging.INFO,
+                                   name="tgdl.faststream"))
