@@ -198,7 +198,7 @@ class Fault:
     """Played once, on the first GetFile request at `offset` (any file unless `file_id`)."""
 
     offset: int
-    action: str  # "error" | "hang" | "drop" | "expire"
+    action: str  # "error" | "hang" | "drop" | "expire" | "corrupt"
     code: int = 0
     message: str = ""
     file_id: int | None = None
@@ -250,6 +250,8 @@ class TelegramServer:
         # Telegram's flood waits hold per method until a deadline on this virtual clock.
         self.clock = 0.0
         self.flood_until: dict[type, float] = {}
+        self.hash_range = 128 * 1024  # what upload.getFileHashes covers per hash
+        self.hashes_per_answer = 8
         self.in_flight = 0  # GetFile requests being answered right now
         self.most_in_flight = 0
         self.senders = itertools.count(1)
@@ -327,6 +329,10 @@ class TelegramServer:
         """The file reference expires when a request reaches `offset`: that request and
         every later one carrying the old reference get FILE_REFERENCE_EXPIRED."""
         self.faults.append(Fault(offset, "expire", file_id=file_id))
+
+    def corrupt_file_at(self, offset: int, times: int = 1) -> None:
+        """The next `times` answers at `offset` carry a flipped byte (hashes stay right)."""
+        self.faults.extend(Fault(offset, "corrupt") for _ in range(times))
 
     def advance(self, seconds: float) -> None:
         """Let time pass for the server (flood waits run out)."""
@@ -509,8 +515,10 @@ class TelegramServer:
         await asyncio.sleep(0)  # let other parts' requests arrive: they overlap as on the wire
         fault = next((f for f in self.faults if f.offset == offset
                       and f.file_id in (None, stored.id)), None)
+        corrupt = False
         if fault is not None:
             self.faults.remove(fault)
+            corrupt = fault.action == "corrupt"
             if fault.action == "expire":
                 stored.rotate_reference()
             elif fault.action == "error":
@@ -523,7 +531,27 @@ class TelegramServer:
         if location.file_reference != stored.reference:
             raise RpcFailure(400, "FILE_REFERENCE_EXPIRED")
         data = stored.bytes_for(location)[offset:offset + limit]
+        if corrupt and data:
+            data = bytes([data[0] ^ 0xFF]) + data[1:]
         return types.upload.File(type=types.storage.FilePartial(), mtime=0, bytes=data)
+
+    async def _get_file_hashes(self, sender: FakeSender, request: Any) -> list[Any]:
+        """SHA-256 of fixed ranges, a few per answer from the range holding `offset`."""
+        location = request.location
+        stored = self.files.get(location.id)
+        if stored is None or stored.access_hash != location.access_hash or stored.is_photo:
+            raise RpcFailure(400, "LOCATION_INVALID")
+        if sender.dc_id != stored.stored_dc:
+            raise RpcFailure(303, f"FILE_MIGRATE_{stored.stored_dc}")
+        if location.file_reference != stored.reference:
+            raise RpcFailure(400, "FILE_REFERENCE_EXPIRED")
+        size, step = len(stored.data), self.hash_range
+        start = request.offset - request.offset % step
+        return [
+            types.FileHash(offset=o, limit=step,
+                           hash=hashlib.sha256(stored.data[o:o + step]).digest())
+            for o in range(start, min(size, start + step * self.hashes_per_answer), step)
+        ]
 
     async def _export_authorization(self, sender: FakeSender, request: Any) -> Any:
         token = os.urandom(32)
@@ -615,6 +643,7 @@ _HANDLERS: dict[type, Callable[..., Any]] = {
     functions.messages.GetHistoryRequest: TelegramServer._get_history,
     functions.messages.GetDialogsRequest: TelegramServer._get_dialogs,
     functions.upload.GetFileRequest: TelegramServer._get_file,
+    functions.upload.GetFileHashesRequest: TelegramServer._get_file_hashes,
     functions.auth.ExportAuthorizationRequest: TelegramServer._export_authorization,
     functions.auth.ImportAuthorizationRequest: TelegramServer._import_authorization,
     functions.auth.SendCodeRequest: TelegramServer._send_code,

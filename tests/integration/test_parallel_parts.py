@@ -15,9 +15,9 @@ from telethon.tl import functions
 from waiting import until
 
 from tgdl.contracts.catalog import CatalogEntry
-from tgdl.downloader.files import PartFile, parts_path
-from tgdl.downloader.parts import fetch_parts, parts_for
-from tgdl.downloader.telegram.port import PART_SIZE
+from tgdl.downloader.files import PartFile, parts_path, recorded_parts
+from tgdl.downloader.parts import PartStats, fetch_parts, parts_for
+from tgdl.downloader.telegram.port import PART_SIZE, PermanentError
 from tgdl.downloader.telegram.telethon import TelethonTelegram
 from tgdl.telegram.client import client_options
 
@@ -52,7 +52,8 @@ def post(server: TelegramServer, size: int, name: str, **where) -> tuple[Catalog
 
 
 async def download(port: TelethonTelegram, entry: CatalogEntry, final: Path,
-                   width: int = 8) -> PartFile:
+                   width: int = 8, stats: PartStats | None = None) -> PartFile:
+    """What the worker does with a file (without the job around it)."""
     media = await port.resolve(entry)
     file = PartFile(final, media.size, PART_SIZE)
     file.open()
@@ -60,7 +61,7 @@ async def download(port: TelethonTelegram, entry: CatalogEntry, final: Path,
         async with port.parts(media) as source:
             async def stored(nbytes: int) -> None:
                 pass
-            await fetch_parts(source, file, width, stored)
+            await fetch_parts(source, file, width, stored, stats)
         file.commit()
     finally:
         file.close()
@@ -144,14 +145,9 @@ async def test_a_kill_mid_file_with_parts_out_of_order_resumes_only_the_missing_
     first = await started(server)
     task = asyncio.create_task(download(first, entry, final, width=4))
 
-    def recorded() -> set[int]:
-        file = PartFile(final, len(data), PART_SIZE)
-        lines = parts_path(final).read_text().split("\n")[1:-1] if parts_path(
-            final).exists() else []
-        return {int(line) for line in lines if int(line) < file.count}
-
     # Parts 1, 3, 4, 5 and 6 finish while 0 and 2 hang: done out of order.
-    await until(lambda: recorded() == {1, 3, 4, 5, 6}, 10, what="parts finished around a hole")
+    await until(lambda: recorded_parts(final) == {1, 3, 4, 5, 6}, 10,
+                what="parts finished around a hole")
     task.cancel()  # the process dies: nothing more is written
     await asyncio.gather(task, return_exceptions=True)
     await first.close()
@@ -169,3 +165,54 @@ async def test_a_kill_mid_file_with_parts_out_of_order_resumes_only_the_missing_
     resumed = sorted(r.request.offset for r in server.file_requests()[before:])
     assert resumed == [0, 2 * MiB]  # only the parts that were in flight at the kill
     assert_telegram_rules(server)
+
+
+# --- Telegram's hashes --------------------------------------------------------------------
+
+
+async def test_every_part_is_checked_against_telegrams_hashes(server, port, tmp_path):
+    entry, data = post(server, 3 * MiB + 5000, "checked")
+
+    file = await download(port, entry, tmp_path / "checked.bin", width=4)
+
+    assert sha256((tmp_path / "checked.bin").read_bytes()) == sha256(data)
+    assert file.all_verified()
+    assert len(server.requests(functions.upload.GetFileHashesRequest)) == 4  # one per part
+
+
+async def test_a_corrupted_range_is_fetched_again_and_the_file_is_right(server, port,
+                                                                       tmp_path):
+    entry, data = post(server, 4 * MiB, "bent")
+    server.corrupt_file_at(2 * MiB)
+    stats = PartStats()
+
+    file = await download(port, entry, tmp_path / "bent.bin", width=4, stats=stats)
+
+    assert sha256((tmp_path / "bent.bin").read_bytes()) == sha256(data)
+    assert stats.refetched == 1 and file.all_verified()
+    assert served_offsets(server) == [0, MiB, 2 * MiB, 2 * MiB, 3 * MiB]
+
+
+async def test_a_range_that_stays_corrupted_fails_the_file_with_a_reason(server, port,
+                                                                        tmp_path):
+    entry, _ = post(server, 2 * MiB, "broken")
+    server.corrupt_file_at(MiB, times=10)
+
+    with pytest.raises(PermanentError) as failed:
+        await download(port, entry, tmp_path / "broken.bin", width=2)
+
+    assert "SHA-256" in failed.value.failure.detail
+    assert not (tmp_path / "broken.bin").exists()
+    assert PartFile(tmp_path / "broken.bin", 2 * MiB, PART_SIZE).open() == {0}  # kept
+
+
+async def test_a_file_without_hashes_completes_unverified(server, port, tmp_path):
+    news = server.add_channel("pics")
+    data = content(300_000, "photo")
+    telegram_id = server.post_photo(news, data)
+    entry = CatalogEntry(message_id=9, chat="pics", telegram_message_id=telegram_id)
+
+    file = await download(port, entry, tmp_path / "photo.jpg")
+
+    assert (tmp_path / "photo.jpg").read_bytes() == data
+    assert not file.all_verified()

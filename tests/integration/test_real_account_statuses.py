@@ -55,7 +55,7 @@ from tgdl.contracts.subjects import Names
 from tgdl.db import catalog
 from tgdl.db.connection import connect as db_connect
 from tgdl.downloader import app as downloader_app
-from tgdl.downloader.files import part_path, parts_path
+from tgdl.downloader.files import part_path, recorded_parts
 from tgdl.downloader.settings import DownloaderSettings
 from tgdl.downloader.telegram.port import PART_SIZE
 from tgdl.downloader.telegram.telethon import TelethonTelegram
@@ -563,17 +563,13 @@ async def test_after_a_kill_the_next_replica_resumes_from_the_part_file(telegram
 
     batch = await stack.start_batch([big])
 
-    sidecar = parts_path(stack.media_root / relative_path(big.entry))
-
-    def finished_parts() -> list[int]:
-        lines = sidecar.read_text().split("\n")[1:-1] if sidecar.exists() else []
-        return [int(line) for line in lines]
+    final = stack.media_root / relative_path(big.entry)
 
     async def some_parts_on_disk() -> bool:
-        return len(finished_parts()) >= 3
+        return len(recorded_parts(final)) >= 3
     await eventually(some_parts_on_disk, "a few parts on disk")
     await stack.kill_downloader("d0")
-    done = finished_parts()
+    done = recorded_parts(final)
     resume_at = (max(done) + 1) * RS
     assert set(every_part(big)[: resume_at // RS]) <= set(offsets(telegram.parts(big, "d0")))
     # The kill also tore a write: bytes landed in the next part, never recorded as done.

@@ -66,6 +66,9 @@ class DownloadOutcome(Versioned):
     size: int | None = None
     failure: Failure | None = None  # why it failed or was cancelled
     at: datetime
+    # Every part matched Telegram's SHA-256 range hashes (False: Telegram gave none to
+    # check against; None: not completed, or from a downloader that did not check).
+    hash_verified: bool | None = None
 
 
 class Lease(BaseModel):

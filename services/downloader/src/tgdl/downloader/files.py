@@ -94,6 +94,15 @@ def parts_path(final: Path) -> Path:
     return final.with_name(final.name + PART_SUFFIX + PARTS_SUFFIX)
 
 
+def recorded_parts(final: Path) -> set[int]:
+    """Indices the sidecar lists as finished (for looking at a download from outside)."""
+    try:
+        lines = parts_path(final).read_text(errors="replace").split("\n")[1:-1]
+    except FileNotFoundError:
+        return set()
+    return {int(i) for line in lines if (i := line.removesuffix("v")).isdigit()}
+
+
 class PartFile:
     """A preallocated .part file filled part by part, in any order.
 
@@ -111,6 +120,7 @@ class PartFile:
         self.part_size = part_size
         self.count = -(-size // part_size)
         self.done: set[int] = set()
+        self.verified: set[int] = set()  # parts checked against Telegram's hashes
         self._fd: int | None = None
         self._log: int | None = None
 
@@ -118,6 +128,7 @@ class PartFile:
         """Open (or start) the .part file; return the indices of finished parts."""
         self.part.parent.mkdir(parents=True, exist_ok=True)
         header = _PARTS_HEADER.format(size=self.size, part=self.part_size)
+        self.verified = set()
         self.done = self._recorded(header) if self.part.exists() else set()
         if not self.done:
             fd = os.open(self.sidecar, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -147,8 +158,11 @@ class PartFile:
             return set()
         done = set()
         for line in text[len(header):].split("\n")[:-1]:  # a torn last line is ignored
-            if line.isdigit() and int(line) < self.count:
-                done.add(int(line))
+            index = line.removesuffix("v")  # "v": the part matched Telegram's hashes
+            if index.isdigit() and int(index) < self.count:
+                done.add(int(index))
+                if line.endswith("v"):
+                    self.verified.add(int(index))
         return done
 
     def missing(self) -> list[int]:
@@ -162,7 +176,10 @@ class PartFile:
     def bytes_done(self) -> int:
         return sum(self.span(i)[1] for i in self.done)
 
-    def write(self, index: int, data: bytes) -> None:
+    def all_verified(self) -> bool:
+        return self.count > 0 and len(self.verified) == self.count
+
+    def write(self, index: int, data: bytes, verified: bool = False) -> None:
         """Store part `index` durably, then record it (blocking: run it in a thread)."""
         assert self._fd is not None and self._log is not None
         offset, length = self.span(index)
@@ -173,9 +190,11 @@ class PartFile:
             written = os.pwrite(self._fd, view, offset)
             view, offset = view[written:], offset + written
         os.fdatasync(self._fd)
-        os.write(self._log, f"{index}\n".encode())
+        os.write(self._log, f"{index}{'v' if verified else ''}\n".encode())
         os.fsync(self._log)
         self.done.add(index)
+        if verified:
+            self.verified.add(index)
 
     def close(self) -> None:
         for fd in (self._fd, self._log):

@@ -9,16 +9,36 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
+from tgdl.contracts.errors import ErrorCode
 from tgdl.downloader.files import PartFile
-from tgdl.downloader.telegram.port import PartSource
+from tgdl.downloader.telegram.port import PartSource, PermanentError
+
+log = logging.getLogger("tgdl.downloader")
 
 MiB = 1024 * 1024
 # (files smaller than this, parts in flight); larger files get MAX_PARTS
 _BY_SIZE = ((1 * MiB, 1), (5 * MiB, 2), (20 * MiB, 4))
 MAX_PARTS = 8
+MAX_MISMATCHES = 3  # fetches of one part that fail Telegram's hashes before the file fails
+
+
+@dataclass
+class PartStats:
+    refetched: int = 0  # parts fetched again because they did not match Telegram's hashes
+
+
+def matches(data: bytes, offset: int, ranges: list[tuple[int, int, bytes]]) -> bool:
+    """Whether the part at `offset` matches every hashed range it holds."""
+    return all(
+        hashlib.sha256(data[start - offset:start - offset + length]).digest() == digest
+        for start, length, digest in ranges
+    )
 
 
 def parts_for(size: int, setting: int = 0) -> int:
@@ -33,20 +53,40 @@ async def fetch_parts(
     file: PartFile,
     width: int,
     on_part: Callable[[int], Awaitable[None]],
+    stats: PartStats | None = None,
 ) -> None:
-    """Fetch every part `file` is missing, `width` at a time, each stored (durably) as
-    soon as it arrives; `on_part(nbytes)` after each. The first failure stops the other
-    parts and is raised; parts already stored stay stored."""
+    """Fetch every part `file` is missing, `width` at a time, each checked against
+    Telegram's hashes where it has them and stored (durably) as soon as it passes;
+    `on_part(nbytes)` after each. The first failure stops the other parts and is raised;
+    parts already stored stay stored."""
     todo = deque(file.missing())
     writes: set[asyncio.Future] = set()
+    stats = stats if stats is not None else PartStats()
+
+    async def fetched(index: int) -> tuple[bytes, bool]:
+        offset, length = file.span(index)
+        for attempt in range(1, MAX_MISMATCHES + 1):
+            data = await source.read(offset, length)
+            ranges = await source.hashes(offset, length)
+            if ranges is None:
+                return data, False
+            if await asyncio.to_thread(matches, data, offset, ranges):
+                return data, True
+            stats.refetched += 1
+            log.warning("part at %d does not match Telegram's hashes (fetch %d of %d)",
+                        offset, attempt, MAX_MISMATCHES)
+        raise PermanentError.of(
+            ErrorCode.retries_exhausted,
+            f"the bytes at {offset} failed Telegram's SHA-256 check {MAX_MISMATCHES} times "
+            "in a row: Telegram keeps sending a corrupted range")
 
     async def worker() -> None:
         while todo:
             index = todo.popleft()
-            offset, length = file.span(index)
-            data = await source.read(offset, length)
+            data, verified = await fetched(index)
+            length = len(data)
             # Shielded: a write once begun completes before the file may be closed.
-            write = asyncio.ensure_future(asyncio.to_thread(file.write, index, data))
+            write = asyncio.ensure_future(asyncio.to_thread(file.write, index, data, verified))
             writes.add(write)
             await asyncio.shield(write)
             del data

@@ -250,7 +250,8 @@ class Worker:
         log.info("job %s %s", outcome.job_id, outcome.status)
 
     def _outcome(self, job: DownloadJob, status: OutcomeStatus, failure: Failure | None = None,
-                 size: int | None = None) -> DownloadOutcome:
+                 size: int | None = None, hash_verified: bool | None = None
+                 ) -> DownloadOutcome:
         rel = relative_path(job.entry)
         completed = status == OutcomeStatus.completed
         return DownloadOutcome(
@@ -260,6 +261,7 @@ class Worker:
             size=size if completed else None,
             failure=failure,
             at=_now(),
+            hash_verified=hash_verified if completed else None,
         )
 
     # --- the download -----------------------------------------------------------------------
@@ -274,8 +276,9 @@ class Worker:
                 try:
                     await self._wait_out_flood(running, progress)
                     media = await self._interruptible(running, self.port.resolve(job.entry))
-                    size = await self._fetch(media, final, running, progress)
-                    return self._outcome(job, OutcomeStatus.completed, size=size)
+                    size, verified = await self._fetch(media, final, running, progress)
+                    return self._outcome(job, OutcomeStatus.completed, size=size,
+                                         hash_verified=verified)
                 except FloodWait as wait:
                     if wait.seconds > self.s.max_flood_wait:
                         return self._outcome(job, OutcomeStatus.failed, Failure.of(
@@ -309,8 +312,9 @@ class Worker:
 
     async def _fetch(
         self, media: RemoteMedia, final: Path, running: Running, progress: _ProgressPublisher
-    ) -> int:
-        """Fetch the parts the .part file is missing, several at once, then commit it."""
+    ) -> tuple[int, bool]:
+        """Fetch the parts the .part file is missing, several at once, then commit it;
+        returns the size and whether every part matched Telegram's hashes."""
         file = PartFile(final, media.size, PART_SIZE)
         await asyncio.to_thread(file.open)
         try:
@@ -329,12 +333,13 @@ class Worker:
                                       stored)
 
             await self._interruptible(running, fetch())
+            verified = file.all_verified()
             await asyncio.to_thread(file.commit)
         finally:
             file.close()
         progress.add(0)
         await progress.publish("downloading", force=True)
-        return media.size
+        return media.size, verified
 
     async def _interruptible(self, running: Running, work: Awaitable):
         """Run `work` until it ends or the download must stop (cancel or shutdown)."""

@@ -51,6 +51,11 @@ class PartSource(Protocol):
         the account's pool; raises FloodWait, TransientError or PermanentError."""
         ...
 
+    async def hashes(self, offset: int, length: int) -> list[tuple[int, int, bytes]] | None:
+        """Telegram's SHA-256 of the ranges covering `[offset, offset + length)`, as
+        (offset, length, digest), or None when it publishes none for this file."""
+        ...
+
 
 class TelegramPort(Protocol):
     #: bytes per request; resume offsets are rounded down to a multiple of it

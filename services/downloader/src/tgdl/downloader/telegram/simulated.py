@@ -217,6 +217,9 @@ class _SimulatedFile:
                     await self._port.resolve(self._media.entry)
                     self._generation += 1
 
+    async def hashes(self, offset: int, length: int) -> list[tuple[int, int, bytes]] | None:
+        return None  # the simulated Telegram publishes no range hashes
+
 
 def _check_length(response: httpx.Response, expected: int) -> None:
     announced = response.headers.get("content-length")

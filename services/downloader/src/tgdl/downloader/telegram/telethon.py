@@ -196,6 +196,12 @@ class TelethonTelegram:
         finally:
             self._serving -= 1
 
+    async def _get_hashes(self, dc_id: int, location: Any, offset: int) -> list[Any]:
+        async with self._pool.sender(dc_id) as sender:
+            async with asyncio.timeout(self._timeout):
+                return await self._client._call(
+                    sender, functions.upload.GetFileHashesRequest(location, offset))
+
     async def _get_file(self, dc_id: int, location: Any, offset: int) -> bytes:
         async with self._pool.sender(dc_id) as sender:
             async with asyncio.timeout(self._timeout):
@@ -217,6 +223,8 @@ class _TelethonFile:
         self._refreshes = 0
         self._refreshing = asyncio.Lock()
         self.dc_id = media.dc_id or port.client.session.dc_id
+        self._hashes: dict[int, tuple[int, bytes]] = {}  # range offset -> (length, sha256)
+        self._no_hashes = False
 
     async def read(self, offset: int, length: int) -> bytes:
         if offset % PART_SIZE or not 0 < length <= PART_SIZE:
@@ -239,6 +247,42 @@ class _TelethonFile:
                 raise TransientError(
                     f"Telegram answered {len(data)} bytes at {offset}, {length} expected")
             return data
+
+    async def hashes(self, offset: int, length: int) -> list[tuple[int, int, bytes]] | None:
+        """Telegram's range hashes over the part, asked for until they cover it (each
+        answer covers a few ranges from the asked offset)."""
+        end = offset + length
+        position = offset
+        while position < end and not self._no_hashes:
+            known = self._hashes.get(position)
+            if known is not None:
+                position += known[0]
+                continue
+            generation, handle, dc_id = self._generation, self._handle, self.dc_id
+            try:
+                ranges = await self._port._get_hashes(dc_id, file_location(handle), position)
+            except REFERENCE_EXPIRED as exc:
+                await self._refresh(generation, exc)
+                continue
+            except errors.FileMigrateError as exc:
+                self.dc_id = exc.new_dc
+                continue
+            except (errors.FloodError, errors.ServerError, OSError, TimeoutError) as exc:
+                raise as_telegram_error(exc, resolving=False) from exc
+            except errors.RPCError:
+                ranges = []  # not offered for this file (photos, some old documents)
+            for r in ranges:
+                if r.limit > 0:
+                    self._hashes[r.offset] = (r.limit, r.hash)
+            if position not in self._hashes:  # none, or ranges not aligned with our parts
+                self._no_hashes = True
+        if self._no_hashes:
+            return None
+        found, position = [], offset
+        while position < end:
+            found.append((position, *self._hashes[position]))
+            position += self._hashes[position][0]
+        return found
 
     async def _refresh(self, seen: int, exc: Exception) -> None:
         """One refresh for every part that saw the reference `seen` expire."""
