@@ -253,6 +253,15 @@ async def test_a_rejection_becomes_a_4xx_chosen_by_the_gateway(client, orchestra
     assert body["detail"].startswith("51 message ids") and body["suggestion"]
 
 
+async def test_a_full_batch_log_is_a_507_that_says_what_to_do(client, orchestrator_answers):
+    orchestrator_answers.append(CommandReply(rejected=Rejection(
+        reason=RejectReason.storage_full, detail="no room for a new batch log",
+    )).model_dump_json().encode())
+    response = await client.post("/api/media/batch-download", json={"message_ids": [1]})
+    body = assert_error_body(response, 507, "storage_full")
+    assert "TGDL_EVENTS_MAX_BYTES" in body["suggestion"]
+
+
 async def test_an_accepted_batch_becomes_the_contract_body(client, orchestrator_answers, db):
     orchestrator_answers.append(CommandReply(ok=BatchAccepted(
         batch_id="batch_x", requested_ids=[1, 2, 3], started=[1], already_downloaded=[],

@@ -15,6 +15,13 @@ from tgdl.contracts.subjects import Names
 WRONG_LAST_SEQUENCE = 10071  # JetStream's err_code for a failed expected-sequence check
 
 
+STORE_FULL = 10077  # JetStream's err_code for a stream at its message or byte limit
+
+
+class LogFull(Exception):
+    """The events stream is at its size limit: nothing more can be appended."""
+
+
 class ConcurrentAppend(Exception):
     """Someone else appended to this batch since we read it: reload and decide again."""
 
@@ -46,6 +53,8 @@ class EventLog:
             except APIError as exc:
                 if exc.err_code == WRONG_LAST_SEQUENCE:
                     raise ConcurrentAppend(batch_id) from exc
+                if exc.err_code == STORE_FULL:
+                    raise LogFull(str(exc.description)) from exc
                 raise
             last = ack.seq
         return last

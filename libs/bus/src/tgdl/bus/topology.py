@@ -22,6 +22,7 @@ from tgdl.contracts.config import CommonSettings
 from tgdl.contracts.subjects import Names
 
 DAY = 24 * 3600.0
+STREAM_NAME_IN_USE = 10058  # JetStream's err_code: the stream exists with another config
 
 
 @dataclass(frozen=True)
@@ -34,41 +35,62 @@ class QueuePolicy:
     replicas: int = 1  # copies of every stream and bucket (3 on a NATS cluster)
     events_max_age: float = 30 * DAY  # how long batch logs (and so history) are kept
     duplicate_window: float = 600.0  # job re-publishes after a crash are dropped within it
+    # Storage bounds (CommonSettings documents them).
+    events_max_bytes: int = 2 * 2**30
+    outcomes_max_bytes: int = 512 * 2**20
+    jobs_max_msgs: int = 100_000
+    progress_max_msgs: int = 100_000
+    advisories_max_msgs: int = 10_000
+    bucket_max_bytes: int = 64 * 2**20
 
     @classmethod
     def of(cls, settings: CommonSettings) -> QueuePolicy:
         return cls(ack_wait=settings.ack_wait, max_deliver=settings.max_deliver,
-                   global_cap=settings.global_cap, replicas=settings.stream_replicas)
+                   global_cap=settings.global_cap, replicas=settings.stream_replicas,
+                   events_max_bytes=settings.events_max_bytes,
+                   outcomes_max_bytes=settings.outcomes_max_bytes,
+                   jobs_max_msgs=settings.jobs_max_msgs,
+                   progress_max_msgs=settings.progress_max_msgs,
+                   bucket_max_bytes=settings.bucket_max_bytes)
 
 
 async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
     try:
         await js.add_stream(config)
     except BadRequestError as exc:
-        if exc.err_code != 10058:  # stream name already in use with a different config
+        if exc.err_code != STREAM_NAME_IN_USE:
             raise
         await js.update_stream(config)
 
 
 def stream_configs(names: Names, policy: QueuePolicy) -> list[StreamConfig]:
+    """Every stream is bounded. What a full stream does follows from what it holds:
+    the batch logs and the job queue refuse new messages (a new batch is refused with
+    `storage_full`, a dispatch is retried by the sweep) rather than silently lose the
+    truth or a job; outcomes, progress and advisories drop their oldest messages."""
     kept = {"storage": StorageType.FILE, "num_replicas": policy.replicas}
     return [
         StreamConfig(name=names.events_stream, subjects=[names.all_batch_events],
                      retention=RetentionPolicy.LIMITS, max_age=policy.events_max_age,
+                     max_bytes=policy.events_max_bytes, discard=DiscardPolicy.NEW,
                      duplicate_window=policy.duplicate_window, **kept),
         StreamConfig(name=names.jobs_stream, subjects=[names.download_jobs],
-                     retention=RetentionPolicy.WORK_QUEUE,
+                     retention=RetentionPolicy.WORK_QUEUE, max_msgs=policy.jobs_max_msgs,
+                     discard=DiscardPolicy.NEW,
                      duplicate_window=policy.duplicate_window, **kept),
         StreamConfig(name=names.outcomes_stream, subjects=[names.all_file_done],
                      retention=RetentionPolicy.LIMITS, max_age=policy.events_max_age,
+                     max_bytes=policy.outcomes_max_bytes, discard=DiscardPolicy.OLD,
                      duplicate_window=policy.duplicate_window, **kept),
         # only the latest progress of a file matters
         StreamConfig(name=names.progress_stream, subjects=[names.all_file_progress],
                      retention=RetentionPolicy.LIMITS, max_msgs_per_subject=1,
+                     max_msgs=policy.progress_max_msgs,
                      discard=DiscardPolicy.OLD, max_age=DAY, **kept),
         # stored, so a job JetStream gave up on is failed even if no orchestrator ran then
         StreamConfig(name=names.advisories_stream, subjects=[names.max_deliveries_advisory()],
-                     retention=RetentionPolicy.LIMITS, max_age=7 * DAY, **kept),
+                     retention=RetentionPolicy.LIMITS, max_age=7 * DAY,
+                     max_msgs=policy.advisories_max_msgs, discard=DiscardPolicy.OLD, **kept),
     ]
 
 
@@ -92,10 +114,22 @@ async def ensure_topology(js: JetStreamContext, names: Names, policy: QueuePolic
             durable_name=durable, ack_policy=AckPolicy.EXPLICIT, ack_wait=30.0,
             deliver_policy=DeliverPolicy.ALL))
     for bucket in (names.leases_bucket, names.flood_bucket, names.open_batches_bucket):
-        await js.create_key_value(
-            KeyValueConfig(bucket=bucket, history=1, storage=StorageType.FILE,
-                           replicas=policy.replicas)
-        )
+        await _ensure_bucket(js, KeyValueConfig(
+            bucket=bucket, history=1, storage=StorageType.FILE, replicas=policy.replicas,
+            max_bytes=policy.bucket_max_bytes))
+
+
+async def _ensure_bucket(js: JetStreamContext, config: KeyValueConfig) -> None:
+    try:
+        await js.create_key_value(config)
+    except BadRequestError as exc:
+        if exc.err_code != STREAM_NAME_IN_USE:
+            raise
+        # an existing bucket with other limits: change its stream in place, data kept
+        stream = (await js.stream_info(f"KV_{config.bucket}")).config
+        stream.max_bytes = config.max_bytes
+        stream.num_replicas = config.replicas
+        await js.update_stream(stream)
 
 
 class TopologyMissing(RuntimeError):

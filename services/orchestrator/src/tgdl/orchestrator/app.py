@@ -20,7 +20,7 @@ from faststream.nats import JStream, NatsBroker, NatsMessage, NatsRouter, PullSu
 from pydantic import BaseModel, ValidationError
 
 from tgdl.bus.broker import nats_broker
-from tgdl.bus.eventlog import EventLog
+from tgdl.bus.eventlog import EventLog, LogFull
 from tgdl.bus.jobs import BrokerPublisher, JobLifecycle
 from tgdl.bus.leases import Leases
 from tgdl.bus.topology import verify_topology
@@ -79,6 +79,10 @@ def _invalid_command(exc: ValidationError) -> CommandReply:
 async def _answer(subject: str, handle) -> CommandReply:
     try:
         return reply(await handle())
+    except LogFull as exc:  # a foreseeable outage: say so, no traceback
+        log.warning("command on %s refused: the batch log stream is full", subject)
+        return CommandReply(rejected=Rejection(
+            reason=RejectReason.storage_full, detail=f"the batch log stream is full ({exc})"))
     except Exception:
         log.exception("command on %s failed", subject)
         return CommandReply(rejected=Rejection(

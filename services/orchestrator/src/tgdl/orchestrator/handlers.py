@@ -9,11 +9,13 @@ alone chooses status codes and wording.
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import Iterable
 from datetime import timedelta
 from pathlib import Path
 
+from tgdl.bus.eventlog import LogFull
 from tgdl.contracts.catalog import CatalogEntry
 from tgdl.contracts.commands import (
     BatchAccepted,
@@ -36,6 +38,7 @@ from tgdl.orchestrator.react import (
     Key,
     give_up,
     plan_recovery,
+    react_all,
     react_to_outcome,
     resume,
     stalled,
@@ -43,6 +46,8 @@ from tgdl.orchestrator.react import (
 from tgdl.orchestrator.repository import BatchRepository
 from tgdl.orchestrator.settings import OrchestratorSettings
 from tgdl.orchestrator.triage import triage_request
+
+log = logging.getLogger("tgdl.orchestrator")
 
 
 def new_batch_id(kind: BatchKind) -> str:
@@ -77,14 +82,30 @@ class Orchestrator:
         )
         while True:
             batch_id = new_batch_id(cmd.kind)
-            await self.ports.open_batches.add(batch_id)  # listed before it exists
-            events, _, _ = await self.executor.decide(batch_id, Start(
+            start = Start(
                 batch_id=batch_id, kind=cmd.kind, max_concurrent=cmd.max_concurrent,
                 force=cmd.force, requested_ids=ids, to_download=triage.to_download,
                 already_downloaded=triage.already_downloaded,
                 failed_to_start=triage.failed_to_start,
                 already_downloading=triage.already_downloading, at=self.ports.clock.now(),
-            ))
+            )
+            await self.ports.open_batches.add(batch_id)  # listed before it exists
+            try:
+                events, _, after = await self.repo.execute(batch_id, start)
+            except LogFull as exc:
+                if not await self.ports.log.last_seq(batch_id):  # nothing of it was stored
+                    await self.ports.open_batches.remove(batch_id)
+                    return Rejection(reason=RejectReason.storage_full,
+                                     detail=f"no room for a new batch log ({exc})")
+                # Its start was stored, not all its grants: it stays listed, so recovery
+                # grants them once there is room again.
+                log.warning("batch %s started, but its log filled up: %s", batch_id, exc)
+                events = (await self.repo.history(batch_id))[0]  # what was stored
+                after = (await self.repo.reload(batch_id))[0]
+            try:
+                await self.executor.carry_out(react_all(events, after))
+            except LogFull:  # the batch exists; the sweep dispatches once there is room
+                log.warning("batch %s started, but its log is full; dispatch waits", batch_id)
             if events:
                 break  # (nothing appended means the id was taken: draw another)
         return BatchAccepted(
