@@ -116,6 +116,7 @@ async def test_a_job_is_downloaded_and_its_outcome_handed_to_the_waiting_parties
     done = await d.outcome("b1:1")
     assert done.status == "completed" and done.parties == ["b1"] and done.failure is None
     assert sha_of(d, entry) == expected_sha256(entry.message_id, entry.size)
+    assert done.hash_verified  # every part matched the simulated Telegram's range hashes
     assert await until(lambda: _is_none(d.leases.get(entry.message_id)), what="lease released")
     assert await until(lambda: _eq(d.queued(), 0), what="job acknowledged")
 

@@ -32,6 +32,13 @@ class ExpireReferenceFault(_Fault):
     """Content requests answer 400 ``file_reference_expired`` until the client refetches."""
 
 
+class CorruptFault(_Fault):
+    """Content answers starting at `offset` carry one flipped byte (the hashes stay
+    right, so a client checking them sees the damage)."""
+
+    offset: int = Field(default=0, ge=0)
+
+
 class FaultRequest(BaseModel):
     """Body of ``POST /faults``: any combination of faults; each kind takes one object or
     a list of them."""
@@ -41,11 +48,14 @@ class FaultRequest(BaseModel):
     flood_wait: list[FloodWaitFault] = Field(default_factory=list)
     drop: list[DropFault] = Field(default_factory=list)
     expire_reference: list[ExpireReferenceFault] = Field(default_factory=list)
+    corrupt: list[CorruptFault] = Field(default_factory=list)
     delete: list[int] = Field(default_factory=list)  # message ids deleted from now on
     bandwidth: int | None = Field(default=None, ge=0)  # bytes/s per connection, 0 = unlimited
     latency: float | None = Field(default=None, ge=0, le=60)
+    account_bandwidth: int | None = Field(default=None, ge=0)  # bytes/s in all; 0 = no cap
+    max_connections: int | None = Field(default=None, ge=0)  # beyond: flood wait; 0 = none
 
-    @field_validator("flood_wait", "drop", "expire_reference", mode="before")
+    @field_validator("flood_wait", "drop", "expire_reference", "corrupt", mode="before")
     @classmethod
     def _one_or_many(cls, value: Any) -> Any:
         return [value] if isinstance(value, dict) else value
@@ -58,7 +68,8 @@ class FaultRequest(BaseModel):
 
     def message_ids(self) -> set[int]:
         """Every message id the request refers to (each must exist in the catalog)."""
-        faults: list[_Fault] = [*self.flood_wait, *self.drop, *self.expire_reference]
+        faults: list[_Fault] = [*self.flood_wait, *self.drop, *self.expire_reference,
+                                *self.corrupt]
         return set(self.delete) | {fault.message_id for fault in faults}
 
 
@@ -72,9 +83,12 @@ class Faults:
         self._flood: defaultdict[int, deque[int]] = defaultdict(deque)  # seconds per request
         self._drop: defaultdict[int, deque[int]] = defaultdict(deque)  # after_bytes per request
         self._expired: defaultdict[int, int] = defaultdict(int)
+        self._corrupt: defaultdict[tuple[int, int], int] = defaultdict(int)  # (id, offset)
         self.deleted: set[int] = set()
         self.bandwidth: int | None = None
         self.latency: float | None = None
+        self.account_bandwidth: int | None = None
+        self.max_connections: int | None = None
 
     def add(self, request: FaultRequest) -> None:
         for flood in request.flood_wait:
@@ -83,7 +97,13 @@ class Faults:
             self._drop[drop.message_id].extend([drop.after_bytes] * drop.times)
         for expiry in request.expire_reference:
             self._expired[expiry.message_id] += expiry.times
+        for corrupt in request.corrupt:
+            self._corrupt[(corrupt.message_id, corrupt.offset)] += corrupt.times
         self.deleted.update(request.delete)
+        if request.account_bandwidth is not None:
+            self.account_bandwidth = request.account_bandwidth
+        if request.max_connections is not None:
+            self.max_connections = request.max_connections
         if request.bandwidth is not None:
             self.bandwidth = request.bandwidth
         if request.latency is not None:
@@ -103,12 +123,21 @@ class Faults:
         self._expired[message_id] -= 1
         return True
 
+    def take_corrupt(self, message_id: int, offset: int) -> bool:
+        if self._corrupt.get((message_id, offset), 0) <= 0:
+            return False
+        self._corrupt[(message_id, offset)] -= 1
+        return True
+
     def describe(self) -> dict[str, Any]:
         return {
             "flood_wait": {str(m): list(q) for m, q in sorted(self._flood.items()) if q},
             "drop": {str(m): list(q) for m, q in sorted(self._drop.items()) if q},
             "expire_reference": {str(m): n for m, n in sorted(self._expired.items()) if n},
+            "corrupt": {f"{m}@{o}": n for (m, o), n in sorted(self._corrupt.items()) if n},
             "deleted": sorted(self.deleted),
             "bandwidth": self.bandwidth,
             "latency": self.latency,
+            "account_bandwidth": self.account_bandwidth,
+            "max_connections": self.max_connections,
         }

@@ -6,6 +6,7 @@ Routes:
     GET  /chats/{chat}/messages/{tg_id}                  describe a message and its media
     GET  /chats/{chat}/messages/{tg_id}/content?offset=N[&limit=L]
                                                           its bytes from N (L of them at most)
+    GET  /chats/{chat}/messages/{tg_id}/hashes?offset=N   SHA-256 of the 128 KiB ranges from N
     GET  /catalog                                         every message as a sync saw it
     GET  /stats, POST /stats/reset                        what is being served
     GET  /faults, POST /faults, DELETE /faults            injected faults
@@ -15,6 +16,7 @@ Routes:
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import time
@@ -78,6 +80,16 @@ class Simulator:
         return self.settings.bandwidth if override is None else override
 
     @property
+    def account_bandwidth(self) -> int:
+        override = self.faults.account_bandwidth
+        return self.settings.account_bandwidth if override is None else override
+
+    @property
+    def max_connections(self) -> int:
+        override = self.faults.max_connections
+        return self.settings.max_connections if override is None else override
+
+    @property
     def latency(self) -> float:
         override = self.faults.latency
         return self.settings.latency if override is None else override
@@ -99,7 +111,7 @@ class Simulator:
         return None
 
     async def stream(self, message: SimMessage, offset: int, drop_after: int | None,
-                     end: int | None = None) -> AsyncIterator[bytes]:
+                     end: int | None = None, corrupt: bool = False) -> AsyncIterator[bytes]:
         """The message's bytes from `offset` to `end`, paced per connection and per
         account; counted as serving while open. The server cancels this generator as soon
         as the client disconnects, so `finally` runs promptly."""
@@ -116,7 +128,9 @@ class Simulator:
                     piece = piece[: drop_after - sent]
                 if piece:
                     await pacer.wait(len(piece), self.bandwidth)
-                    await self.account_pacer.wait(len(piece), self.settings.account_bandwidth)
+                    await self.account_pacer.wait(len(piece), self.account_bandwidth)
+                    if corrupt and sent == 0:
+                        piece = bytes([piece[0] ^ 0xFF]) + piece[1:]
                     yield piece
                     sent += len(piece)
                     self.stats.sent(message_id, len(piece))
@@ -209,7 +223,7 @@ async def message_content(request: Request) -> Response:
     seconds = sim.faults.take_flood_wait(message.message_id)
     if seconds is not None:
         return _error(420, "flood_wait", seconds=seconds)
-    if sim.settings.max_connections and sim.connections >= sim.settings.max_connections:
+    if sim.max_connections and sim.connections >= sim.max_connections:
         # Telegram's answer to an account that opens too many file connections at once
         return _error(420, "flood_wait", seconds=1)
     if sim.faults.take_expired_reference(message.message_id):
@@ -217,10 +231,40 @@ async def message_content(request: Request) -> Response:
     drop_after = sim.faults.take_drop(message.message_id)
     end = min(message.size, offset + limit) if limit else message.size
     return StreamingResponse(
-        sim.stream(message, offset, drop_after, end),
+        sim.stream(message, offset, drop_after, end,
+                   sim.faults.take_corrupt(message.message_id, offset)),
         media_type="application/octet-stream",
         headers={"content-length": str(end - offset)},
     )
+
+
+HASH_RANGE = 128 * 1024  # as Telegram's upload.getFileHashes
+HASHES_PER_ANSWER = 8
+
+
+async def message_hashes(request: Request) -> Response:
+    """SHA-256 of the fixed ranges from the one holding `offset`, a few per answer (as
+    Telegram's upload.getFileHashes)."""
+    sim = _sim(request)
+    message = sim.find(request.path_params["chat"], request.path_params["tg_id"])
+    offset = _offset(request.query_params.get("offset", "0"))
+    if offset is None:
+        return _error(422, "invalid_offset", detail="offset must be an integer >= 0")
+    await asyncio.sleep(sim.latency)
+    refusal = sim.refusal(message)
+    if refusal is not None:
+        return refusal
+    assert message is not None
+    if message.media_kind is None or message.size is None:
+        return _error(404, "no_media")
+    start = offset - offset % HASH_RANGE
+    stop = min(message.size, start + HASH_RANGE * HASHES_PER_ANSWER)
+    ranges = [
+        {"offset": o, "limit": HASH_RANGE, "sha256": hashlib.sha256(
+            content.read(message.message_id, message.size, o, HASH_RANGE)).hexdigest()}
+        for o in range(start, stop, HASH_RANGE)
+    ]
+    return JSONResponse(ranges)
 
 
 async def catalog(request: Request) -> Response:
@@ -295,6 +339,7 @@ def create_app(
         routes=[
             Route("/chats/{chat}/messages/{tg_id}", describe_message, methods=["GET"]),
             Route("/chats/{chat}/messages/{tg_id}/content", message_content, methods=["GET"]),
+            Route("/chats/{chat}/messages/{tg_id}/hashes", message_hashes, methods=["GET"]),
             Route("/catalog", catalog, methods=["GET"]),
             Route("/stats", get_stats, methods=["GET"]),
             Route("/stats/reset", reset_stats, methods=["POST"]),

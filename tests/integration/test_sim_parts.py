@@ -1,0 +1,115 @@
+"""Parallel parts against the real simulated Telegram over HTTP: range requests, range
+hashes, a corrupted range, and the account's connection limit."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sim_helpers import FAST, running_sim
+
+from tgdl.contracts.catalog import CatalogEntry
+from tgdl.downloader.files import PartFile
+from tgdl.downloader.parts import PartStats, fetch_parts
+from tgdl.downloader.telegram.port import PART_SIZE, FloodWait
+from tgdl.downloader.telegram.simulated import SimulatedTelegram
+from tgdl.simtelegram import client, content
+from tgdl.simtelegram.catalog import demo_catalog
+
+MESSAGES = demo_catalog(FAST.count, FAST.min_size, FAST.max_size, FAST.seed)
+
+
+def largest() -> CatalogEntry:
+    healthy = [m for m in MESSAGES if m.size and not (m.deleted or m.forbidden)]
+    entry = max(healthy, key=lambda m: m.size or 0).to_entry()
+    assert (entry.size or 0) > 2 * PART_SIZE
+    return entry
+
+
+@pytest.fixture(scope="module")
+async def sim_server() -> AsyncIterator[str]:
+    async with running_sim() as base_url:
+        yield base_url
+
+
+@pytest.fixture
+async def sim(sim_server: str) -> str:
+    await client.clear_faults(sim_server)
+    await client.until_serving(sim_server, 0)
+    await client.reset_stats(sim_server)
+    return sim_server
+
+
+@pytest.fixture
+async def tg(sim: str) -> AsyncIterator[SimulatedTelegram]:
+    adapter = SimulatedTelegram(sim, connections=4)
+    await adapter.start()
+    yield adapter
+    await adapter.close()
+
+
+async def download(tg: SimulatedTelegram, entry: CatalogEntry, final: Path,
+                   stats: PartStats | None = None) -> PartFile:
+    media = await tg.resolve(entry)
+    file = PartFile(final, media.size, PART_SIZE)
+    file.open()
+    try:
+        async with tg.parts(media) as source:
+            async def stored(nbytes: int) -> None:
+                pass
+            await fetch_parts(source, file, 4, stored, stats)
+        file.commit()
+    finally:
+        file.close()
+    return file
+
+
+async def test_a_range_request_answers_exactly_that_range(sim):
+    entry = largest()
+    url = f"{sim}/chats/{entry.chat}/messages/{entry.telegram_message_id}/content"
+    async with httpx.AsyncClient() as http:
+        response = await http.get(url, params={"offset": PART_SIZE, "limit": 5000})
+    assert response.status_code == 200
+    assert response.content == content.read(entry.message_id, entry.size, PART_SIZE, 5000)
+
+
+async def test_a_file_comes_in_verified_parts_each_asked_once(tg, sim, tmp_path):
+    entry = largest()
+
+    file = await download(tg, entry, tmp_path / "f.bin")
+
+    digest = hashlib.sha256((tmp_path / "f.bin").read_bytes()).hexdigest()
+    assert digest == content.expected_sha256(entry.message_id, entry.size)
+    assert file.all_verified()
+    assert (await client.stats(sim))["requests"][entry.message_id] == file.count
+
+
+async def test_a_corrupted_range_is_fetched_again(tg, sim, tmp_path):
+    entry = largest()
+    await client.set_faults(sim, corrupt={"message_id": entry.message_id,
+                                          "offset": PART_SIZE})
+    stats = PartStats()
+
+    file = await download(tg, entry, tmp_path / "f.bin", stats)
+
+    assert (tmp_path / "f.bin").read_bytes() == content.read(
+        entry.message_id, entry.size, 0, entry.size)
+    assert stats.refetched == 1 and file.all_verified()
+    assert (await client.stats(sim))["requests"][entry.message_id] == file.count + 1
+
+
+async def test_connections_beyond_the_accounts_limit_get_a_flood_wait(tg, sim):
+    entry = largest()
+    await client.set_faults(sim, max_connections=1, bandwidth=100_000)  # parts stay open
+    media = await tg.resolve(entry)
+    async with tg.parts(media) as source:
+        first = asyncio.create_task(source.read(0, PART_SIZE))
+        await client.until_serving(sim, 1)
+        with pytest.raises(FloodWait):
+            await source.read(PART_SIZE, PART_SIZE)
+        first.cancel()
+        await asyncio.gather(first, return_exceptions=True)
