@@ -15,11 +15,11 @@ import sys
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
-from tgdl.runtime.quiet import QuietLogs, expected_outage
+from tgdl.runtime.quiet import QuietLogs, expect, expected_outage
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
-__all__ = ["QuietLogs", "expected_outage", "run_service", "serve_http", "setup_logging"]
+__all__ = ["QuietLogs", "expect", "expected_outage", "run_service", "serve_http", "setup_logging"]
 
 
 def setup_logging(level: int = logging.INFO) -> None:
@@ -32,9 +32,13 @@ def setup_logging(level: int = logging.INFO) -> None:
             handler.addFilter(quiet)
 
 
-def run_service(name: str, serve: Callable[[asyncio.Event], Awaitable[None]]) -> None:
-    """Run `serve(stop)` until it returns; the first SIGINT/SIGTERM sets `stop`."""
+def run_service(name: str, serve: Callable[[asyncio.Event], Awaitable[None]],
+                expected: tuple[type[BaseException], ...] = ()) -> None:
+    """Run `serve(stop)` until it returns; the first SIGINT/SIGTERM sets `stop`. An
+    outage that ends the service (a lost server, or one of `expected`) is one line and
+    exit code 1, for the supervisor to start it again."""
     setup_logging()
+    expect(*expected)
     log = logging.getLogger(f"tgdl.{name}")
 
     async def main() -> None:

@@ -16,10 +16,21 @@ import time
 _DROPPED = ("Connection broken with", "Connection established", "callback for Task-")
 
 
+# More exceptions a service declares to be an outage's expected consequence.
+_ALSO_EXPECTED: list[type[BaseException]] = []
+
+
+def expect(*kinds: type[BaseException]) -> None:
+    """Treat `kinds` as expected outages too (e.g. a lost database session)."""
+    _ALSO_EXPECTED.extend(k for k in kinds if k not in _ALSO_EXPECTED)
+
+
 def expected_outage(exc: BaseException | None) -> bool:
     """A network error a lost server causes; its traceback tells nothing new."""
     if exc is None:
         return False
+    if isinstance(exc, tuple(_ALSO_EXPECTED)):
+        return True
     import asyncpg
     import nats.errors
     import nats.js.errors

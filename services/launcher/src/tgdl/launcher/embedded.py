@@ -3,7 +3,9 @@ real PostgreSQL (PyPI `pgserver`), with their data under one folder, on free por
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -35,6 +37,7 @@ class EmbeddedNats:
     process: subprocess.Popen
     url: str
     port: int
+    data_dir: Path | None = None
 
     def stop(self, timeout: float = 10.0) -> None:
         if self.process.poll() is None:
@@ -44,6 +47,41 @@ class EmbeddedNats:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+    def alive(self) -> bool:
+        return self.process.poll() is None  # also reaps a dead one: no zombie stays
+
+    def respawn(self) -> None:
+        """Start nats-server again on the same port and data (after it died); call from
+        the thread it should live as long as (see lifeline), then `accepting`."""
+        assert self.data_dir is not None
+        self.process = _spawn_nats(self.data_dir)
+
+    def accepting(self) -> bool:
+        """Whether it accepts connections; raises if it exited meanwhile."""
+        if self.process.poll() is not None:
+            raise RuntimeError(
+                f"nats-server exited ({self.process.returncode}); see "
+                f"{(self.data_dir or Path('.')) / 'nats.log'}")
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                return True
+        except OSError:
+            return False
+
+
+def _spawn_nats(data_dir: Path) -> subprocess.Popen:
+    with open(data_dir / "nats.log", "ab") as log:
+        # Own session: a Ctrl-C at the terminal reaches only the launcher, which stops
+        # nats-server after the services that use it.
+        return subprocess.Popen(
+            [nats_server_binary(), "-c", str(data_dir / "nats.conf")],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=die_with_parent(),
+        )
 
 
 def start_nats(data_dir: Path, port: int | None = None, sync_always: bool = True) -> EmbeddedNats:
@@ -65,28 +103,18 @@ def start_nats(data_dir: Path, port: int | None = None, sync_always: bool = True
             ]
         )
     )
-    with open(data_dir / "nats.log", "ab") as log:
-        # Own session: a Ctrl-C at the terminal reaches only the launcher, which stops
-        # nats-server after the services that use it.
-        process = subprocess.Popen(
-            [nats_server_binary(), "-c", str(conf)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            preexec_fn=die_with_parent(),
-        )
+    server = EmbeddedNats(_spawn_nats(data_dir), f"nats://127.0.0.1:{port}", port, data_dir)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"nats-server exited early; see {data_dir / 'nats.log'}")
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return EmbeddedNats(process, f"nats://127.0.0.1:{port}", port)
-        except OSError:
-            time.sleep(0.05)
-    process.kill()
-    process.wait()
+            if server.accepting():
+                return server
+        except RuntimeError:
+            raise RuntimeError(f"nats-server exited early; see {data_dir / 'nats.log'}") \
+                from None
+        time.sleep(0.05)
+    server.process.kill()
+    server.process.wait()
     raise RuntimeError("nats-server did not start within 20 s")
 
 
@@ -97,6 +125,32 @@ class EmbeddedPostgres:
 
     def stop(self) -> None:
         self.server.cleanup()  # type: ignore[attr-defined]
+
+    def alive(self) -> bool:
+        """Whether the postmaster of this data folder runs (a zombie does not count)."""
+        import psutil
+        from pgserver.utils import PostmasterInfo
+
+        info = PostmasterInfo.read_from_pgdata(self.server.pgdata)  # type: ignore[attr-defined]
+        if info is None or info.process is None:
+            return False
+        try:
+            if info.process.status() != psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.Error:
+            return False
+        # Dead but unreaped: reap it if it is ours (see lifeline.become_subreaper), or its
+        # pid in postmaster.pid would keep a new postmaster from starting.
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(info.pid, os.WNOHANG)
+        return False
+
+    def restart(self) -> None:
+        """Start the postmaster again over the same data and socket (after it died);
+        raises if it cannot start yet (e.g. its old backends still hold the memory)."""
+        server = self.server
+        with server._lock:  # type: ignore[attr-defined]  # pgserver's own inter-process lock
+            server.ensure_postgres_running()  # type: ignore[attr-defined]
 
 
 def start_postgres(data_dir: Path) -> EmbeddedPostgres:

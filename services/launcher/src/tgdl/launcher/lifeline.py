@@ -30,3 +30,15 @@ def die_with_parent(sig: signal.Signals = signal.SIGTERM) -> Callable[[], None] 
             os.kill(os.getpid(), sig)
 
     return preexec
+
+
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper() -> bool:
+    """Adopt our orphaned descendants (Linux). The embedded PostgreSQL's postmaster is
+    daemonised by pg_ctl; as our child it can be reaped when it dies, where an init that
+    does not reap (a container's) would keep it a zombie whose pid blocks a restart."""
+    if not sys.platform.startswith("linux"):
+        return False
+    return ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1) == 0

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from tgdl.contracts.config import CommonSettings
 from tgdl.launcher.console import PrefixedOutput
 from tgdl.launcher.embedded import free_port
+from tgdl.launcher.lifeline import become_subreaper
 from tgdl.launcher.plan import (
     SIMULATOR,
     ConfigError,
@@ -137,6 +138,7 @@ async def run(env: Mapping[str, str], cwd: Path, out: PrefixedOutput) -> int:
 
     stop = StopRequest(out.say)
     stop.install()
+    become_subreaper()  # so a killed embedded PostgreSQL can be reaped and restarted
     try:
         async with servers_for(home, env, out.say, owner=True) as endpoints:
             if stop.requested:

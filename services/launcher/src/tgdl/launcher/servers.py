@@ -12,9 +12,11 @@ import asyncio
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import socket
-from collections.abc import AsyncIterator, Callable, Mapping
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO
@@ -27,6 +29,7 @@ from tgdl.launcher.embedded import (
     start_postgres,
 )
 from tgdl.launcher.plan import NATS_PREFERRED_PORT, Home, pick_port
+from tgdl.launcher.supervisor import Backoff
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,7 @@ async def servers_for(
 
     nats: EmbeddedNats | None = None
     postgres: EmbeddedPostgres | None = None
+    watching: asyncio.Task[None] | None = None
     try:
         if not nats_url:
             # On this (the main) thread: nats-server is told to die with the thread that
@@ -139,8 +143,13 @@ async def servers_for(
         endpoints = Endpoints(nats_url, database_url)
         if owner:
             home.instance.write_text(json.dumps({**asdict(endpoints), "pid": os.getpid()}))
+            watching = asyncio.create_task(watch_servers(nats, postgres, say))
         yield endpoints
     finally:
+        if watching is not None:
+            watching.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watching
         if owner:
             home.instance.unlink(missing_ok=True)
         if nats is not None:
@@ -150,3 +159,69 @@ async def servers_for(
             await asyncio.to_thread(postgres.stop)
             say("Stopped PostgreSQL")
         lock.release()
+
+
+# --- keeping the embedded servers up -------------------------------------------------------
+
+WATCH_INTERVAL = 0.25  # seconds between looks at the servers' processes
+SERVER_BACKOFF = Backoff(first=0.25, limit=10.0, stable_after=30.0)
+
+
+async def watch_servers(nats: EmbeddedNats | None, postgres: EmbeddedPostgres | None,
+                        say: Callable[[str], None]) -> None:
+    """Restart an embedded server that died, on the same port and data, with back-off;
+    one line when it goes and one when it is back. The services reconnect by themselves
+    (and answer 503 meanwhile)."""
+    logging.getLogger("pgserver").setLevel(logging.CRITICAL)  # its errors are ours to say
+    watched: list[tuple[str, Callable[[], bool], Callable[[], Awaitable[None]]]] = []
+    if nats is not None:
+        watched.append(("nats-server", nats.alive, lambda: _restart_nats(nats)))
+    if postgres is not None:
+        watched.append(("PostgreSQL", lambda: postgres.alive(),
+                        lambda: asyncio.to_thread(postgres.restart)))
+    if not watched:
+        return
+    await asyncio.gather(*(_keep_up(*w, say) for w in watched))
+
+
+async def _restart_nats(nats: EmbeddedNats) -> None:
+    # Spawned on this (the main) thread: nats-server dies with the thread that started it.
+    nats.respawn()
+    deadline = asyncio.get_running_loop().time() + 20
+    while not nats.accepting():
+        if asyncio.get_running_loop().time() > deadline:
+            nats.process.kill()
+            raise RuntimeError("it did not accept connections within 20 s")
+        await asyncio.sleep(0.05)
+
+
+async def _keep_up(name: str, alive: Callable[[], bool],
+                   restart: Callable[[], Awaitable[None]], say: Callable[[str], None]) -> None:
+    started = time.monotonic()
+    delay: float | None = None
+    while True:
+        await asyncio.sleep(WATCH_INTERVAL)
+        if await asyncio.to_thread(alive):
+            continue
+        died = time.monotonic()
+        delay = SERVER_BACKOFF.next(delay, died - started)
+        say(f"{name} died unexpectedly; restarting it in {delay:g} s")
+        attempts = 0
+        while True:
+            await asyncio.sleep(delay)
+            attempts += 1
+            try:
+                await restart()
+                break
+            except Exception as exc:  # whatever it was, try again later
+                delay = SERVER_BACKOFF.next(delay, 0.0)
+                if attempts == 1:  # one line, not one per attempt
+                    say(f"{name} could not be restarted yet ({_first_line(exc)}); "
+                        f"retrying every {SERVER_BACKOFF.limit:g} s at most")
+        started = time.monotonic()
+        say(f"{name} restarted after {started - died:.1f} s down")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

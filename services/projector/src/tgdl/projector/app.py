@@ -16,7 +16,7 @@ from tgdl.contracts.api import BatchStatusResponse
 from tgdl.contracts.events import BatchEvent
 from tgdl.contracts.jobs import DownloadOutcome, DownloadProgress
 from tgdl.db.schema import verify_schema
-from tgdl.projector.projector import Projector
+from tgdl.projector.projector import ProjectionLocked, Projector
 from tgdl.projector.settings import ProjectorSettings
 from tgdl.runtime import run_service
 
@@ -93,4 +93,5 @@ async def run(settings: ProjectorSettings, stop: asyncio.Event) -> None:
 
 def main() -> None:
     settings = ProjectorSettings()
-    run_service("projector", lambda stop: run(settings, stop))
+    # A lost database session ends the projector; it starts over once PostgreSQL is back.
+    run_service("projector", lambda stop: run(settings, stop), expected=(ProjectionLocked,))
