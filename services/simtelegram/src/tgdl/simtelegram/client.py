@@ -48,7 +48,8 @@ def _int_keys(table: dict[str, int]) -> dict[int, int]:
 
 async def stats(base_url: str) -> dict[str, Any]:
     """``GET /stats`` with the per-message tables keyed by int message id:
-    serving, max_serving, serving_ids, requests, bytes_sent, bytes_sent_by_id."""
+    serving, max_serving, serving_ids (files), connections, max_connections (streams),
+    requests, bytes_sent, bytes_sent_by_id."""
     async with _client(base_url) as http:
         return await _stats(http)
 
@@ -77,7 +78,7 @@ async def clear_faults(base_url: str) -> None:
 
 
 async def until_serving(base_url: str, count: int, within: float = 5.0) -> dict[str, Any]:
-    """Poll ``/stats`` until exactly `count` content streams are open; the last snapshot.
+    """Poll ``/stats`` until exactly `count` files are being served; the last snapshot.
     Raises TimeoutError after `within` seconds."""
     deadline = time.monotonic() + within
     async with _client(base_url) as http:

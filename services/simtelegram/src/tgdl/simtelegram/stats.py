@@ -1,7 +1,9 @@
-"""What the simulated Telegram is serving: open content streams and what they sent.
+"""What the simulated Telegram is serving: files with open content streams, the streams
+themselves (a file fetched in parallel parts has several), and what they sent.
 
 Tests and benchmarks read these numbers (``GET /stats``) to check concurrency limits,
-resumes and cancellation from the outside, as Telegram itself would see them.
+resumes and cancellation from the outside, as Telegram itself would see them: `serving`
+counts files (what the permits bound), `connections` counts streams.
 """
 
 from __future__ import annotations
@@ -14,11 +16,16 @@ class ServingStats:
     def __init__(self) -> None:
         self._serving: Counter[int] = Counter()  # message id -> open content responses
         self.max_serving = 0
+        self.max_connections = 0
         self.requests: Counter[int] = Counter()  # content requests per message id
         self.bytes_sent: Counter[int] = Counter()
 
     @property
     def serving(self) -> int:
+        return len(self._serving)
+
+    @property
+    def connections(self) -> int:
         return self._serving.total()
 
     def requested(self, message_id: int) -> None:
@@ -27,6 +34,7 @@ class ServingStats:
     def opened(self, message_id: int) -> None:
         self._serving[message_id] += 1
         self.max_serving = max(self.max_serving, self.serving)
+        self.max_connections = max(self.max_connections, self.connections)
 
     def closed(self, message_id: int) -> None:
         self._serving[message_id] -= 1
@@ -39,6 +47,7 @@ class ServingStats:
     def reset(self) -> None:
         """Forget counters and the maximum; streams still open stay counted."""
         self.max_serving = self.serving
+        self.max_connections = self.connections
         self.requests.clear()
         self.bytes_sent.clear()
 
@@ -46,7 +55,9 @@ class ServingStats:
         return {
             "serving": self.serving,
             "max_serving": self.max_serving,
-            "serving_ids": sorted(self._serving.elements()),
+            "serving_ids": sorted(self._serving),
+            "connections": self.connections,
+            "max_connections": self.max_connections,
             "requests": {str(m): n for m, n in sorted(self.requests.items())},
             "bytes_sent": self.bytes_sent.total(),
             "bytes_sent_by_id": {str(m): n for m, n in sorted(self.bytes_sent.items())},
