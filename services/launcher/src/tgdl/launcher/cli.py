@@ -11,6 +11,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from tgdl.launcher import client
 from tgdl.launcher.plan import ConfigError
 
 DESCRIPTION = """\
@@ -29,6 +30,8 @@ common settings (environment):
   TGDL_DOWNLOADERS     downloader replicas started by `tgdl run` (default 2)
   TGDL_API_ID, TGDL_API_HASH
                        a Telegram application's credentials (https://my.telegram.org)
+  TGDL_URL             the gateway `download`, `status`, ... talk to (default
+                       http://127.0.0.1:8000); TGDL_API_TOKEN is sent as a bearer token
 The README lists every setting."""
 
 
@@ -79,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="write the document (default docs/asyncapi.yaml)")
     mode.add_argument("--check", metavar="FILE", nargs="?", const="docs/asyncapi.yaml",
                       help="exit 1 if FILE is not the current document")
+    client.add_parsers(commands)  # download, status, cancel, batches, messages (over HTTP)
     return parser
 
 
@@ -122,6 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "sync" and args.limit is not None and args.limit < 1:
         print("tgdl sync: --limit must be at least 1", file=sys.stderr)
         return 2
+    if args.command in client.COMMANDS:
+        return client.main(args)  # reports its own failures and exit codes
     try:
         if args.command == "asyncapi":
             return _asyncapi(args.write, args.check)

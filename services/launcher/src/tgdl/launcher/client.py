@@ -1,0 +1,431 @@
+"""`tgdl download | status | cancel | batches | messages`: a running tgdl over its HTTP API.
+
+These commands start nothing: they talk to a gateway (`--url`, else TGDL_URL, else the local
+one) and send TGDL_API_TOKEN as a bearer token when it is set. Every failure is one or two
+lines (the API's detail and suggestion), never a traceback; the exit code says how it went.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from tgdl.launcher.progress import LineView, LiveView, View, human_size, human_time
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+POLL_SECONDS = 1.0  # status polling when the event stream is not available
+MAX_RANGE = 10_000  # ids one range may expand to; the server bounds a batch far lower
+
+# Exit codes (documented in `tgdl download --help`).
+EXIT_OK = 0  # every file completed (or, for other commands, the request succeeded)
+EXIT_INCOMPLETE = 1  # the batch ended with files failed or cancelled
+EXIT_REFUSED = 2  # bad arguments, or the API refused the request (4xx)
+EXIT_UNAVAILABLE = 3  # tgdl could not be reached, or failed (5xx)
+EXIT_INTERRUPTED = 130  # Ctrl-C, the batch left running
+
+COMMANDS = ("download", "status", "cancel", "batches", "messages")
+
+EXIT_HELP = """\
+exit codes:
+  0    every file completed
+  1    the batch ended with files failed or cancelled
+  2    bad arguments, or the API refused the request
+  3    tgdl could not be reached, or failed
+  130  interrupted with Ctrl-C and the batch left running"""
+
+
+class Failure(Exception):
+    """A request that did not succeed, with the API's words when it gave some."""
+
+    def __init__(self, code: int, error: str, detail: str, suggestion: str | None = None):
+        super().__init__(detail)
+        self.code, self.error, self.detail, self.suggestion = code, error, detail, suggestion
+
+
+# --- arguments ---------------------------------------------------------------------------
+
+
+def message_ids(specs: list[str]) -> list[int]:
+    """`12 15-20 31` (commas work too) -> ids in order, each once."""
+    ids: list[int] = []
+    for spec in (p for s in specs for p in s.split(",") if p.strip()):
+        m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", spec)
+        if not m:
+            raise argparse.ArgumentTypeError(
+                f"{spec!r} is not a message id or a range like 15-20")
+        first, last = int(m[1]), int(m[2] or m[1])
+        if first < 1 or last < first:
+            raise argparse.ArgumentTypeError(f"{spec!r}: ids start at 1 and ranges go up")
+        if last - first >= MAX_RANGE:
+            raise argparse.ArgumentTypeError(f"{spec!r} holds more than {MAX_RANGE} ids")
+        ids.extend(range(first, last + 1))
+    if not ids:
+        raise argparse.ArgumentTypeError("give at least one message id")
+    return list(dict.fromkeys(ids))
+
+
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6,
+          "mib": 2**20, "g": 10**9, "gb": 10**9, "gib": 2**30, "t": 10**12, "tb": 10**12,
+          "tib": 2**40}
+
+
+def size(text: str) -> int:
+    """`5MB` (10^6), `5MiB` (2^20), `1.5GB`, `800k`, `1234` (bytes)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
+    unit = m[2].lower() if m else ""
+    if not m or unit not in _UNITS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a size (e.g. 5MB, 1.5GB, 800KiB, 1234)")
+    return int(float(m[1]) * _UNITS[unit])
+
+
+def positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
+    return value
+
+
+def add_parsers(commands: Any) -> None:
+    """The client commands, added to `tgdl`'s subcommands."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--url", default=None, metavar="URL",
+                        help=f"the tgdl gateway (default: TGDL_URL, else {DEFAULT_URL})")
+    common.add_argument("--json", action="store_true",
+                        help="print the API's JSON answer instead of tables or bars")
+    raw = argparse.RawDescriptionHelpFormatter
+
+    download = commands.add_parser(
+        "download", parents=[common], formatter_class=raw, epilog=EXIT_HELP,
+        help="download messages' media as one batch, with live progress bars",
+        description=textwrap.fill(
+            "Start a batch on a running tgdl and follow it until it ends: a bar per file in "
+            "flight and one for the batch (bytes, speed, time left), rate-limit waits and "
+            "failures with their suggestion. Ctrl-C asks whether to cancel the batch or "
+            "leave it running. Without a terminal (or with --json) there are no bars.", 78))
+    download.add_argument("ids", nargs="+", metavar="ID",
+                          help="message ids and ranges, e.g. 12 15-20 31")
+    download.add_argument("--max-concurrent", type=positive, default=3, metavar="N",
+                          help="files of this batch downloading at once (1-5, default 3)")
+    download.add_argument("--force", action="store_true",
+                          help="download again files that are already there")
+
+    status = commands.add_parser(
+        "status", parents=[common], formatter_class=raw, epilog=EXIT_HELP,
+        help="a batch's status (--watch: follow it with progress bars)")
+    status.add_argument("batch", help="the batch id, e.g. batch_1f0c2a9e")
+    status.add_argument("--watch", action="store_true",
+                        help="follow the batch until it ends, as `tgdl download` does")
+
+    cancel = commands.add_parser("cancel", parents=[common], help="cancel a batch")
+    cancel.add_argument("batch", help="the batch id")
+
+    batches = commands.add_parser("batches", parents=[common],
+                                  help="recent batches, newest first, with their progress")
+    batches.add_argument("--limit", type=positive, default=20, metavar="N")
+    batches.add_argument("--offset", type=int, default=0, metavar="N")
+
+    messages = commands.add_parser(
+        "messages", parents=[common], help="the messages tgdl knows, filtered by the server",
+        description="List the catalog's messages with their download state. Filters combine; "
+        "sizes take units (5MB = 5,000,000 bytes, 5MiB = 5 x 1024 x 1024); dates are ISO "
+        "(2025-01-31, a whole day) or date-times.")
+    messages.add_argument("--chat", metavar="CHAT", help="only this chat")
+    messages.add_argument("--type", metavar="TYPES",
+                          help="media types, comma-separated: photo,video,document,audio,voice")
+    messages.add_argument("--min-size", type=size, metavar="SIZE")
+    messages.add_argument("--max-size", type=size, metavar="SIZE")
+    messages.add_argument("--since", metavar="DATE", help="posted on or after, e.g. 2025-01-01")
+    messages.add_argument("--until", metavar="DATE", help="posted on or before")
+    messages.add_argument("--search", metavar="TEXT",
+                          help="text in the file name or caption (any case)")
+    messages.add_argument("--all", action="store_true",
+                          help="messages without media too (default: media only)")
+    messages.add_argument("--limit", type=positive, default=50, metavar="N",
+                          help="at most N rows (default 50, at most 200)")
+    messages.add_argument("--offset", type=int, default=0, metavar="N")
+
+
+# --- HTTP --------------------------------------------------------------------------------
+
+
+class Api:
+    def __init__(self, url: str, token: str | None) -> None:
+        self.url = url.rstrip("/")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        # Reads may wait up to the event stream's keep-alive (15 s) and a bit more.
+        self.http = httpx.Client(base_url=self.url, headers=headers,
+                                 timeout=httpx.Timeout(20.0, read=45.0))
+
+    def close(self) -> None:
+        self.http.close()
+
+    def _unreachable(self, exc: httpx.HTTPError) -> Failure:
+        return Failure(EXIT_UNAVAILABLE, "unreachable",
+                       f"cannot reach tgdl at {self.url} ({type(exc).__name__}: {exc})",
+                       "Start it with `tgdl run`, or point --url (or TGDL_URL) at it.")
+
+    def _failure(self, response: httpx.Response) -> Failure:
+        try:
+            body = response.json()
+        except ValueError:
+            body = {}
+        if not isinstance(body, dict):
+            body = {}
+        detail = body.get("detail") or response.reason_phrase or "no detail"
+        if not isinstance(detail, str):
+            detail = json.dumps(detail)
+        code = EXIT_REFUSED if response.status_code < 500 else EXIT_UNAVAILABLE
+        return Failure(code, str(body.get("error") or response.status_code), detail,
+                       body.get("suggestion"))
+
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise self._unreachable(exc) from None
+        if response.status_code >= 400:
+            raise self._failure(response)
+        try:
+            return response.json()
+        except ValueError:
+            raise Failure(EXIT_UNAVAILABLE, "bad_answer",
+                          f"{self.url}{path} did not answer JSON: is it tgdl?",
+                          "Check --url (or TGDL_URL).") from None
+
+    def snapshots(self, batch_id: str, sleep: Callable[[float], None] = time.sleep,
+                  ) -> Iterator[dict[str, Any]]:
+        """The batch's status now and at every change until it finishes: the server-sent
+        events, or polling the status when the stream cannot be had or breaks."""
+        path = f"/api/media/batch-events/{batch_id}"
+        try:
+            with self.http.stream("GET", path) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise self._failure(response)
+                for line in response.iter_lines():
+                    if line.startswith("data:"):
+                        snapshot = json.loads(line[5:])
+                        yield snapshot
+                        if snapshot.get("finished"):
+                            return
+        except (httpx.HTTPError, ValueError):
+            pass  # a broken stream: the status is still there to poll
+        while True:
+            snapshot = self.call("GET", f"/api/media/batch-status/{batch_id}")
+            yield snapshot
+            if snapshot.get("finished"):
+                return
+            sleep(POLL_SECONDS)
+
+
+# --- commands ----------------------------------------------------------------------------
+
+
+def _exit_code(final: dict[str, Any]) -> int:
+    return EXIT_OK if final.get("completed") == final.get("total_files") else EXIT_INCOMPLETE
+
+
+def _print_json(body: Any) -> None:
+    sys.stdout.write(json.dumps(body, indent=2) + "\n")
+    sys.stdout.flush()
+
+
+def _view(console: Console, quiet: bool) -> View | None:
+    if quiet:
+        return None
+    return LiveView(console) if console.is_terminal else LineView(console)
+
+
+def follow(api: Api, console: Console, batch_id: str, as_json: bool) -> int:
+    """Show the batch until it ends; Ctrl-C asks whether to cancel it."""
+    view = _view(console, as_json)
+    final: dict[str, Any] = {}
+    try:
+        with view or contextlib.nullcontext():
+            for snapshot in api.snapshots(batch_id):
+                final = snapshot
+                if view:
+                    view.update(snapshot)
+    except KeyboardInterrupt:
+        return interrupted(api, console, batch_id, as_json)
+    if as_json:
+        _print_json(final)
+    else:
+        view.finish(final)  # type: ignore[union-attr]
+    return _exit_code(final)
+
+
+def _ask(question: str) -> str:
+    sys.stderr.write(question)
+    sys.stderr.flush()
+    try:
+        return sys.stdin.readline().strip().lower()
+    except (KeyboardInterrupt, OSError):
+        return ""
+
+
+def interrupted(api: Api, console: Console, batch_id: str, as_json: bool) -> int:
+    answer = _ask(f"\nCancel batch {batch_id}? [y/N] (no: it keeps running) ")
+    if answer in ("y", "yes"):
+        done = api.call("POST", f"/api/media/batch-cancel/{batch_id}")
+        if as_json:
+            _print_json(done)
+        else:
+            console.print(escape(done["message"]))
+        return EXIT_INCOMPLETE
+    console.print(f"Batch {batch_id} keeps running: `tgdl status {batch_id} --watch` follows "
+                  f"it, `tgdl cancel {batch_id}` stops it.", highlight=False, markup=False,
+                  soft_wrap=True)
+    return EXIT_INTERRUPTED
+
+
+def download(api: Api, console: Console, args: argparse.Namespace) -> int:
+    started = api.call("POST", "/api/media/batch-download", json={
+        "message_ids": args.ids, "max_concurrent": args.max_concurrent, "force": args.force})
+    batch_id = started["batch_id"]
+    if not args.json:
+        console.print(f"{batch_id}: {started['message']}", highlight=False, markup=False,
+                      soft_wrap=True)
+        for f in started["failed_to_start"]:
+            console.print(f"  #{f['message_id']} not started: {f['error']}: {f['detail']}",
+                          style="red", highlight=False, markup=False)
+            if f.get("suggestion"):
+                console.print(f"      {f['suggestion']}", highlight=False, markup=False)
+    if started["status"] == "failed":  # nothing to follow
+        if args.json:
+            _print_json(started)
+        return EXIT_INCOMPLETE
+    return follow(api, console, batch_id, args.json)
+
+
+def status(api: Api, console: Console, args: argparse.Namespace) -> int:
+    if args.watch:
+        api.call("GET", f"/api/media/batch-status/{args.batch}")  # a clear 404 up front
+        return follow(api, console, args.batch, args.json)
+    body = api.call("GET", f"/api/media/batch-status/{args.batch}")
+    if args.json:
+        _print_json(body)
+        return EXIT_OK
+    console.print(f"{body['batch_id']}: {body['overall_status']}: {body['summary']}",
+                  highlight=False, markup=False)
+    table = Table("id", "status", "progress", "size", "speed", "time left", "file / reason",
+                  box=None, header_style="bold")
+    for f in body["files"]:
+        speed = f.get("download_speed")
+        reason = f.get("download_url") or (
+            f"{f['error']}: {f.get('detail') or ''}" if f.get("error") else "")
+        if f["status"] == "waiting" and f.get("wait_seconds") is not None:
+            reason = f"Telegram rate limit: resumes in {human_time(f['wait_seconds'])}"
+        table.add_row(str(f["message_id"]), f["status"], f"{f.get('progress', 0)}%",
+                      human_size(f.get("total_size")),
+                      f"{human_size(speed)}/s" if speed else "",
+                      human_time(f.get("estimated_time_remaining")), escape(reason))
+    console.print(table)
+    return EXIT_OK
+
+
+def cancel(api: Api, console: Console, args: argparse.Namespace) -> int:
+    done = api.call("POST", f"/api/media/batch-cancel/{args.batch}")
+    if args.json:
+        _print_json(done)
+    else:
+        console.print(escape(done["message"]), highlight=False)
+    return EXIT_OK
+
+
+def batches(api: Api, console: Console, args: argparse.Namespace) -> int:
+    page = api.call("GET", "/api/media/batches",
+                    params={"limit": min(args.limit, 100), "offset": args.offset})
+    if args.json:
+        _print_json(page)
+        return EXIT_OK
+    if not page["items"]:
+        console.print("no batches yet: start one with `tgdl download 1 2 3`", markup=False)
+        return EXIT_OK
+    table = Table("batch", "kind", "started", "status", "progress", "files", "summary",
+                  box=None, header_style="bold")
+    for b in page["items"]:
+        table.add_row(b["batch_id"], b["kind"], b["created_at"][:19].replace("T", " "),
+                      b["overall_status"], f"{b['progress']}%",
+                      f"{b['completed']}/{b['total_files']}", escape(b["summary"]))
+    console.print(table)
+    shown = len(page["items"])
+    console.print(f"{page['offset'] + 1}-{page['offset'] + shown} of {page['total']} batches",
+                  style="dim", highlight=False)
+    return EXIT_OK
+
+
+def messages(api: Api, console: Console, args: argparse.Namespace) -> int:
+    params: dict[str, Any] = {"limit": min(args.limit, 200), "offset": args.offset,
+                              "media_only": not args.all}
+    for name, value in (("chat", args.chat), ("media_type", args.type),
+                        ("min_size", args.min_size), ("max_size", args.max_size),
+                        ("since", args.since), ("until", args.until), ("q", args.search)):
+        if value is not None:
+            params[name] = value
+    page = api.call("GET", "/api/messages", params=params)
+    if args.json:
+        _print_json(page)
+        return EXIT_OK
+    table = Table("id", "chat", "type", "size", "date", "state", "file", "caption",
+                  box=None, header_style="bold")
+    for m in page["items"]:
+        table.add_row(str(m["message_id"]), escape(m["chat"]), m["media_type"] or "",
+                      human_size(m["size"]), (m.get("date") or "")[:10],
+                      m["download_state"].replace("_", " "), escape(m["file_name"] or ""),
+                      escape((m.get("caption") or "")[:40]))
+    console.print(table)
+    shown = len(page["items"])
+    where = f"{page['offset'] + 1}-{page['offset'] + shown} of " if shown else "0 of "
+    console.print(f"{where}{page['total']} matching messages", style="dim", highlight=False)
+    return EXIT_OK
+
+
+HANDLERS: dict[str, Callable[[Api, Console, argparse.Namespace], int]] = {
+    "download": download, "status": status, "cancel": cancel, "batches": batches,
+    "messages": messages,
+}
+
+
+def _fail(command: str, failure: Failure) -> int:
+    lines = [f"tgdl {command}: {failure.error}: {failure.detail}"]
+    if failure.suggestion:
+        lines.append(f"  suggestion: {failure.suggestion}")
+    sys.stderr.write("\n".join(lines) + "\n")
+    return failure.code
+
+
+def main(args: argparse.Namespace, env: dict[str, str] | None = None) -> int:
+    env = dict(os.environ if env is None else env)
+    if args.command == "download":
+        try:
+            args.ids = message_ids(args.ids)
+        except argparse.ArgumentTypeError as exc:
+            return _fail("download", Failure(EXIT_REFUSED, "bad_ids", str(exc)))
+    api = Api(args.url or env.get("TGDL_URL") or DEFAULT_URL, env.get("TGDL_API_TOKEN") or None)
+    console = Console(highlight=False)
+    try:
+        return HANDLERS[args.command](api, console, args)
+    except Failure as failure:
+        return _fail(args.command, failure)
+    except KeyboardInterrupt:  # outside a batch's progress: nothing to decide
+        return EXIT_INTERRUPTED
+    finally:
+        api.close()

@@ -1,0 +1,165 @@
+"""The `tgdl` client commands as a user runs them: a subprocess talking HTTP to a running
+stack (every service its own process), on a fixed-size terminal and without one."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import sys
+from dataclasses import dataclass
+
+import pytest
+from e2e_stack import Stack
+
+pytestmark = pytest.mark.e2e
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+WIDTH = 100
+
+
+@dataclass
+class Run:
+    code: int
+    out: str
+    err: str
+
+    def json(self):
+        return json.loads(self.out)
+
+
+def cli_env(stack: Stack, terminal: bool) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("TTY_COMPATIBLE", "TTY_INTERACTIVE", "FORCE_COLOR", "NO_COLOR")}
+    env.update(TGDL_URL=str(stack.http.base_url), PYTHONUNBUFFERED="1",
+               COLUMNS=str(WIDTH), LINES="30")
+    if terminal:  # rich renders as on a terminal of WIDTH columns, colours and cursor moves
+        env.update(TTY_COMPATIBLE="1", TTY_INTERACTIVE="1")
+    return env
+
+
+async def spawn(stack: Stack, *args: str, terminal: bool = False):
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tgdl.launcher", *args, env=cli_env(stack, terminal),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, cwd=stack.workdir)
+
+
+async def tgdl(stack: Stack, *args: str, terminal: bool = False, within: float = 90) -> Run:
+    process = await spawn(stack, *args, terminal=terminal)
+    async with asyncio.timeout(within):
+        out, err = await process.communicate()
+    return Run(process.returncode, out.decode(), err.decode())
+
+
+def screen_lines(raw: str) -> list[str]:
+    """What a terminal would have shown line by line (cursor moves and colours dropped)."""
+    return [ANSI.sub("", part) for line in raw.split("\n") for part in line.split("\r")]
+
+
+async def test_download_draws_bars_on_a_terminal_and_exits_0_when_all_completed(stack):
+    ids = stack.media_ids(4, min_size=1_000_000)
+    spec = [str(ids[0]), *map(str, ids[1:])]
+    run = await tgdl(stack, "download", *spec, "--max-concurrent", "2", terminal=True)
+    assert run.code == 0, run.out + run.err
+    assert "\x1b[" in run.out  # drawn for a terminal
+    lines = screen_lines(run.out)
+    batch_id = re.search(r"(batch_\w+): Batch download started with 4 files", run.out)[1]
+    assert all(len(line) <= WIDTH for line in lines), max(lines, key=len)
+    bars = [line for line in lines if line.startswith(batch_id) and "━" in line]
+    assert bars and "4/4 files" in bars[-1] and "100%" in bars[-1]
+    for m in ids:
+        assert any(line.startswith(f"✓ #{m} completed") and "/media/" in line
+                   for line in lines), m
+    assert f"{batch_id}: 4 of 4 files completed" in lines
+    assert not run.err
+
+    # The same batch afterwards: the status table, JSON, the batch list, a cancel too late.
+    status = await tgdl(stack, "status", batch_id)
+    assert status.code == 0 and "completed: 4 of 4 files completed" in status.out
+    assert all(str(m) in status.out for m in ids) and "\x1b[" not in status.out
+    body = (await tgdl(stack, "status", batch_id, "--json")).json()
+    assert body == await stack.status(batch_id)
+    listed = await tgdl(stack, "batches")
+    assert listed.code == 0 and batch_id in listed.out and "100%" in listed.out
+    [item] = (await tgdl(stack, "batches", "--json")).json()["items"]
+    assert (item["batch_id"], item["progress"], item["completed"]) == (batch_id, 100, 4)
+    late = await tgdl(stack, "cancel", batch_id)
+    assert late.code == 0 and "already finished" in late.out
+
+
+async def test_messages_are_a_table_filtered_by_the_server(stack):
+    run = await tgdl(stack, "messages", "--type", "video,photo", "--min-size", "1MB",
+                     "--limit", "200", "--json")
+    assert run.code == 0, run.err
+    page = run.json()
+    expected = [m.message_id for m in stack.sim_messages()
+                if m.media_kind in ("video", "photo") and m.size >= 1_000_000]
+    assert [i["message_id"] for i in page["items"]] == expected and page["total"] == len(
+        expected)
+    table = await tgdl(stack, "messages", "--type", "video", "--search", "VID_", "--limit", "5")
+    assert table.code == 0 and "matching messages" in table.out
+    rows = [line for line in table.out.splitlines() if re.match(r"\s*\d+\s", line)]
+    assert 0 < len(rows) <= 5 and all("video" in row for row in rows)
+
+    bad = await tgdl(stack, "messages", "--since", "last week")
+    assert bad.code == 2 and "since: 'last week' is not a date" in bad.err
+    assert "suggestion:" in bad.err and "Traceback" not in bad.err
+    unknown = await tgdl(stack, "status", "batch_nope")
+    assert unknown.code == 2 and "batch_not_found" in unknown.err
+    assert "suggestion: Use the batch_id" in unknown.err
+
+
+async def test_without_a_terminal_lines_and_json_and_failures_with_suggestions(stack):
+    gone = next(m.message_id for m in stack.sim_messages() if m.deleted)
+    ok = stack.media_ids(2)
+    run = await tgdl(stack, "download", *map(str, [*ok, gone]))
+    assert run.code == 1, run.out + run.err  # not every file completed
+    assert "\x1b[" not in run.out and "━" not in run.out
+    assert all(f"✓ #{m} completed" in run.out for m in ok)
+    failed = re.search(rf"✗ #{gone} failed: (\w+): .*\n\s+suggestion: \S", run.out)
+    assert failed, run.out
+
+    again = await tgdl(stack, "download", *map(str, ok), "--json")
+    assert again.code == 0, again.err
+    final = again.json()
+    assert final["finished"] and final["completed"] == 2 == final["total_files"]
+    assert all(f["already_downloaded"] for f in final["files"])
+
+
+async def read_until(stream: asyncio.StreamReader, pattern: str, within: float = 30) -> str:
+    seen = ""
+    async with asyncio.timeout(within):
+        while not re.search(pattern, seen):
+            line = await stream.readline()
+            assert line, f"output ended before {pattern!r}: {seen}"
+            seen += line.decode()
+    return seen
+
+
+async def interrupt(stack: Stack, answer: str, ids: list[int]) -> tuple[str, Run]:
+    """Start a download, press Ctrl-C while files are in flight, answer the question."""
+    process = await spawn(stack, "download", *map(str, ids), "--max-concurrent", "1")
+    seen = await read_until(process.stdout, r"↓ #\d+ downloading")
+    batch_id = re.search(r"(batch_\w+): ", seen)[1]
+    process.send_signal(signal.SIGINT)
+    async with asyncio.timeout(30):
+        out, err = await process.communicate(answer.encode())
+    return batch_id, Run(process.returncode, seen + out.decode(), err.decode())
+
+
+async def test_ctrl_c_asks_whether_to_cancel_the_batch_or_leave_it_running(stack):
+    ids = stack.media_ids(10, min_size=1_000_000)
+
+    batch_id, run = await interrupt(stack, "n\n", ids[:5])
+    assert run.code == 130 and f"Cancel batch {batch_id}? [y/N]" in run.err, run
+    assert f"tgdl cancel {batch_id}" in run.out, run
+    assert (await stack.status(batch_id))["overall_status"] != "cancelled"  # left running
+    stopped = await tgdl(stack, "cancel", batch_id)
+    assert stopped.code == 0 and "Batch" in stopped.out, stopped
+
+    batch_id, run = await interrupt(stack, "y\n", ids[5:])
+    assert run.code == 1 and "Batch cancelled" in run.out, run.out + run.err
+    assert (await stack.until_finished(batch_id))["overall_status"] == "cancelled"

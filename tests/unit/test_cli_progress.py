@@ -1,0 +1,99 @@
+"""The client commands' pure parts: ids and sizes as typed, and the progress bars drawn to
+a terminal of a fixed size."""
+
+from __future__ import annotations
+
+import argparse
+import io
+
+import pytest
+from rich.console import Console
+
+from tgdl.launcher.client import message_ids, size
+from tgdl.launcher.progress import LineView, batch_totals, human_size, human_time, render_batch
+
+SNAPSHOT = {
+    "batch_id": "batch_1f0c2a9e", "total_files": 4, "completed": 1, "downloading": 2,
+    "failed": 0, "pending": 1, "overall_status": "in_progress", "finished": False,
+    "summary": "1 of 4 files completed, 1 downloading, 1 paused by a Telegram rate limit, "
+               "1 waiting for its turn",
+    "files": [
+        {"message_id": 12, "status": "completed", "progress": 100, "total_size": 2_000_000,
+         "download_url": "/media/photos/12_a.jpg"},
+        {"message_id": 15, "status": "downloading", "progress": 40, "downloaded_size": 400_000,
+         "total_size": 1_000_000, "download_speed": 1_200_000,
+         "estimated_time_remaining": 1},
+        {"message_id": 16, "status": "waiting", "progress": 10, "downloaded_size": 100_000,
+         "total_size": 1_000_000, "download_speed": None, "estimated_time_remaining": None,
+         "wait_seconds": 30},
+        {"message_id": 31, "status": "pending", "progress": 0, "total_size": 1_000_000},
+    ],
+}
+
+
+def draw(renderable, width: int) -> list[str]:
+    out = io.StringIO()
+    Console(file=out, force_terminal=True, color_system=None, width=width).print(renderable)
+    return out.getvalue().splitlines()
+
+
+@pytest.mark.parametrize("width", [50, 60, 80, 120])
+def test_bars_fit_the_terminal_and_say_what_each_file_is_doing(width):
+    lines = draw(render_batch(SNAPSHOT, elapsed=5.2), width)
+    assert all(len(line) <= width for line in lines)
+    batch, f15, f16, summary = lines
+    assert batch.startswith("batch_1f0c2a9e") and "━" in batch
+    assert "50%" in batch and "2.5 MB/5.0 MB" in batch
+    assert f15.strip().startswith("#15") and "40%" in f15
+    if width >= 60:
+        assert "1.2 MB/s" in batch and "1.2 MB/s" in f15
+    assert f16.strip().startswith("#16") and "10%" in f16
+    if width >= 80:
+        assert "1/4 files, ETA 3s" in batch and "ETA 1s" in f15
+        assert "rate limit: 25s left" in f16  # counted down since the snapshot arrived
+    assert summary.strip().startswith("1 of 4 files completed")
+
+
+def test_a_finished_batch_is_full_and_has_no_file_bars():
+    final = {**SNAPSHOT, "finished": True, "overall_status": "completed", "completed": 4,
+             "files": [{**f, "status": "completed", "progress": 100}
+                       for f in SNAPSHOT["files"]]}
+    [batch, _summary] = draw(render_batch(final), 80)
+    assert "100%" in batch and "4/4 files" in batch and "ETA" not in batch
+
+
+def test_without_a_terminal_each_change_is_one_line():
+    out = io.StringIO()
+    view = LineView(Console(file=out, width=80))
+    view.update(SNAPSHOT)
+    view.update(SNAPSHOT)  # nothing changed: nothing printed
+    failed = {"message_id": 31, "status": "failed", "error": "message_deleted",
+              "detail": "the message was deleted", "suggestion": "Refresh the list."}
+    view.update({**SNAPSHOT, "files": [*SNAPSHOT["files"][:3], failed]})
+    assert out.getvalue().splitlines() == [
+        "✓ #12 completed  2.0 MB  /media/photos/12_a.jpg",
+        "↓ #15 downloading  1.0 MB",
+        "… #16 paused by a Telegram rate limit, resumes in 30s",
+        "✗ #31 failed: message_deleted: the message was deleted",
+        "    suggestion: Refresh the list.",
+    ]
+    assert batch_totals(SNAPSHOT) == (2_500_000, 5_000_000, 1_200_000)
+
+
+def test_ids_and_ranges_as_typed():
+    assert message_ids(["12", "15-18", "31", "16", "40,41"]) == [12, 15, 16, 17, 18, 31, 40, 41]
+    for bad in (["x"], ["0"], ["5-3"], ["1-20000"], [","]):
+        with pytest.raises(argparse.ArgumentTypeError):
+            message_ids(bad)
+
+
+def test_sizes_as_typed():
+    assert [size(s) for s in ("1234", "5MB", "5mb", "1.5GB", "800k", "1KiB", "2 MiB")] == [
+        1234, 5_000_000, 5_000_000, 1_500_000_000, 800_000, 1024, 2 * 2**20]
+    for bad in ("", "5XB", "-1", "MB"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            size(bad)
+    assert [human_size(n) for n in (None, 999, 1_500, 2_500_000)] == ["", "999 B", "1.5 kB",
+                                                                       "2.5 MB"]
+    assert [human_time(s) for s in (None, 0.2, 59, 61, 7322)] == ["", "1s", "59s", "1m01s",
+                                                                  "2h02m"]
