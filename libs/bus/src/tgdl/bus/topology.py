@@ -29,7 +29,8 @@ STREAM_NAME_IN_USE = 10058  # JetStream's err_code: the stream exists with anoth
 class QueuePolicy:
     """How download jobs are leased to downloaders, and how streams are kept."""
 
-    ack_wait: float = 30.0  # a downloader heartbeats well inside this while it works
+    ack_wait: float = 4.0  # a downloader heartbeats well inside this while it works
+    outcome_ack_wait: float = 2.0  # likewise an orchestrator handling an outcome
     max_deliver: int = 6  # then the job ends as failed, never an endless loop
     global_cap: int = 8  # downloads in flight across all batches and replicas
     replicas: int = 1  # copies of every stream and bucket (3 on a NATS cluster)
@@ -45,7 +46,8 @@ class QueuePolicy:
 
     @classmethod
     def of(cls, settings: CommonSettings) -> QueuePolicy:
-        return cls(ack_wait=settings.ack_wait, max_deliver=settings.max_deliver,
+        return cls(ack_wait=settings.ack_wait, outcome_ack_wait=settings.outcome_ack_wait,
+                   max_deliver=settings.max_deliver,
                    global_cap=settings.global_cap, replicas=settings.stream_replicas,
                    events_max_bytes=settings.events_max_bytes,
                    outcomes_max_bytes=settings.outcomes_max_bytes,
@@ -111,7 +113,8 @@ async def ensure_topology(js: JetStreamContext, names: Names, policy: QueuePolic
     for stream, durable in ((names.outcomes_stream, names.orchestrator_outcomes_consumer),
                             (names.advisories_stream, names.orchestrator_advisories_consumer)):
         await js.add_consumer(stream, ConsumerConfig(
-            durable_name=durable, ack_policy=AckPolicy.EXPLICIT, ack_wait=30.0,
+            durable_name=durable, ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=policy.outcome_ack_wait,
             deliver_policy=DeliverPolicy.ALL))
     for bucket in (names.leases_bucket, names.flood_bucket, names.open_batches_bucket):
         await _ensure_bucket(js, KeyValueConfig(

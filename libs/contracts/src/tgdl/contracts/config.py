@@ -21,7 +21,13 @@ class CommonSettings(BaseSettings):
     max_batch_ids: int = Field(default=50, ge=1, le=1000)  # files per batch request
 
     # The download queue (JetStream consumer shared by every downloader replica).
-    ack_wait: float = Field(default=30.0, gt=0, lt=60)  # seconds without a heartbeat
+    # Seconds a job may go without a heartbeat before another replica takes it over (from
+    # its .part); downloaders heartbeat every ack_wait/4. Short means a dead replica's
+    # files continue within seconds; the cost is one heartbeat per running file a second.
+    ack_wait: float = Field(default=4.0, gt=0, lt=60)
+    # The same for outcomes an orchestrator took but never acknowledged (it died): they
+    # go to another (or the restarted) orchestrator after this long.
+    outcome_ack_wait: float = Field(default=2.0, gt=0, lt=60)
     max_deliver: int = Field(default=6, ge=1)  # attempts before a job ends as failed
     global_cap: int = Field(default=8, ge=1)  # downloads in flight across all batches
     stream_replicas: int = Field(default=1, ge=1, le=5)  # 3 on a NATS cluster

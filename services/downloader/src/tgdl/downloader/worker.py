@@ -232,7 +232,7 @@ class Worker:
 
     async def _heartbeat(self, msg: JobMessage) -> None:
         """Tell JetStream we are alive well inside ack_wait, however long the file takes."""
-        interval = max(0.2, min(self.s.ack_wait / 3, 5.0))
+        interval = max(0.2, min(self.s.ack_wait / 4, 5.0))
         while True:
             await asyncio.sleep(interval)
             with contextlib.suppress(Exception):

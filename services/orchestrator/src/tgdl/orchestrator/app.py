@@ -95,14 +95,31 @@ async def _unreadable(exc: ValidationError, msg: NatsMessage) -> None:
     await msg.reject()
 
 
-async def _ack_after(msg: NatsMessage, handle, what: str) -> None:
-    """Ack after `handle` succeeded; nak with a delay (retried) if it raised."""
+async def _ack_after(msg: NatsMessage, handle, what: str, heartbeat: float) -> None:
+    """Ack after `handle` succeeded; nak with a delay (retried) if it raised. The
+    consumer's ack wait is short, so an orchestrator that dies holding a message hands it
+    on within seconds: a slow handling heartbeats meanwhile, and one cut short by a
+    shutdown naks it for the next orchestrator at once."""
+
+    async def beat() -> None:
+        while True:
+            await asyncio.sleep(heartbeat)
+            with contextlib.suppress(Exception):
+                await msg.in_progress()
+
+    beating = asyncio.create_task(beat())
     try:
         await handle()
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await asyncio.shield(msg.nack())
+        raise
     except Exception:
         log.exception("%s failed; will retry", what)
         await msg.nack(delay=1.0)
         return
+    finally:
+        beating.cancel()
     await msg.ack()
 
 
@@ -139,6 +156,7 @@ def create_broker(settings: OrchestratorSettings) -> NatsBroker:
 
     streams = NatsRouter(middlewares=[ExceptionMiddleware(handlers={
         ValidationError: _unreadable})])
+    heartbeat = max(0.2, settings.outcome_ack_wait / 4)  # well inside the consumer's ack wait
 
     @streams.subscriber(names.all_file_done,
                         stream=JStream(names.outcomes_stream, declare=False),
@@ -147,7 +165,8 @@ def create_broker(settings: OrchestratorSettings) -> NatsBroker:
                         ack_policy=AckPolicy.MANUAL, title="DownloadOutcome",
                         description="How each download job ended: release its permits.")
     async def on_outcome(outcome: DownloadOutcome, msg: NatsMessage, orch: Orch) -> None:
-        await _ack_after(msg, lambda: orch.on_outcome(outcome), f"outcome of {outcome.job_id}")
+        await _ack_after(msg, lambda: orch.on_outcome(outcome), f"outcome of {outcome.job_id}",
+                         heartbeat)
 
     @streams.subscriber(names.max_deliveries_advisory(),
                         stream=JStream(names.advisories_stream, declare=False),
@@ -158,7 +177,7 @@ def create_broker(settings: OrchestratorSettings) -> NatsBroker:
     async def on_job_gave_up(advisory: MaxDeliveriesAdvisory, msg: NatsMessage,
                              orch: Orch) -> None:
         await _ack_after(msg, lambda: orch.on_job_gave_up(advisory.stream_seq),
-                      f"failing the job at {advisory.stream_seq}")
+                         f"failing the job at {advisory.stream_seq}", heartbeat)
 
     broker.include_router(commands)
     broker.include_router(streams)
