@@ -159,7 +159,8 @@ async def test_batches_are_projected_with_live_per_file_state(projector, feed, j
     files = {f["message_id"]: f for f in body.pop("files")}
     assert body == {
         "batch_id": "b1", "total_files": 5, "completed": 1, "downloading": 2, "failed": 1,
-        "pending": 1, "cancelled": 0, "overall_status": "in_progress", "finished": False,
+        "pending": 1, "cancelled": 0, "paused": 0, "overall_status": "in_progress",
+        "finished": False,
         "summary": "1 of 5 files completed, 1 downloading, 1 paused by a Telegram rate "
                    "limit, 1 waiting for its turn, 1 failed",
         "max_concurrent": 2,

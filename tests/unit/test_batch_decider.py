@@ -14,6 +14,8 @@ from tgdl.contracts.events import (
     AlreadyDownloaded,
     BatchCancelled,
     BatchFinished,
+    BatchPaused,
+    BatchResumed,
     BatchStarted,
     FileCompleted,
     FileFailed,
@@ -26,7 +28,10 @@ from tgdl.orchestrator.batch import (
     FileState,
     Finish,
     MarkDispatched,
+    Pause,
     Reconcile,
+    Resume,
+    SetMaxConcurrent,
     Start,
     decide,
     fold,
@@ -167,3 +172,129 @@ def test_permits_never_exceed_max_concurrent_and_every_file_ends(max_concurrent,
     assert len(granted) == len(set(granted))  # no file granted twice
     assert all(st in (FileState.completed, FileState.failed, FileState.cancelled)
                for st in s.files.values())
+
+
+# --- steering: pause, resume, live max_concurrent -----------------------------------------
+
+
+def kinds(events) -> list[tuple[str, int | None]]:
+    return [(type(e).__name__, getattr(e, "message_id", None)) for e in events]
+
+
+def after(*cmds, ids=(1, 2, 3, 4, 5), max_concurrent=2) -> BatchState:
+    _, s = run(initial_state, start(list(ids), max_concurrent=max_concurrent))
+    for cmd in cmds:
+        _, s = run(s, cmd)
+    return s
+
+
+PAUSE, RESUME, CANCEL = Pause(at=AT), Resume(at=AT), Cancel(at=AT)
+
+
+def limit(n: int) -> SetMaxConcurrent:
+    return SetMaxConcurrent(max_concurrent=n, at=AT)
+
+
+# (what was done before, command) -> the events it appends
+STEERING = [
+    ("pause stops the running files", (), PAUSE, [("BatchPaused", None)]),
+    ("pausing twice appends nothing", (PAUSE,), PAUSE, []),
+    ("a paused batch grants nothing on an outcome", (PAUSE,), done(1), []),
+    ("nor on a reconcile (recovery)", (PAUSE,), Reconcile(at=AT), []),
+    ("nor when the limit is raised", (PAUSE,), limit(5), [("ConcurrencyChanged", None)]),
+    ("resume grants up to max_concurrent, paused files first", (PAUSE,), RESUME,
+     [("BatchResumed", None), ("PermitGranted", 1), ("PermitGranted", 2)]),
+    ("resume of a batch not paused appends nothing", (), RESUME, []),
+    ("resume after the limit was raised grants more", (PAUSE, limit(4)), RESUME,
+     [("BatchResumed", None), *(("PermitGranted", m) for m in (1, 2, 3, 4))]),
+    ("cancel of a paused batch stops every unfinished file", (done(1), PAUSE), CANCEL,
+     [("BatchCancelled", None)]),
+    ("a finished batch cannot be paused", (done(1), done(2), done(3), done(4), done(5)),
+     PAUSE, []),
+    ("a cancelled batch cannot be resumed", (PAUSE, CANCEL), RESUME, []),
+    ("raising the limit grants at once", (), limit(4),
+     [("ConcurrencyChanged", None), ("PermitGranted", 3), ("PermitGranted", 4)]),
+    ("lowering it stops nothing", (), limit(1), [("ConcurrencyChanged", None)]),
+    ("the same limit appends nothing", (), limit(2), []),
+    ("a finished batch keeps its limit", (CANCEL,), limit(4), []),
+]
+
+
+@pytest.mark.parametrize(("before", "cmd", "expected"),
+                         [row[1:] for row in STEERING], ids=[row[0] for row in STEERING])
+def test_steering(before, cmd, expected):
+    assert kinds(decide(cmd, after(*before))) == expected
+
+
+def test_pause_releases_the_permits_of_running_files_and_resume_grants_them_anew():
+    s = after(MarkDispatched(message_id=1, job_id="b:1", attached=False, at=AT))
+    events, s = run(s, PAUSE)
+    assert events == [BatchPaused(batch_id="b", at=AT, stopped=[1, 2])]
+    assert s.running == [] and s.paused and s.paused_files == (1, 2)
+    assert s.in_state(FileState.pending) == [1, 2, 3, 4, 5]
+    events, s = run(s, RESUME)
+    assert events[0] == BatchResumed(batch_id="b", at=AT, resumed=[1, 2])
+    # a new job per permit: the stopped job's outcome can never pass for the new one's
+    assert [e.job_id for e in events[1:]] == ["b:1:2", "b:2:2"]
+    assert s.undispatched == [1, 2] and not s.paused
+
+
+def test_a_late_outcome_of_a_paused_file_changes_nothing_and_a_stale_dispatch_is_ignored():
+    s = after(PAUSE)
+    assert decide(done(1), s) == []  # it was stopped for the pause; the resume regrants it
+    _, s = run(s, RESUME)
+    stale = MarkDispatched(message_id=1, job_id="b:1", attached=False, at=AT, for_job="b:1")
+    assert decide(stale, s) == []  # a dispatch of the permit the pause took back
+    fresh = MarkDispatched(message_id=1, job_id="b:1:2", attached=False, at=AT,
+                           for_job="b:1:2")
+    assert kinds(decide(fresh, s)) == [("JobDispatched", 1)]
+
+
+def test_after_a_lower_limit_the_next_grants_wait_until_running_files_fit_under_it():
+    s = after(limit(1), ids=(1, 2, 3, 4))
+    assert s.running == [1, 2]  # not interrupted
+    events, s = run(s, done(1))
+    assert kinds(events) == [("FileCompleted", 1)]  # 1 still running: no grant
+    events, s = run(s, done(2))
+    assert kinds(events) == [("FileCompleted", 2), ("PermitGranted", 3)]
+
+
+def test_a_paused_batch_resumed_finishes_normally():
+    s = after(PAUSE, RESUME, ids=(1,), max_concurrent=1)
+    events, s = run(s, Finish(message_id=1, job_id="b:1:2", status="completed", at=AT,
+                              file_path="/m/1", relative_path="1", size=1000))
+    assert kinds(events) == [("FileCompleted", 1), ("BatchFinished", None)] and s.closed
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_permits_stay_within_the_live_limit_through_pauses(seed):
+    """Random outcomes, pauses, resumes and limits: never more running files than the
+    limit in force when they were granted, never a grant while paused, every file ends."""
+    rnd = random.Random(seed)
+    ids = list(range(1, rnd.randint(1, 10) + 1))
+    _, s = run(initial_state, start(ids, max_concurrent=rnd.randint(1, 5)))
+    for _ in range(500):
+        if s.closed:
+            break
+        choice = rnd.random()
+        if choice < 0.15:
+            cmd = PAUSE
+        elif choice < 0.3:
+            cmd = RESUME
+        elif choice < 0.4:
+            cmd = limit(rnd.randint(1, 5))
+        elif s.running:
+            cmd = done(rnd.choice(s.running), rnd.choice(["completed", "failed"]))
+        else:
+            cmd = RESUME
+        before = s
+        events, s = run(s, cmd)
+        grants = [e for e in events if isinstance(e, PermitGranted)]
+        if grants:
+            assert not before.paused or isinstance(cmd, Resume)
+            assert len(s.running) <= s.max_concurrent
+        if before.paused:
+            assert not s.running or isinstance(cmd, Resume)
+    else:
+        pytest.fail("the batch never ended")
+    assert all(st in (FileState.completed, FileState.failed) for st in s.files.values())

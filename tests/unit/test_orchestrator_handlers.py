@@ -22,10 +22,16 @@ from tgdl.contracts.catalog import CatalogEntry, MediaKind
 from tgdl.contracts.commands import (
     BatchAccepted,
     BatchCancelOutcome,
+    BatchPauseOutcome,
+    BatchResumeOutcome,
     CancelBatch,
     CancelSingle,
+    ConcurrencyOutcome,
+    PauseBatch,
     Rejection,
     RejectReason,
+    ResumeBatch,
+    SetConcurrency,
     StartBatch,
 )
 from tgdl.contracts.errors import ErrorCode
@@ -33,6 +39,7 @@ from tgdl.contracts.events import (
     BatchCancelled,
     BatchEvent,
     BatchFinished,
+    BatchPaused,
     BatchStarted,
     FileCompleted,
     FileFailed,
@@ -41,9 +48,10 @@ from tgdl.contracts.events import (
 )
 from tgdl.contracts.jobs import DownloadJob, DownloadOutcome, Lease
 from tgdl.contracts.status import BatchKind, OutcomeStatus
+from tgdl.orchestrator.batch import fold
 from tgdl.orchestrator.handlers import Orchestrator
 from tgdl.orchestrator.ports import Ports
-from tgdl.orchestrator.react import Dispatch
+from tgdl.orchestrator.react import Dispatch, LeaveLease, plan_recovery, react
 from tgdl.orchestrator.settings import OrchestratorSettings
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
@@ -103,11 +111,12 @@ class FakeLeases:
         lease = self.leases.get(message_id)
         return (lease, 1) if lease else None
 
-    async def leave(self, message_id: int, party: str) -> Lease | None:
+    async def leave(self, message_id: int, party: str, keep_part: bool = False) -> Lease | None:
         lease = self.leases.get(message_id)
         if lease is None:
             return None
-        left = lease.model_copy(update={"parties": [p for p in lease.parties if p != party]})
+        left = lease.model_copy(update={"parties": [p for p in lease.parties if p != party],
+                                        "keep_part": lease.keep_part or keep_part})
         self.leases[message_id] = left
         return left
 
@@ -466,3 +475,121 @@ async def test_a_start_on_an_id_another_replica_took_draws_a_new_id(w: World, mo
     assert len(w.log.of_type("batch_taken", BatchStarted)) == 1
     assert w.log.of_type("batch_taken", BatchStarted)[0].requested_ids == [7]
     assert [e.requested_ids for e in w.log.of_type("batch_fresh", BatchStarted)] == [[1]]
+
+
+# steering: pause, resume, live max_concurrent
+
+
+async def test_pause_leaves_the_leases_keeping_the_parts_and_grants_nothing_until_resumed(w):
+    b = await start(w, [1, 2, 3])
+    paused = await w.orch.pause_batch(PauseBatch(batch_id=b))
+    assert paused == BatchPauseOutcome(batch_id=b, total_files=3, stopped=[1, 2])
+    # nobody else waits: the jobs stop, and keep their .part files for the resume
+    assert {m: (lease.parties, lease.keep_part) for m, lease in w.leases.leases.items()} == {
+        1: ([], True), 2: ([], True)}
+    for m in (1, 2):  # the downloaders stop them: cancelled outcomes addressed to nobody
+        assert (await w.end_job(f"{b}:{m}", OutcomeStatus.cancelled)).parties == []
+    assert w.jobs.published == [f"{b}:1", f"{b}:2"]  # no grant while paused
+    assert await w.open_batches.list() == [b]  # still open: a restart looks at it
+
+    again = await w.orch.pause_batch(PauseBatch(batch_id=b))
+    assert isinstance(again, BatchPauseOutcome) and again.already_paused and not again.stopped
+
+    resumed = await w.orch.resume_batch(ResumeBatch(batch_id=b))
+    assert resumed == BatchResumeOutcome(batch_id=b, total_files=3, resumed=[1, 2],
+                                         granted=[1, 2])
+    assert w.jobs.published[2:] == [f"{b}:1:2", f"{b}:2:2"]  # new jobs, new ids
+    for job in (f"{b}:1:2", f"{b}:2:2", f"{b}:3"):
+        await w.end_job(job)
+    assert [e.message_id for e in w.log.of_type(b, FileCompleted)] == [1, 2, 3]
+    assert isinstance(w.log.events(b)[-1], BatchFinished)
+    assert await w.open_batches.list() == [] and w.leases.leases == {}
+
+
+async def test_a_file_shared_with_another_batch_keeps_downloading_for_it(w):
+    paused = await start(w, [1, 2], max_concurrent=2)
+    other = await start(w, [1], max_concurrent=1)  # joins the download of file 1
+    await w.orch.pause_batch(PauseBatch(batch_id=paused))
+    assert w.leases.leases[1].parties == [other]  # still wanted: the job goes on
+    addressed = await w.end_job(f"{paused}:1")
+    assert addressed.parties == [other]
+    assert [e.message_id for e in w.log.of_type(other, FileCompleted)] == [1]
+    assert w.log.of_type(paused, FileCompleted) == []  # heard nothing: it left
+    await w.end_job(f"{paused}:2", OutcomeStatus.cancelled)  # its own file did stop
+    await w.orch.resume_batch(ResumeBatch(batch_id=paused))
+    # granted again: new jobs (file 1's finds the file complete on disk in no time)
+    assert w.jobs.published[-2:] == [f"{paused}:1:2", f"{paused}:2:2"]
+
+
+async def test_a_paused_batch_stays_paused_across_a_restart(w):
+    b = await start(w, [1, 2, 3])
+    # the pause was appended, then the orchestrator died before leaving the leases
+    await w.log.append(b, [BatchPaused(batch_id=b, at=START, stopped=[1, 2])],
+                       await w.log.last_seq(b))
+    after = w.restarted()
+    assert await after.orch.recover() == 1
+    assert [lease.parties for lease in w.leases.leases.values()] == [[], []]
+    assert all(lease.keep_part for lease in w.leases.leases.values())
+    assert w.jobs.published == [f"{b}:1", f"{b}:2"]  # nothing granted
+    await after.orch.sweep()
+    await after.orch.sweep()
+    assert w.jobs.published == [f"{b}:1", f"{b}:2"]
+    resumed = await after.orch.resume_batch(ResumeBatch(batch_id=b))
+    assert resumed.granted == [1, 2]
+
+
+async def test_recovery_of_a_paused_batch_is_planned_as_leaving_its_leases_only():
+    events = [started("p", [1, 2, 3]), granted("p", 1), dispatched("p", 1),
+              BatchPaused(batch_id="p", at=START, stopped=[1])]
+    plan = plan_recovery("p", events, None, START, timedelta(minutes=1))
+    assert plan[0] == LeaveLease(1, "p", keep_part=True)
+    assert [type(e).__name__ for e in plan[1:]] == ["Decide"]  # a reconcile, granting nothing
+    assert react(events[-1], fold(events)) == [LeaveLease(1, "p", keep_part=True)]
+
+
+async def test_a_paused_batch_can_be_cancelled(w):
+    b = await start(w, [1, 2, 3])
+    await w.orch.pause_batch(PauseBatch(batch_id=b))
+    cancelled = await w.orch.cancel_batch(CancelBatch(batch_id=b))
+    assert isinstance(cancelled, BatchCancelOutcome) and cancelled.stopped == [1, 2, 3]
+    assert await w.open_batches.list() == []
+    late = await w.orch.resume_batch(ResumeBatch(batch_id=b))
+    assert isinstance(late, BatchResumeOutcome) and late.already_finished and not late.granted
+
+
+async def test_a_dispatch_overtaken_by_a_pause_leaves_the_lease_keeping_the_part(w):
+    b = await start(w, [1], max_concurrent=1)
+    await w.orch.pause_batch(PauseBatch(batch_id=b))
+    # a second replica's dispatch of the permit the pause took back lands now
+    await w.orch.executor.carry_out([Dispatch(b, entry(1), f"{b}:1", False)])
+    assert (w.leases.leases[1].parties, w.leases.leases[1].keep_part) == ([], True)
+    assert len(w.log.of_type(b, JobDispatched)) == 1  # the stale dispatch was not recorded
+
+
+async def test_raising_max_concurrent_grants_at_once_and_lowering_interrupts_nothing(w):
+    b = await start(w, [1, 2, 3, 4, 5], max_concurrent=1)
+    raised = await w.orch.set_concurrency(SetConcurrency(batch_id=b, max_concurrent=3))
+    assert raised == ConcurrencyOutcome(batch_id=b, max_concurrent=3, previous=1,
+                                        granted=[2, 3])
+    assert w.jobs.published == [f"{b}:1", f"{b}:2", f"{b}:3"]
+    lowered = await w.orch.set_concurrency(SetConcurrency(batch_id=b, max_concurrent=1))
+    assert lowered.granted == [] and lowered.previous == 3
+    assert all(lease.parties == [b] for lease in w.leases.leases.values())  # none stopped
+    await w.end_job(f"{b}:1")
+    await w.end_job(f"{b}:2")
+    assert len(w.jobs.published) == 3  # still 1 running of 1 allowed
+    await w.end_job(f"{b}:3")
+    assert w.jobs.published[-1] == f"{b}:4"
+    await w.end_job(f"{b}:4")
+    await w.end_job(f"{b}:5")
+    finished = await w.orch.set_concurrency(SetConcurrency(batch_id=b, max_concurrent=5))
+    assert finished.already_finished and finished.max_concurrent == 1
+
+
+async def test_steering_an_unknown_batch_is_refused(w):
+    for result in (await w.orch.pause_batch(PauseBatch(batch_id="nothere")),
+                   await w.orch.resume_batch(ResumeBatch(batch_id="nothere")),
+                   await w.orch.set_concurrency(SetConcurrency(batch_id="nothere",
+                                                               max_concurrent=2))):
+        assert isinstance(result, Rejection) and result.reason is RejectReason.batch_not_found
+    assert w.orch.repo.locks_held() == 0

@@ -13,7 +13,10 @@ from tgdl.contracts.events import (
     AlreadyDownloaded,
     BatchCancelled,
     BatchFinished,
+    BatchPaused,
+    BatchResumed,
     BatchStarted,
+    ConcurrencyChanged,
     FileCompleted,
     FileFailed,
     JobDispatched,
@@ -243,3 +246,20 @@ def test_the_flush_interval_is_set_by_its_own_prefixed_variable_only(monkeypatch
     monkeypatch.setenv("TGDL_PROGRESS_FLUSH_INTERVAL", "3")
     assert ProjectorSettings().progress_interval == 3.0
     assert ProjectorSettings(progress_interval=0.05).progress_interval == 0.05
+
+
+def test_pause_marks_the_stopped_files_and_resume_puts_them_back_in_line():
+    paused = fold_event(BatchPaused(batch_id="b", at=AT, stopped=[2, 3]))
+    assert paused == [UpdateFile("b", 2, {"status": "paused"}),
+                      UpdateFile("b", 3, {"status": "paused"}),
+                      UpdateBatch("b", {"status": "paused", "updated_at": AT})]
+    resumed = fold_event(BatchResumed(batch_id="b", at=later(1), resumed=[2, 3]))
+    assert resumed == [UpdateFile("b", 2, {"status": "pending"}),
+                       UpdateFile("b", 3, {"status": "pending"}),
+                       UpdateBatch("b", {"status": "in_progress", "updated_at": later(1)})]
+
+
+def test_a_new_max_concurrent_is_recorded_on_the_batch():
+    changes = fold_event(ConcurrencyChanged(batch_id="b", at=AT, max_concurrent=5,
+                                            previous=2))
+    assert changes == [UpdateBatch("b", {"max_concurrent": 5, "updated_at": AT})]

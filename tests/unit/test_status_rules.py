@@ -179,3 +179,23 @@ def test_the_wire_form_leaves_out_what_does_not_apply_but_never_a_live_number():
                                     "download_url"}
     body = status_body(batch_status_of(batch(total=1), [done]))
     assert body["files"] == [file_body(done)] and body["overall_status"] == "in_progress"
+
+
+def test_a_paused_batch_shows_its_stopped_files_paused_and_says_so():
+    files = [
+        file_status(file_row(1, "completed", relative_path="p/1"), None),
+        # its job ended as cancelled when the pause stopped it: the file is paused, not
+        # cancelled, and shows nothing live
+        file_status(file_row(2, "paused"), job_row("cancelled", error="cancelled")),
+        file_status(file_row(3, "paused"), None),
+        file_status(file_row(4, "pending"), None),
+    ]
+    status = batch_status_of(batch("paused", total=4), files)
+    assert [f.status for f in status.files] == ["completed", "paused", "paused", "pending"]
+    assert (status.overall_status, status.finished) == ("paused", False)
+    assert (status.completed, status.paused, status.pending, status.downloading,
+            status.cancelled) == (1, 2, 1, 0, 0)
+    assert status.summary == ("Paused: 1 of 4 files completed, 2 paused, "
+                              "1 waiting for its turn")
+    assert status_body(status)["files"][1] == {"message_id": 2, "status": "paused",
+                                               "progress": 0, "total_size": 1000}

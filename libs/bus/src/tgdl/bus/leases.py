@@ -4,7 +4,8 @@ Key ``str(message_id)`` in the leases bucket holds a `Lease`: the job downloadin
 message and the parties (batch ids) waiting for it. All changes are compare-and-set on
 the entry's revision, so concurrent orchestrators and downloaders never lose a party.
 
-A lease whose parties all left tells its downloader to stop. A job ends in two steps:
+A lease whose parties all left tells its downloader to stop (keeping the .part file if
+one of them left for a pause). A job ends in two steps:
 `end` records the outcome and freezes the parties, the downloader publishes the
 outcome to them, then `release` deletes the lease.
 """
@@ -21,6 +22,7 @@ from nats.js.kv import KeyValue
 
 from tgdl.bus.eventlog import WRONG_LAST_SEQUENCE
 from tgdl.contracts.jobs import DownloadOutcome, Lease
+from tgdl.contracts.status import OutcomeStatus
 from tgdl.contracts.subjects import Names
 
 
@@ -28,6 +30,11 @@ from tgdl.contracts.subjects import Names
 class Acquired:
     job_id: str
     attached: bool  # True: another job already downloads it; we wait for its outcome
+
+
+class Rejoined(Exception):
+    """A job about to end as cancelled (nobody wanted it) was joined again meanwhile, e.g.
+    by the resume of a paused batch: it must go on instead."""
 
 
 class LeaseBusy(Exception):
@@ -93,8 +100,9 @@ class Leases:
             except KeyWrongLastSequenceError:
                 continue  # raced with another writer: read again
 
-    async def leave(self, message_id: int, party: str) -> Lease | None:
-        """Stop waiting for the message; returns the lease left behind (None if gone)."""
+    async def leave(self, message_id: int, party: str, keep_part: bool = False) -> Lease | None:
+        """Stop waiting for the message; returns the lease left behind (None if gone).
+        `keep_part`: the party only pauses, so a job nobody else wants keeps its bytes."""
         while True:
             current = await self.get(message_id)
             if current is None:
@@ -102,7 +110,8 @@ class Leases:
             lease, revision = current
             if party not in lease.parties or lease.outcome is not None:
                 return lease
-            left = lease.model_copy(update={"parties": [p for p in lease.parties if p != party]})
+            left = lease.model_copy(update={"parties": [p for p in lease.parties if p != party],
+                                            "keep_part": lease.keep_part or keep_part})
             try:
                 await self._put(message_id, left, revision)
                 return left
@@ -142,6 +151,8 @@ class Leases:
             lease, revision = current
             if lease.outcome is not None:
                 return lease.outcome, revision  # a previous delivery of this job got this far
+            if outcome.status == OutcomeStatus.cancelled and lease.parties:
+                raise Rejoined(f"message {outcome.message_id}: {lease.parties} wait again")
             addressed = outcome.model_copy(update={"parties": lease.parties})
             try:
                 revision = await self._put(

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from tgdl.contracts.commands import BatchRequest, StartBatch
 from tgdl.contracts.errors import FileFailure
@@ -66,6 +66,7 @@ class BatchStatusResponse(BaseModel):
     failed: int
     pending: int
     cancelled: int = 0
+    paused: int = 0  # stopped by a pause of the batch (its bytes wait on disk)
     overall_status: OverallStatus
     finished: bool = False
     summary: str = ""
@@ -79,6 +80,45 @@ class BatchCancelResponse(BaseModel):
     batch_id: str
     cancelled_downloads: int
     total_files: int
+
+
+class BatchPauseResponse(BaseModel):
+    # "paused": running files stopped (their .part files stay); "already_paused";
+    # "already_finished": the batch had ended, nothing to pause
+    status: Literal["paused", "already_paused", "already_finished"]
+    message: str
+    batch_id: str
+    paused_downloads: int  # files that were downloading (or queued) and stopped
+    total_files: int
+
+
+class BatchResumeResponse(BaseModel):
+    # "resumed": permits again, paused files continue from their bytes on disk;
+    # "not_paused": the batch was running anyway; "already_finished"
+    status: Literal["resumed", "not_paused", "already_finished"]
+    message: str
+    batch_id: str
+    resumed_downloads: int  # files that got a permit right away
+    total_files: int
+
+
+class BatchSettingsRequest(BaseModel):
+    """The body of PATCH /api/media/batch/{batch_id}: what may change under way."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_concurrent: int = Field(ge=1, le=5)
+
+
+class BatchSettingsResponse(BaseModel):
+    # "changed": the next permits follow the new value (running files go on);
+    # "unchanged": it already was; "already_finished": a finished batch keeps its value
+    status: Literal["changed", "unchanged", "already_finished"]
+    message: str
+    batch_id: str
+    max_concurrent: int
+    previous_max_concurrent: int
+    started_downloads: list[int]  # granted at once because the limit was raised
 
 
 class SingleDownloadRequest(BaseModel):
@@ -112,7 +152,7 @@ class MessageItem(BaseModel):
     mime_type: str | None
     size: int | None
     download_state: Literal["not_downloaded", "queued", "downloading", "waiting", "downloaded",
-                            "failed", "cancelled", "no_media"]
+                            "failed", "cancelled", "no_media", "paused"]
     download_url: str | None = None
     date: datetime | None = None  # when the message was posted
     caption: str | None = None
@@ -140,6 +180,7 @@ class BatchSummary(BaseModel):
     failed: int
     pending: int
     cancelled: int = 0
+    paused: int = 0
     overall_status: OverallStatus
     finished: bool
     summary: str

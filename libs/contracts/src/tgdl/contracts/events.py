@@ -88,6 +88,29 @@ class BatchCancelled(_Event):
     stopped: list[int]  # files that were pending or running when the cancel arrived
 
 
+class BatchPaused(_Event):
+    """No permits until resumed; the files that held one gave it back (their .part files
+    stay on disk)."""
+
+    type: Literal["BatchPaused"] = "BatchPaused"
+    stopped: list[int]  # files that held a permit when the pause arrived
+
+
+class BatchResumed(_Event):
+    """Permits again, up to `max_concurrent`; paused files continue from their .part."""
+
+    type: Literal["BatchResumed"] = "BatchResumed"
+    resumed: list[int]  # the files the pause had stopped
+
+
+class ConcurrencyChanged(_Event):
+    """From now on at most `max_concurrent` files hold a permit; running files keep theirs."""
+
+    type: Literal["ConcurrencyChanged"] = "ConcurrencyChanged"
+    max_concurrent: int
+    previous: int
+
+
 class BatchFinished(_Event):
     type: Literal["BatchFinished"] = "BatchFinished"
     overall_status: Literal["completed", "failed"]
@@ -102,6 +125,9 @@ BatchEvent = Annotated[
     | FileCompleted
     | FileFailed
     | BatchCancelled
+    | BatchPaused
+    | BatchResumed
+    | ConcurrencyChanged
     | BatchFinished,
     Field(discriminator="type"),
 ]

@@ -83,6 +83,9 @@ class Lease(BaseModel):
     claimed_by: int | None = None
     # A party that asked for force joined: the job must fetch again even if the file exists.
     force: bool = False
+    # A party left because its batch was paused: when no party is left, the job stops but
+    # keeps its .part file for the resume (a cancel alone discards it).
+    keep_part: bool = False
     # Set by the downloader when the job has ended, before it publishes the outcome and
     # deletes the lease: a downloader that crashes in between finds it on redelivery and
     # completes the hand-over, so no waiting party is ever forgotten.

@@ -18,6 +18,7 @@ class FileStatus(StrEnum):
     queued = "queued"  # has a permit; its job waits for a downloader
     downloading = "downloading"
     waiting = "waiting"  # a Telegram flood wait: it resumes by itself
+    paused = "paused"  # stopped by a pause of its batch; its .part file waits for a resume
     completed = "completed"
     failed = "failed"
     cancelled = "cancelled"
@@ -26,6 +27,7 @@ class FileStatus(StrEnum):
 class OverallStatus(StrEnum):
     pending = "pending"
     in_progress = "in_progress"
+    paused = "paused"  # no file gets a permit until the batch is resumed
     completed = "completed"
     failed = "failed"
     cancelled = "cancelled"

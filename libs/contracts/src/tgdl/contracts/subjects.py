@@ -83,6 +83,18 @@ class Names:
         return f"{self.prefix}.cmd.batch.cancel"
 
     @property
+    def cmd_batch_pause(self) -> str:
+        return f"{self.prefix}.cmd.batch.pause"
+
+    @property
+    def cmd_batch_resume(self) -> str:
+        return f"{self.prefix}.cmd.batch.resume"
+
+    @property
+    def cmd_batch_concurrency(self) -> str:
+        return f"{self.prefix}.cmd.batch.concurrency"
+
+    @property
     def cmd_single_cancel(self) -> str:
         return f"{self.prefix}.cmd.single.cancel"
 
@@ -113,6 +125,11 @@ class Names:
     def flood_bucket(self) -> str:
         """Telegram account -> until when every replica must hold off (flood wait)."""
         return f"{self._upper}_flood"
+
+    @property
+    def idempotency_bucket(self) -> str:
+        """Idempotency-Key of a start request -> the request's digest and its answer (a day)."""
+        return f"{self._upper}_idempotency"
 
     def max_deliveries_advisory(self) -> str:
         return (

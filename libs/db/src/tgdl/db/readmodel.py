@@ -87,6 +87,8 @@ def file_status(file: Row, job: Row | None) -> FileStatusBody:
         return FileStatusBody(message_id=m, status=status, total_size=file["total_size"],
                               error=file["error"], detail=file["detail"],
                               suggestion=file["suggestion"])
+    if status is FileStatus.paused:  # its job was stopped for the pause: nothing live
+        return FileStatusBody(message_id=m, status=status, total_size=file["total_size"])
     if status is FileStatus.pending or job is None or job["state"] == JobState.queued:
         shown = FileStatus.pending if status is FileStatus.pending else FileStatus.queued
         return FileStatusBody(message_id=m, status=shown, total_size=file["total_size"])
@@ -130,6 +132,10 @@ def summary_sentence(overall: OverallStatus, total: int, counts: Mapping[FileSta
         parts.append(f"{c(F.cancelled)} stopped")
         return ", ".join(parts)
     parts = [f"{c(F.completed)} of {_files(total)} completed"]
+    if overall is OverallStatus.paused:
+        parts[0] = f"Paused: {parts[0]}"
+    if c(F.paused):
+        parts.append(f"{c(F.paused)} paused")
     if c(F.downloading):
         parts.append(f"{c(F.downloading)} downloading")
     if c(F.waiting):
@@ -145,7 +151,7 @@ def summary_sentence(overall: OverallStatus, total: int, counts: Mapping[FileSta
 
 
 def overall_status(batch_status: str, files: Sequence[FileStatusBody]) -> OverallStatus:
-    if batch_status in FINISHED_BATCH_STATUSES:
+    if batch_status in FINISHED_BATCH_STATUSES or batch_status == OverallStatus.paused:
         return OverallStatus(batch_status)
     if any(f.status is not FileStatus.pending for f in files):
         return OverallStatus.in_progress
@@ -165,6 +171,7 @@ def batch_status_of(batch: Row, files: Sequence[FileStatusBody]) -> BatchStatusR
         failed=counts[F.failed],
         pending=counts[F.pending] + counts[F.queued],
         cancelled=counts[F.cancelled],
+        paused=counts[F.paused],
         overall_status=overall,
         finished=overall in FINISHED_BATCH_STATUSES,
         summary=summary_sentence(overall, total, counts),
@@ -206,6 +213,7 @@ DOWNLOAD_STATE: dict[FileStatus, str] = {
     FileStatus.queued: "queued",
     FileStatus.downloading: "downloading",
     FileStatus.waiting: "waiting",
+    FileStatus.paused: "paused",
     FileStatus.completed: "downloaded",
     FileStatus.failed: "failed",
     FileStatus.cancelled: "cancelled",
@@ -255,7 +263,7 @@ CROSS JOIN LATERAL (
     SELECT f.* FROM batch_files f
     JOIN batches b ON b.batch_id = f.batch_id
     WHERE f.message_id = m.message_id
-    ORDER BY f.status IN ('pending', 'queued') DESC, b.created_at DESC, b.batch_id DESC
+    ORDER BY f.status IN ('pending', 'queued', 'paused') DESC, b.created_at DESC, b.batch_id DESC
     LIMIT 1
 ) f
 LEFT JOIN jobs j ON j.job_id = f.job_id

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Protocol
 
 from tgdl.bus.jobs import JobLifecycle
+from tgdl.bus.leases import Rejoined
 from tgdl.contracts.errors import ErrorCode, Failure
 from tgdl.contracts.jobs import (
     DownloadJob,
@@ -83,6 +84,7 @@ class Running:
     job: DownloadJob
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     cancelled: bool = False  # stop because nobody wants it (vs. this replica shutting down)
+    keep_part: bool = False  # ...for now: a party paused it and will resume from the .part
 
 
 def _now() -> datetime:
@@ -178,6 +180,7 @@ class Worker:
                     or (not lease.parties and lease.outcome is None)
                 ):
                     running.cancelled = True
+                    running.keep_part = lease is not None and lease.keep_part
                     running.stop.set()
 
     # --- one job ----------------------------------------------------------------------------
@@ -239,7 +242,11 @@ class Worker:
                 await msg.in_progress()
 
     async def _end(self, msg: JobMessage, outcome: DownloadOutcome) -> None:
-        addressed = await self.jobs.end(outcome)
+        try:
+            addressed = await self.jobs.end(outcome)
+        except Rejoined:  # wanted again while stopping (a quick resume): run it once more
+            await msg.nack()
+            return
         if addressed is None:
             await msg.ack()  # stale: the lease is another job's
             return
@@ -289,6 +296,9 @@ class Worker:
                 except _AccountWaiting:
                     pass  # sit out the deadline already shared; do not extend it
         except Cancelled:
+            if running.keep_part:
+                return self._outcome(job, OutcomeStatus.cancelled, Failure.of(
+                    ErrorCode.cancelled, "paused: the .part file is kept for the resume"))
             discard_part(final)
             return self._outcome(job, OutcomeStatus.cancelled, Failure.of(
                 ErrorCode.cancelled, "every request for this file was cancelled"))

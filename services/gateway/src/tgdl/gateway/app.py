@@ -12,7 +12,7 @@ from fastapi.responses import HTMLResponse
 
 from tgdl.db.connection import create_pool
 from tgdl.db.schema import verify_schema
-from tgdl.gateway import batches, health, messages, single
+from tgdl.gateway import batches, health, messages, single, steering
 from tgdl.gateway.commands import create_broker
 from tgdl.gateway.errors import install_error_handlers
 from tgdl.gateway.freshness import Freshness
@@ -59,7 +59,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app = FastAPI(title="tgdl", summary="Batch media downloads from Telegram messages",
                   version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
-    for module in (batches, single, messages, health):
+    for module in (batches, steering, single, messages, health):
         app.include_router(module.router)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)

@@ -16,7 +16,10 @@ from tgdl.contracts.commands import (
     CancelBatch,
     CancelSingle,
     CommandReply,
+    PauseBatch,
     RejectReason,
+    ResumeBatch,
+    SetConcurrency,
     StartBatch,
 )
 from tgdl.gateway.errors import NATS_OUTAGES, RETRY_AFTER, ApiError, nats_unavailable
@@ -67,6 +70,15 @@ def create_broker(settings: GatewaySettings) -> tuple[NatsBroker, OrchestratorCl
         CancelSingle: broker.publisher(
             names.cmd_single_cancel, schema=CancelSingle, title="cancelSingle",
             description="Cancel the single-file requests of one message: request/reply"),
+        PauseBatch: broker.publisher(
+            names.cmd_batch_pause, schema=PauseBatch, title="pauseBatch",
+            description="Pause a batch: request/reply, answered with a CommandReply"),
+        ResumeBatch: broker.publisher(
+            names.cmd_batch_resume, schema=ResumeBatch, title="resumeBatch",
+            description="Resume a paused batch: request/reply, answered with a CommandReply"),
+        SetConcurrency: broker.publisher(
+            names.cmd_batch_concurrency, schema=SetConcurrency, title="setConcurrency",
+            description="Change a batch's max_concurrent: request/reply (CommandReply)"),
     }
     return broker, OrchestratorClient(broker, sends, settings.command_timeout)
 

@@ -97,10 +97,14 @@ CHANNELS = {
     _NAMES.cmd_batch_start: "startBatch",
     _NAMES.cmd_batch_cancel: "cancelBatch",
     _NAMES.cmd_single_cancel: "cancelSingle",
+    _NAMES.cmd_batch_pause: "pauseBatch",
+    _NAMES.cmd_batch_resume: "resumeBatch",
+    _NAMES.cmd_batch_concurrency: "setConcurrency",
     _NAMES.download_jobs: "downloadJobs",
     _NAMES.max_deliveries_advisory(): "jobOutOfDeliveries",
 }
-COMMANDS = ("startBatch", "cancelBatch", "cancelSingle")  # request/reply: CommandReply
+COMMANDS = ("startBatch", "cancelBatch", "cancelSingle", "pauseBatch", "resumeBatch",
+            "setConcurrency")  # request/reply: CommandReply
 
 
 def _channel_key(address: str) -> str:

@@ -30,8 +30,11 @@ from tgdl.contracts.commands import (
     CancelBatch,
     CancelSingle,
     CommandReply,
+    PauseBatch,
     Rejection,
     RejectReason,
+    ResumeBatch,
+    SetConcurrency,
     SingleCancelOutcome,
     StartBatch,
 )
@@ -153,6 +156,21 @@ def create_broker(settings: OrchestratorSettings) -> NatsBroker:
              "Cancel the single-file requests of a message")
     async def cancel_single(cmd: CancelSingle, orch: Orch) -> CommandReply:
         return await _answer(names.cmd_single_cancel, lambda: orch.cancel_single(cmd))
+
+    @command(names.cmd_batch_pause, "PauseBatch",
+             "Pause a batch: no new permits, running files stop and keep their .part")
+    async def pause_batch(cmd: PauseBatch, orch: Orch) -> CommandReply:
+        return await _answer(names.cmd_batch_pause, lambda: orch.pause_batch(cmd))
+
+    @command(names.cmd_batch_resume, "ResumeBatch",
+             "Resume a paused batch: permits again, files continue from their bytes on disk")
+    async def resume_batch(cmd: ResumeBatch, orch: Orch) -> CommandReply:
+        return await _answer(names.cmd_batch_resume, lambda: orch.resume_batch(cmd))
+
+    @command(names.cmd_batch_concurrency, "SetConcurrency",
+             "Change max_concurrent of a running batch (running files are not interrupted)")
+    async def set_concurrency(cmd: SetConcurrency, orch: Orch) -> CommandReply:
+        return await _answer(names.cmd_batch_concurrency, lambda: orch.set_concurrency(cmd))
 
     streams = NatsRouter(middlewares=[ExceptionMiddleware(handlers={
         ValidationError: _unreadable})])

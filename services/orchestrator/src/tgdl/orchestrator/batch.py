@@ -2,7 +2,9 @@
 
 Pure: no I/O, no clock (commands carry the time). Every rule of a batch lives here:
 permits never exceed ``max_concurrent``, a file is granted once, cancel stops what is
-pending or running and keeps what completed, and the batch finishes exactly once.
+pending or running and keeps what completed, and the batch finishes exactly once. A
+paused batch grants nothing: its running files give their permits back (and keep their
+bytes on disk) until it is resumed; a new `max_concurrent` applies to the next grants.
 """
 
 from __future__ import annotations
@@ -20,7 +22,10 @@ from tgdl.contracts.events import (
     BatchCancelled,
     BatchEvent,
     BatchFinished,
+    BatchPaused,
+    BatchResumed,
     BatchStarted,
+    ConcurrencyChanged,
     FileCompleted,
     FileFailed,
     JobDispatched,
@@ -30,7 +35,7 @@ from tgdl.contracts.status import BatchKind, OutcomeStatus
 
 
 class FileState(StrEnum):
-    pending = "pending"  # waiting for a permit
+    pending = "pending"  # waiting for a permit (or for the resume of a paused batch)
     running = "running"  # holds a permit: queued, downloading, or waiting on another job
     completed = "completed"
     failed = "failed"
@@ -54,6 +59,11 @@ class BatchState:
     completed_before: int = 0  # already downloaded at start
     failed_before: int = 0  # failed to start
     closed: bool = False  # finished or cancelled: no more events but none
+    paused: bool = False  # no grants until resumed
+    paused_files: tuple[int, ...] = ()  # the files the pause stopped (they left their leases)
+    # permits granted per file: a file paused and granted again gets a new job id, so the
+    # stopped job's outcome and the new job's never share an id (nor a Nats-Msg-Id)
+    grants: Mapping[int, int] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
     def exists(self) -> bool:
@@ -69,6 +79,11 @@ class BatchState:
     @property
     def undispatched(self) -> list[int]:
         return [m for m in self.running if m not in self.dispatched]
+
+    def granted_job(self, message_id: int) -> str | None:
+        """The job id of the file's latest permit (None: never granted)."""
+        n = self.grants.get(message_id, 0)
+        return job_id_for(self.batch_id, message_id, n) if n and self.batch_id else None
 
 
 initial_state = BatchState()
@@ -111,10 +126,27 @@ class MarkDispatched:
     job_id: str
     attached: bool
     at: datetime
+    for_job: str | None = None  # the granted job it dispatched; a stale grant's is ignored
 
 
 @dataclass(frozen=True)
 class Cancel:
+    at: datetime
+
+
+@dataclass(frozen=True)
+class Pause:
+    at: datetime
+
+
+@dataclass(frozen=True)
+class Resume:
+    at: datetime
+
+
+@dataclass(frozen=True)
+class SetMaxConcurrent:
+    max_concurrent: int
     at: datetime
 
 
@@ -125,11 +157,12 @@ class Reconcile:
     at: datetime
 
 
-Command = Start | Finish | MarkDispatched | Cancel | Reconcile
+Command = Start | Finish | MarkDispatched | Cancel | Pause | Resume | SetMaxConcurrent | Reconcile
 
 
-def job_id_for(batch_id: str, message_id: int) -> str:
-    return f"{batch_id}:{message_id}"
+def job_id_for(batch_id: str, message_id: int, grant: int = 1) -> str:
+    """The job of a file's `grant`-th permit (more than one only after pauses)."""
+    return f"{batch_id}:{message_id}" if grant <= 1 else f"{batch_id}:{message_id}:{grant}"
 
 
 # --- decide ------------------------------------------------------------------------------
@@ -157,6 +190,7 @@ def decide(cmd: Command, s: BatchState) -> list[BatchEvent]:
         case MarkDispatched() if (
             s.files.get(cmd.message_id) is FileState.running
             and cmd.message_id not in s.dispatched
+            and cmd.for_job in (None, s.granted_job(cmd.message_id))
         ):
             return [
                 JobDispatched(
@@ -170,6 +204,18 @@ def decide(cmd: Command, s: BatchState) -> list[BatchEvent]:
         case Cancel() if s.exists and not s.closed:
             stopped = [m for m in s.order if s.files[m] not in TERMINAL]
             return [BatchCancelled(batch_id=s.batch_id, at=cmd.at, stopped=stopped)]
+        case Pause() if s.exists and not s.closed and not s.paused:
+            return [BatchPaused(batch_id=s.batch_id, at=cmd.at, stopped=s.running)]
+        case Resume() if s.exists and not s.closed and s.paused:
+            resumed = BatchResumed(batch_id=s.batch_id, at=cmd.at, resumed=list(s.paused_files))
+            return [resumed, *_grant_or_finish(evolve(s, resumed), cmd.at)]
+        case SetMaxConcurrent() if (
+            s.exists and not s.closed and cmd.max_concurrent != s.max_concurrent
+        ):
+            changed = ConcurrencyChanged(batch_id=s.batch_id, at=cmd.at,
+                                         max_concurrent=cmd.max_concurrent,
+                                         previous=s.max_concurrent)
+            return [changed, *_grant_or_finish(evolve(s, changed), cmd.at)]
         case Reconcile() if s.exists and not s.closed:
             return _grant_or_finish(s, cmd.at)
     return []
@@ -203,9 +249,12 @@ def _file_ended(s: BatchState, cmd: Finish) -> BatchEvent:
 def _grant_or_finish(s: BatchState, at: datetime) -> list[BatchEvent]:
     """Grant permits to the next pending files up to `max_concurrent`; finish when done."""
     assert s.batch_id is not None
-    free = s.max_concurrent - len(s.running)
+    if s.paused:
+        return []  # nothing is granted, and nothing finishes, until the resume
+    free = s.max_concurrent - len(s.running)  # below zero after a lower limit: none
     grants: list[BatchEvent] = [
-        PermitGranted(batch_id=s.batch_id, at=at, message_id=m, job_id=job_id_for(s.batch_id, m))
+        PermitGranted(batch_id=s.batch_id, at=at, message_id=m,
+                      job_id=job_id_for(s.batch_id, m, s.grants.get(m, 0) + 1))
         for m in s.in_state(FileState.pending)[: max(free, 0)]
     ]
     if grants or s.running or s.in_state(FileState.pending):
@@ -247,7 +296,9 @@ def evolve(s: BatchState, e: BatchEvent) -> BatchState:
             )
         case PermitGranted():
             s = _with_file(s, e.message_id, FileState.running)
-            return replace(s, jobs=MappingProxyType({**s.jobs, e.message_id: e.job_id}))
+            grants = {**s.grants, e.message_id: s.grants.get(e.message_id, 0) + 1}
+            return replace(s, jobs=MappingProxyType({**s.jobs, e.message_id: e.job_id}),
+                           grants=MappingProxyType(grants))
         case JobDispatched():
             return replace(
                 s,
@@ -261,6 +312,15 @@ def evolve(s: BatchState, e: BatchEvent) -> BatchState:
         case BatchCancelled():
             files = {m: FileState.cancelled if m in e.stopped else st for m, st in s.files.items()}
             return replace(s, files=MappingProxyType(files), closed=True)
+        case BatchPaused(stopped=stopped):
+            files = {m: FileState.pending if m in stopped else st for m, st in s.files.items()}
+            return replace(s, files=MappingProxyType(files), paused=True,
+                           paused_files=tuple(stopped),
+                           dispatched=s.dispatched - set(stopped))
+        case BatchResumed():
+            return replace(s, paused=False, paused_files=())
+        case ConcurrencyChanged(max_concurrent=n):
+            return replace(s, max_concurrent=n)
         case BatchFinished():
             return replace(s, closed=True)
     return s

@@ -47,8 +47,8 @@ class Executor:
                     await self.decide(batch_id, command)
                 case Dispatch():
                     await self._dispatch(effect)
-                case LeaveLease(message_id=m, batch_id=batch_id):
-                    await self.ports.leases.leave(m, batch_id)
+                case LeaveLease(message_id=m, batch_id=batch_id, keep_part=keep):
+                    await self.ports.leases.leave(m, batch_id, keep_part=keep)
                 case Unlist(batch_id=batch_id):
                     await self.ports.open_batches.remove(batch_id)
                 case EndJob(outcome=outcome):
@@ -67,7 +67,7 @@ class Executor:
                     DownloadJob(job_id=d.job_id, entry=d.entry, force=d.force))
             events, _, after = await self.repo.execute(d.batch_id, MarkDispatched(
                 message_id=m, job_id=acquired.job_id, attached=acquired.attached,
-                at=self.ports.clock.now()))
+                at=self.ports.clock.now(), for_job=d.job_id))
         finally:
             self.in_flight.discard(key)
         await self.carry_out([*react_all(events, after), *after_dispatch(after, m, events)])

@@ -20,18 +20,32 @@ from tgdl.contracts.catalog import CatalogEntry
 from tgdl.contracts.commands import (
     BatchAccepted,
     BatchCancelOutcome,
+    BatchPauseOutcome,
+    BatchResumeOutcome,
     CancelBatch,
     CancelSingle,
+    ConcurrencyOutcome,
+    PauseBatch,
     Rejection,
     RejectReason,
+    ResumeBatch,
+    SetConcurrency,
     SingleCancelOutcome,
     StartBatch,
 )
-from tgdl.contracts.events import BatchCancelled
+from tgdl.contracts.events import BatchCancelled, BatchEvent, BatchPaused, PermitGranted
 from tgdl.contracts.jobs import DownloadOutcome
 from tgdl.contracts.paths import relative_path
 from tgdl.contracts.status import BatchKind
-from tgdl.orchestrator.batch import Cancel, Start, fold
+from tgdl.orchestrator.batch import (
+    BatchState,
+    Cancel,
+    Pause,
+    Resume,
+    SetMaxConcurrent,
+    Start,
+    fold,
+)
 from tgdl.orchestrator.executor import Executor
 from tgdl.orchestrator.ports import Ports
 from tgdl.orchestrator.react import (
@@ -129,6 +143,36 @@ class Orchestrator:
             stopped=stopped, already_finished=not events,
         )
 
+    async def pause_batch(self, cmd: PauseBatch) -> BatchPauseOutcome | Rejection:
+        events, before, _ = await self.executor.decide(
+            cmd.batch_id, Pause(at=self.ports.clock.now()))
+        if not before.exists:
+            return _not_found(cmd.batch_id)
+        stopped = next((e.stopped for e in events if isinstance(e, BatchPaused)), [])
+        return BatchPauseOutcome(batch_id=cmd.batch_id, total_files=_total(before),
+                                 stopped=stopped, already_paused=before.paused,
+                                 already_finished=before.closed)
+
+    async def resume_batch(self, cmd: ResumeBatch) -> BatchResumeOutcome | Rejection:
+        events, before, _ = await self.executor.decide(
+            cmd.batch_id, Resume(at=self.ports.clock.now()))
+        if not before.exists:
+            return _not_found(cmd.batch_id)
+        return BatchResumeOutcome(batch_id=cmd.batch_id, total_files=_total(before),
+                                  resumed=list(before.paused_files) if events else [],
+                                  granted=_granted(events),
+                                  not_paused=not before.closed and not before.paused,
+                                  already_finished=before.closed)
+
+    async def set_concurrency(self, cmd: SetConcurrency) -> ConcurrencyOutcome | Rejection:
+        events, before, after = await self.executor.decide(
+            cmd.batch_id, SetMaxConcurrent(cmd.max_concurrent, at=self.ports.clock.now()))
+        if not before.exists:
+            return _not_found(cmd.batch_id)
+        return ConcurrencyOutcome(batch_id=cmd.batch_id, max_concurrent=after.max_concurrent,
+                                  previous=before.max_concurrent, granted=_granted(events),
+                                  already_finished=before.closed)
+
     async def cancel_single(self, cmd: CancelSingle) -> SingleCancelOutcome:
         """Cancel the single-file requests waiting for the message; batches keep it."""
         current = await self.ports.leases.get(cmd.message_id)
@@ -180,6 +224,18 @@ class Orchestrator:
             if state.exists and not state.closed:
                 only = {m for b, m in ready if b == batch_id}
                 await self.executor.carry_out(resume(state, self.ports.clock.now(), only))
+
+
+def _not_found(batch_id: str) -> Rejection:
+    return Rejection(reason=RejectReason.batch_not_found, detail=f"no batch {batch_id!r}")
+
+
+def _total(s: BatchState) -> int:
+    return len(s.order) + s.completed_before + s.failed_before
+
+
+def _granted(events: list[BatchEvent]) -> list[int]:
+    return [e.message_id for e in events if isinstance(e, PermitGranted)]
 
 
 def _sizes_on_disk(entries: Iterable[CatalogEntry], media_root: Path) -> dict[int, int]:

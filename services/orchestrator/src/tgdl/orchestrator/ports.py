@@ -47,7 +47,8 @@ class LeaseBook(Protocol):
 
     async def get(self, message_id: int) -> tuple[Lease, int] | None: ...
 
-    async def leave(self, message_id: int, party: str) -> Lease | None: ...
+    async def leave(self, message_id: int, party: str,
+                    keep_part: bool = False) -> Lease | None: ...
 
 
 class QueuedJobs(Protocol):

@@ -18,6 +18,7 @@ from tgdl.contracts.events import (
     BatchCancelled,
     BatchEvent,
     BatchFinished,
+    BatchPaused,
     PermitGranted,
 )
 from tgdl.contracts.jobs import DownloadJob, DownloadOutcome
@@ -48,10 +49,12 @@ class Dispatch:
 
 @dataclass(frozen=True)
 class LeaveLease:
-    """The batch no longer waits for the message; an empty lease tells its job to stop."""
+    """The batch no longer waits for the message; an empty lease tells its job to stop
+    (keeping its .part file if a party left it for a pause)."""
 
     message_id: int
     batch_id: str
+    keep_part: bool = False
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,9 @@ def react(event: BatchEvent, state: BatchState) -> list[Effect]:
             # a stopped file with a job had a permit: its lease lists this batch
             return [*(LeaveLease(m, event.batch_id) for m in stopped if m in state.jobs),
                     Unlist(event.batch_id)]
+        case BatchPaused(stopped=stopped):
+            # another batch sharing the download keeps it going; alone, it stops
+            return [LeaveLease(m, event.batch_id, keep_part=True) for m in stopped]
         case BatchFinished():
             return [Unlist(event.batch_id)]
     return []
@@ -102,11 +108,13 @@ def react_all(events: Iterable[BatchEvent], state: BatchState) -> list[Effect]:
 
 def after_dispatch(state: BatchState, message_id: int,
                    appended: Sequence[BatchEvent]) -> list[Effect]:
-    """A dispatch whose batch was cancelled while it took the lease must not leave the
-    batch waiting in that lease (the cancel left it before the dispatch joined)."""
-    if not appended and state.files.get(message_id) is FileState.cancelled:
+    """A dispatch whose batch was cancelled or paused while it took the lease must not
+    leave the batch waiting in that lease (the cancel or pause left it before the
+    dispatch joined)."""
+    if not appended and state.files.get(message_id) in (FileState.cancelled,
+                                                        FileState.pending):
         assert state.batch_id is not None
-        return [LeaveLease(message_id, state.batch_id)]
+        return [LeaveLease(message_id, state.batch_id, keep_part=state.paused)]
     return []
 
 
@@ -146,7 +154,10 @@ def plan_recovery(batch_id: str, events: Sequence[BatchEvent], listed_for: timed
     state = fold(events)
     if state.closed:
         return react(events[-1], state)
-    return resume(state, at)
+    # a paused batch stays paused: leave its files' leases again (a crash may have come
+    # before it did) and grant nothing (the decider refuses while paused)
+    paused = [LeaveLease(m, batch_id, keep_part=True) for m in state.paused_files]
+    return [*paused, *resume(state, at)]
 
 
 def stalled(open_batches: Iterable[BatchState], seen_before: Collection[Key],

@@ -21,7 +21,10 @@ from tgdl.contracts.events import (
     BatchCancelled,
     BatchEvent,
     BatchFinished,
+    BatchPaused,
+    BatchResumed,
     BatchStarted,
+    ConcurrencyChanged,
     FileCompleted,
     FileFailed,
     JobDispatched,
@@ -282,6 +285,15 @@ def fold_event(event: BatchEvent) -> list[Change]:
             return [CancelFiles(b, tuple(stopped)),
                     UpdateBatch(b, {"status": OverallStatus.cancelled, "finished_at": at,
                                     "updated_at": at})]
+        case BatchPaused(stopped=stopped):
+            return [*(UpdateFile(b, m, {"status": FileStatus.paused}) for m in stopped),
+                    UpdateBatch(b, {"status": OverallStatus.paused, "updated_at": at})]
+        case BatchResumed(resumed=resumed):
+            # back to waiting for a permit; the grants that follow make them queued
+            return [*(UpdateFile(b, m, {"status": FileStatus.pending}) for m in resumed),
+                    UpdateBatch(b, {"status": OverallStatus.in_progress, "updated_at": at})]
+        case ConcurrencyChanged(max_concurrent=n):
+            return [UpdateBatch(b, {"max_concurrent": n, "updated_at": at})]
         case BatchFinished(overall_status=status):
             return [UpdateBatch(b, {"status": OverallStatus(status), "finished_at": at,
                                     "updated_at": at})]

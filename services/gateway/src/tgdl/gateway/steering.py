@@ -1,0 +1,92 @@
+"""Steering a batch under way: pause, resume, and a new max_concurrent. The orchestrator
+decides (the rules live in its batch decider); this module only words the answers."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path
+
+from tgdl.contracts.api import (
+    BatchPauseResponse,
+    BatchResumeResponse,
+    BatchSettingsRequest,
+    BatchSettingsResponse,
+)
+from tgdl.contracts.commands import (
+    BATCH_ID_PATTERN,
+    BatchPauseOutcome,
+    BatchResumeOutcome,
+    ConcurrencyOutcome,
+    PauseBatch,
+    ResumeBatch,
+    SetConcurrency,
+)
+from tgdl.gateway.services import Services, services
+
+router = APIRouter(prefix="/api/media", tags=["batches"])
+
+BatchId = Annotated[str, Path(pattern=BATCH_ID_PATTERN, description="as returned at start")]
+Svc = Annotated[Services, Depends(services)]
+
+
+def _files(n: int) -> str:
+    return f"{n} download" if n == 1 else f"{n} downloads"
+
+
+@router.post("/batch-pause/{batch_id}", response_model=BatchPauseResponse)
+async def batch_pause(batch_id: BatchId, svc: Svc) -> BatchPauseResponse:
+    """No new downloads start; running ones stop within about a second and keep their
+    partial files, so a resume continues from the bytes on disk. A file another batch
+    also waits for keeps downloading for that batch."""
+    done = await svc.orchestrator.call(PauseBatch(batch_id=batch_id), BatchPauseOutcome)
+    if done.already_finished:
+        status, message = "already_finished", "Batch had already finished; nothing to pause"
+    elif done.already_paused:
+        status, message = "already_paused", "Batch was already paused"
+    else:
+        status = "paused"
+        message = f"Batch paused, {_files(len(done.stopped))} stopped; partial files are kept"
+    return BatchPauseResponse(status=status, message=message, batch_id=batch_id,
+                              paused_downloads=len(done.stopped), total_files=done.total_files)
+
+
+@router.post("/batch-resume/{batch_id}", response_model=BatchResumeResponse)
+async def batch_resume(batch_id: BatchId, svc: Svc) -> BatchResumeResponse:
+    """Downloads start again up to the batch's max_concurrent, continuing from the bytes
+    already on disk."""
+    done = await svc.orchestrator.call(ResumeBatch(batch_id=batch_id), BatchResumeOutcome)
+    if done.already_finished:
+        status, message = "already_finished", "Batch had already finished; nothing to resume"
+    elif done.not_paused:
+        status, message = "not_paused", "Batch was not paused; it keeps running"
+    else:
+        status = "resumed"
+        message = f"Batch resumed, {_files(len(done.granted))} started again"
+    return BatchResumeResponse(status=status, message=message, batch_id=batch_id,
+                               resumed_downloads=len(done.granted),
+                               total_files=done.total_files)
+
+
+@router.patch("/batch/{batch_id}", response_model=BatchSettingsResponse)
+async def batch_settings(batch_id: BatchId, body: BatchSettingsRequest,
+                         svc: Svc) -> BatchSettingsResponse:
+    """Change max_concurrent (1-5) of a batch under way: raising it starts more downloads
+    at once; lowering it lets running downloads finish and starts fewer after them."""
+    done = await svc.orchestrator.call(
+        SetConcurrency(batch_id=batch_id, max_concurrent=body.max_concurrent),
+        ConcurrencyOutcome)
+    if done.already_finished:
+        status = "already_finished"
+        message = f"Batch had already finished; max_concurrent stays {done.max_concurrent}"
+    elif done.max_concurrent == done.previous:
+        status, message = "unchanged", f"max_concurrent already was {done.max_concurrent}"
+    else:
+        status = "changed"
+        message = f"max_concurrent changed from {done.previous} to {done.max_concurrent}"
+        if done.granted:
+            message += f", {_files(len(done.granted))} started"
+    return BatchSettingsResponse(status=status, message=message, batch_id=batch_id,
+                                 max_concurrent=done.max_concurrent,
+                                 previous_max_concurrent=done.previous,
+                                 started_downloads=done.granted)

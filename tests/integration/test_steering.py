@@ -1,0 +1,225 @@
+"""Pause, resume and live max_concurrent on real NATS and PostgreSQL: the orchestrator
+and two downloaders in-process, driven over NATS as any client program would, watched
+from the simulated Telegram's side (what it serves, how many bytes it sent)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from sim_helpers import running_sim
+from waiting import until
+
+from tgdl.bus.eventlog import EventLog
+from tgdl.bus.leases import Leases
+from tgdl.bus.topology import QueuePolicy, ensure_topology
+from tgdl.contracts.catalog import CatalogEntry
+from tgdl.contracts.commands import (
+    BatchAccepted,
+    BatchPauseOutcome,
+    BatchResumeOutcome,
+    CommandReply,
+    ConcurrencyOutcome,
+    PauseBatch,
+    ResumeBatch,
+    SetConcurrency,
+    StartBatch,
+)
+from tgdl.contracts.events import BatchFinished, BatchPaused, FileCompleted, PermitGranted
+from tgdl.contracts.paths import relative_path
+from tgdl.contracts.subjects import Names
+from tgdl.db import catalog as catalog_db
+from tgdl.db.connection import connect as db_connect
+from tgdl.db.schema import migrate
+from tgdl.downloader.app import serve as serve_downloader
+from tgdl.downloader.files import part_path, recorded_parts
+from tgdl.downloader.settings import DownloaderSettings
+from tgdl.downloader.telegram.port import PART_SIZE
+from tgdl.orchestrator.app import OrchestratorService
+from tgdl.orchestrator.settings import OrchestratorSettings
+from tgdl.simtelegram import client as sim_client
+from tgdl.simtelegram.content import expected_sha256
+from tgdl.simtelegram.settings import SimSettings
+
+# Files of a few parts at ~1 MB/s per connection: a download lasts seconds, so a pause
+# lands in the middle of it, after some parts are on disk and while others are in flight.
+SIM = SimSettings(bandwidth=1_000_000, latency=0.0, count=30, min_size=3 * 2**20,
+                  max_size=6 * 2**20)
+
+
+@pytest.fixture
+async def stack(servers, isolation, nc) -> AsyncIterator[dict]:
+    common = dict(nats_url=servers.nats_url, database_url=servers.database_url,
+                  namespace=isolation.namespace, db_schema=isolation.schema,
+                  media_root=isolation.media_root, ack_wait=3.0)
+    async with running_sim(SIM) as sim_url:
+        conn = await db_connect(servers.database_url, isolation.schema)
+        await migrate(conn, isolation.schema)
+        entries = await sim_client.fetch_catalog(sim_url)
+        await catalog_db.upsert(conn, entries)
+        await conn.close()
+        settings = OrchestratorSettings(**common)
+        await ensure_topology(nc.jetstream(), settings.names, QueuePolicy.of(settings))
+        stop = asyncio.Event()
+        orchestrator = OrchestratorService(settings)
+        tasks = [asyncio.create_task(orchestrator.run(stop))]
+        for i in range(2):
+            tasks.append(asyncio.create_task(serve_downloader(
+                DownloaderSettings(**common, sim_url=sim_url, replica=f"d{i}"), stop)))
+        names = Names(isolation.namespace)
+
+        async def ready():
+            with contextlib.suppress(Exception):
+                info = await nc.jetstream().consumer_info(names.jobs_stream,
+                                                          names.downloader_consumer)
+                return info.num_waiting >= 2 and hasattr(orchestrator, "orch")
+        await until(ready, what="services ready")
+        healthy = [e for e in entries if e.media_kind and e.chat == "sim_demo"]
+        try:
+            yield {"sim_url": sim_url, "names": names, "entries": healthy,
+                   "media": isolation.media_root, "log": EventLog(nc.jetstream(), names),
+                   "leases": await Leases.open(nc.jetstream(), names)}
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks)
+
+
+async def command(nc, subject: str, body, expect):
+    msg = await nc.request(subject, body.model_dump_json().encode(), timeout=10)
+    reply = CommandReply.model_validate_json(msg.data)
+    assert isinstance(reply.ok, expect), reply.rejected
+    return reply.ok
+
+
+def kept_bytes(final: Path, size: int) -> int:
+    """Bytes of the parts the sidecar lists as finished (what a resume need not fetch)."""
+    return sum(min(PART_SIZE, size - i * PART_SIZE) for i in recorded_parts(final))
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+async def events_of(stack, batch_id: str) -> list:
+    return (await stack["log"].load(batch_id))[0]
+
+
+async def until_finished(stack, batch_id: str) -> list:
+    async def finished():
+        events = await events_of(stack, batch_id)
+        return events if isinstance(events[-1], BatchFinished) else None
+    return await until(finished, 60, what=f"{batch_id} finished")
+
+
+async def test_pause_stops_downloads_keeping_their_parts_and_resume_fetches_only_the_rest(
+        stack, nc):
+    names: Names = stack["names"]
+    files: list[CatalogEntry] = stack["entries"][:3]
+    ids = [e.message_id for e in files]
+    started = await command(nc, names.cmd_batch_start,
+                            StartBatch(message_ids=ids, max_concurrent=2), BatchAccepted)
+    b = started.batch_id
+    running = {e.message_id: e for e in files[:2]}
+    final = {m: stack["media"] / relative_path(e) for m, e in running.items()}
+
+    async def some_parts_on_disk():  # and the rest in flight
+        return all(recorded_parts(final[m]) for m in running)
+    await until(some_parts_on_disk, 30, what="a part of each running file on disk")
+
+    paused = await command(nc, names.cmd_batch_pause, PauseBatch(batch_id=b),
+                           BatchPauseOutcome)
+    assert sorted(paused.stopped) == sorted(running)
+
+    async def nothing_served():
+        stats = await sim_client.stats(stack["sim_url"])
+        return stats if stats["serving"] == 0 else None
+    at_pause = await until(nothing_served, 2.0, what="the simulated Telegram idle")
+
+    async def jobs_ended():  # the stopped jobs handed their leases back
+        return all([await stack["leases"].get(m) is None for m in running])
+    await until(jobs_ended, 10, what="stopped jobs ended")
+    sent_at_pause = {m: at_pause["bytes_sent_by_id"].get(m, 0) for m in running}
+    kept = {m: kept_bytes(final[m], running[m].size) for m in running}
+    for m in running:
+        assert part_path(final[m]).exists(), "the pause discarded the partial file"
+        assert 0 < kept[m] < running[m].size
+        assert not final[m].exists()
+    events = await events_of(stack, b)
+    assert isinstance(events[-1], BatchPaused)  # nothing granted since
+    assert files[2].message_id not in at_pause["bytes_sent_by_id"]
+
+    resumed = await command(nc, names.cmd_batch_resume, ResumeBatch(batch_id=b),
+                            BatchResumeOutcome)
+    assert sorted(resumed.resumed) == sorted(running)
+    assert resumed.granted == [m for m in ids if m in running]  # up to max_concurrent
+    events = await until_finished(stack, b)
+    assert events[-1].overall_status == "completed"
+
+    sent = (await sim_client.stats(stack["sim_url"]))["bytes_sent_by_id"]
+    for e in files:
+        path = stack["media"] / relative_path(e)
+        assert sha256(path) == expected_sha256(e.message_id, e.size)
+    for m, e in running.items():
+        # after the resume, exactly the parts the sidecar did not list were fetched
+        assert sent[m] == sent_at_pause[m] + e.size - kept[m]
+    assert sent[files[2].message_id] == files[2].size
+    assert not list(stack["media"].rglob("*.part"))
+
+
+async def test_pausing_one_of_two_batches_sharing_a_file_keeps_it_downloading(stack, nc):
+    names: Names = stack["names"]
+    shared, own = stack["entries"][3:5]
+    first = await command(nc, names.cmd_batch_start, StartBatch(
+        message_ids=[shared.message_id, own.message_id], max_concurrent=2), BatchAccepted)
+    second = await command(nc, names.cmd_batch_start, StartBatch(
+        message_ids=[shared.message_id], max_concurrent=1), BatchAccepted)
+    assert second.already_downloading == [shared.message_id]
+    await sim_client.until_serving(stack["sim_url"], 2, within=10)
+
+    await command(nc, names.cmd_batch_pause, PauseBatch(batch_id=first.batch_id),
+                  BatchPauseOutcome)
+
+    async def only_the_shared_file_served():
+        stats = await sim_client.stats(stack["sim_url"])
+        return stats["serving_ids"] == [shared.message_id]
+    await until(only_the_shared_file_served, 2.0, what="the paused batch's own file stopped")
+    events = await until_finished(stack, second.batch_id)
+    assert [e.message_id for e in events if isinstance(e, FileCompleted)] == [
+        shared.message_id]
+    final = stack["media"] / relative_path(shared)
+    assert sha256(final) == expected_sha256(shared.message_id, shared.size)
+    assert part_path(stack["media"] / relative_path(own)).exists()
+
+    await command(nc, names.cmd_batch_resume, ResumeBatch(batch_id=first.batch_id),
+                  BatchResumeOutcome)
+    events = await until_finished(stack, first.batch_id)
+    assert events[-1].overall_status == "completed"
+    sent = (await sim_client.stats(stack["sim_url"]))["bytes_sent_by_id"]
+    assert sent[shared.message_id] == shared.size  # found complete on disk: not again
+
+
+async def test_raising_max_concurrent_starts_more_downloads_at_once(stack, nc):
+    names: Names = stack["names"]
+    files = stack["entries"][5:9]
+    started = await command(nc, names.cmd_batch_start, StartBatch(
+        message_ids=[e.message_id for e in files], max_concurrent=1), BatchAccepted)
+    b = started.batch_id
+    await sim_client.until_serving(stack["sim_url"], 1, within=10)
+    raised = await command(nc, names.cmd_batch_concurrency,
+                           SetConcurrency(batch_id=b, max_concurrent=3), ConcurrencyOutcome)
+    assert (raised.previous, raised.max_concurrent, len(raised.granted)) == (1, 3, 2)
+    await sim_client.until_serving(stack["sim_url"], 3, within=10)
+    lowered = await command(nc, names.cmd_batch_concurrency,
+                            SetConcurrency(batch_id=b, max_concurrent=1), ConcurrencyOutcome)
+    assert lowered.granted == []
+    events = await until_finished(stack, b)
+    assert events[-1].overall_status == "completed"  # nothing interrupted, all done
+    grants = [e for e in events if isinstance(e, PermitGranted)]
+    assert len(grants) == 4  # every file once
+    stats = await sim_client.stats(stack["sim_url"])
+    assert stats["max_serving"] <= 3
+    assert all(stats["bytes_sent_by_id"][e.message_id] == e.size for e in files)
