@@ -215,7 +215,8 @@ async def _until_ready(nc: NATS, names: Names, replicas: int,
 
 @asynccontextmanager
 async def pipeline(servers: Servers, sim: SimSettings, sizes: Sequence[int],
-                   replicas: int = 1, slots: int = 5) -> AsyncIterator[Pipeline]:
+                   replicas: int = 1, slots: int = 5,
+                   downloader: dict | None = None) -> AsyncIterator[Pipeline]:
     token = uuid.uuid4().hex[:10]
     media = servers.scratch / f"media-{token}"
     media.mkdir()
@@ -245,7 +246,8 @@ async def pipeline(servers: Servers, sim: SimSettings, sizes: Sequence[int],
             tasks = [asyncio.create_task(orchestrator.run(stop)),
                      asyncio.create_task(projector_app.run(ProjectorSettings(**common), stop))]
             tasks += [asyncio.create_task(serve_downloader(DownloaderSettings(
-                **common, sim_url=sim_url, replica=f"d{i}", slots=slots), stop))
+                **common, sim_url=sim_url, replica=f"d{i}", slots=slots, **(downloader or {})),
+                stop))
                 for i in range(replicas)]
             try:
                 await _until_ready(nc, names, replicas, orchestrator, tasks)
@@ -456,6 +458,9 @@ async def bench() -> None:
         scale = await scale_out(servers)
         over = await overhead(servers)
         report(conc, scale, over)
+        from bench_parts import parts  # the parallel-parts scenarios (issue 10)
+
+        await parts(servers)
         console.print(f"\nwhole run: {time.perf_counter() - began:.0f} s")
     finally:
         if nats_server:

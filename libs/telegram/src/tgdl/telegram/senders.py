@@ -46,6 +46,8 @@ class SenderPool:
         self._slots: dict[int, asyncio.Semaphore] = {}
         self._idle: dict[int, list[Any]] = {}
         self._open: list[Any] = []
+        self._small: dict[int, Any] = {}
+        self._opening: dict[int, asyncio.Lock] = {}
 
     @contextlib.asynccontextmanager
     async def sender(self, dc_id: int) -> AsyncIterator[Any]:
@@ -61,12 +63,25 @@ class SenderPool:
             finally:
                 idle.append(sender)
 
+    async def small(self, dc_id: int) -> Any:
+        """The connection for small requests (range hashes) to `dc_id`, one per data
+        center beside the pool: they never wait behind a part for a slot, and MTProto
+        answers the requests on one connection in any order."""
+        async with self._opening.setdefault(dc_id, asyncio.Lock()):
+            sender = self._small.get(dc_id)
+            if sender is None or not sender.is_connected():
+                sender = self._small[dc_id] = await open_sender(self._client, dc_id)
+            return sender
+
     def connections(self) -> int:
+        """Connections of the pool (those for small requests not counted)."""
         return len(self._open)
 
     async def close(self) -> None:
-        senders, self._open = self._open, []
+        senders = [*self._open, *self._small.values()]
+        self._open = []
         self._idle.clear()
+        self._small.clear()
         for sender in senders:
             with contextlib.suppress(Exception):
                 await sender.disconnect()

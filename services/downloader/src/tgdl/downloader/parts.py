@@ -14,12 +14,15 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from tgdl.contracts.errors import ErrorCode
 from tgdl.downloader.files import PartFile
 from tgdl.downloader.telegram.port import PartSource, PermanentError
 
 log = logging.getLogger("tgdl.downloader")
+A = TypeVar("A")
+B = TypeVar("B")
 
 MiB = 1024 * 1024
 # (files smaller than this, parts in flight); larger files get MAX_PARTS
@@ -48,6 +51,23 @@ def parts_for(size: int, setting: int = 0) -> int:
     return next((n for limit, n in _BY_SIZE if size < limit), MAX_PARTS)
 
 
+async def _both(first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:
+    """Both at once (the hashes' round trip hides behind the part's); if one fails, the
+    other is cancelled and the failure raised."""
+    tasks = [asyncio.ensure_future(first), asyncio.ensure_future(second)]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            if task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+        await asyncio.wait(tasks)
+        return tasks[0].result(), tasks[1].result()
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
 async def fetch_parts(
     source: PartSource,
     file: PartFile,
@@ -66,8 +86,8 @@ async def fetch_parts(
     async def fetched(index: int) -> tuple[bytes, bool]:
         offset, length = file.span(index)
         for attempt in range(1, MAX_MISMATCHES + 1):
-            data = await source.read(offset, length)
-            ranges = await source.hashes(offset, length)
+            data, ranges = await _both(source.read(offset, length),
+                                       source.hashes(offset, length))
             if ranges is None:
                 return data, False
             if await asyncio.to_thread(matches, data, offset, ranges):

@@ -197,10 +197,10 @@ class TelethonTelegram:
             self._serving -= 1
 
     async def _get_hashes(self, dc_id: int, location: Any, offset: int) -> list[Any]:
-        async with self._pool.sender(dc_id) as sender:
-            async with asyncio.timeout(self._timeout):
-                return await self._client._call(
-                    sender, functions.upload.GetFileHashesRequest(location, offset))
+        sender = await self._pool.small(dc_id)
+        async with asyncio.timeout(self._timeout):
+            return await self._client._call(
+                sender, functions.upload.GetFileHashesRequest(location, offset))
 
     async def _get_file(self, dc_id: int, location: Any, offset: int) -> bytes:
         async with self._pool.sender(dc_id) as sender:
