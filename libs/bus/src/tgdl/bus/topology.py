@@ -22,6 +22,7 @@ from tgdl.contracts.config import CommonSettings
 from tgdl.contracts.subjects import Names
 
 DAY = 24 * 3600.0
+IDEMPOTENCY_TTL = DAY  # how long a start's Idempotency-Key is remembered
 STREAM_NAME_IN_USE = 10058  # JetStream's err_code: the stream exists with another config
 
 
@@ -120,6 +121,10 @@ async def ensure_topology(js: JetStreamContext, names: Names, policy: QueuePolic
         await _ensure_bucket(js, KeyValueConfig(
             bucket=bucket, history=1, storage=StorageType.FILE, replicas=policy.replicas,
             max_bytes=policy.bucket_max_bytes))
+    # Retried starts answered from here for a day (the keys expire with the bucket's TTL).
+    await _ensure_bucket(js, KeyValueConfig(
+        bucket=names.idempotency_bucket, history=1, storage=StorageType.FILE,
+        replicas=policy.replicas, max_bytes=policy.bucket_max_bytes, ttl=IDEMPOTENCY_TTL))
 
 
 async def _ensure_bucket(js: JetStreamContext, config: KeyValueConfig) -> None:

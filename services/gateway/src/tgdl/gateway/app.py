@@ -16,6 +16,7 @@ from tgdl.gateway import batches, health, messages, single, steering
 from tgdl.gateway.commands import create_broker
 from tgdl.gateway.errors import install_error_handlers
 from tgdl.gateway.freshness import Freshness
+from tgdl.gateway.idempotency import Idempotency
 from tgdl.gateway.media import MediaFiles
 from tgdl.gateway.services import Database, Services
 from tgdl.gateway.settings import GatewaySettings
@@ -47,8 +48,11 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
                 lambda: _positions(db), settings.stale_after)
             watching = asyncio.create_task(freshness.run())
             try:
+                idempotency = Idempotency(
+                    broker.connection.jetstream(), names.idempotency_bucket,
+                    wait=settings.command_timeout + settings.projection_wait)
                 app.state.services = Services(settings, broker.connection, db, orchestrator,
-                                              freshness)
+                                              freshness, idempotency)
                 yield
             finally:
                 watching.cancel()

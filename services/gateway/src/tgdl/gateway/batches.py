@@ -28,6 +28,7 @@ from tgdl.contracts.commands import (
 from tgdl.db import readmodel
 from tgdl.db.readmodel import snapshot_json
 from tgdl.gateway.errors import ApiError
+from tgdl.gateway.idempotency import IdempotencyKey
 from tgdl.gateway.services import Services, services
 
 router = APIRouter(prefix="/api/media", tags=["batches"])
@@ -80,8 +81,11 @@ def start_response(accepted: BatchAccepted) -> BatchDownloadResponse:
 
 
 @router.post("/batch-download", response_model=BatchDownloadResponse)
-async def batch_download(body: BatchDownloadRequest, svc: Svc) -> BatchDownloadResponse:
-    return start_response(await start(svc, body.command()))
+async def batch_download(body: BatchDownloadRequest, svc: Svc,
+                         idempotency_key: IdempotencyKey = None) -> BatchDownloadResponse:
+    async def answer() -> BatchDownloadResponse:
+        return start_response(await start(svc, body.command()))
+    return await svc.idempotency.once(idempotency_key, body, BatchDownloadResponse, answer)
 
 
 @router.get("/batches", response_model=BatchPage)

@@ -15,6 +15,7 @@ from nats.aio.client import Client as NATS
 from tgdl.gateway.commands import OrchestratorClient
 from tgdl.gateway.errors import database_unavailable
 from tgdl.gateway.freshness import Freshness
+from tgdl.gateway.idempotency import Idempotency
 from tgdl.gateway.settings import GatewaySettings
 
 # What a lost or stopped PostgreSQL raises (a refused or vanished socket, a closed
@@ -74,6 +75,7 @@ class Services:
     pool: Database
     orchestrator: OrchestratorClient
     freshness: Freshness
+    idempotency: Idempotency
 
     async def until_projected(self, batch_id: str) -> bool:
         """Wait (briefly) until the read model knows a batch the orchestrator just

@@ -1,0 +1,115 @@
+"""Safe retries of a start: a client that timed out sends the same request again with the
+same `Idempotency-Key` header and gets the first answer instead of a second batch, for a
+day (the NATS KV bucket's TTL). The same key with another body is a 422.
+
+The first request claims the key (an atomic create) before it asks the orchestrator and
+stores the answer after; a repeat that arrives meanwhile waits for that answer. A start
+that fails lets go of the key, so a retry really retries."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import time
+from collections.abc import Awaitable, Callable
+from typing import Annotated, TypeVar
+
+from fastapi import Header
+from nats.js import JetStreamContext
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+from pydantic import BaseModel
+
+from tgdl.gateway.errors import RETRY_AFTER, ApiError
+
+Answer = TypeVar("Answer", bound=BaseModel)
+
+IdempotencyKey = Annotated[str | None, Header(
+    alias="Idempotency-Key", min_length=1, max_length=255,
+    description="Any unique string per intended start (a UUID): repeating the request with "
+                "it returns the first answer instead of starting again, for a day.")]
+
+
+class _Record(BaseModel):
+    digest: str  # of the request body, as validated
+    answer: str | None = None  # the answer's JSON once there is one
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class Idempotency:
+    def __init__(self, js: JetStreamContext, bucket: str, wait: float) -> None:
+        self._js = js
+        self._bucket = bucket
+        self._wait = wait  # how long a repeat waits for the first request's answer
+        self._kv: KeyValue | None = None
+
+    async def _store(self) -> KeyValue:
+        if self._kv is None:
+            try:
+                self._kv = await self._js.key_value(self._bucket)
+            except BucketNotFoundError:
+                raise ApiError(503, "idempotency_unavailable",
+                               f"the NATS bucket {self._bucket} does not exist",
+                               "Run `tgdl migrate`, or send the request without "
+                               "Idempotency-Key.") from None
+        return self._kv
+
+    async def once(self, key: str | None, request: BaseModel, model: type[Answer],
+                   answer: Callable[[], Awaitable[Answer]]) -> Answer:
+        """`answer()`, or the answer given to the first request with this key."""
+        if key is None:
+            return await answer()
+        kv = await self._store()
+        name = _digest(key)  # any header value, as a valid KV key
+        digest = _digest(request.model_dump_json())
+        for _ in range(3):  # a first request that failed let go of the key: claim it then
+            try:
+                revision = await kv.create(name, _Record(digest=digest).model_dump_json()
+                                           .encode())
+            except KeyWrongLastSequenceError:
+                replayed = await self._replay(kv, name, digest, model)
+                if replayed is not None:
+                    return replayed
+                continue
+            try:
+                result = await answer()
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await kv.delete(name, last=revision)
+                raise
+            await kv.update(name, _Record(digest=digest, answer=result.model_dump_json())
+                            .model_dump_json().encode(), last=revision)
+            return result
+        raise _in_progress(key)
+
+    async def _replay(self, kv: KeyValue, name: str, digest: str,
+                      model: type[Answer]) -> Answer | None:
+        """The first request's answer; None if it let go of the key."""
+        deadline = time.monotonic() + self._wait
+        while True:
+            try:
+                entry = await kv.get(name)
+            except KeyNotFoundError:  # deleted too
+                return None
+            record = _Record.model_validate_json(entry.value or b"{}")
+            if record.digest != digest:
+                raise ApiError(422, "idempotency_key_reused",
+                               "this Idempotency-Key was used for a different request",
+                               "Use a new key for a new request; repeat a request only "
+                               "with the body it was first sent with.")
+            if record.answer is not None:
+                return model.model_validate_json(record.answer)
+            if time.monotonic() > deadline:
+                raise _in_progress(name)
+            await asyncio.sleep(0.05)
+
+
+def _in_progress(key: str) -> ApiError:
+    return ApiError(409, "idempotency_key_in_progress",
+                    "a request with this Idempotency-Key is still being carried out",
+                    "Retry in a moment with the same key to get its answer.",
+                    headers={"Retry-After": RETRY_AFTER})
