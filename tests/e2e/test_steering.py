@@ -1,0 +1,97 @@
+"""Steering a batch under way through HTTP, every service a process: pause, resume, a new
+max_concurrent, and a pause that outlives an orchestrator restart."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+from e2e_stack import Stack
+from waiting import until
+
+from tgdl.simtelegram.content import expected_sha256
+
+pytestmark = pytest.mark.e2e
+
+
+async def post(stack: Stack, path: str, expect: int = 200, **kw) -> dict:
+    r = await stack.http.request(kw.pop("method", "POST"), path, **kw)
+    assert r.status_code == expect, r.text
+    return r.json()
+
+
+@pytest.mark.stack(sim_bandwidth=400_000)  # a few seconds per file: paused mid-way
+async def test_pause_keeps_parts_through_a_restart_and_resume_completes_exact_files(
+        stack: Stack):
+    ids = stack.media_ids(4, min_size=1_500_000)
+    started = await stack.start_batch(ids, max_concurrent=2)
+    b = started["batch_id"]
+    await stack.until_serving(2)
+
+    paused = await post(stack, f"/api/media/batch-pause/{b}")
+    assert (paused["status"], paused["paused_downloads"], paused["total_files"]) == (
+        "paused", 2, 4)
+    await stack.until_serving(0, within=1.5)  # running files stop within about a second
+
+    async def shown_paused():
+        body = await stack.status(b)
+        return body if body.get("overall_status") == "paused" else None
+    body = await until(shown_paused, 10, what="status paused")
+    assert [f["status"] for f in body["files"]] == ["paused", "paused", "pending", "pending"]
+    assert (body["paused"], body["pending"], body["finished"]) == (2, 2, False)
+    assert body["summary"].startswith("Paused: ")
+    assert len(list(stack.media_root.rglob("*.part"))) == 2  # the bytes wait on disk
+
+    again = await post(stack, f"/api/media/batch-pause/{b}")
+    assert again["status"] == "already_paused"
+    # a new limit while paused takes effect at the resume
+    changed = await post(stack, f"/api/media/batch/{b}", method="PATCH",
+                         json={"max_concurrent": 3})
+    assert (changed["status"], changed["previous_max_concurrent"],
+            changed["started_downloads"]) == ("changed", 2, [])
+
+    # the orchestrator dies and comes back: the batch stays paused, nothing starts
+    stack.kill("orchestrator")
+    stack.spawn("orchestrator", "tgdl.orchestrator")
+
+    async def orchestrator_up():
+        r = await stack.http.post("/api/media/batch-cancel/probe_ready")
+        return r.status_code == 404
+    await until(orchestrator_up, 40, what="orchestrator answering again")
+    assert (await stack.sim_stats())["serving"] == 0
+    assert (await stack.status(b))["overall_status"] == "paused"
+
+    resumed = await post(stack, f"/api/media/batch-resume/{b}")
+    assert (resumed["status"], resumed["resumed_downloads"]) == ("resumed", 3)
+    final = await stack.until_finished(b, within=90)
+    assert final["overall_status"] == "completed" and final["completed"] == 4
+    assert final["max_concurrent"] == 3
+    sizes = {m.message_id: m.size for m in stack.sim_messages()}
+    for f in final["files"]:
+        digest = hashlib.sha256(Path(f["file_path"]).read_bytes()).hexdigest()
+        assert digest == expected_sha256(f["message_id"], sizes[f["message_id"]])
+    assert not list(stack.media_root.rglob("*.part"))
+    assert (await stack.sim_stats())["max_serving"] <= 3
+
+    late = await post(stack, f"/api/media/batch-pause/{b}")
+    assert late["status"] == "already_finished"  # a clear answer, not an error
+
+
+async def test_steering_answers_unknown_batches_and_bad_limits_clearly(stack: Stack):
+    for method, path, body in (("POST", "/api/media/batch-pause/batch_nothere", None),
+                               ("POST", "/api/media/batch-resume/batch_nothere", None),
+                               ("PATCH", "/api/media/batch/batch_nothere",
+                                {"max_concurrent": 2})):
+        answer = await post(stack, path, 404, method=method, json=body)
+        assert answer["error"] == "batch_not_found"
+    for bad in (0, 6, "three"):
+        await post(stack, "/api/media/batch/batch_nothere", 422, method="PATCH",
+                   json={"max_concurrent": bad})
+    ids = stack.media_ids(3)
+    b = (await stack.start_batch(ids, max_concurrent=1))["batch_id"]
+    raised = await post(stack, f"/api/media/batch/{b}", method="PATCH",
+                        json={"max_concurrent": 3})
+    assert raised["status"] == "changed" and len(raised["started_downloads"]) == 2
+    assert (await post(stack, f"/api/media/batch-resume/{b}"))["status"] == "not_paused"
+    assert (await stack.until_finished(b))["overall_status"] == "completed"
