@@ -86,31 +86,6 @@ class SetConcurrency(BaseModel):
     max_concurrent: int = Field(ge=1, le=5)
 
 
-class PauseBatch(BaseModel):
-    """Stop granting permits; running files stop and keep their .part files."""
-
-    model_config = ConfigDict(frozen=True)
-
-    batch_id: str = Field(pattern=BATCH_ID_PATTERN)
-
-
-class ResumeBatch(BaseModel):
-    """Grant permits again; paused files continue from the bytes on disk."""
-
-    model_config = ConfigDict(frozen=True)
-
-    batch_id: str = Field(pattern=BATCH_ID_PATTERN)
-
-
-class SetConcurrency(BaseModel):
-    """Change `max_concurrent` of a batch under way; running files are never stopped."""
-
-    model_config = ConfigDict(frozen=True)
-
-    batch_id: str = Field(pattern=BATCH_ID_PATTERN)
-    max_concurrent: int = Field(ge=1, le=5)
-
-
 # --- answers -------------------------------------------------------------------------------
 
 
@@ -138,34 +113,6 @@ class SingleCancelOutcome(BaseModel):
     type: Literal["SingleCancelOutcome"] = "SingleCancelOutcome"
     message_id: int
     cancelled: list[str]  # the single-file requests (batch ids) cancelled; [] if none ran
-
-
-class BatchPauseOutcome(BaseModel):
-    type: Literal["BatchPauseOutcome"] = "BatchPauseOutcome"
-    batch_id: str
-    total_files: int
-    stopped: list[int]  # files that were running and gave their permit back
-    already_paused: bool = False
-    already_finished: bool = False  # nothing to pause: the batch had ended
-
-
-class BatchResumeOutcome(BaseModel):
-    type: Literal["BatchResumeOutcome"] = "BatchResumeOutcome"
-    batch_id: str
-    total_files: int
-    resumed: list[int]  # files the pause had stopped
-    granted: list[int]  # files that got a permit right away
-    not_paused: bool = False  # nothing to resume: the batch was not paused
-    already_finished: bool = False
-
-
-class ConcurrencyOutcome(BaseModel):
-    type: Literal["ConcurrencyOutcome"] = "ConcurrencyOutcome"
-    batch_id: str
-    max_concurrent: int  # in force now
-    previous: int
-    granted: list[int]  # files that got a permit at once (the limit was raised)
-    already_finished: bool = False  # a finished batch keeps its last value
 
 
 class BatchPauseOutcome(BaseModel):
