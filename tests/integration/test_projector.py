@@ -19,7 +19,10 @@ from tgdl.contracts.events import (
     AlreadyDownloaded,
     BatchCancelled,
     BatchFinished,
+    BatchPaused,
+    BatchResumed,
     BatchStarted,
+    ConcurrencyChanged,
     FileCompleted,
     JobDispatched,
     PermitGranted,
@@ -296,6 +299,39 @@ async def test_rebuild_reproduces_exactly_the_same_rows(projector, feed, js, db,
     assert counts == {"events": 11, "outcomes": 1, "progress": 2, "batches": 2,
                       "batch_files": 6, "jobs": 2}
     assert await dump(db) == before
+
+
+async def test_a_paused_and_resumed_batch_is_projected_and_rebuilt_the_same(
+        projector, feed, js, db, settings):
+    await start_two_batches(feed)
+    await feed.events("b1", ConcurrencyChanged(batch_id="b1", at=at(3), max_concurrent=3,
+                                               previous=2),
+                      BatchPaused(batch_id="b1", at=at(4), stopped=[1, 2]))
+    # the job of file 2 stopped for the pause, addressed to nobody (file 1 goes on for s1)
+    stopped = DownloadOutcome(job_id="b1:2", message_id=2, status="cancelled", parties=[],
+                              at=at(5))
+    await js.publish(settings.names.file_done(2), stopped.model_dump_json().encode())
+    await catch_up(js, db, settings.names)
+    status = await batch_status(db, "b1")
+    assert (status.overall_status, status.finished, status.max_concurrent) == (
+        "paused", False, 3)
+    assert [f.status for f in status.files] == [
+        "paused", "paused", "pending", "completed", "failed"]
+    paused_rows = await dump(db)
+
+    await feed.events("b1", BatchResumed(batch_id="b1", at=at(6), resumed=[1, 2]),
+                      *(PermitGranted(batch_id="b1", at=at(6), message_id=m,
+                                      job_id=f"b1:{m}:2") for m in (1, 2, 3)))
+    await catch_up(js, db, settings.names)
+    status = await batch_status(db, "b1")
+    assert status.overall_status == "in_progress"
+    assert [f.status for f in status.files][:3] == ["queued", "queued", "queued"]
+    resumed_rows = await dump(db)
+    assert resumed_rows != paused_rows
+
+    await projector.stop()
+    await rebuild(settings)
+    assert await dump(db) == resumed_rows
 
 
 async def test_each_change_publishes_the_batch_status_on_nats(projector, feed, js, db,
