@@ -1,0 +1,129 @@
+"""The web page in a real browser (Playwright driving Debian's chromium) against a running
+stack: filter, select all matching, start, watch the bars move and complete, cancel
+another batch, at desktop and phone width. Screenshots land in the test's folder, or in
+TGDL_SCREENSHOT_DIR when set (how docs/web-page.png is made)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from e2e_stack import Stack
+
+playwright_api = pytest.importorskip(
+    "playwright.async_api", reason="playwright is not installed (pip install -r requirements.txt)")
+async_playwright, expect = playwright_api.async_playwright, playwright_api.expect
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM = next((p for p in (os.environ.get("TGDL_CHROMIUM"), "/usr/bin/chromium",
+                             shutil.which("chromium"), shutil.which("chromium-browser"))
+                 if p and Path(p).exists()), None)
+SLOW = 30_000  # ms: a whole batch may take this long on a busy machine
+
+
+@pytest.fixture
+async def browser():
+    if CHROMIUM is None:
+        pytest.skip("no chromium found (/usr/bin/chromium; `apt-get install chromium`, as "
+                    ".ci/run does, or set TGDL_CHROMIUM)")
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            yield browser
+        finally:
+            await browser.close()
+
+
+def shots(tmp_path: Path) -> Path:
+    folder = Path(os.environ.get("TGDL_SCREENSHOT_DIR") or tmp_path / "screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+# Slow enough that progress is seen between 0 and 100 % (the read model takes progress
+# about once a second), quick enough for a short test.
+@pytest.mark.stack(sim_bandwidth=500_000)
+async def test_filter_select_start_watch_and_cancel_in_a_browser(stack: Stack, browser,
+                                                                  tmp_path):
+    out = shots(tmp_path)
+    page = await browser.new_page(viewport={"width": 1280, "height": 900})
+    await page.goto(str(stack.http.base_url))
+
+    # Filter on the server: videos of at least 1 MB.
+    videos = [m.message_id for m in stack.sim_messages()
+              if m.media_kind == "video" and m.size >= 1_000_000]
+    await page.get_by_role("checkbox", name="video", exact=True).check()
+    await page.get_by_label("Min size").fill("1MB")
+    await page.get_by_role("button", name="Apply filters").click()
+    await expect(page.locator("#match-count")).to_have_text(f"{len(videos)} matching messages")
+    rows = page.locator("#messages tr")
+    await expect(rows).to_have_count(len(videos))
+    assert [int(i) for i in await rows.evaluate_all("rs => rs.map(r => r.dataset.id)")] == videos
+
+    # Select all matching, choose the batch's settings, start with the keyboard.
+    await page.get_by_role("button", name="Select all matching").click()
+    bar = page.get_by_role("region", name="Download the selected messages")
+    await expect(bar.locator("#selected-count")).to_have_text(f"{len(videos)} selected")
+    await bar.get_by_label("Max concurrent").fill("5")
+    start = bar.get_by_role("button", name=f"Start download of {len(videos)}")
+    await start.focus()
+    await page.keyboard.press("Enter")
+    await expect(page.locator("#batch-h")).to_be_focused()  # the opened batch takes focus
+    batch_id = await page.locator("#batch-id").text_content()
+    assert batch_id and batch_id.startswith("batch_")
+
+    # The bars move: some file is seen part-way, then every file completes.
+    await page.wait_for_function(
+        "() => [...document.querySelectorAll('#files progress')]"
+        ".some(p => p.value > 0 && p.value < 100)", timeout=SLOW)
+    await page.locator("#batches-h").scroll_into_view_if_needed()
+    await page.evaluate("() => window.scrollTo(0, document.getElementById('batches-h')"
+                        ".getBoundingClientRect().top + window.scrollY - 240)")
+    await page.screenshot(path=out / "web-page-in-flight.png")
+    await expect(page.locator("#files tr[data-status=completed]")).to_have_count(
+        len(videos), timeout=SLOW)
+    await expect(page.locator("#batch-state")).to_have_text("· completed")
+    await expect(page.locator("#batch-progress")).to_have_attribute("value", "100")
+    links = page.locator("#files a")
+    await expect(links).to_have_count(len(videos))
+    assert all(h.startswith("/media/") for h in await links.evaluate_all(
+        "as => as.map(a => a.getAttribute('href'))"))
+    item = page.locator(f"#batches li[data-batch={batch_id}]")
+    await expect(item).to_contain_text("completed · 100%", timeout=SLOW)
+    await expect(rows.first).to_contain_text("downloaded")
+    await page.screenshot(path=out / "web-page.png", full_page=True)  # the README's picture
+
+    # Another batch, cancelled while it runs: documents of any size, one at a time.
+    await page.get_by_role("button", name="Clear", exact=True).click()
+    await page.get_by_role("checkbox", name="document", exact=True).check()
+    await page.get_by_role("button", name="Apply filters").click()
+    await expect(rows.first).to_contain_text("document")
+    await page.get_by_role("button", name="Select all matching").click()
+    await bar.get_by_label("Max concurrent").fill("1")
+    await bar.get_by_role("button", name="Start download of").click()
+    await expect(page.locator("#batch-id")).not_to_have_text(batch_id)
+    await expect(page.locator("#files tr[data-status=downloading]")).to_have_count(
+        1, timeout=SLOW)
+    await page.get_by_role("button", name="Cancel batch").click()
+    await expect(page.locator("#batch-state")).to_have_text("· cancelled", timeout=SLOW)
+    await expect(page.locator("#notice")).to_contain_text("Batch cancelled")
+    await expect(page.locator("#files tr[data-status=cancelled]").first).to_be_visible()
+    await expect(page.get_by_role("button", name="Cancel batch")).to_be_disabled()
+
+    # A bad filter is explained, not a blank page.
+    await page.get_by_label("Min size").fill("five")
+    await page.get_by_role("button", name="Apply filters").click()
+    await expect(page.locator("#notice")).to_contain_text('Min size: "five" is not a size')
+
+    # Phone width: nothing wider than the screen, the action bar still at hand.
+    await page.set_viewport_size({"width": 390, "height": 844})
+    await page.get_by_label("Min size").fill("")
+    await page.get_by_role("button", name="Apply filters").click()
+    assert await page.evaluate(
+        "() => document.documentElement.scrollWidth <= window.innerWidth")
+    await expect(bar.get_by_role("button", name="Start download")).to_be_in_viewport()
+    await page.screenshot(path=out / "web-page-phone.png", full_page=False)
+    assert (out / "web-page.png").stat().st_size > 10_000
