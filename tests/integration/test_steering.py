@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import hashlib
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from sim_helpers import running_sim
 from waiting import until
 
 from tgdl.bus.eventlog import EventLog
-from tgdl.bus.leases import Leases
+from tgdl.bus.leases import Leases, Rejoined
 from tgdl.bus.topology import QueuePolicy, ensure_topology
 from tgdl.contracts.catalog import CatalogEntry
 from tgdl.contracts.commands import (
@@ -30,6 +31,7 @@ from tgdl.contracts.commands import (
     StartBatch,
 )
 from tgdl.contracts.events import BatchFinished, BatchPaused, FileCompleted, PermitGranted
+from tgdl.contracts.jobs import DownloadOutcome
 from tgdl.contracts.paths import relative_path
 from tgdl.contracts.subjects import Names
 from tgdl.db import catalog as catalog_db
@@ -223,3 +225,43 @@ async def test_raising_max_concurrent_starts_more_downloads_at_once(stack, nc):
     stats = await sim_client.stats(stack["sim_url"])
     assert stats["max_serving"] <= 3
     assert all(stats["bytes_sent_by_id"][e.message_id] == e.size for e in files)
+
+
+async def test_a_resume_right_after_a_pause_loses_nothing(stack, nc):
+    """The resume may join a job still stopping for the pause: that job goes on rather
+    than ending as cancelled, and every file completes exactly once per batch."""
+    names: Names = stack["names"]
+    files = stack["entries"][9:12]
+    started = await command(nc, names.cmd_batch_start, StartBatch(
+        message_ids=[e.message_id for e in files], max_concurrent=3), BatchAccepted)
+    b = started.batch_id
+    await sim_client.until_serving(stack["sim_url"], 3, within=10)
+    for _ in range(3):
+        await command(nc, names.cmd_batch_pause, PauseBatch(batch_id=b), BatchPauseOutcome)
+        await command(nc, names.cmd_batch_resume, ResumeBatch(batch_id=b), BatchResumeOutcome)
+    events = await until_finished(stack, b)
+    assert events[-1].overall_status == "completed"
+    completed = [e.message_id for e in events if isinstance(e, FileCompleted)]
+    assert sorted(completed) == sorted(e.message_id for e in files)
+    for e in files:
+        path = stack["media"] / relative_path(e)
+        assert sha256(path) == expected_sha256(e.message_id, e.size)
+
+
+async def test_a_lease_left_for_a_pause_keeps_the_part_and_a_rejoined_job_cannot_end_cancelled(
+        servers, isolation, nc):
+    names = Names(isolation.namespace)
+    js = nc.jetstream()
+    await ensure_topology(js, names, QueuePolicy())
+    leases = await Leases.open(js, names)
+    await leases.acquire(7, "b:7", "b")
+    left = await leases.leave(7, "b", keep_part=True)
+    assert (left.parties, left.keep_part) == ([], True)  # its job stops, keeping the .part
+    stopping = DownloadOutcome(job_id="b:7", message_id=7, status="cancelled",
+                               at=datetime.now(UTC))
+    await leases.acquire(7, "b:7:2", "b")  # resumed before the stopping job ended
+    with pytest.raises(Rejoined):
+        await leases.end(stopping)  # the job must go on for b, not tell it "cancelled"
+    await leases.leave(7, "b")
+    ended = await leases.end(stopping)
+    assert ended is not None and ended.parties == []

@@ -245,6 +245,7 @@ class Worker:
         try:
             addressed = await self.jobs.end(outcome)
         except Rejoined:  # wanted again while stopping (a quick resume): run it once more
+            log.info("job %s was wanted again while stopping; it goes on", outcome.job_id)
             await msg.nack()
             return
         if addressed is None:
