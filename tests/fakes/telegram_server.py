@@ -15,6 +15,7 @@ went to, checks Telegram's rules for `upload.getFile`, and plays faults on a scr
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import itertools
 import math
@@ -254,6 +255,9 @@ class TelegramServer:
         self.hashes_per_answer = 8
         self.in_flight = 0  # GetFile requests being answered right now
         self.most_in_flight = 0
+        self.on_sender: collections.Counter[int] = collections.Counter()  # GetFile in flight
+        self.most_on_a_sender = 0
+        self._gate: tuple[int, asyncio.Event] | None = None
         self.senders = itertools.count(1)
         # What Telethon constructs as `MTProtoSender(auth_key, loggers=...)`, bound here.
         self.sender_class = type("BoundFakeSender", (FakeSender,), {"server": self})
@@ -333,6 +337,10 @@ class TelegramServer:
     def corrupt_file_at(self, offset: int, times: int = 1) -> None:
         """The next `times` answers at `offset` carry a flipped byte (hashes stay right)."""
         self.faults.extend(Fault(offset, "corrupt") for _ in range(times))
+
+    def gather_file_requests(self, count: int) -> None:
+        """Hold GetFile answers until `count` requests are in flight at once (once)."""
+        self._gate = (count, asyncio.Event())
 
     def advance(self, seconds: float) -> None:
         """Let time pass for the server (flood waits run out)."""
@@ -505,10 +513,17 @@ class TelegramServer:
             raise RpcFailure(303, f"FILE_MIGRATE_{stored.stored_dc}")
         self.in_flight += 1
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        self.on_sender[sender.number] += 1
+        self.most_on_a_sender = max(self.most_on_a_sender, self.on_sender[sender.number])
         try:
+            if self._gate is not None and not self._gate[1].is_set():
+                if self.in_flight >= self._gate[0]:
+                    self._gate[1].set()
+                await self._gate[1].wait()
             return await self._serve_file(stored, request)
         finally:
             self.in_flight -= 1
+            self.on_sender[sender.number] -= 1
 
     async def _serve_file(self, stored: StoredFile, request: Any) -> Any:
         offset, limit, location = request.offset, request.limit, request.location

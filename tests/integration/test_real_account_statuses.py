@@ -264,7 +264,8 @@ class Stack:
             request_timeout=REQUEST_TIMEOUT,
         )
         settings = DownloaderSettings(**self.common, telegram="telethon", replica=replica,
-                                      slots=1, retry_base_delay=0.1, parts_per_file=1)
+                                      slots=1, retry_base_delay=0.1, parts_per_file=1,
+                                      requests_per_connection=1)
         stop = asyncio.Event()
         task = asyncio.create_task(downloader_app.serve(settings, stop, port=port))
         self._downloaders[replica] = (task, stop)

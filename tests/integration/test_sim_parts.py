@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 from sim_helpers import FAST, running_sim
+from waiting import until
 
 from tgdl.contracts.catalog import CatalogEntry
 from tgdl.downloader.files import PartFile
@@ -107,9 +108,15 @@ async def test_connections_beyond_the_accounts_limit_get_a_flood_wait(tg, sim):
     await client.set_faults(sim, max_connections=1, bandwidth=100_000)  # parts stay open
     media = await tg.resolve(entry)
     async with tg.parts(media) as source:
-        first = asyncio.create_task(source.read(0, PART_SIZE))
-        await client.until_serving(sim, 1)
+        # Two requests share the first connection; the third needs another one.
+        first = [asyncio.create_task(source.read(i * PART_SIZE, PART_SIZE)) for i in (0, 1)]
+        await until(lambda: _streams(sim, 2), 5, what="both streams of the first connection")
         with pytest.raises(FloodWait):
-            await source.read(PART_SIZE, PART_SIZE)
-        first.cancel()
-        await asyncio.gather(first, return_exceptions=True)
+            await source.read(2 * PART_SIZE, PART_SIZE)
+        for task in first:
+            task.cancel()
+        await asyncio.gather(*first, return_exceptions=True)
+
+
+async def _streams(sim: str, count: int) -> bool:
+    return (await client.stats(sim))["connections"] == count  # streams, as stats counts

@@ -4,7 +4,7 @@ Telethon's client has one connection to the home data center and borrows one exp
 connection per other data center; one connection answers one request after another, so a
 file fetched over it goes at one request per round trip. The pool opens up to `size`
 connections per data center (the session's own authorization at home, an exported one
-elsewhere, both as Telethon builds them) and lends each to one request at a time.
+elsewhere, both as Telethon builds them) and lends each to a few requests at a time.
 """
 
 from __future__ import annotations
@@ -37,50 +37,66 @@ async def open_sender(client: TelegramClient, dc_id: int) -> Any:
     return sender
 
 
-class SenderPool:
-    """Up to `size` connections per data center, each lent to one request at a time."""
+class Lanes:
+    """`count` connections carrying at most `depth` requests each. Two requests on one
+    connection hide the round trip between parts (the next answer is on its way while the
+    last one still arrives), so a connection is filled before the next one is used: k
+    parts of 2 requests each then take k connections, as Telegram counts them."""
 
-    def __init__(self, client: TelegramClient, size: int) -> None:
+    def __init__(self, count: int, depth: int) -> None:
+        self.load = [0] * count
+        self.depth = depth
+        self._free = asyncio.Semaphore(count * depth)
+
+    @contextlib.asynccontextmanager
+    async def lane(self) -> AsyncIterator[int]:
+        async with self._free:  # then some lane has room (no await until it is taken)
+            index = max((i for i, n in enumerate(self.load) if n < self.depth),
+                        key=lambda i: (self.load[i], -i))
+            self.load[index] += 1
+            try:
+                yield index
+            finally:
+                self.load[index] -= 1
+
+
+class SenderPool:
+    """Up to `size` connections per data center, each carrying up to `depth` requests."""
+
+    def __init__(self, client: TelegramClient, size: int, depth: int = 2) -> None:
         self._client = client
         self.size = size
-        self._slots: dict[int, asyncio.Semaphore] = {}
-        self._idle: dict[int, list[Any]] = {}
-        self._open: list[Any] = []
+        self.depth = depth
+        self._lanes: dict[int, Lanes] = {}
+        self._senders: dict[tuple[int, int], Any] = {}  # (dc, lane) -> sender
         self._small: dict[int, Any] = {}
-        self._opening: dict[int, asyncio.Lock] = {}
+        self._opening: dict[tuple[int, int], asyncio.Lock] = {}
 
     @contextlib.asynccontextmanager
     async def sender(self, dc_id: int) -> AsyncIterator[Any]:
-        slots = self._slots.setdefault(dc_id, asyncio.Semaphore(self.size))
-        async with slots:
-            idle = self._idle.setdefault(dc_id, [])
-            sender = idle.pop() if idle else None
-            if sender is None or not sender.is_connected():
-                sender = await open_sender(self._client, dc_id)
-                self._open.append(sender)
-            try:
-                yield sender
-            finally:
-                idle.append(sender)
+        lanes = self._lanes.setdefault(dc_id, Lanes(self.size, self.depth))
+        async with lanes.lane() as lane:
+            yield await self._connected((dc_id, lane), self._senders)
 
     async def small(self, dc_id: int) -> Any:
         """The connection for small requests (range hashes) to `dc_id`, one per data
-        center beside the pool: they never wait behind a part for a slot, and MTProto
-        answers the requests on one connection in any order."""
-        async with self._opening.setdefault(dc_id, asyncio.Lock()):
-            sender = self._small.get(dc_id)
+        center beside the pool: they never wait behind a part for a lane."""
+        return await self._connected((dc_id, -1), self._small)
+
+    async def _connected(self, key: tuple[int, int], senders: dict) -> Any:
+        async with self._opening.setdefault(key, asyncio.Lock()):
+            sender = senders.get(key)
             if sender is None or not sender.is_connected():
-                sender = self._small[dc_id] = await open_sender(self._client, dc_id)
+                sender = senders[key] = await open_sender(self._client, key[0])
             return sender
 
     def connections(self) -> int:
         """Connections of the pool (those for small requests not counted)."""
-        return len(self._open)
+        return len(self._senders)
 
     async def close(self) -> None:
-        senders = [*self._open, *self._small.values()]
-        self._open = []
-        self._idle.clear()
+        senders = [*self._senders.values(), *self._small.values()]
+        self._senders.clear()
         self._small.clear()
         for sender in senders:
             with contextlib.suppress(Exception):

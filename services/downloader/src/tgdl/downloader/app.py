@@ -32,10 +32,13 @@ def build_port(settings: DownloaderSettings) -> TelegramPort:
     if settings.telegram == "telethon":
         from tgdl.downloader.telegram.telethon import TelethonTelegram
 
-        return TelethonTelegram.from_settings(connections_per_dc=settings.connections_per_dc)
+        return TelethonTelegram.from_settings(
+            connections_per_dc=settings.connections_per_dc,
+            requests_per_connection=settings.requests_per_connection)
     from tgdl.downloader.telegram.simulated import SimulatedTelegram
 
-    return SimulatedTelegram(settings.sim_url, connections=settings.connections_per_dc)
+    return SimulatedTelegram(settings.sim_url, connections=settings.connections_per_dc,
+                             requests_per_connection=settings.requests_per_connection)
 
 
 class _NeverTerminate(BaseMiddleware):

@@ -19,3 +19,6 @@ class DownloaderSettings(CommonSettings):
     max_flood_wait: int = Field(default=3600, ge=0)  # longer waits fail the file instead
     parts_per_file: int = Field(default=0, ge=0, le=32)  # 1 MiB parts in flight; 0: by size
     connections_per_dc: int = Field(default=4, ge=1, le=32)  # per account: bounds parts
+    # Each connection carries this many part requests at once, which hides the round trip
+    # between two parts; a file has parts_per_file x this many requests in flight.
+    requests_per_connection: int = Field(default=2, ge=1, le=8)

@@ -338,10 +338,11 @@ class Worker:
                 if self.flood.remaining() > 0:  # another replica hit a flood wait
                     raise _AccountWaiting()
 
+            width = parts_for(media.size, self.s.parts_per_file) * self.s.requests_per_connection
+
             async def fetch() -> None:
                 async with self.port.parts(media) as source:
-                    await fetch_parts(source, file, parts_for(media.size, self.s.parts_per_file),
-                                      stored)
+                    await fetch_parts(source, file, width, stored)
 
             await self._interruptible(running, fetch())
             verified = file.all_verified()

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator, Sequence
 
 from pydantic import ValidationError
@@ -36,6 +38,7 @@ from tgdl.simtelegram.settings import SimSettings
 from tgdl.simtelegram.stats import ServingStats
 
 PIECE_SIZE = 64 * 1024  # largest body piece sent at once
+CONNECTION_HEADER = "x-tgdl-connection"
 _BURST = 0.05  # seconds of bandwidth a stream may catch up after a stall
 
 
@@ -72,7 +75,11 @@ class Simulator:
         self.faults = Faults()
         self.stats = ServingStats()
         self.account_pacer = _Pacer()  # every connection of the account shares this cap
-        self.connections = 0  # content answers being sent right now
+        # A client's MTProto-like connection carries several requests: those naming the
+        # same connection (CONNECTION_HEADER) share its pacing and count as one.
+        self._pacers: dict[str, _Pacer] = {}
+        self._open: Counter[str] = Counter()  # connection -> content answers being sent
+        self._streams = itertools.count()  # names requests that name no connection
 
     @property
     def bandwidth(self) -> int:
@@ -110,17 +117,36 @@ class Simulator:
             return _error(410, "message_deleted")
         return None
 
+    @property
+    def connections(self) -> int:
+        return len(self._open)
+
+    @property
+    def open_connections(self) -> set[str]:
+        return set(self._open)
+
+    def _pacer(self, connection: str | None) -> _Pacer:
+        if connection is None:
+            return _Pacer()
+        if connection not in self._pacers and len(self._pacers) >= 4096:
+            idle = [key for key in self._pacers if key not in self._open]
+            for key in idle[: len(idle) // 2 + 1]:
+                del self._pacers[key]
+        return self._pacers.setdefault(connection, _Pacer())
+
     async def stream(self, message: SimMessage, offset: int, drop_after: int | None,
-                     end: int | None = None, corrupt: bool = False) -> AsyncIterator[bytes]:
+                     end: int | None = None, corrupt: bool = False,
+                     connection: str | None = None) -> AsyncIterator[bytes]:
         """The message's bytes from `offset` to `end`, paced per connection and per
         account; counted as serving while open. The server cancels this generator as soon
         as the client disconnects, so `finally` runs promptly."""
         message_id, size = message.message_id, message.size or 0
         end = size if end is None else min(end, size)
         self.stats.opened(message_id)
-        self.connections += 1
+        key = connection or f"stream-{next(self._streams)}"
+        self._open[key] += 1
         try:
-            pacer = _Pacer()
+            pacer = self._pacer(connection)
             sent = 0
             for piece in _pieces(message_id, end, offset):
                 cut = drop_after is not None and sent + len(piece) >= drop_after
@@ -137,7 +163,9 @@ class Simulator:
                 if cut:
                     raise SimulatedDrop(f"message {message_id} dropped after {drop_after} bytes")
         finally:
-            self.connections -= 1
+            self._open[key] -= 1
+            if self._open[key] <= 0:
+                del self._open[key]
             self.stats.closed(message_id)
 
 
@@ -223,7 +251,9 @@ async def message_content(request: Request) -> Response:
     seconds = sim.faults.take_flood_wait(message.message_id)
     if seconds is not None:
         return _error(420, "flood_wait", seconds=seconds)
-    if sim.max_connections and sim.connections >= sim.max_connections:
+    connection = request.headers.get(CONNECTION_HEADER)
+    if (sim.max_connections and sim.connections >= sim.max_connections
+            and connection not in sim.open_connections):
         # Telegram's answer to an account that opens too many file connections at once
         return _error(420, "flood_wait", seconds=1)
     if sim.faults.take_expired_reference(message.message_id):
@@ -232,7 +262,7 @@ async def message_content(request: Request) -> Response:
     end = min(message.size, offset + limit) if limit else message.size
     return StreamingResponse(
         sim.stream(message, offset, drop_after, end,
-                   sim.faults.take_corrupt(message.message_id, offset)),
+                   sim.faults.take_corrupt(message.message_id, offset), connection),
         media_type="application/octet-stream",
         headers={"content-length": str(end - offset)},
     )

@@ -5,6 +5,7 @@ the same errors a real account raises: FloodWait, TransientError, PermanentError
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from urllib.parse import quote
@@ -21,6 +22,7 @@ from tgdl.downloader.telegram.port import (
     TelegramError,
     TransientError,
 )
+from tgdl.telegram.senders import Lanes
 
 _PERMANENT = {
     "message_not_found": ErrorCode.message_not_found,
@@ -35,6 +37,7 @@ _DETAILS = {
     ErrorCode.no_media: "message {tg} in chat {chat} carries no downloadable media",
 }
 _REFERENCE_EXPIRED = "file_reference_expired"
+CONNECTION_HEADER = "x-tgdl-connection"  # which of the account's connections a request uses
 _MAX_REFRESHES = 3  # refetches of the message per stream before giving up for now
 
 
@@ -78,12 +81,16 @@ class SimulatedTelegram:
 
     request_size: int = 512 * 1024
 
-    def __init__(self, base_url: str, connections: int = 4) -> None:
+    def __init__(self, base_url: str, connections: int = 4,
+                 requests_per_connection: int = 2) -> None:
         self._base_url = base_url.rstrip("/")
         self._client: httpx.AsyncClient | None = None
         self._open_streams = 0
-        self.connections = connections  # the simulated account has one data center
-        self._pool = asyncio.Semaphore(connections)
+        # The simulated account has one data center. HTTP has no MTProto connection that
+        # carries several requests, so each request names the connection it stands for
+        # and the server paces the requests of one connection together.
+        self._lanes = Lanes(connections, requests_per_connection)
+        self._name = secrets.token_hex(4)
 
     async def start(self) -> None:
         if self._client is None:
@@ -177,10 +184,11 @@ class SimulatedTelegram:
 
     async def _range(self, media: RemoteMedia, offset: int, length: int) -> httpx.Response:
         url = f"{_message_path(media.entry)}/content"
-        async with self._pool:
+        async with self._lanes.lane() as lane:
             try:
-                response = await self._http().get(url, params={"offset": offset,
-                                                               "limit": length})
+                response = await self._http().get(
+                    url, params={"offset": offset, "limit": length},
+                    headers={CONNECTION_HEADER: f"{self._name}-{lane}"})
             except httpx.TransportError as exc:
                 raise TransientError(f"part at {offset} interrupted: {exc!r}") from exc
         return response

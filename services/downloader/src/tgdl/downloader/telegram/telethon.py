@@ -57,9 +57,10 @@ class TelethonTelegram:
         request_timeout: float = 60.0,
         max_reference_refreshes: int = MAX_REFERENCE_REFRESHES,
         connections_per_dc: int = 4,
+        requests_per_connection: int = 2,
     ) -> None:
         self._client = client
-        self._pool = SenderPool(client, connections_per_dc)
+        self._pool = SenderPool(client, connections_per_dc, requests_per_connection)
         self._peers = PeerResolver(client)
         self._timeout = request_timeout
         self._max_refreshes = max_reference_refreshes
@@ -67,10 +68,12 @@ class TelethonTelegram:
 
     @classmethod
     def from_settings(cls, settings: TelegramSettings | None = None,
-                      connections_per_dc: int = 4) -> TelethonTelegram:
+                      connections_per_dc: int = 4,
+                      requests_per_connection: int = 2) -> TelethonTelegram:
         settings = settings or TelegramSettings()
         return cls(build_client(settings), request_timeout=settings.telegram_timeout,
-                   connections_per_dc=connections_per_dc)
+                   connections_per_dc=connections_per_dc,
+                   requests_per_connection=requests_per_connection)
 
     @property
     def pool(self) -> SenderPool:
