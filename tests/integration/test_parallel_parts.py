@@ -17,7 +17,7 @@ from waiting import until
 from tgdl.contracts.catalog import CatalogEntry
 from tgdl.downloader.files import PartFile, parts_path, recorded_parts
 from tgdl.downloader.parts import PartStats, fetch_parts, parts_for
-from tgdl.downloader.telegram.port import PART_SIZE, PermanentError
+from tgdl.downloader.telegram.port import PART_SIZE, FloodWait, PermanentError
 from tgdl.downloader.telegram.telethon import TelethonTelegram
 from tgdl.telegram.client import client_options
 
@@ -219,3 +219,29 @@ async def test_a_file_without_hashes_completes_unverified(server, port, tmp_path
 
     assert (tmp_path / "photo.jpg").read_bytes() == data
     assert not file.all_verified()
+
+
+# --- flood waits ----------------------------------------------------------------------------
+
+
+async def test_a_flood_wait_on_one_part_stops_them_all_and_the_rest_comes_after(
+    server, port, tmp_path
+):
+    entry, data = post(server, 8 * MiB, "busy")
+    server.fail_file_at(2 * MiB, "FLOOD_WAIT_30", code=420)
+    final = tmp_path / "busy.bin"
+
+    with pytest.raises(FloodWait) as waited:
+        await download(port, entry, final, width=4)
+
+    assert waited.value.seconds == 30
+    stored = recorded_parts(final)
+    assert 2 not in stored and len(stored) < 8  # the other parts stopped too
+    asked = len(server.file_requests())
+    server.advance(30)  # Telegram's wait is over (the worker sits it out for the account)
+
+    await download(port, entry, final, width=4)
+
+    assert sha256(final.read_bytes()) == sha256(data)
+    again = sorted(r.request.offset for r in server.file_requests()[asked:])
+    assert again == [i * MiB for i in range(8) if i not in stored]  # only what was missing
