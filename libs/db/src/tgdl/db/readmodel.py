@@ -389,3 +389,34 @@ async def batch_page(conn: asyncpg.Connection | asyncpg.Pool, offset: int,
             batches[r["batch_id"]][1].append(file_status(r, split_job(r)))
     items = [batch_summary(batch, files) for batch, files in batches.values()]
     return BatchPage(items=items, total=total, offset=offset, limit=limit)
+
+
+# --- operational counts (the gateway's /metrics) -----------------------------------------
+
+
+async def operational_counts(conn: asyncpg.Connection) -> dict[str, Any]:
+    """What the read model says about the downloads as a whole, for metrics: jobs by
+    state and failure reason, open batches' permits, batches by status, projector
+    positions. Counts of rows that are never deleted, so they only grow (a rebuild
+    replays to the same rows)."""
+    jobs = await conn.fetch(
+        "SELECT state, coalesce(error, '') AS reason, count(*) AS n,"
+        " coalesce(sum(downloaded_size), 0) AS bytes,"
+        " coalesce(max(wait_seconds), 0) AS longest_wait"
+        " FROM jobs GROUP BY state, coalesce(error, '')")
+    # A file holds one of its batch's permits from PermitGranted until it ends.
+    permits = await conn.fetch(
+        "SELECT b.batch_id, b.max_concurrent, count(f.message_id) FILTER ("
+        "   WHERE f.status NOT IN ('pending', 'paused', 'completed', 'failed', 'cancelled'))"
+        "  AS in_use"
+        " FROM batches b LEFT JOIN batch_files f ON f.batch_id = b.batch_id"
+        " WHERE b.status NOT IN ('completed', 'failed', 'cancelled')"
+        " GROUP BY b.batch_id, b.max_concurrent ORDER BY b.batch_id")
+    batches = await conn.fetch("SELECT status, count(*) AS n FROM batches GROUP BY status")
+    positions = await conn.fetch("SELECT stream, last_seq FROM projection_positions")
+    return {
+        "jobs": [dict(r) for r in jobs],
+        "permits": [dict(r) for r in permits],
+        "batches": {r["status"]: r["n"] for r in batches},
+        "positions": {r["stream"]: r["last_seq"] for r in positions},
+    }

@@ -12,7 +12,7 @@ from fastapi.responses import HTMLResponse
 
 from tgdl.db.connection import create_pool
 from tgdl.db.schema import verify_schema
-from tgdl.gateway import batches, health, messages, single, steering
+from tgdl.gateway import batches, health, messages, metrics, single, steering
 from tgdl.gateway.commands import create_broker
 from tgdl.gateway.errors import install_error_handlers
 from tgdl.gateway.freshness import Freshness
@@ -63,6 +63,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app = FastAPI(title="tgdl", summary="Batch media downloads from Telegram messages",
                   version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
+    metrics.install(app)  # GET /metrics and HTTP latency by route
     for module in (batches, steering, single, messages, health):
         app.include_router(module.router)
 
