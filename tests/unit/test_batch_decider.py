@@ -250,6 +250,26 @@ def test_a_late_outcome_of_a_paused_file_changes_nothing_and_a_stale_dispatch_is
     assert kinds(decide(fresh, s)) == [("JobDispatched", 1)]
 
 
+def test_the_late_failure_of_a_job_stopped_by_a_pause_does_not_fail_the_resumed_file():
+    s = after(MarkDispatched(message_id=1, job_id="b:1", attached=False, at=AT), PAUSE,
+              RESUME, MarkDispatched(message_id=1, job_id="b:1:2", attached=False, at=AT,
+                                     for_job="b:1:2"))
+    old = Finish(message_id=1, job_id="b:1", status="failed", at=AT,
+                 failure=Failure.of(ErrorCode.network, "cut"))
+    assert decide(old, s) == []  # the file follows b:1:2 now
+    fresh = Finish(message_id=1, job_id="b:1:2", status="completed", at=AT, file_path="/m/1",
+                   relative_path="1", size=1000)
+    assert kinds(decide(fresh, s))[0] == ("FileCompleted", 1)
+
+
+def test_an_outcome_before_the_dispatch_is_recorded_still_counts():
+    # the dispatch joined another job that ended before JobDispatched was appended
+    s = after()
+    attached_job = Finish(message_id=1, job_id="other:1", status="completed", at=AT,
+                          file_path="/m/1", relative_path="1", size=1000)
+    assert kinds(decide(attached_job, s))[0] == ("FileCompleted", 1)
+
+
 def test_after_a_lower_limit_the_next_grants_wait_until_running_files_fit_under_it():
     s = after(limit(1), ids=(1, 2, 3, 4))
     assert s.running == [1, 2]  # not interrupted

@@ -184,7 +184,10 @@ def decide(cmd: Command, s: BatchState) -> list[BatchEvent]:
                 already_downloading=cmd.already_downloading,
             )
             return [started, *_grant_or_finish(evolve(s, started), cmd.at)]
-        case Finish() if not s.closed and s.files.get(cmd.message_id) is FileState.running:
+        case Finish() if (
+            not s.closed and s.files.get(cmd.message_id) is FileState.running
+            and not _stale(s, cmd)
+        ):
             ended = _file_ended(s, cmd)
             return [ended, *_grant_or_finish(evolve(s, ended), cmd.at)]
         case MarkDispatched() if (
@@ -219,6 +222,12 @@ def decide(cmd: Command, s: BatchState) -> list[BatchEvent]:
         case Reconcile() if s.exists and not s.closed:
             return _grant_or_finish(s, cmd.at)
     return []
+
+
+def _stale(s: BatchState, cmd: Finish) -> bool:
+    """The outcome of a job the file no longer follows: one stopped by a pause, ending
+    after the resume dispatched the file again (once dispatched, `jobs` names the job)."""
+    return cmd.message_id in s.dispatched and cmd.job_id != s.jobs.get(cmd.message_id)
 
 
 def _file_ended(s: BatchState, cmd: Finish) -> BatchEvent:

@@ -114,7 +114,9 @@ def after_dispatch(state: BatchState, message_id: int,
     if not appended and state.files.get(message_id) in (FileState.cancelled,
                                                         FileState.pending):
         assert state.batch_id is not None
-        return [LeaveLease(message_id, state.batch_id, keep_part=state.paused)]
+        # a pending file here was paused (only a pause takes a permit back): keep its bytes
+        pending = state.files.get(message_id) is FileState.pending
+        return [LeaveLease(message_id, state.batch_id, keep_part=pending)]
     return []
 
 
