@@ -388,9 +388,10 @@ def throughput_table(title: str, rows: Sequence[Measured]) -> Table:
 
 
 LEGEND = (
-    "ratio: wall time of the first row / this row. ideal: the wall time if only the "
-    "per-connection bandwidth and latency limited it. max serving: most content "
-    "streams the simulated Telegram served at once (the permits held if <= the limit). CPU: this "
+    "ratio: wall time of the first row / this row. ideal: the wall time if each file had "
+    "one connection and only its bandwidth and latency limited it (parallel parts beat it). "
+    "max serving: most files the simulated Telegram served at once (the permits held if <= "
+    "the limit). CPU: this "
     "process's CPU time / wall time (100% = one core). lag: BatchFinished appended -> "
     f"finished visible in the read model (polled every {LAG_POLL * 1000:.0f} ms), worst batch."
 )
