@@ -86,12 +86,14 @@ def discard_part(final: Path) -> None:
 
 # --- parallel parts: written at their offsets, finished ones recorded in a sidecar ------------
 
-PARTS_SUFFIX = ".parts"  # beside the .part file: which parts of it hold fetched bytes
+# Beside the .part file, which parts of it hold fetched bytes. It ends in .part too, so
+# whatever hides or sweeps partial downloads (the gateway never serves them) covers it.
+PARTS_SUFFIX = ".parts" + PART_SUFFIX
 _PARTS_HEADER = "tgdl-parts 1 size={size} part={part}\n"
 
 
 def parts_path(final: Path) -> Path:
-    return final.with_name(final.name + PART_SUFFIX + PARTS_SUFFIX)
+    return final.with_name(final.name + PARTS_SUFFIX)
 
 
 def recorded_parts(final: Path) -> set[int]:

@@ -242,7 +242,7 @@ class _TelethonFile:
                 await self._refresh(generation, exc)
                 continue
             except errors.FileMigrateError as exc:
-                self.dc_id = exc.new_dc  # the whole file lives there: every part moves
+                self._move(dc_id, exc)  # the whole file lives there: every part moves
                 continue
             except Exception as exc:
                 raise as_telegram_error(exc, resolving=False) from exc
@@ -268,7 +268,7 @@ class _TelethonFile:
                 await self._refresh(generation, exc)
                 continue
             except errors.FileMigrateError as exc:
-                self.dc_id = exc.new_dc
+                self._move(dc_id, exc)
                 continue
             except (errors.FloodError, errors.ServerError, OSError, TimeoutError) as exc:
                 raise as_telegram_error(exc, resolving=False) from exc
@@ -286,6 +286,11 @@ class _TelethonFile:
             found.append((position, *self._hashes[position]))
             position += self._hashes[position][0]
         return found
+
+    def _move(self, asked: int, exc: errors.FileMigrateError) -> None:
+        if exc.new_dc == asked:
+            raise TransientError(f"Telegram sent the file back to DC {asked}") from exc
+        self.dc_id = exc.new_dc
 
     async def _refresh(self, seen: int, exc: Exception) -> None:
         """One refresh for every part that saw the reference `seen` expire."""
