@@ -2,7 +2,10 @@
 
 Each fault targets a catalog ``message_id`` and is consumed by the next content
 requests for that message: ``times`` requests answer a flood wait, or see their stream
-cut after ``after_bytes`` bytes, or are told their file reference expired.
+cut after ``after_bytes`` bytes, or are told their file reference expired, or (``corrupt``)
+carry a flipped byte in the range starting at ``offset``. The speeds and limits of the
+whole account can be changed too: per-connection and account bandwidth, latency, and how
+many connections it may use before it is answered with a flood wait.
 """
 
 from __future__ import annotations

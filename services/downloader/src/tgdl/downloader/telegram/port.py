@@ -72,8 +72,9 @@ class TelegramPort(Protocol):
 
     def stream(self, media: RemoteMedia, offset: int) -> AsyncIterator[bytes]:
         """Yield the media's bytes from `offset` (a multiple of `request_size`) to the end,
-        in chunks of at most `request_size`. Refreshes expired file references itself;
-        raises FloodWait, TransientError or PermanentError."""
+        in chunks of at most `request_size`, over one connection. Refreshes expired file
+        references itself; raises FloodWait, TransientError or PermanentError. (The
+        worker fetches with `parts`; this is for reading a file front to back.)"""
         ...
 
     def parts(self, media: RemoteMedia) -> AbstractAsyncContextManager[PartSource]:
