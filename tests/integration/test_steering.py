@@ -23,6 +23,7 @@ from tgdl.contracts.commands import (
     BatchAccepted,
     BatchPauseOutcome,
     BatchResumeOutcome,
+    CancelBatch,
     CommandReply,
     ConcurrencyOutcome,
     PauseBatch,
@@ -246,6 +247,34 @@ async def test_a_resume_right_after_a_pause_loses_nothing(stack, nc):
     for e in files:
         path = stack["media"] / relative_path(e)
         assert sha256(path) == expected_sha256(e.message_id, e.size)
+
+
+async def test_cancelling_a_paused_batch_drops_the_parts_it_kept(stack, nc):
+    names: Names = stack["names"]
+    files = stack["entries"][12:14]
+    started = await command(nc, names.cmd_batch_start, StartBatch(
+        message_ids=[e.message_id for e in files], max_concurrent=2), BatchAccepted)
+    b = started.batch_id
+    finals = [stack["media"] / relative_path(e) for e in files]
+
+    async def parts_on_disk():
+        return all(recorded_parts(f) for f in finals)
+    await until(parts_on_disk, 30, what="a part of each file on disk")
+    await command(nc, names.cmd_batch_pause, PauseBatch(batch_id=b), BatchPauseOutcome)
+
+    async def stopped():
+        return all([await stack["leases"].get(e.message_id) is None for e in files])
+    await until(stopped, 10, what="the paused jobs ended")
+    assert all(part_path(f).exists() for f in finals)
+
+    msg = await nc.request(names.cmd_batch_cancel,
+                           CancelBatch(batch_id=b).model_dump_json().encode(), timeout=10)
+    assert CommandReply.model_validate_json(msg.data).ok.stopped == [e.message_id for e in files]
+
+    async def parts_gone():
+        return not list(stack["media"].rglob("*.part*"))
+    await until(parts_gone, 10, what="the kept .part files dropped")
+    assert not any(f.exists() for f in finals)
 
 
 async def test_a_lease_left_for_a_pause_keeps_the_part_and_a_rejoined_job_cannot_end_cancelled(

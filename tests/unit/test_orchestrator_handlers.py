@@ -547,11 +547,18 @@ async def test_recovery_of_a_paused_batch_is_planned_as_leaving_its_leases_only(
     assert react(events[-1], fold(events)) == [LeaveLease(1, "p", keep_part=True)]
 
 
-async def test_a_paused_batch_can_be_cancelled(w):
+async def test_a_paused_batch_can_be_cancelled_and_its_kept_parts_are_dropped(w):
     b = await start(w, [1, 2, 3])
     await w.orch.pause_batch(PauseBatch(batch_id=b))
+    for m in (1, 2):  # the downloaders stopped them, keeping their .part files
+        await w.end_job(f"{b}:{m}", OutcomeStatus.cancelled)
     cancelled = await w.orch.cancel_batch(CancelBatch(batch_id=b))
     assert isinstance(cancelled, BatchCancelOutcome) and cancelled.stopped == [1, 2, 3]
+    # a job nobody waits for, per paused file: its downloader drops the .part and ends
+    assert w.jobs.published[-2:] == [f"{b}:1:2", f"{b}:2:2"]
+    assert {m: (lease.parties, lease.keep_part) for m, lease in w.leases.leases.items()} == {
+        1: ([], False), 2: ([], False)}
+    assert w.log.of_type(b, JobDispatched)[-1].job_id == f"{b}:2"  # nothing recorded
     assert await w.open_batches.list() == []
     late = await w.orch.resume_batch(ResumeBatch(batch_id=b))
     assert isinstance(late, BatchResumeOutcome) and late.already_finished and not late.granted

@@ -213,7 +213,9 @@ class Worker:
         if not await self.jobs.claim(m, job.job_id, meta.sequence.stream):
             await msg.ack()  # another copy of this job holds the lease: it does the work
             return
-        if not lease.parties:
+        if not lease.parties:  # cancelled while queued: a cancel leaves no bytes behind
+            if not lease.keep_part:
+                discard_part(self.s.media_root / relative_path(job.entry))
             await self._end(msg, self._outcome(job, OutcomeStatus.cancelled))
             return
 

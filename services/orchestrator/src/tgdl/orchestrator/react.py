@@ -23,7 +23,15 @@ from tgdl.contracts.events import (
 )
 from tgdl.contracts.jobs import DownloadJob, DownloadOutcome
 from tgdl.contracts.status import OutcomeStatus
-from tgdl.orchestrator.batch import BatchState, Command, FileState, Finish, Reconcile, fold
+from tgdl.orchestrator.batch import (
+    BatchState,
+    Command,
+    FileState,
+    Finish,
+    Reconcile,
+    fold,
+    job_id_for,
+)
 
 # --- effects -----------------------------------------------------------------------------
 
@@ -93,13 +101,26 @@ def react(event: BatchEvent, state: BatchState) -> list[Effect]:
         case BatchCancelled(stopped=stopped):
             # a stopped file with a job had a permit: its lease lists this batch
             return [*(LeaveLease(m, event.batch_id) for m in stopped if m in state.jobs),
-                    Unlist(event.batch_id)]
+                    *_discard_paused(state), Unlist(event.batch_id)]
         case BatchPaused(stopped=stopped):
             # another batch sharing the download keeps it going; alone, it stops
             return [LeaveLease(m, event.batch_id, keep_part=True) for m in stopped]
         case BatchFinished():
             return [Unlist(event.batch_id)]
     return []
+
+
+def _discard_paused(state: BatchState) -> list[Effect]:
+    """A cancel leaves no partial file behind, but the files a pause stopped have no job
+    to discard theirs: queue one that nobody waits for (the dispatch is refused by the
+    cancelled batch and leaves the lease), which drops the .part and ends. A file another
+    batch is downloading is only joined and left, so that download goes on."""
+    if not state.paused:
+        return []
+    assert state.batch_id is not None
+    return [Dispatch(state.batch_id, state.entries[m],
+                     job_id_for(state.batch_id, m, state.grants.get(m, 0) + 1), state.force)
+            for m in state.paused_files]
 
 
 def react_all(events: Iterable[BatchEvent], state: BatchState) -> list[Effect]:
