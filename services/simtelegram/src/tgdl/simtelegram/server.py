@@ -153,8 +153,8 @@ class Simulator:
                 if cut:
                     piece = piece[: drop_after - sent]
                 if piece:
-                    await pacer.wait(len(piece), self.bandwidth)
-                    await self.account_pacer.wait(len(piece), self.account_bandwidth)
+                    await _paced(len(piece), (pacer, self.bandwidth),
+                                 (self.account_pacer, self.account_bandwidth))
                     if corrupt and sent == 0:
                         piece = bytes([piece[0] ^ 0xFF]) + piece[1:]
                     yield piece
@@ -177,19 +177,26 @@ def _pieces(message_id: int, size: int, offset: int) -> Iterator[bytes]:
 
 
 class _Pacer:
-    """Paces one connection to `bandwidth` bytes/s (0 = unlimited)."""
+    """Paces a connection (or the whole account) to `bandwidth` bytes/s (0 = unlimited)."""
 
     def __init__(self) -> None:
         self._due = time.monotonic()
 
-    async def wait(self, size: int, bandwidth: int) -> None:
+    def reserve(self, size: int, bandwidth: int) -> float:
+        """When `size` more bytes may have gone out."""
         now = time.monotonic()
         if bandwidth <= 0:
             self._due = now
-            await asyncio.sleep(0)  # let other connections and disconnects through
-            return
+            return now
         self._due = max(self._due, now - _BURST) + size / bandwidth
-        await asyncio.sleep(max(0.0, self._due - now))
+        return self._due
+
+
+async def _paced(size: int, *limits: tuple[_Pacer, int]) -> None:
+    """Wait until every limit allows `size` more bytes: the slowest decides (waiting for
+    each in turn would add the waits up and undercut both)."""
+    due = max(pacer.reserve(size, bandwidth) for pacer, bandwidth in limits)
+    await asyncio.sleep(max(0.0, due - time.monotonic()))  # 0: others and disconnects go
 
 
 def _sim(request: Request) -> Simulator:
