@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from e2e_stack import Stack
 
+from tgdl.simtelegram import client as sim_client
+
 playwright_api = pytest.importorskip(
     "playwright.async_api", reason="playwright is not installed (pip install -r requirements.txt)")
 async_playwright, expect = playwright_api.async_playwright, playwright_api.expect
@@ -52,11 +54,11 @@ async def test_filter_select_start_watch_and_cancel_in_a_browser(stack: Stack, b
     page = await browser.new_page(viewport={"width": 1280, "height": 900})
     await page.goto(str(stack.http.base_url))
 
-    # Filter on the server: videos of at least 1 MB.
+    # Filter on the server: videos of at least 1.8 MB.
     videos = [m.message_id for m in stack.sim_messages()
-              if m.media_kind == "video" and m.size >= 1_000_000]
+              if m.media_kind == "video" and m.size >= 1_800_000]
     await page.get_by_role("checkbox", name="video", exact=True).check()
-    await page.get_by_label("Min size").fill("1MB")
+    await page.get_by_label("Min size").fill("1.8MB")
     await page.get_by_role("button", name="Apply filters").click()
     await expect(page.locator("#match-count")).to_have_text(f"{len(videos)} matching messages")
     rows = page.locator("#messages tr")
@@ -96,7 +98,13 @@ async def test_filter_select_start_watch_and_cancel_in_a_browser(stack: Stack, b
     await expect(rows.first).to_contain_text("downloaded")
     await page.screenshot(path=out / "web-page.png", full_page=True)  # the README's picture
 
-    # Another batch, cancelled while it runs: documents of any size, one at a time.
+    # Another batch, cancelled while Telegram makes its first file wait: documents, one
+    # at a time; the wait counts down on the page between snapshots. (A flood wait holds
+    # off the whole account, so it is short: the next batch waits it out.)
+    documents = [m.message_id for m in stack.sim_messages()
+                 if m.media_kind == "document" and not m.deleted and not m.forbidden]
+    await sim_client.set_faults(stack.sim_url, flood_wait={"message_id": documents[0],
+                                                            "seconds": 8})
     await page.get_by_role("button", name="Clear", exact=True).click()
     await page.get_by_role("checkbox", name="document", exact=True).check()
     await page.get_by_role("button", name="Apply filters").click()
@@ -105,13 +113,28 @@ async def test_filter_select_start_watch_and_cancel_in_a_browser(stack: Stack, b
     await bar.get_by_label("Max concurrent").fill("1")
     await bar.get_by_role("button", name="Start download of").click()
     await expect(page.locator("#batch-id")).not_to_have_text(batch_id)
-    await expect(page.locator("#files tr[data-status=downloading]")).to_have_count(
-        1, timeout=SLOW)
+    countdown = page.locator(f"#files tr[data-id='{documents[0]}'] .countdown")
+    await expect(countdown).to_contain_text("Telegram rate limit: resumes in", timeout=SLOW)
+    first = await countdown.text_content()
+    await expect(countdown).not_to_have_text(first, timeout=SLOW)  # it ticks
     await page.get_by_role("button", name="Cancel batch").click()
     await expect(page.locator("#batch-state")).to_have_text("· cancelled", timeout=SLOW)
     await expect(page.locator("#notice")).to_contain_text("Batch cancelled")
     await expect(page.locator("#files tr[data-status=cancelled]").first).to_be_visible()
     await expect(page.get_by_role("button", name="Cancel batch")).to_be_disabled()
+    await sim_client.clear_faults(stack.sim_url)
+
+    # A file that cannot be downloaded says why and what to do.
+    gone = next(m for m in stack.sim_messages() if m.deleted and m.file_name)
+    await page.get_by_role("button", name="Clear", exact=True).click()
+    await page.get_by_label("Text").fill(gone.file_name)
+    await page.get_by_role("button", name="Apply filters").click()
+    await expect(page.locator(f"#messages tr[data-id='{gone.message_id}']")).to_be_visible()
+    await page.get_by_role("button", name="Select all matching").click()
+    await bar.get_by_role("button", name="Start download of").click()
+    failed = page.locator(f"#files tr[data-id='{gone.message_id}'][data-status=failed]")
+    await expect(failed).to_contain_text("message_deleted", timeout=SLOW)
+    await expect(failed.locator(".suggestion")).not_to_be_empty()
 
     # A bad filter is explained, not a blank page.
     await page.get_by_label("Min size").fill("five")
