@@ -82,6 +82,8 @@ async def test_download_draws_bars_on_a_terminal_and_exits_0_when_all_completed(
     assert all(str(m) in status.out for m in ids) and "\x1b[" not in status.out
     body = (await tgdl(stack, "status", batch_id, "--json")).json()
     assert body == await stack.status(batch_id)
+    watched = await tgdl(stack, "status", batch_id, "--watch")  # over already: one look
+    assert watched.code == 0 and f"{batch_id}: 4 of 4 files completed" in watched.out
     listed = await tgdl(stack, "batches")
     assert listed.code == 0 and batch_id in listed.out and "100%" in listed.out
     [item] = (await tgdl(stack, "batches", "--json")).json()["items"]
