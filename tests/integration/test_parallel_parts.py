@@ -6,10 +6,14 @@ missing."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from fakes import part_download
 from fakes.telegram_server import MiB, TelegramServer, content, sha256
 from telethon.tl import functions
 from waiting import until
@@ -138,38 +142,6 @@ async def test_an_expired_reference_is_refreshed_once_for_four_parts_in_flight(
     assert message_fetches(server) - before == 1  # one refresh for all four
 
 
-async def test_a_kill_mid_file_with_parts_out_of_order_resumes_only_the_missing_ones(
-    server, tmp_path
-):
-    entry, data = post(server, 6 * MiB + 777, "movie")
-    server.hang_file_at(0)
-    server.hang_file_at(2 * MiB)
-    final = tmp_path / "movie.bin"
-    first = await started(server)
-    task = asyncio.create_task(download(first, entry, final, width=4))
-
-    # Parts 1, 3, 4, 5 and 6 finish while 0 and 2 hang: done out of order.
-    await until(lambda: recorded_parts(final) == {1, 3, 4, 5, 6}, 10,
-                what="parts finished around a hole")
-    task.cancel()  # the process dies: nothing more is written
-    await asyncio.gather(task, return_exceptions=True)
-    await first.close()
-    with final.with_name(final.name + ".part").open("r+b") as torn:
-        torn.write(b"\xff" * 4096)  # a torn write in part 0: never recorded as done
-    before = len(server.file_requests())
-
-    second = await started(server)
-    try:
-        await download(second, entry, final, width=4)
-    finally:
-        await second.close()
-
-    assert sha256(final.read_bytes()) == sha256(data)
-    resumed = sorted(r.request.offset for r in server.file_requests()[before:])
-    assert resumed == [0, 2 * MiB]  # only the parts that were in flight at the kill
-    assert_telegram_rules(server)
-
-
 # --- Telegram's hashes --------------------------------------------------------------------
 
 
@@ -245,3 +217,28 @@ async def test_a_flood_wait_on_one_part_stops_them_all_and_the_rest_comes_after(
     assert sha256(final.read_bytes()) == sha256(data)
     again = sorted(r.request.offset for r in server.file_requests()[asked:])
     assert again == [i * MiB for i in range(8) if i not in stored]  # only what was missing
+
+
+async def test_kill_9_mid_file_then_another_process_fetches_only_the_missing_parts(tmp_path):
+    """A real SIGKILL: no finally, no flush, nothing but what was fsynced survives."""
+    final, size = tmp_path / "movie.bin", 6 * MiB + 777
+    tests = Path(__file__).resolve().parents[1]
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "fakes.part_download", str(final), str(size), "killed",
+        cwd=tests, env={**os.environ, "PYTHONPATH": str(tests)})
+    try:
+        # Parts 1, 3, 4, 5 and 6 finish while 0 and 2 hang: done out of order.
+        await until(lambda: recorded_parts(final) == {1, 3, 4, 5, 6}, 30,
+                    what="the child stored the parts around the hanging ones")
+    finally:
+        child.kill()  # SIGKILL
+        await child.wait()
+    assert child.returncode == -signal.SIGKILL
+    with final.with_name(final.name + ".part").open("r+b") as torn:
+        torn.write(b"\xff" * 4096)  # as if a write to part 0 was under way: never recorded
+
+    server, entry = part_download.serve(size, "killed", hang=False)
+    await part_download.download(server, entry, final)
+
+    assert sha256(final.read_bytes()) == sha256(content(size, "killed"))
+    assert sorted(r.request.offset for r in server.file_requests()) == [0, 2 * MiB]
