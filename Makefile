@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYPROJECTS := $(wildcard libs/*/pyproject.toml services/*/pyproject.toml)
 
-.PHONY: run test lint asyncapi rebuild-read-model bench clean
+.PHONY: run test lint asyncapi rebuild-read-model bench chaos clean
 
 $(STAMP): requirements.txt $(PYPROJECTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ rebuild-read-model: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_pipeline.py
+
+# Faults injected into a running `tgdl run` (about 3 minutes); prints the stall per fault.
+chaos: $(STAMP)
+	TGDL_CHAOS=1 $(BIN)/pytest tests/chaos -p no:cacheprovider
 
 clean:
 	rm -rf $(VENV)

@@ -9,8 +9,10 @@ import os
 import signal
 from datetime import UTC, datetime
 
+import asyncpg
 import httpx
 import nats
+import pytest
 from waiting import until
 
 from tgdl.bus.topology import QueuePolicy, ensure_topology
@@ -19,6 +21,8 @@ from tgdl.contracts.events import BatchStarted
 from tgdl.db.connection import connect
 from tgdl.db.schema import migrate_database
 from tgdl.gateway.app import create_app
+from tgdl.gateway.errors import ApiError
+from tgdl.gateway.services import Database
 from tgdl.gateway.settings import GatewaySettings
 from tgdl.launcher.embedded import start_nats, start_postgres
 from tgdl.projector.fold import fold_event
@@ -166,3 +170,27 @@ async def _stale(status) -> dict | None:
 async def _current(status) -> bool:
     return "stale" not in await status()
 
+
+
+class _DyingPool:
+    """A pool whose server dies in the middle of a query, as asyncpg reports it then."""
+
+    def __init__(self, exc: Exception) -> None:
+        self.exc = exc
+
+    @contextlib.asynccontextmanager
+    async def acquire(self, **_: object):
+        raise self.exc
+        yield
+
+
+@pytest.mark.parametrize("exc", [
+    asyncpg.InternalClientError("cannot switch to state 12; another operation is in progress"),
+    asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed"),
+    asyncpg.exceptions.AdminShutdownError("terminating connection"),
+    ConnectionRefusedError(111, "Connection refused"),
+])
+async def test_every_way_a_dying_database_fails_is_a_503(exc):
+    with pytest.raises(ApiError) as raised:
+        await Database(_DyingPool(exc), timeout=1.0).fetchval("SELECT 1")
+    assert raised.value.status == 503 and raised.value.body.error == "database_unavailable"

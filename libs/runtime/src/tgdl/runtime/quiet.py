@@ -41,7 +41,9 @@ def expected_outage(exc: BaseException | None) -> bool:
                 nats.errors.StaleConnectionError, nats.errors.NoServersError,
                 nats.errors.OutboundBufferLimitError, nats.errors.FlushTimeoutError,
                 nats.errors.TimeoutError, nats.errors.NoRespondersError,
-                nats.js.errors.ServiceUnavailableError)
+                nats.js.errors.ServiceUnavailableError,
+                # a stream without a leader for a moment (a cluster electing one)
+                nats.js.errors.NoStreamResponseError)
     return isinstance(exc, expected)
 
 

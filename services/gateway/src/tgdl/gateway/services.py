@@ -19,10 +19,12 @@ from tgdl.gateway.idempotency import Idempotency
 from tgdl.gateway.settings import GatewaySettings
 
 # What a lost or stopped PostgreSQL raises (a refused or vanished socket, a closed
-# connection, a server shutting down or starting up, no answer in time).
+# connection, a server shutting down or starting up, no answer in time; asyncpg's
+# InternalClientError too, seen when the server died in the middle of a query).
 DB_OUTAGES: tuple[type[Exception], ...] = (
     OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError,
     asyncpg.exceptions.OperatorInterventionError, asyncpg.TooManyConnectionsError,
+    asyncpg.InternalClientError,
 )
 
 

@@ -139,8 +139,11 @@ class Projector:
                             start - 1, stream, last)
             self._subs.append(await js.subscribe(
                 subject, stream=stream, ordered_consumer=True, cb=self._receiver(stream),
+                # Heartbeats every second: an ordered consumer lost with its server (a
+                # restarted nats-server, a cluster node) is recreated within seconds,
+                # not after the client's default of 10-20 s.
                 config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-                                      opt_start_seq=start),
+                                      opt_start_seq=start, idle_heartbeat=1.0),
             ))
         log.info("projecting from positions %s", self.positions or "{} (from the start)")
 
