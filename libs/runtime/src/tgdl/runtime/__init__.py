@@ -15,6 +15,7 @@ import sys
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
+from tgdl.runtime.jsonlog import JsonFormatter, json_logs
 from tgdl.runtime.quiet import QuietLogs, expect, expected_outage
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -23,11 +24,13 @@ __all__ = ["QuietLogs", "expect", "expected_outage", "run_service", "serve_http"
 
 
 def setup_logging(level: int = logging.INFO) -> None:
-    """One format for every service; expected network errors without tracebacks and
-    repeats summarised (see `QuietLogs`)."""
+    """One format for every service (one JSON object per line with TGDL_LOG_FORMAT=json);
+    expected network errors without tracebacks and repeats summarised (see `QuietLogs`)."""
     logging.basicConfig(level=level, format=LOG_FORMAT)
     quiet = QuietLogs()
     for handler in logging.getLogger().handlers:
+        if json_logs():
+            handler.setFormatter(JsonFormatter())
         if not any(isinstance(f, QuietLogs) for f in handler.filters):
             handler.addFilter(quiet)
 
@@ -75,4 +78,7 @@ def serve_http(app: Any, host: str, port: int, log_level: str = "info") -> None:
                 finally:
                     self._captured_signals.clear()
 
-    Server(uvicorn.Config(app, host=host, port=port, log_level=log_level)).run()
+    # JSON lines: uvicorn's own loggers (access log included) go through the root handler
+    # instead of the text handlers uvicorn would install.
+    plain = {"log_config": None} if json_logs() else {}
+    Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, **plain)).run()
