@@ -1,0 +1,75 @@
+"""The monitoring files, checked without Docker: the compose override mounts files that
+exist, Prometheus scrapes the gateway where the compose file publishes it, and every
+metric the Grafana dashboard queries is one a real gateway serves."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import httpx
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from tgdl.gateway.app import create_app
+from tgdl.gateway.settings import GatewaySettings
+from tgdl.launcher.prepare import prepare
+
+ROOT = Path(__file__).resolve().parents[2]
+DASHBOARD = ROOT / "deploy/grafana/dashboards/tgdl.json"
+
+
+def load(path: str):
+    return yaml.safe_load((ROOT / path).read_text())
+
+
+def test_the_override_mounts_files_that_exist():
+    services = load("docker-compose.monitoring.yml")["services"]
+    assert {"prometheus", "grafana"} <= services.keys()
+    for name, service in services.items():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("./"):
+                assert (ROOT / source).exists(), f"{name} mounts missing {source}"
+    grafana_env = services["grafana"]["environment"]
+    home = grafana_env["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home == "/var/lib/grafana/dashboards/" + DASHBOARD.name
+
+
+def test_prometheus_scrapes_the_gateway_where_compose_runs_it():
+    [job] = load("deploy/prometheus/prometheus.yml")["scrape_configs"]
+    [target] = job["static_configs"][0]["targets"]
+    host, port = target.split(":")
+    gateway = load("docker-compose.yml")["services"][host]
+    assert gateway["environment"]["TGDL_HTTP_PORT"] == port
+    assert job["metrics_path"] == "/metrics"
+
+
+def test_the_dashboard_uses_the_provisioned_datasource():
+    [source] = load("deploy/grafana/provisioning/datasources/prometheus.yml")["datasources"]
+    dashboard = json.loads(DASHBOARD.read_text())
+    assert dashboard["panels"]
+    for panel in dashboard["panels"]:
+        assert panel["datasource"]["uid"] == source["uid"], panel["title"]
+        assert panel["targets"], panel["title"]
+
+
+async def test_every_metric_on_the_dashboard_is_served(servers, isolation):
+    settings = GatewaySettings(nats_url=servers.nats_url, database_url=servers.database_url,
+                               namespace=isolation.namespace, db_schema=isolation.schema,
+                               media_root=isolation.media_root)
+    await prepare(settings)
+    app = create_app(settings)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://gateway") as client:
+        await client.get("/api/messages")  # so the latency histogram has a sample
+        text = (await client.get("/metrics")).text
+    families = list(text_string_to_metric_families(text))
+    # A labelled family with no sample yet (no failures, no open batch) is still declared.
+    served = {s.name for f in families for s in f.samples} | {f.name for f in families} | {
+        f"{f.name}_total" for f in families if f.type == "counter"}
+    queried = {name for panel in json.loads(DASHBOARD.read_text())["panels"]
+               for target in panel["targets"]
+               for name in re.findall(r"\btgdl_[a-z_]+", target["expr"])}
+    assert queried and not queried - served, f"not served: {sorted(queried - served)}"
