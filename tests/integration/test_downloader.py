@@ -218,3 +218,22 @@ async def test_a_cancelled_lease_stops_the_download_and_removes_its_part(downloa
     done = await d.outcome("b1:1")
     assert done.status == "cancelled" and done.failure is not None
     assert not part_path(final).exists() and not final.exists()
+
+
+async def test_a_corrupted_range_is_refetched_and_a_persistent_one_fails_the_file(downloader):
+    d = downloader
+    once, always = d.healthy(2)
+    await sim_client.set_faults(d.settings.sim_url, corrupt=[
+        {"message_id": once.message_id, "offset": 0},
+        {"message_id": always.message_id, "offset": 0, "times": 10}])
+    d.start()
+    await d.queue(once, "b1:1")
+    await d.queue(always, "b1:2")
+
+    fixed = await d.outcome("b1:1")
+    assert fixed.status == "completed" and fixed.hash_verified
+    assert sha_of(d, once) == expected_sha256(once.message_id, once.size)
+    failed = await d.outcome("b1:2")
+    assert failed.status == "failed" and failed.hash_verified is None
+    assert "SHA-256" in failed.failure.detail
+    assert not (d.settings.media_root / relative_path(always)).exists()

@@ -34,7 +34,7 @@ from tgdl.contracts.status import OutcomeStatus
 from tgdl.downloader.files import PartFile, SizeMismatch, discard_part, is_complete
 from tgdl.downloader.flood import FloodGate
 from tgdl.downloader.meter import Meter
-from tgdl.downloader.parts import fetch_parts, parts_for
+from tgdl.downloader.parts import PartStats, fetch_parts, parts_for
 from tgdl.downloader.settings import DownloaderSettings
 from tgdl.downloader.telegram.port import (
     PART_SIZE,
@@ -341,12 +341,18 @@ class Worker:
                     raise _AccountWaiting()
 
             width = parts_for(media.size, self.s.parts_per_file) * self.s.requests_per_connection
+            stats = PartStats()
 
             async def fetch() -> None:
                 async with self.port.parts(media) as source:
-                    await fetch_parts(source, file, width, stored)
+                    await fetch_parts(source, file, width, stored, stats)
 
-            await self._interruptible(running, fetch())
+            try:
+                await self._interruptible(running, fetch())
+            finally:
+                if stats.refetched:
+                    log.warning("message %d: %d part(s) fetched again after failing "
+                                "Telegram's hashes", media.entry.message_id, stats.refetched)
             verified = file.all_verified()
             await asyncio.to_thread(file.commit)
         finally:
