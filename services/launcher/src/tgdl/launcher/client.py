@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import re
+import signal
 import sys
 import textwrap
 import time
@@ -414,6 +415,9 @@ def _fail(command: str, failure: Failure) -> int:
 
 def main(args: argparse.Namespace, env: dict[str, str] | None = None) -> int:
     env = dict(os.environ if env is None else env)
+    # Ctrl-C must reach the question even when started with SIGINT ignored (as a
+    # background job of a non-interactive shell is).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     if args.command == "download":
         try:
             args.ids = message_ids(args.ids)
