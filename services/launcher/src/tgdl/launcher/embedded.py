@@ -84,9 +84,13 @@ def _spawn_nats(data_dir: Path) -> subprocess.Popen:
         )
 
 
-def start_nats(data_dir: Path, port: int | None = None, sync_always: bool = True) -> EmbeddedNats:
+def start_nats(data_dir: Path, port: int | None = None, sync_always: bool = True,
+               max_store: str | None = None) -> EmbeddedNats:
     """Start nats-server with JetStream storing under `data_dir`; wait until it accepts
-    connections. `sync_always` fsyncs every write (nothing acknowledged is ever lost)."""
+    connections. `sync_always` fsyncs every write (nothing acknowledged is ever lost).
+    `max_store` (e.g. "1TB") raises JetStream's limit on the bytes all streams may
+    reserve, by default 75% of the free disk: a test session that declares the streams
+    of many namespaces on one server needs it."""
     data_dir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     conf = data_dir / "nats.conf"
@@ -98,6 +102,7 @@ def start_nats(data_dir: Path, port: int | None = None, sync_always: bool = True
                 "jetstream {",
                 f'  store_dir: "{(data_dir / "jetstream").as_posix()}"',
                 "  sync_interval: always" if sync_always else "",
+                f"  max_file_store: {max_store}" if max_store else "",
                 "}",
                 "max_payload: 8MB",
             ]
