@@ -4,7 +4,9 @@ read model cannot be current."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import os
 import signal
 from datetime import UTC, datetime
@@ -194,3 +196,32 @@ async def test_every_way_a_dying_database_fails_is_a_503(exc):
     with pytest.raises(ApiError) as raised:
         await Database(_DyingPool(exc), timeout=1.0).fetchval("SELECT 1")
     assert raised.value.status == 503 and raised.value.body.error == "database_unavailable"
+
+
+async def test_a_gateway_started_during_an_outage_waits_then_serves(servers, isolation,
+                                                                    tmp_path, caplog):
+    pg = start_postgres(tmp_path / "pg")
+    settings = settings_for(servers.nats_url, pg.url, isolation)
+    await a_batch(settings)
+    pg.stop()
+    app = create_app(settings)
+    caplog.set_level(logging.INFO, logger="tgdl.gateway")
+    lifespan = app.router.lifespan_context(app)
+    starting = asyncio.create_task(lifespan.__aenter__())
+    try:
+        await until(lambda: "PostgreSQL is unreachable" in caplog.text, within=10,
+                    what="the gateway saying it waits")
+        assert not starting.done()
+        pg = start_postgres(tmp_path / "pg")  # back, same data and socket
+        await asyncio.wait_for(starting, 20)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://gateway") as client:
+            assert (await client.get("/api/media/batch-status/b")).status_code == 200
+        assert "PostgreSQL is reachable" in caplog.text
+        assert "Traceback" not in caplog.text
+    finally:
+        if starting.done() and not starting.exception():
+            await lifespan.__aexit__(None, None, None)
+        else:
+            starting.cancel()
+        pg.stop()

@@ -16,11 +16,13 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from tgdl.runtime.jsonlog import JsonFormatter, json_logs
+from tgdl.runtime.metrics import start_metrics_server
 from tgdl.runtime.quiet import QuietLogs, expect, expected_outage
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
-__all__ = ["QuietLogs", "expect", "expected_outage", "run_service", "serve_http", "setup_logging"]
+__all__ = ["QuietLogs", "expect", "expected_outage", "run_service", "serve_http", "setup_logging",
+           "until_reachable"]
 
 
 def setup_logging(level: int = logging.INFO) -> None:
@@ -35,6 +37,28 @@ def setup_logging(level: int = logging.INFO) -> None:
             handler.addFilter(quiet)
 
 
+async def until_reachable(what: str, attempt: Callable[[], Awaitable[Any]],
+                          log: logging.Logger, limit: float = 5.0) -> Any:
+    """`await attempt()` until it stops failing with an outage (a server not up yet): a
+    service started during an outage waits for it, saying so once, instead of dying."""
+    delay, said = 0.25, False
+    while True:
+        try:
+            result = await attempt()
+        except Exception as exc:
+            if not expected_outage(exc):
+                raise
+            if not said:
+                log.warning("%s is unreachable (%s); waiting for it", what, type(exc).__name__)
+                said = True
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, limit)
+            continue
+        if said:
+            log.info("%s is reachable", what)
+        return result
+
+
 def run_service(name: str, serve: Callable[[asyncio.Event], Awaitable[None]],
                 expected: tuple[type[BaseException], ...] = ()) -> None:
     """Run `serve(stop)` until it returns; the first SIGINT/SIGTERM sets `stop`. An
@@ -42,6 +66,7 @@ def run_service(name: str, serve: Callable[[asyncio.Event], Awaitable[None]],
     exit code 1, for the supervisor to start it again."""
     setup_logging()
     expect(*expected)
+    start_metrics_server(name)  # only when TGDL_METRICS_PORT is set
     log = logging.getLogger(f"tgdl.{name}")
 
     async def main() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from importlib.resources import files
 
@@ -20,8 +21,9 @@ from tgdl.gateway.idempotency import Idempotency
 from tgdl.gateway.media import MediaFiles
 from tgdl.gateway.services import Database, Services
 from tgdl.gateway.settings import GatewaySettings
-from tgdl.runtime import serve_http, setup_logging
+from tgdl.runtime import serve_http, setup_logging, until_reachable
 
+log = logging.getLogger("tgdl.gateway")
 INDEX_HTML = files("tgdl.gateway").joinpath("static", "index.html")
 
 
@@ -35,9 +37,11 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await verify_schema(settings.database_url, settings.db_schema)
+        # Started during an outage (or before the servers), wait for them, saying so once.
+        await until_reachable(
+            "PostgreSQL", lambda: verify_schema(settings.database_url, settings.db_schema), log)
         broker, orchestrator = create_broker(settings)
-        await broker.start()
+        await until_reachable("NATS", broker.start, log)
         try:
             db = Database(await create_pool(settings.database_url, settings.db_schema,
                                             max_size=4), settings.db_timeout)
