@@ -18,6 +18,7 @@ from nats.js.errors import NotFoundError
 log = logging.getLogger("tgdl.gateway")
 
 Positions = Callable[[], Awaitable[dict[str, int]]]
+MAX_SAMPLES = 600  # per stream, while the projector is behind
 
 
 class Freshness:
@@ -33,8 +34,7 @@ class Freshness:
         self._stale_after = stale_after
         self._interval = interval
         # per stream: (monotonic time first seen, last sequence), oldest first
-        self._unapplied: dict[str, deque[tuple[float, int]]] = {
-            s: deque(maxlen=600) for s in streams}  # bounded: the oldest stays long past
+        self._unapplied: dict[str, deque[tuple[float, int]]] = {s: deque() for s in streams}
         self._lag: tuple[str, float] | None = None
 
     def reason(self) -> str | None:
@@ -64,6 +64,8 @@ class Freshness:
                 continue
             seen = self._unapplied[stream]
             if not seen or info.state.last_seq > seen[-1][1]:
+                if len(seen) >= MAX_SAMPLES:
+                    del seen[1]  # bounded, keeping the oldest: it measures the lag
                 seen.append((now, info.state.last_seq))
         positions = await self._positions()
         lag: tuple[str, float] | None = None
