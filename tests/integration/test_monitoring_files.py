@@ -28,6 +28,8 @@ def test_the_override_mounts_files_that_exist():
     services = load("docker-compose.monitoring.yml")["services"]
     assert {"prometheus", "grafana"} <= services.keys()
     for name, service in services.items():
+        if name not in ("prometheus", "grafana"):
+            continue  # the tgdl services only get settings added
         for volume in service.get("volumes", []):
             source = volume.split(":")[0]
             if source.startswith("./"):
@@ -37,13 +39,22 @@ def test_the_override_mounts_files_that_exist():
     assert home == "/var/lib/grafana/dashboards/" + DASHBOARD.name
 
 
-def test_prometheus_scrapes_the_gateway_where_compose_runs_it():
-    [job] = load("deploy/prometheus/prometheus.yml")["scrape_configs"]
-    [target] = job["static_configs"][0]["targets"]
+def test_prometheus_scrapes_every_service_where_compose_runs_it():
+    jobs = {j["job_name"]: j for j in load("deploy/prometheus/prometheus.yml")["scrape_configs"]}
+    compose = load("docker-compose.yml")["services"]
+    override = load("docker-compose.monitoring.yml")["services"]
+    [target] = jobs["tgdl-gateway"]["static_configs"][0]["targets"]
     host, port = target.split(":")
-    gateway = load("docker-compose.yml")["services"][host]
-    assert gateway["environment"]["TGDL_HTTP_PORT"] == port
-    assert job["metrics_path"] == "/metrics"
+    assert compose[host]["environment"]["TGDL_HTTP_PORT"] == port
+    assert jobs["tgdl-gateway"]["metrics_path"] == "/metrics"
+    targets = [t.split(":") for t in jobs["tgdl-services"]["static_configs"][0]["targets"]]
+    [downloaders] = jobs["tgdl-downloaders"]["dns_sd_configs"]
+    targets += [[name, str(downloaders["port"])] for name in downloaders["names"]]
+    assert {name for name, _ in targets} == {"orchestrator", "projector", "downloader"}
+    for name, port in targets:
+        assert name in compose
+        env = override[name]["environment"]
+        assert (env["TGDL_METRICS_PORT"], env["TGDL_METRICS_HOST"]) == (port, "0.0.0.0")
 
 
 def test_the_dashboard_uses_the_provisioned_datasource():

@@ -13,7 +13,13 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -215,6 +221,7 @@ async def metrics(request: Request) -> Response:
 def install(app: FastAPI) -> None:
     """GET /metrics and the latency of every request."""
     registry = CollectorRegistry(auto_describe=True)  # one per app: tests build many apps
+    ProcessCollector(registry=registry)  # CPU and memory, as the other services' ports
     app.state.metrics_registry = registry
     app.add_middleware(LatencyMiddleware, histogram=http_histogram(registry))
     app.include_router(router)
