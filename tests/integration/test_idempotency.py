@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
+import time
 
 import httpx
 import pytest
 
 from tgdl.bus.topology import QueuePolicy, ensure_topology
+from tgdl.contracts.api import BatchDownloadRequest
 from tgdl.contracts.commands import BatchAccepted, CommandReply
 from tgdl.db.schema import migrate_database
 from tgdl.gateway.app import create_app
@@ -133,3 +137,18 @@ async def test_a_bad_key_is_a_422(gateway, key):
     response = await client.post("/api/media/batch-download", json=START,
                                  headers={"Idempotency-Key": key})
     assert response.status_code == 422, response.text
+
+
+async def test_a_claim_its_gateway_never_answered_is_taken_over(gateway, orchestrator, nc):
+    client, settings = gateway
+    starts, _ = orchestrator
+    kv = await nc.jetstream().key_value(settings.names.idempotency_bucket)
+    # what a gateway that died between claiming the key and answering leaves behind
+    body = BatchDownloadRequest.model_validate(START).model_dump_json()
+    await kv.create(hashlib.sha256(b"orphan").hexdigest(), json.dumps({
+        "digest": hashlib.sha256(body.encode()).hexdigest(),
+        "at": time.time() - 3600, "answer": None}).encode())
+    response = await start(client, key="orphan")
+    assert response.status_code == 200, response.text
+    assert len(starts) == 1
+    assert (await start(client, key="orphan")).json() == response.json()

@@ -4,13 +4,15 @@ day (the NATS KV bucket's TTL). The same key with another body is a 422.
 
 The first request claims the key (an atomic create) before it asks the orchestrator and
 stores the answer after; a repeat that arrives meanwhile waits for that answer. A start
-that fails lets go of the key, so a retry really retries."""
+that fails lets go of the key, so a retry really retries; a claim never answered (its
+gateway died mid-request) is taken over by a retry once it is clearly abandoned."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import hashlib
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Annotated, TypeVar
@@ -24,6 +26,8 @@ from pydantic import BaseModel
 from tgdl.gateway.errors import RETRY_AFTER, ApiError
 
 Answer = TypeVar("Answer", bound=BaseModel)
+ABANDONED_AFTER = 30.0  # seconds past the wait after which an unanswered claim is taken over
+log = logging.getLogger("tgdl.gateway")
 
 IdempotencyKey = Annotated[str | None, Header(
     alias="Idempotency-Key", min_length=1, max_length=255,
@@ -33,6 +37,7 @@ IdempotencyKey = Annotated[str | None, Header(
 
 class _Record(BaseModel):
     digest: str  # of the request body, as validated
+    at: float = 0.0  # when the first request claimed the key (time.time())
     answer: str | None = None  # the answer's JSON once there is one
 
 
@@ -66,35 +71,42 @@ class Idempotency:
         kv = await self._store()
         name = _digest(key)  # any header value, as a valid KV key
         digest = _digest(request.model_dump_json())
-        for _ in range(3):  # a first request that failed let go of the key: claim it then
+        claimed = await self._claim(kv, name, digest, model)
+        if not isinstance(claimed, int):
+            return claimed  # the first request's answer
+        try:
+            result = await answer()
+        except BaseException:
+            with contextlib.suppress(Exception):  # nothing started: a retry really retries
+                await kv.delete(name, last=claimed)
+            raise
+        done = _Record(digest=digest, at=time.time(), answer=result.model_dump_json())
+        for attempt in range(20):  # the batch started: keep trying through a NATS blip
             try:
-                revision = await kv.create(name, _Record(digest=digest).model_dump_json()
-                                           .encode())
+                await kv.update(name, done.model_dump_json().encode(), last=claimed)
+                break
             except KeyWrongLastSequenceError:
-                replayed = await self._replay(kv, name, digest, model)
-                if replayed is not None:
-                    return replayed
-                continue
-            try:
-                result = await answer()
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    await kv.delete(name, last=revision)
-                raise
-            await kv.update(name, _Record(digest=digest, answer=result.model_dump_json())
-                            .model_dump_json().encode(), last=revision)
-            return result
-        raise _in_progress(key)
+                break  # taken over meanwhile (we looked dead): that request answers
+            except Exception:
+                await asyncio.sleep(0.1 * (attempt + 1))
+        else:
+            log.warning("could not store the answer for an Idempotency-Key")
+        return result
 
-    async def _replay(self, kv: KeyValue, name: str, digest: str,
-                      model: type[Answer]) -> Answer | None:
-        """The first request's answer; None if it let go of the key."""
+    async def _claim(self, kv: KeyValue, name: str, digest: str,
+                     model: type[Answer]) -> int | Answer:
+        """The revision of our claim on the key, or the first request's answer."""
+        pending = _Record(digest=digest, at=time.time()).model_dump_json().encode()
         deadline = time.monotonic() + self._wait
         while True:
             try:
+                return await kv.create(name, pending)
+            except KeyWrongLastSequenceError:
+                pass
+            try:
                 entry = await kv.get(name)
-            except KeyNotFoundError:  # deleted too
-                return None
+            except KeyNotFoundError:  # the first request failed and let go: claim it
+                continue
             record = _Record.model_validate_json(entry.value or b"{}")
             if record.digest != digest:
                 raise ApiError(422, "idempotency_key_reused",
@@ -103,13 +115,14 @@ class Idempotency:
                                "with the body it was first sent with.")
             if record.answer is not None:
                 return model.model_validate_json(record.answer)
+            if time.time() - record.at > ABANDONED_AFTER + self._wait:
+                # Claimed long ago and never answered: that gateway died mid-request.
+                with contextlib.suppress(KeyWrongLastSequenceError):
+                    return await kv.update(name, pending, last=entry.revision)
+                continue
             if time.monotonic() > deadline:
-                raise _in_progress(name)
+                raise ApiError(409, "idempotency_key_in_progress",
+                               "a request with this Idempotency-Key is still being carried "
+                               "out", "Retry in a moment with the same key to get its answer.",
+                               headers={"Retry-After": RETRY_AFTER})
             await asyncio.sleep(0.05)
-
-
-def _in_progress(key: str) -> ApiError:
-    return ApiError(409, "idempotency_key_in_progress",
-                    "a request with this Idempotency-Key is still being carried out",
-                    "Retry in a moment with the same key to get its answer.",
-                    headers={"Retry-After": RETRY_AFTER})
