@@ -25,7 +25,7 @@ from tgdl.db.schema import migrate_database
 from tgdl.orchestrator.app import OrchestratorService
 from tgdl.orchestrator.settings import OrchestratorSettings
 
-SMALL = 2**16  # the smallest limit the settings accept
+SMALL = 100  # the smallest count limit the settings accept
 
 
 async def test_every_stream_and_bucket_is_bounded(nc, isolation):
@@ -37,15 +37,19 @@ async def test_every_stream_and_bucket_is_bounded(nc, isolation):
         names.events_stream, names.jobs_stream, names.outcomes_stream,
         names.progress_stream, names.advisories_stream)}
     for name, config in configs.items():
-        assert (config.max_bytes or -1) > 0 or (config.max_msgs or -1) > 0, name
+        assert config.max_msgs > 0 and config.max_msg_size > 0, name
+        # a byte limit would reserve that much disk up front for every stream
+        assert (config.max_bytes or -1) < 0, name
     assert configs[names.events_stream].discard == "new"  # the truth is never dropped
     assert configs[names.jobs_stream].discard == "new"
     assert configs[names.progress_stream].discard == "old"
-    for bucket in (names.leases_bucket, names.flood_bucket, names.open_batches_bucket):
-        assert (await js.stream_info(f"KV_{bucket}")).config.max_bytes == policy.bucket_max_bytes
+    for bucket in (names.leases_bucket, names.flood_bucket, names.open_batches_bucket,
+                   names.idempotency_bucket):
+        config = (await js.stream_info(f"KV_{bucket}")).config
+        assert config.max_msgs == policy.bucket_max_keys and config.max_msg_size > 0, bucket
     # migrating again with other limits changes them in place
-    await ensure_topology(js, names, QueuePolicy(bucket_max_bytes=SMALL, progress_max_msgs=100))
-    assert (await js.stream_info(f"KV_{names.leases_bucket}")).config.max_bytes == SMALL
+    await ensure_topology(js, names, QueuePolicy(bucket_max_keys=SMALL, progress_max_msgs=SMALL))
+    assert (await js.stream_info(f"KV_{names.leases_bucket}")).config.max_msgs == SMALL
 
 
 async def test_progress_at_its_limit_drops_the_oldest_and_publishing_goes_on(nc, isolation):
@@ -63,7 +67,7 @@ async def orchestrator(servers, isolation, nc):
     settings = OrchestratorSettings(
         nats_url=servers.nats_url, database_url=servers.database_url,
         namespace=isolation.namespace, db_schema=isolation.schema,
-        media_root=isolation.media_root, events_max_bytes=SMALL)
+        media_root=isolation.media_root, events_max_msgs=SMALL)
     await migrate_database(settings.database_url, settings.db_schema)
     await ensure_topology(nc.jetstream(), settings.names, QueuePolicy.of(settings))
     conn = await db_connect(settings.database_url, settings.db_schema)
@@ -95,14 +99,14 @@ async def test_a_full_batch_log_refuses_commands_with_a_reason_and_keeps_serving
     # someone else's batches filled the log up to its limit
     filler = names.batch_events("filler")
     with contextlib.suppress(Exception):
-        for _ in range(SMALL // 512 + 10):
-            await js.publish(filler, b"x" * 512, stream=names.events_stream)
+        for _ in range(SMALL + 10):
+            await js.publish(filler, b"x", stream=names.events_stream)
     refused = await command(nc, names.cmd_batch_start, StartBatch(message_ids=[2]))
     assert refused.rejected and refused.rejected.reason is RejectReason.storage_full
     cancel = await command(nc, names.cmd_batch_cancel, CancelBatch(batch_id=first.ok.batch_id))
     assert cancel.rejected and cancel.rejected.reason is RejectReason.storage_full
     # more room (`tgdl migrate` with a higher limit) and the same orchestrator goes on
-    await ensure_topology(js, names, QueuePolicy(events_max_bytes=SMALL * 16))
+    await ensure_topology(js, names, QueuePolicy(events_max_msgs=SMALL * 16))
     again = await command(nc, names.cmd_batch_start, StartBatch(message_ids=[2]))
     assert isinstance(again.ok, BatchAccepted), again
     cancel = await command(nc, names.cmd_batch_cancel, CancelBatch(batch_id=first.ok.batch_id))

@@ -259,7 +259,7 @@ async def test_a_full_batch_log_is_a_507_that_says_what_to_do(client, orchestrat
     )).model_dump_json().encode())
     response = await client.post("/api/media/batch-download", json={"message_ids": [1]})
     body = assert_error_body(response, 507, "storage_full")
-    assert "TGDL_EVENTS_MAX_BYTES" in body["suggestion"]
+    assert "TGDL_EVENTS_MAX_MSGS" in body["suggestion"]
 
 
 async def test_an_accepted_batch_becomes_the_contract_body(client, orchestrator_answers, db):

@@ -24,6 +24,10 @@ from tgdl.contracts.subjects import Names
 DAY = 24 * 3600.0
 IDEMPOTENCY_TTL = DAY  # how long a start's Idempotency-Key is remembered
 STREAM_NAME_IN_USE = 10058  # JetStream's err_code: the stream exists with another config
+KIB = 1024
+# The largest message each stream takes (a batch start lists up to 1000 catalog entries).
+MAX_EVENT_BYTES = 1024 * KIB
+MAX_SMALL_BYTES = 64 * KIB  # jobs, outcomes, progress, advisories, KV values
 
 
 @dataclass(frozen=True)
@@ -38,23 +42,23 @@ class QueuePolicy:
     events_max_age: float = 30 * DAY  # how long batch logs (and so history) are kept
     duplicate_window: float = 600.0  # job re-publishes after a crash are dropped within it
     # Storage bounds (CommonSettings documents them).
-    events_max_bytes: int = 2 * 2**30
-    outcomes_max_bytes: int = 512 * 2**20
+    events_max_msgs: int = 5_000_000
+    outcomes_max_msgs: int = 1_000_000
     jobs_max_msgs: int = 100_000
     progress_max_msgs: int = 100_000
     advisories_max_msgs: int = 10_000
-    bucket_max_bytes: int = 64 * 2**20
+    bucket_max_keys: int = 100_000
 
     @classmethod
     def of(cls, settings: CommonSettings) -> QueuePolicy:
         return cls(ack_wait=settings.ack_wait, outcome_ack_wait=settings.outcome_ack_wait,
                    max_deliver=settings.max_deliver,
                    global_cap=settings.global_cap, replicas=settings.stream_replicas,
-                   events_max_bytes=settings.events_max_bytes,
-                   outcomes_max_bytes=settings.outcomes_max_bytes,
+                   events_max_msgs=settings.events_max_msgs,
+                   outcomes_max_msgs=settings.outcomes_max_msgs,
                    jobs_max_msgs=settings.jobs_max_msgs,
                    progress_max_msgs=settings.progress_max_msgs,
-                   bucket_max_bytes=settings.bucket_max_bytes)
+                   bucket_max_keys=settings.bucket_max_keys)
 
 
 async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
@@ -67,7 +71,8 @@ async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
 
 
 def stream_configs(names: Names, policy: QueuePolicy) -> list[StreamConfig]:
-    """Every stream is bounded. What a full stream does follows from what it holds:
+    """Every stream is bounded, by message count and message size. What a full stream
+    does follows from what it holds:
     the batch logs and the job queue refuse new messages (a new batch is refused with
     `storage_full`, a dispatch is retried by the sweep) rather than silently lose the
     truth or a job; outcomes, progress and advisories drop their oldest messages."""
@@ -75,25 +80,28 @@ def stream_configs(names: Names, policy: QueuePolicy) -> list[StreamConfig]:
     return [
         StreamConfig(name=names.events_stream, subjects=[names.all_batch_events],
                      retention=RetentionPolicy.LIMITS, max_age=policy.events_max_age,
-                     max_bytes=policy.events_max_bytes, discard=DiscardPolicy.NEW,
+                     max_msgs=policy.events_max_msgs, max_msg_size=MAX_EVENT_BYTES,
+                     discard=DiscardPolicy.NEW,
                      duplicate_window=policy.duplicate_window, **kept),
         StreamConfig(name=names.jobs_stream, subjects=[names.download_jobs],
                      retention=RetentionPolicy.WORK_QUEUE, max_msgs=policy.jobs_max_msgs,
-                     discard=DiscardPolicy.NEW,
+                     max_msg_size=MAX_SMALL_BYTES, discard=DiscardPolicy.NEW,
                      duplicate_window=policy.duplicate_window, **kept),
         StreamConfig(name=names.outcomes_stream, subjects=[names.all_file_done],
                      retention=RetentionPolicy.LIMITS, max_age=policy.events_max_age,
-                     max_bytes=policy.outcomes_max_bytes, discard=DiscardPolicy.OLD,
+                     max_msgs=policy.outcomes_max_msgs, max_msg_size=MAX_SMALL_BYTES,
+                     discard=DiscardPolicy.OLD,
                      duplicate_window=policy.duplicate_window, **kept),
         # only the latest progress of a file matters
         StreamConfig(name=names.progress_stream, subjects=[names.all_file_progress],
                      retention=RetentionPolicy.LIMITS, max_msgs_per_subject=1,
-                     max_msgs=policy.progress_max_msgs,
+                     max_msgs=policy.progress_max_msgs, max_msg_size=MAX_SMALL_BYTES,
                      discard=DiscardPolicy.OLD, max_age=DAY, **kept),
         # stored, so a job JetStream gave up on is failed even if no orchestrator ran then
         StreamConfig(name=names.advisories_stream, subjects=[names.max_deliveries_advisory()],
                      retention=RetentionPolicy.LIMITS, max_age=7 * DAY,
-                     max_msgs=policy.advisories_max_msgs, discard=DiscardPolicy.OLD, **kept),
+                     max_msgs=policy.advisories_max_msgs, max_msg_size=MAX_SMALL_BYTES,
+                     discard=DiscardPolicy.OLD, **kept),
     ]
 
 
@@ -120,24 +128,28 @@ async def ensure_topology(js: JetStreamContext, names: Names, policy: QueuePolic
     for bucket in (names.leases_bucket, names.flood_bucket, names.open_batches_bucket):
         await _ensure_bucket(js, KeyValueConfig(
             bucket=bucket, history=1, storage=StorageType.FILE, replicas=policy.replicas,
-            max_bytes=policy.bucket_max_bytes))
+            max_value_size=MAX_SMALL_BYTES), policy.bucket_max_keys)
     # Retried starts answered from here for a day (the keys expire with the bucket's TTL).
     await _ensure_bucket(js, KeyValueConfig(
         bucket=names.idempotency_bucket, history=1, storage=StorageType.FILE,
-        replicas=policy.replicas, max_bytes=policy.bucket_max_bytes, ttl=IDEMPOTENCY_TTL))
+        replicas=policy.replicas, max_value_size=MAX_SMALL_BYTES, ttl=IDEMPOTENCY_TTL),
+        policy.bucket_max_keys)
 
 
-async def _ensure_bucket(js: JetStreamContext, config: KeyValueConfig) -> None:
+async def _ensure_bucket(js: JetStreamContext, config: KeyValueConfig, max_keys: int) -> None:
     try:
         await js.create_key_value(config)
     except BadRequestError as exc:
         if exc.err_code != STREAM_NAME_IN_USE:
             raise
-        # an existing bucket with other limits: change its stream in place, data kept
-        stream = (await js.stream_info(f"KV_{config.bucket}")).config
-        stream.max_bytes = config.max_bytes
-        stream.num_replicas = config.replicas
-        await js.update_stream(stream)
+    # KeyValueConfig has no count limit: set it on the bucket's stream (history 1: one
+    # message per key), and bring an existing bucket to this release's settings in place
+    stream = (await js.stream_info(f"KV_{config.bucket}")).config
+    stream.max_msgs = max_keys
+    stream.max_msg_size = config.max_value_size
+    stream.num_replicas = config.replicas
+    stream.discard = DiscardPolicy.NEW
+    await js.update_stream(stream)
 
 
 class TopologyMissing(RuntimeError):

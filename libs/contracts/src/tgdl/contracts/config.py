@@ -33,12 +33,13 @@ class CommonSettings(BaseSettings):
     stream_replicas: int = Field(default=1, ge=1, le=5)  # 3 on a NATS cluster
 
     # What NATS may keep (tgdl migrate applies them; see tgdl.bus.topology for what each
-    # stream does when full). Bytes are on disk per copy.
-    events_max_bytes: int = Field(default=2 * 2**30, ge=2**16)  # batch logs: full refuses
-    outcomes_max_bytes: int = Field(default=512 * 2**20, ge=2**16)  # oldest dropped
+    # stream does when full). Counts, not bytes: every message also has a size cap, and
+    # JetStream reserves a byte limit on disk up front for every stream that has one.
+    events_max_msgs: int = Field(default=5_000_000, ge=100)  # batch logs: full refuses
+    outcomes_max_msgs: int = Field(default=1_000_000, ge=100)  # oldest dropped
     jobs_max_msgs: int = Field(default=100_000, ge=100)  # queued jobs: full refuses
     progress_max_msgs: int = Field(default=100_000, ge=100)  # oldest dropped
-    bucket_max_bytes: int = Field(default=64 * 2**20, ge=2**16)  # each KV bucket
+    bucket_max_keys: int = Field(default=100_000, ge=100)  # each KV bucket: full refuses
 
     @property
     def names(self) -> Names:

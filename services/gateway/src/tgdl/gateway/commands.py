@@ -35,7 +35,7 @@ REJECTIONS: dict[RejectReason, tuple[int, str, str]] = {
         422, "too_many_files", "Split the message ids into several smaller batches."),
     RejectReason.storage_full: (
         507, "storage_full",
-        "NATS has no room for more batch logs: raise TGDL_EVENTS_MAX_BYTES and run "
+        "NATS has no room for more batch logs: raise TGDL_EVENTS_MAX_MSGS and run "
         "`tgdl migrate`, or wait until old batches age out."),
     RejectReason.batch_not_found: (
         404, "batch_not_found", "Use the batch_id returned by POST /api/media/batch-download."),
