@@ -29,11 +29,13 @@ def pytest_terminal_summary(terminalreporter) -> None:
         return
     write = terminalreporter.write_line
     write("")
-    write("chaos: stall (longest time without a byte from Telegram after the fault)")
-    write(f"{'fault':<44} {'stall s':>8} {'done in s':>10} {'files':>6} {'max served':>11}")
+    write("chaos, after each fault: stall = longest time without a byte from Telegram; "
+          "file stall = longest a downloading file got no byte")
+    write(f"{'fault':<44} {'stall s':>8} {'file stall s':>13} {'done in s':>10} {'files':>6} "
+          f"{'max served':>11}")
     for o in OUTCOMES:
-        write(f"{o.fault:<44} {o.stall:>8.1f} {o.duration:>10.1f} {o.files:>6} "
-              f"{o.max_serving:>11}")
+        write(f"{o.fault:<44} {o.stall:>8.1f} {o.file_stall:>13.1f} {o.duration:>10.1f} "
+              f"{o.files:>6} {o.max_serving:>11}")
 
 
 @pytest.fixture

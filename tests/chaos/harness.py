@@ -8,7 +8,8 @@ mid-batch, and the checks every run must pass:
 - permits and the global cap never exceeded (sampled batch status; the simulated
   Telegram's own maximum of files served at once);
 - the stall: the longest time, after the fault, in which Telegram sent no byte while
-  files were still to be downloaded.
+  files were still to be downloaded; and the file stall: the longest time a file the
+  status showed downloading got no byte (a dead replica's file waiting for a takeover).
 """
 
 from __future__ import annotations
@@ -214,6 +215,7 @@ class Tree:
 class Outcome:
     fault: str
     stall: float  # longest time without a byte from Telegram after the fault
+    file_stall: float  # longest time a file shown downloading got no byte after the fault
     duration: float  # from the fault until every batch finished
     files: int
     max_serving: int
@@ -230,7 +232,9 @@ class Watch:
     pending: bool = True
     violations: list[str] = field(default_factory=list)
     stall: float = 0.0
+    file_stall: float = 0.0  # the longest a file shown downloading got no byte
     since_fault: bool = False
+    _by_id: dict[int, tuple[int, float]] = field(default_factory=dict)  # sent, changed at
 
     async def sample_forever(self, http: httpx.AsyncClient) -> None:
         while True:
@@ -239,19 +243,34 @@ class Watch:
 
     async def sample(self, http: httpx.AsyncClient) -> None:
         now = time.monotonic()
+        by_id: dict[int, int] = {}
         with contextlib.suppress(httpx.HTTPError):
             stats = await self.tree.sim.stats()
+            by_id = stats["bytes_sent_by_id"]
             if stats["bytes_sent"] != self.sent:
                 self.sent, self.progress_at = stats["bytes_sent"], now
             if stats["max_serving"] > GLOBAL_CAP:
                 self.violations.append(f"{stats['max_serving']} files served at once")
         if self.since_fault and self.pending:
             self.stall = max(self.stall, now - self.progress_at)
+        downloading: set[int] = set()
         for batch, cap in self.batches.items():
             with contextlib.suppress(httpx.HTTPError, ValueError):
                 r = await http.get(f"/api/media/batch-status/{batch}")
-                if r.status_code == 200 and r.json()["downloading"] > cap:
-                    self.violations.append(f"{batch}: {r.json()['downloading']} > {cap}")
+                if r.status_code != 200:
+                    continue
+                body = r.json()
+                if body["downloading"] > cap:
+                    self.violations.append(f"{batch}: {body['downloading']} > {cap}")
+                downloading |= {f["message_id"] for f in body["files"]
+                                if f["status"] == "downloading"}
+        for m in set(self._by_id) | set(by_id):
+            sent = by_id.get(m, 0)
+            before, changed = self._by_id.get(m, (-1, now))
+            if sent != before or m not in downloading:
+                self._by_id[m] = (sent, now)  # progress, or not ours to wait for
+            elif self.since_fault:
+                self.file_stall = max(self.file_stall, now - changed)
 
 
 async def start_batch(http: httpx.AsyncClient, ids: list[int], max_concurrent: int,
@@ -312,7 +331,7 @@ async def run_scenario(tree: Tree, name: str, batches: list[tuple[list[int], int
         stats = await tree.sim.stats()
     files = check_files(tree, finals, sizes, stats)
     assert not watch.violations, f"{name}: limits exceeded: {watch.violations[:5]}"
-    return Outcome(name, watch.stall, duration, files, stats["max_serving"])
+    return Outcome(name, watch.stall, watch.file_stall, duration, files, stats["max_serving"])
 
 
 def check_files(tree: Tree, finals: dict[str, dict], sizes: dict[int, int],

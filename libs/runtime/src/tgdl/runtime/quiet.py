@@ -35,7 +35,9 @@ def expected_outage(exc: BaseException | None) -> bool:
     import nats.errors
     import nats.js.errors
 
+    # asyncpg's InternalClientError: seen when the server died in the middle of a query
     expected = (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError,
+                asyncpg.InternalClientError,
                 asyncpg.exceptions.OperatorInterventionError, nats.errors.ConnectionClosedError,
                 nats.errors.ConnectionReconnectingError, nats.errors.UnexpectedEOF,
                 nats.errors.StaleConnectionError, nats.errors.NoServersError,
