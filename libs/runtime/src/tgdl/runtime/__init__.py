@@ -21,8 +21,8 @@ from tgdl.runtime.quiet import QuietLogs, expect, expected_outage
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
-__all__ = ["QuietLogs", "expect", "expected_outage", "run_service", "serve_http", "setup_logging",
-           "until_reachable"]
+__all__ = ["QuietLogs", "ServiceStopped", "expect", "expected_outage", "run_service",
+           "serve_http", "setup_logging", "until_reachable"]
 
 
 def setup_logging(level: int = logging.INFO) -> None:
@@ -37,10 +37,16 @@ def setup_logging(level: int = logging.INFO) -> None:
             handler.addFilter(quiet)
 
 
+class ServiceStopped(Exception):
+    """Told to stop while waiting for a server: `run_service` exits 0."""
+
+
 async def until_reachable(what: str, attempt: Callable[[], Awaitable[Any]],
-                          log: logging.Logger, limit: float = 5.0) -> Any:
+                          log: logging.Logger, stop: asyncio.Event | None = None,
+                          limit: float = 5.0) -> Any:
     """`await attempt()` until it stops failing with an outage (a server not up yet): a
-    service started during an outage waits for it, saying so once, instead of dying."""
+    service started during an outage waits for it, saying so once, instead of crashing
+    into the supervisor's growing back-off. Raises ServiceStopped if `stop` is set."""
     delay, said = 0.25, False
     while True:
         try:
@@ -51,7 +57,13 @@ async def until_reachable(what: str, attempt: Callable[[], Awaitable[Any]],
             if not said:
                 log.warning("%s is unreachable (%s); waiting for it", what, type(exc).__name__)
                 said = True
-            await asyncio.sleep(delay)
+            if stop is None:
+                await asyncio.sleep(delay)
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+                if stop.is_set():
+                    raise ServiceStopped(f"stopped while waiting for {what}") from None
             delay = min(delay * 2, limit)
             continue
         if said:
@@ -74,7 +86,8 @@ def run_service(name: str, serve: Callable[[asyncio.Event], Awaitable[None]],
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await serve(stop)
+        with contextlib.suppress(ServiceStopped):
+            await serve(stop)
         log.info("%s stopped", name)
 
     try:

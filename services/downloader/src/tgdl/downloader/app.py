@@ -22,7 +22,7 @@ from tgdl.downloader.flood import FloodGate
 from tgdl.downloader.settings import DownloaderSettings
 from tgdl.downloader.telegram.port import TelegramPort
 from tgdl.downloader.worker import Worker
-from tgdl.runtime import run_service
+from tgdl.runtime import run_service, until_reachable
 from tgdl.telegram.crypto import aes_backend
 
 log = logging.getLogger("tgdl.downloader")
@@ -113,8 +113,9 @@ async def serve(settings: DownloaderSettings, stop: asyncio.Event,
     names = settings.names
     running: list[Worker] = []
     broker = create_broker(settings, lambda: running[0])
-    await broker.connect()
     try:
+        # started during an outage, wait for NATS instead of crash-looping
+        await until_reachable("NATS", broker.connect, log, stop)
         js = broker.connection.jetstream()
         await verify_topology(js, names)
         flood = FloodGate(await js.key_value(names.flood_bucket), settings.account,

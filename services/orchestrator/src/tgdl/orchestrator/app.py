@@ -47,7 +47,7 @@ from tgdl.orchestrator.handlers import Orchestrator
 from tgdl.orchestrator.open_index import OpenBatches
 from tgdl.orchestrator.ports import Ports
 from tgdl.orchestrator.settings import OrchestratorSettings
-from tgdl.runtime import run_service
+from tgdl.runtime import run_service, until_reachable
 
 log = logging.getLogger("tgdl.orchestrator")
 
@@ -245,11 +245,13 @@ class OrchestratorService:
     async def run(self, stop: asyncio.Event) -> None:
         s = self.settings
         names = s.names
-        await verify_schema(s.database_url, s.db_schema)
+        # Started during an outage, wait for the servers instead of crash-looping.
+        await until_reachable("PostgreSQL", lambda: verify_schema(s.database_url, s.db_schema),
+                              log, stop)
         broker = create_broker(s)
         pool = None
         try:
-            js = (await broker.connect()).jetstream()
+            js = (await until_reachable("NATS", broker.connect, log, stop)).jetstream()
             await verify_topology(js, names)
             pool = await create_pool(s.database_url, s.db_schema)
             leases = await Leases.open(js, names)

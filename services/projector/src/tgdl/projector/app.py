@@ -18,7 +18,7 @@ from tgdl.contracts.jobs import DownloadOutcome, DownloadProgress
 from tgdl.db.schema import verify_schema
 from tgdl.projector.projector import ProjectionLocked, Projector
 from tgdl.projector.settings import ProjectorSettings
-from tgdl.runtime import run_service
+from tgdl.runtime import run_service, until_reachable
 
 log = logging.getLogger("tgdl.projector")
 
@@ -67,11 +67,15 @@ def create_broker(settings: ProjectorSettings) -> NatsBroker:
 
 async def run(settings: ProjectorSettings, stop: asyncio.Event) -> None:
     broker = create_broker(settings)
-    await broker.connect()  # connect only: the documented subscribers never start
     try:
+        # connect only: the documented subscribers never start; started during an
+        # outage, wait for the servers instead of crash-looping
+        await until_reachable("NATS", broker.connect, log, stop)
         nc = broker.connection
         await verify_topology(nc.jetstream(), settings.names)
-        await verify_schema(settings.database_url, settings.db_schema)
+        await until_reachable(
+            "PostgreSQL", lambda: verify_schema(settings.database_url, settings.db_schema),
+            log, stop)
         projector = Projector(settings, nc)
         try:
             starting = asyncio.create_task(projector.start())
