@@ -9,13 +9,16 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from fakes.telegram_server import TelegramServer, content
+from fakes.telegram_server import MiB, TelegramServer, content, sha256
 from telethon.tl import functions, types
 
 from tgdl.contracts.catalog import CatalogEntry, MediaKind
 from tgdl.db.catalog import get_many
 from tgdl.db.connection import connect
 from tgdl.db.schema import migrate
+from tgdl.downloader.files import PartFile
+from tgdl.downloader.parts import fetch_parts
+from tgdl.downloader.telegram.port import PART_SIZE
 from tgdl.downloader.telegram.telethon import TelethonTelegram
 from tgdl.launcher.account import AccountSettings, SyncError, sync_chat
 from tgdl.telegram.client import (
@@ -167,6 +170,63 @@ async def test_long_histories_are_read_in_pages(server, client, db, settings):
     assert (report.scanned, report.added) == (230, len(media))
     assert {r["telegram_message_id"] for r in await rows(db)} == media
     assert len(server.requests(functions.messages.GetHistoryRequest)) >= 3
+
+
+def message_fetches(server: TelegramServer) -> int:
+    return len(server.requests(functions.channels.GetMessagesRequest)) + len(
+        server.requests(functions.messages.GetMessagesRequest))
+
+
+async def fetch(port: TelethonTelegram, entry: CatalogEntry, final: Path, width: int) -> bytes:
+    """What the worker does with a file: resolve it, fetch its parts, commit."""
+    media = await port.resolve(entry)
+    file = PartFile(final, media.size, PART_SIZE)
+    file.open()
+    try:
+        async with port.parts(media) as source:
+            async def stored(nbytes: int) -> None:
+                pass
+            await fetch_parts(source, file, width, stored)
+        file.commit()
+    finally:
+        file.close()
+    return final.read_bytes()
+
+
+async def test_synced_files_are_fetched_from_their_kept_location_without_the_message(
+    server, client, db, settings, tmp_path
+):
+    news = server.add_channel("news")
+    document = content(2 * MiB + 5000, "doc")
+    photo = content(30_000, "photo")
+    doc_id = server.post_document(news, document, file_name="a.bin")
+    server.post_photo(news, photo)
+    await sync_chat(settings, "news", None, client=client, conn=db, page_wait=0)
+    entries = sorted((await get_many(db, [1, 2])).values(), key=lambda e: e.message_id)
+    assert [(e.location.kind, e.location.size) for e in entries] == [
+        ("document", len(document)), ("photo", len(photo))]
+    port = TelethonTelegram(server.client(server.logged_in_session(), **client_options()))
+    await port.start()
+    try:
+        asked = message_fetches(server)
+        for entry, data in zip(entries, (document, photo), strict=True):
+            got = await fetch(port, entry, tmp_path / f"{entry.message_id}.bin", width=8)
+            assert sha256(got) == sha256(data)
+        # One getFile per part and no request for either message.
+        assert message_fetches(server) == asked
+        assert sorted(r.request.offset for r in server.file_requests()) == [0, 0, MiB, 2 * MiB]
+
+        # The references expire: the message is asked for once, then the file goes on
+        # from the offset that was refused.
+        server.file_of(news, doc_id).rotate_reference()
+        before = len(server.file_requests())
+        got = await fetch(port, entries[0], tmp_path / "again.bin", width=1)
+    finally:
+        await port.close()
+    assert sha256(got) == sha256(document)
+    assert message_fetches(server) == asked + 1
+    assert [r.request.offset for r in server.file_requests()[before:]] == [
+        0, 0, MiB, 2 * MiB]
 
 
 async def test_a_private_chat_is_stored_by_its_numeric_id(server, client, db, settings):

@@ -89,6 +89,41 @@ async def test_a_file_comes_in_verified_parts_each_asked_once(tg, sim, tmp_path)
     assert (await client.stats(sim))["requests"][entry.message_id] == file.count
 
 
+async def test_a_file_with_its_kept_location_costs_no_request_for_its_message(tg, sim,
+                                                                            tmp_path):
+    entry = largest()
+    assert entry.location is not None and entry.location.size == entry.size
+
+    file = await download(tg, entry, tmp_path / "f.bin")
+
+    assert (tmp_path / "f.bin").read_bytes() == content.read(
+        entry.message_id, entry.size, 0, entry.size)
+    stats = await client.stats(sim)
+    assert stats["lookups"] == {}
+    assert stats["requests"][entry.message_id] == file.count
+
+
+async def test_an_expired_reference_asks_for_the_message_once_and_goes_on(tg, sim, tmp_path):
+    entry = largest()
+    await client.set_faults(sim, expire_reference={"message_id": entry.message_id})
+
+    file = await download(tg, entry, tmp_path / "f.bin")
+
+    assert (tmp_path / "f.bin").read_bytes() == content.read(
+        entry.message_id, entry.size, 0, entry.size)
+    stats = await client.stats(sim)
+    assert stats["lookups"] == {entry.message_id: 1}
+    assert stats["requests"][entry.message_id] == file.count + 1  # the refused one again
+
+
+async def test_without_a_kept_location_the_message_is_asked_for_first(tg, sim, tmp_path):
+    entry = largest().model_copy(update={"location": None})
+
+    await download(tg, entry, tmp_path / "f.bin")
+
+    assert (await client.stats(sim))["lookups"] == {entry.message_id: 1}
+
+
 async def test_a_corrupted_range_is_fetched_again(tg, sim, tmp_path):
     entry = largest()
     await client.set_faults(sim, corrupt={"message_id": entry.message_id,

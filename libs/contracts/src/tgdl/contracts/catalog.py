@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -14,6 +15,22 @@ class MediaKind(StrEnum):
     document = "document"
     audio = "audio"
     voice = "voice"
+
+
+class FileLocation(BaseModel):
+    """Where Telegram keeps a message's file, as the sync saw it: enough to fetch the bytes
+    without asking for the message first. The file reference expires after a while; the
+    downloader then asks for the message once and goes on at the same offset."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: Literal["document", "photo"]  # Telegram's two kinds of input file location
+    id: int  # the document's or photo's id (the simulated Telegram: the message id)
+    access_hash: int = 0
+    file_reference: str = ""  # hex of Telegram's opaque bytes
+    dc_id: int | None = None  # the data center that stores the file
+    size: int
+    thumb_size: str = ""  # photos: the size type of the largest downloadable size
 
 
 class CatalogEntry(BaseModel):
@@ -30,3 +47,6 @@ class CatalogEntry(BaseModel):
     size: int | None = None
     date: datetime | None = None
     caption: str | None = None
+    # Where to fetch the file; None for rows synced before locations were kept (the
+    # downloader then asks Telegram for the message).
+    location: FileLocation | None = None

@@ -11,15 +11,20 @@ from typing import Any
 
 import asyncpg
 
-from tgdl.contracts.catalog import CatalogEntry
+from tgdl.contracts.catalog import CatalogEntry, FileLocation
 
 _COLUMNS = (
-    "message_id, chat, telegram_message_id, media_kind, file_name, mime_type, size, date, caption"
+    "message_id, chat, telegram_message_id, media_kind, file_name, mime_type, size, date,"
+    " caption, location"
 )
 
 
 def _entry(row: asyncpg.Record) -> CatalogEntry:
-    return CatalogEntry.model_validate(dict(row))
+    fields = dict(row)
+    location = fields.pop("location")  # asyncpg hands JSONB over as its text
+    if location is not None:
+        fields["location"] = FileLocation.model_validate_json(location)
+    return CatalogEntry.model_validate(fields)
 
 
 async def upsert(conn: asyncpg.Connection, entries: Iterable[CatalogEntry]) -> int:
@@ -28,16 +33,17 @@ async def upsert(conn: asyncpg.Connection, entries: Iterable[CatalogEntry]) -> i
             e.message_id, e.chat, e.telegram_message_id,
             e.media_kind.value if e.media_kind else None,
             e.file_name, e.mime_type, e.size, e.date, e.caption,
+            e.location.model_dump_json() if e.location else None,
         )
         for e in entries
     ]
     await conn.executemany(
-        f"""INSERT INTO catalog ({_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)
+        f"""INSERT INTO catalog ({_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10::jsonb)
             ON CONFLICT (message_id) DO UPDATE SET
               chat = EXCLUDED.chat, telegram_message_id = EXCLUDED.telegram_message_id,
               media_kind = EXCLUDED.media_kind, file_name = EXCLUDED.file_name,
               mime_type = EXCLUDED.mime_type, size = EXCLUDED.size, date = EXCLUDED.date,
-              caption = EXCLUDED.caption, synced_at = now()""",
+              caption = EXCLUDED.caption, location = EXCLUDED.location, synced_at = now()""",
         rows,
     )
     return len(rows)

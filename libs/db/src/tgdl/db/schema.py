@@ -101,6 +101,12 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE INDEX catalog_by_date ON catalog (date);
         """,
     ),
+    (
+        4,
+        # Where to fetch each file (FileLocation as JSON), so the downloader does not ask
+        # Telegram for the message before every file.
+        "ALTER TABLE catalog ADD COLUMN location JSONB;",
+    ),
 ]
 
 READ_MODEL_TABLES = ("batch_files", "batches", "jobs", "projection_positions")

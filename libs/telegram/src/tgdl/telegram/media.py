@@ -7,7 +7,7 @@ from typing import Any
 
 from telethon.tl import types
 
-from tgdl.contracts.catalog import MediaKind
+from tgdl.contracts.catalog import FileLocation, MediaKind
 from tgdl.contracts.errors import ErrorCode
 from tgdl.telegram.errors import PermanentError
 
@@ -78,18 +78,32 @@ def describe_media(media: Any) -> MediaInfo | None:
     return None
 
 
-def file_location(handle: types.Document | types.Photo) -> Any:
-    """The input location of the whole file (not a thumbnail), with the handle's current
-    file reference."""
-    if isinstance(handle, types.Document):
-        return types.InputDocumentFileLocation(
-            id=handle.id, access_hash=handle.access_hash,
-            file_reference=handle.file_reference, thumb_size="",
-        )
-    largest = largest_photo_size(handle)
-    if largest is None:
-        raise PermanentError.of(ErrorCode.no_media, "the photo has no downloadable size")
-    return types.InputPhotoFileLocation(
+def location_of(info: MediaInfo) -> FileLocation:
+    """What fetching the file needs, to keep in the catalog (the reference as hex)."""
+    handle = info.handle
+    thumb = ""
+    if isinstance(handle, types.Photo):
+        largest = largest_photo_size(handle)
+        if largest is None:
+            raise PermanentError.of(ErrorCode.no_media, "the photo has no downloadable size")
+        thumb = largest[0]
+    return FileLocation(
+        kind="photo" if isinstance(handle, types.Photo) else "document",
         id=handle.id, access_hash=handle.access_hash,
-        file_reference=handle.file_reference, thumb_size=largest[0],
+        file_reference=bytes(handle.file_reference).hex(), dc_id=info.dc_id,
+        size=info.size, thumb_size=thumb,
+    )
+
+
+def input_location(location: FileLocation) -> Any:
+    """The input location of the whole file (not a thumbnail) that `upload.getFile` takes."""
+    reference = bytes.fromhex(location.file_reference)
+    if location.kind == "photo":
+        return types.InputPhotoFileLocation(
+            id=location.id, access_hash=location.access_hash, file_reference=reference,
+            thumb_size=location.thumb_size,
+        )
+    return types.InputDocumentFileLocation(
+        id=location.id, access_hash=location.access_hash, file_reference=reference,
+        thumb_size="",
     )

@@ -21,7 +21,7 @@ from tgdl.contracts.config import CommonSettings
 from tgdl.db import catalog
 from tgdl.db.connection import connect
 from tgdl.telegram.client import TelegramSettings, TelegramSetupError, build_client
-from tgdl.telegram.media import describe_media
+from tgdl.telegram.media import describe_media, location_of
 from tgdl.telegram.peers import PeerResolver, catalog_chat
 from tgdl.telegram.rpc import as_telegram_error
 
@@ -180,6 +180,7 @@ async def _store(
                 message_id=message_id, chat=chat, telegram_message_id=message.id,
                 media_kind=info.kind, file_name=info.file_name, mime_type=info.mime_type,
                 size=info.size, date=message.date, caption=message.message or None,
+                location=location_of(info),
             ))
         if entries:
             await catalog.upsert(conn, entries)

@@ -13,7 +13,7 @@ import random
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
-from tgdl.contracts.catalog import CatalogEntry, MediaKind
+from tgdl.contracts.catalog import CatalogEntry, FileLocation, MediaKind
 
 DEMO_CHAT = "sim_demo"
 PRIVATE_CHAT = "sim_private"  # the chat the account lost access to
@@ -47,6 +47,16 @@ class SimMessage:
             size=self.size,
             date=self.date,
             caption=self.caption,
+            location=self.location(),
+        )
+
+    def location(self) -> FileLocation | None:
+        """The simulated Telegram serves a file by its message: no reference to keep."""
+        if self.media_kind is None or self.size is None:
+            return None
+        return FileLocation(
+            kind="photo" if self.media_kind is MediaKind.photo else "document",
+            id=self.message_id, dc_id=self.dc_id, size=self.size,
         )
 
 

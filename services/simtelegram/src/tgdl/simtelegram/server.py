@@ -207,6 +207,8 @@ async def describe_message(request: Request) -> Response:
     sim = _sim(request)
     await asyncio.sleep(sim.latency)
     message = sim.find(request.path_params["chat"], request.path_params["tg_id"])
+    if message is not None:
+        sim.stats.looked_up(message.message_id)
     refusal = sim.refusal(message)
     if refusal is not None:
         return refusal

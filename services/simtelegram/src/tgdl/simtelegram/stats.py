@@ -18,6 +18,7 @@ class ServingStats:
         self.max_serving = 0
         self.max_connections = 0
         self.requests: Counter[int] = Counter()  # content requests per message id
+        self.lookups: Counter[int] = Counter()  # message requests per message id
         self.bytes_sent: Counter[int] = Counter()
 
     @property
@@ -30,6 +31,9 @@ class ServingStats:
 
     def requested(self, message_id: int) -> None:
         self.requests[message_id] += 1
+
+    def looked_up(self, message_id: int) -> None:
+        self.lookups[message_id] += 1
 
     def opened(self, message_id: int) -> None:
         self._serving[message_id] += 1
@@ -49,6 +53,7 @@ class ServingStats:
         self.max_serving = self.serving
         self.max_connections = self.connections
         self.requests.clear()
+        self.lookups.clear()
         self.bytes_sent.clear()
 
     def snapshot(self) -> dict[str, Any]:
@@ -59,6 +64,7 @@ class ServingStats:
             "connections": self.connections,
             "max_connections": self.max_connections,
             "requests": {str(m): n for m, n in sorted(self.requests.items())},
+            "lookups": {str(m): n for m, n in sorted(self.lookups.items())},
             "bytes_sent": self.bytes_sent.total(),
             "bytes_sent_by_id": {str(m): n for m, n in sorted(self.bytes_sent.items())},
         }

@@ -66,8 +66,9 @@ class TelegramPort(Protocol):
     async def close(self) -> None: ...
 
     async def resolve(self, entry: CatalogEntry) -> RemoteMedia:
-        """Fetch the message and describe its media; raises PermanentError if it cannot be
-        downloaded at all."""
+        """Describe the message's media: from the location the catalog kept, without a
+        request, else by fetching the message (PermanentError if it cannot be downloaded
+        at all). An expired kept reference is refreshed by `parts`/`stream` themselves."""
         ...
 
     def stream(self, media: RemoteMedia, offset: int) -> AsyncIterator[bytes]:

@@ -115,6 +115,18 @@ class SimulatedTelegram:
         return self._client
 
     async def resolve(self, entry: CatalogEntry) -> RemoteMedia:
+        """The media from the location the seed kept (no request), else from the message."""
+        location = entry.location
+        if location is not None and entry.media_kind is not None:
+            return RemoteMedia(
+                entry=entry, kind=entry.media_kind, size=location.size,
+                mime_type=entry.mime_type, file_name=entry.file_name, dc_id=location.dc_id,
+            )
+        return await self._describe(entry)
+
+    async def _describe(self, entry: CatalogEntry) -> RemoteMedia:
+        """Ask for the message (as Telegram's messages.getMessages): also how an expired
+        file reference is refreshed."""
         try:
             response = await self._http().get(_message_path(entry))
         except httpx.TransportError as exc:
@@ -170,7 +182,7 @@ class SimulatedTelegram:
                     raise _failure(response, media.entry)
             if attempt == _MAX_REFRESHES:
                 raise TransientError("the file reference kept expiring")
-            await self.resolve(media.entry)
+            await self._describe(media.entry)
         raise AssertionError("unreachable")
 
 
@@ -238,7 +250,7 @@ class _SimulatedFile:
                     self._refreshes += 1
                     if self._refreshes > _MAX_REFRESHES:
                         raise TransientError("the file reference kept expiring")
-                    await self._port.resolve(self._media.entry)
+                    await self._port._describe(self._media.entry)
                     self._generation += 1
 
     async def hashes(self, offset: int, length: int) -> list[tuple[int, int, bytes]] | None:

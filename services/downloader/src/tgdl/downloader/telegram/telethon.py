@@ -5,6 +5,8 @@ exported senders for files stored in other data centers); this module only adds 
 Telethon leaves to its caller:
 
 - the client is built so that every error reaches us (`tgdl.telegram.client`);
+- the file's location comes from the catalog (kept by `tgdl sync`), so a file costs no
+  request for its message while its file reference is fresh;
 - expired file references are refreshed by fetching the message again and the download
   continues at the same offset (Telethon's `iter_download` does not do it);
 - every failure becomes FloodWait, TransientError or PermanentError with a reason
@@ -28,12 +30,12 @@ from typing import Any
 from telethon import TelegramClient, errors
 from telethon.tl import functions, types
 
-from tgdl.contracts.catalog import CatalogEntry
+from tgdl.contracts.catalog import CatalogEntry, FileLocation
 from tgdl.contracts.errors import ErrorCode
 from tgdl.downloader.telegram.port import PART_SIZE, RemoteMedia
 from tgdl.telegram.client import TelegramSettings, TelegramSetupError, build_client
 from tgdl.telegram.errors import PermanentError, TransientError
-from tgdl.telegram.media import MediaInfo, describe_media, file_location
+from tgdl.telegram.media import MediaInfo, describe_media, input_location, location_of
 from tgdl.telegram.peers import PeerResolver
 from tgdl.telegram.rpc import REFERENCE_EXPIRED, as_telegram_error, rpc_name
 from tgdl.telegram.senders import SenderPool
@@ -124,13 +126,21 @@ class TelethonTelegram:
         return info
 
     async def resolve(self, entry: CatalogEntry) -> RemoteMedia:
+        """The media from the location the sync kept (no request), else from the message."""
+        if entry.location is not None and entry.media_kind is not None:
+            location = entry.location
+            return RemoteMedia(
+                entry=entry, kind=entry.media_kind, size=location.size,
+                mime_type=entry.mime_type, file_name=entry.file_name,
+                dc_id=location.dc_id, handle=location,
+            )
         info = await self._media(entry)
         return RemoteMedia(
             entry=entry, kind=info.kind, size=info.size, mime_type=info.mime_type,
-            file_name=info.file_name, dc_id=info.dc_id, handle=info.handle,
+            file_name=info.file_name, dc_id=info.dc_id, handle=location_of(info),
         )
 
-    async def _refreshed(self, media: RemoteMedia) -> types.Document | types.Photo:
+    async def _refreshed(self, media: RemoteMedia) -> FileLocation:
         """The same file with a fresh file reference (references expire after a while)."""
         info = await self._media(media.entry)
         if info.media_id != media.handle.id or info.size != media.size:
@@ -140,7 +150,7 @@ class TelethonTelegram:
                 ErrorCode.size_mismatch,
                 "the message's media was replaced while it was downloading",
             )
-        return info.handle
+        return location_of(info)
 
     # --- bytes -------------------------------------------------------------------------------
 
@@ -153,7 +163,7 @@ class TelethonTelegram:
         try:
             while offset < media.size:
                 chunks = self._client.iter_download(
-                    file_location(handle),
+                    input_location(handle),
                     offset=offset,
                     request_size=self.request_size,
                     chunk_size=self.request_size,
@@ -237,7 +247,7 @@ class _TelethonFile:
             try:
                 # Always 1 MiB: the last part is a short read (a smaller limit would
                 # have to divide 1 MiB, and Telegram ends the file for us anyway).
-                data = await self._port._get_file(dc_id, file_location(handle), offset)
+                data = await self._port._get_file(dc_id, input_location(handle), offset)
             except REFERENCE_EXPIRED as exc:
                 await self._refresh(generation, exc)
                 continue
@@ -263,7 +273,7 @@ class _TelethonFile:
                 continue
             generation, handle, dc_id = self._generation, self._handle, self.dc_id
             try:
-                ranges = await self._port._get_hashes(dc_id, file_location(handle), position)
+                ranges = await self._port._get_hashes(dc_id, input_location(handle), position)
             except REFERENCE_EXPIRED as exc:
                 await self._refresh(generation, exc)
                 continue
