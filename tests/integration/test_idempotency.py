@@ -16,6 +16,7 @@ import pytest
 from tgdl.bus.topology import QueuePolicy, ensure_topology
 from tgdl.contracts.api import BatchDownloadRequest
 from tgdl.contracts.commands import BatchAccepted, CommandReply
+from tgdl.contracts.errors import ErrorCode, FileFailure
 from tgdl.db.schema import migrate_database
 from tgdl.gateway.app import create_app
 from tgdl.gateway.settings import GatewaySettings
@@ -152,3 +153,29 @@ async def test_a_claim_its_gateway_never_answered_is_taken_over(gateway, orchest
     assert response.status_code == 200, response.text
     assert len(starts) == 1
     assert (await start(client, key="orphan")).json() == response.json()
+
+
+async def test_a_large_answer_is_replayed_whole(gateway, nc):
+    client, settings = gateway
+    ids = list(range(1, 51))
+    failures = [FileFailure.of_message(m, ErrorCode.no_media, f"message {m} " + "x" * 1500)
+                for m in ids]  # more than a KV value may hold, uncompressed
+
+    async def answer(msg) -> None:
+        await msg.respond(CommandReply(ok=BatchAccepted(
+            batch_id="batch_big", requested_ids=ids, started=[], already_downloaded=[],
+            already_downloading=[], failed_to_start=failures)).model_dump_json().encode())
+
+    sub = await nc.subscribe(settings.names.cmd_batch_start, cb=answer)
+    await nc.flush()
+    try:
+        body = {"message_ids": ids, "max_concurrent": 2}
+        first = await start(client, body=body, key="big")
+        assert first.status_code == 200, first.text
+        await sub.unsubscribe()  # the repeat must not reach an orchestrator
+        again = await start(client, body=body, key="big")
+        assert again.status_code == 200 and again.json() == first.json()
+        assert len(again.json()["failed_to_start"]) == 50
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()

@@ -10,10 +10,12 @@ gateway died mid-request) is taken over by a retry once it is clearly abandoned.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import logging
 import time
+import zlib
 from collections.abc import Awaitable, Callable
 from typing import Annotated, TypeVar
 
@@ -24,6 +26,7 @@ from nats.js.kv import KeyValue
 from pydantic import BaseModel
 
 from tgdl.gateway.errors import RETRY_AFTER, ApiError
+from tgdl.runtime import expected_outage
 
 Answer = TypeVar("Answer", bound=BaseModel)
 ABANDONED_AFTER = 30.0  # seconds past the wait after which an unanswered claim is taken over
@@ -38,7 +41,17 @@ IdempotencyKey = Annotated[str | None, Header(
 class _Record(BaseModel):
     digest: str  # of the request body, as validated
     at: float = 0.0  # when the first request claimed the key (time.time())
-    answer: str | None = None  # the answer's JSON once there is one
+    # The answer's JSON once there is one, compressed: a start of many ids with reasons
+    # and suggestions repeats itself, and a KV value is capped (topology.MAX_SMALL_BYTES).
+    answer: str | None = None
+
+    @staticmethod
+    def pack(body: BaseModel) -> str:
+        return base64.b64encode(zlib.compress(body.model_dump_json().encode(), 9)).decode()
+
+    def unpack(self, model: type[Answer]) -> Answer:
+        assert self.answer is not None
+        return model.model_validate_json(zlib.decompress(base64.b64decode(self.answer)))
 
 
 def _digest(text: str) -> str:
@@ -80,17 +93,20 @@ class Idempotency:
             with contextlib.suppress(Exception):  # nothing started: a retry really retries
                 await kv.delete(name, last=claimed)
             raise
-        done = _Record(digest=digest, at=time.time(), answer=result.model_dump_json())
+        done = _Record(digest=digest, at=time.time(), answer=_Record.pack(result))
         for attempt in range(20):  # the batch started: keep trying through a NATS blip
             try:
                 await kv.update(name, done.model_dump_json().encode(), last=claimed)
                 break
             except KeyWrongLastSequenceError:
                 break  # taken over meanwhile (we looked dead): that request answers
-            except Exception:
+            except Exception as exc:
+                if not expected_outage(exc):
+                    log.warning("could not store the answer for an Idempotency-Key: %s", exc)
+                    break
                 await asyncio.sleep(0.1 * (attempt + 1))
         else:
-            log.warning("could not store the answer for an Idempotency-Key")
+            log.warning("could not store the answer for an Idempotency-Key (NATS away)")
         return result
 
     async def _claim(self, kv: KeyValue, name: str, digest: str,
@@ -114,7 +130,7 @@ class Idempotency:
                                "Use a new key for a new request; repeat a request only "
                                "with the body it was first sent with.")
             if record.answer is not None:
-                return model.model_validate_json(record.answer)
+                return record.unpack(model)
             if time.time() - record.at > ABANDONED_AFTER + self._wait:
                 # Claimed long ago and never answered: that gateway died mid-request.
                 with contextlib.suppress(KeyWrongLastSequenceError):
