@@ -30,8 +30,13 @@ asyncapi: $(STAMP)
 rebuild-read-model: $(STAMP)
 	$(BIN)/tgdl rebuild-read-model
 
+# The issue's goals with every service its own process (writes benchmarks/results.json,
+# BENCHMARKS.md, docs/bench.png), then the in-process scaling and parallel-parts ratios.
+# ARGS=--full runs the issue's sizes (tens of minutes).
 bench: $(STAMP)
-	$(BIN)/python benchmarks/bench_pipeline.py
+	$(BIN)/pip install --quiet --disable-pip-version-check -r benchmarks/requirements.txt
+	$(BIN)/python benchmarks/bench_goals.py $(ARGS)
+	$(BIN)/python benchmarks/bench_pipeline.py $(ARGS)
 
 # Faults injected into a running `tgdl run` (about 3 minutes); prints the stall per fault.
 chaos: $(STAMP)

@@ -1,0 +1,218 @@
+"""BENCHMARKS.md from one run of bench_goals.py: the figures, the targets, and what bounds
+each figure (the CPU each process spent, the round trips and fsyncs on a file's path)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+MB = 1_000_000
+ORDER = ("gateway", "orchestrator", "projector", "downloader-1", "downloader-2",
+         "downloader-3", "downloader-4", "simtelegram", "nats-server", "postgres", "bench")
+
+
+def _table(head: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _cpu_line(sc: Any) -> str:
+    """The busiest processes of a scenario, as shares of one core."""
+    top = sorted(((v, k) for k, v in sc.cpu.items() if v >= 0.03), reverse=True)
+    total = sum(sc.cpu.values())
+    parts = ", ".join(f"{k} {v:.0%}" for v, k in top[:6])
+    return f"CPU over {sc.wall:.1f} s (share of one core): {parts}; all processes {total:.0%}."
+
+
+def _targets(found: dict) -> str:
+    rows = [[t.what, f"{t.value:.3g}{t.unit}", f"{t.op} {t.goal:g}{t.unit}",
+             "meets" if t.meets else "**misses**"]
+            for sc in found.values() for t in sc.targets]
+    return _table(["target", "measured", "goal", ""], rows)
+
+
+def _cpu_table(found: dict) -> str:
+    seen = [p for p in ORDER if any(p in sc.cpu for sc in found.values())]
+    rows = [[sc.key, f"{sc.wall:.1f}"] + [f"{sc.cpu.get(p, 0):.0%}" if p in sc.cpu else ""
+                                          for p in seen]
+            for sc in found.values() if sc.cpu]
+    return _table(["scenario", "window s", *seen], rows)
+
+
+def _section(key: str, sc: Any) -> str:
+    f = sc.figures
+    if key.startswith("seed_"):
+        return _table(["", "seed design", "tgdl", "tgdl / seed"], [
+            ["best of rounds", f"{f['seed_s']:.2f} s", f"{f['tgdl_s']:.2f} s",
+             f"**{f['ratio_tgdl_over_seed']:.2f}**"],
+            ["every round", ", ".join(f"{x:.2f}" for x in f["seed_rounds_s"]),
+             ", ".join(f"{x:.2f}" for x in f["tgdl_rounds_s"]), ""]])
+    if key == "bandwidth_ideal":
+        return _table(["files", "MB", "measured", "ideal", "MB/s", "ideal MB/s",
+                       "ideal / measured"],
+                      [[f["files"], f"{f['bytes'] / MB:.0f}", f"{f['wall_s']:.2f} s",
+                        f"{f['ideal_s']:.2f} s", f["mb_per_s"], f["ideal_mb_per_s"],
+                        f"**{f['ratio_ideal_over_measured']:.2f}**"]])
+    if key == "overhead":
+        return _table(["start through", "batches", "median", "p95"], [
+            ["NATS command (orchestrator)", f["batches"], f"**{f['command_median_ms']} ms**",
+             f"{f['command_p95_ms']} ms"],
+            ["HTTP API (gateway)", f["batches"], f"{f['http_median_ms']} ms",
+             f"{f['http_p95_ms']} ms"]])
+    if key == "at_scale":
+        return _table(["replicas", "files", "wall", "files/s", "status reads", "status p50",
+                       "status p99"],
+                      [[r["replicas"], r["files"], f"{r['wall_s']:.1f} s",
+                        f"**{r['files_per_s']}**", r["status_reads"],
+                        f"{r['status_p50_ms']} ms", f"**{r['status_p99_ms']} ms**"]
+                       for r in f["rows"]])
+    if key == "cost_growth":
+        return _table(["files", "batches", "wall", "ms per file"],
+                      [[r["files"], r["batches"], f"{r['wall_s']:.1f} s",
+                        f"**{r['ms_per_file']}**"] for r in f["steps"]]) + (
+            f"\n\nLargest / smallest time per file from 100 files up: "
+            f"**{f['spread_100_up']:.2f}**.")
+    if key == "memory":
+        big = f["big_file_bytes"] // 2**20
+        return _table(["downloader", "RSS"], [
+            ["idle, after start", f"{f['idle_mb']} MB"],
+            ["peak after a 10 MB file", f"{f['peak_10mb_file_mb']} MB"],
+            [f"peak after a {big} MiB file ({f['big_file_s']} s)",
+             f"**{f['peak_big_file_mb']} MB**"]])
+    if key == "write_amplification":
+        tables = ", ".join(f"{t} {n}" for t, n in f["by_table"].items())
+        return _table(["rows written", "files", "file-seconds", "rows per file",
+                       "rows per file-second"],
+                      [[f["row_writes"], f["files"], f["file_seconds"], f["writes_per_file"],
+                        f"**{f['writes_per_file_second']}**"]]) + (
+            f"\n\nBy table: {tables}.")
+    return ""
+
+
+BOUNDS = {
+    "seed_small": (
+        "Round trips and per-file orchestration. The seed's loop makes one request per file "
+        "(50 ms of latency, then ~50 ms of bytes at 4 MB/s) on 5 lanes. tgdl adds, on each "
+        "file's path, a second request to Telegram for the message before the content (another "
+        "50 ms), and a chain of sequential hops: the job published on JetStream (fsync), the "
+        "downloader's pull, the outcome published (fsync), the orchestrator appending "
+        "`FileCompleted` and the next `PermitGranted` with an expected sequence (fsync each), "
+        "and the next job. A file's permit is only free again after that chain, so every "
+        "hop is on the critical path of the next file of the lane."),
+    "seed_medium": (
+        "Bandwidth. Each file here takes 0.3-2 s of bytes at one connection's pace; tgdl fetches "
+        "a file's 1 MiB parts over 2-4 connections at once (by size), so it beats a loop that "
+        "reads each file in one request. The ceiling is the account's connections: 2 "
+        "replicas x 4 connections x 4 MB/s."),
+    "bandwidth_ideal": (
+        "Bandwidth and how busy the connections are. The ideal is every connection of the "
+        "account (2 replicas x 4, 4 MB/s each) carrying bytes from the first byte to the last, "
+        "plus two latencies. What keeps tgdl under it: with max_concurrent 5 over two replicas, "
+        "a replica holding one or two small files has idle connections (a file under 5 MiB "
+        "gets 2 parts); the tail of the batch runs on fewer files than connections; and each "
+        "file pays its round trips before its first byte."),
+    "write_amplification": (
+        "Rows the projector writes per file whatever its length: the batch and file rows as "
+        "the file is queued, starts and completes, the job's row, and the stream position "
+        "stored in the same transaction as every change (`projection_positions`). Progress "
+        "adds at most one write per second per file. Files of a few seconds are dominated by "
+        "the fixed rows: the figure falls as files get longer, and it falls as the fixed rows "
+        "per file are merged (one transaction per event batch, not per event)."),
+    "overhead": (
+        "Sequential hops, each a process's CPU plus an fsync: the start command, `BatchStarted` "
+        "and `PermitGranted` appended (expected-sequence appends, fsynced), the job published "
+        "(fsync), the downloader's pull and its two requests to the simulated Telegram, the "
+        "file written, fsynced and renamed, the outcome published (fsync), and `FileCompleted` "
+        "and `BatchFinished` appended. nats-server here fsyncs an awaited publish in about "
+        "0.35 ms (2.9 k/s one at a time), so the fsyncs account for a few ms; the rest is "
+        "Python in the orchestrator and the downloader (see the CPU table), and the wait of "
+        "a pull consumer between fetches."),
+    "cost_growth": (
+        "Per-file CPU of the orchestrator, the downloaders and the projector on two shared "
+        "cores: the same chain as the overhead, times the files in flight. A cost that grows "
+        "with the history (a stream read whole, a table scanned, a bucket listed) would show "
+        "as a time per file rising with the files already done; the machine's other load "
+        "moves it too, so compare the steps of one run."),
+    "at_scale": (
+        "CPU. With an instant Telegram nothing waits on bandwidth: the sum of the processes' "
+        "shares is what two cores give, and more downloader replicas add processes that "
+        "compete for the same two cores (each replica polls, heartbeats and reports on its "
+        "own). The global cap (8 downloads in flight) bounds the files in flight whatever the "
+        "replicas. The status reads wait behind the same CPU: the gateway's queries are "
+        "indexed reads, but its process and PostgreSQL share the cores with the pipeline."),
+    "memory": (
+        "The downloader's Python heap and imports (the idle figure), plus the parts in flight: "
+        "up to 8 parts of 1 MiB per file (4 connections x 2 requests), each received, checked "
+        "against Telegram's hashes and written. The file itself is streamed to disk, never "
+        "held; an instant Telegram (no pacing) is the worst case for the buffers in flight. "
+        "Peak RSS that still grows between the 10 MB and the large file is buffers or "
+        "allocator arenas, not the file; a tracemalloc snapshot of the downloader during the "
+        "large file would name them."),
+}
+
+
+def markdown(found: dict, run: dict) -> str:
+    mode = "`--full` (the issue's sizes)" if run["full"] else "the default sizes"
+    out = [
+        "# Benchmarks: tgdl against its goals",
+        "",
+        "Written by `make bench` (`benchmarks/bench_goals.py`) on "
+        f"{run['date']}, {run['cores']} cores, Python {run['python']}, {mode}, "
+        f"{run['seconds']:.0f} s. Machine-readable: `benchmarks/results.json`. Every service "
+        "runs as its own process, as `tgdl run` starts them (gateway, orchestrator, projector, "
+        "downloaders, the simulated Telegram), over a real nats-server with every write "
+        "fsynced and PostgreSQL 16. The simulated Telegram runs at its defaults (4 MB/s and "
+        "50 ms per connection) unless a scenario says \"instant\" (no pacing, no latency: the "
+        "pipeline's own cost). The machine is shared: read ratios within this run, not "
+        "absolute figures across runs; nothing in the test suite times anything.",
+        "",
+        "![make bench](docs/bench.png)",
+        "",
+        "## Targets",
+        "",
+        _targets(found),
+        "",
+    ]
+    number = {"seed_small": "1a", "seed_medium": "1b", "bandwidth_ideal": "2",
+              "overhead": "3", "at_scale": "4", "cost_growth": "5", "memory": "6",
+              "write_amplification": "7"}
+    for key in sorted(found, key=lambda k: number.get(k, "9")):
+        sc = found[key]
+        out += [f"## {number.get(key, '')}. {sc.title}", "", _section(key, sc), ""]
+        if key in BOUNDS:
+            out += [f"**What bounds it.** {BOUNDS[key]}", ""]
+        if sc.cpu:
+            out += [_cpu_line(sc), ""]
+    out += [
+        "## CPU by process",
+        "",
+        "CPU seconds per wall second of each process over each scenario's measured window "
+        "(100% = one core busy; two cores in all). `bench` is the client side (this "
+        "process: HTTP, the seed's loop, the status readers).",
+        "",
+        _cpu_table(found),
+        "",
+        "## Where a target is missed, and what would move it",
+        "",
+        "- *Small files against the seed, overhead, throughput at scale*: the per-file path. "
+        "The CPU table shows which process is busiest; the profile in `DESIGN.md` (py-spy "
+        "over the overhead scenario) splits the per-file CPU between the downloader (18%), "
+        "the simulated Telegram (12%), the bus (6.5%), the projector (6.4%) and pydantic "
+        "(5.9%). What moves it: one request to Telegram per file (the file's location stored "
+        "at sync time), the events of one decision appended together, fewer KV round trips, "
+        "no progress messages for files that finish within one part.",
+        "- *Bandwidth ideal*: connections idle while a replica holds few files; parts per "
+        "file by the connections free rather than by size alone would fill them.",
+        "- *Write amplification*: fixed rows per file; one transaction per delivered batch of "
+        "events and one position row per transaction would cut it.",
+        "- *Memory*: fewer parts in flight per file on an unpaced connection, or parts "
+        "streamed into the file in pieces rather than held whole, would bound it by the "
+        "pieces.",
+        "",
+        "Run it: `make bench` (about 4 minutes; installs `benchmarks/requirements.txt` for the "
+        "chart), `make bench ARGS=--full` for the issue's sizes (2 GiB file, 10 000 files, "
+        "50 MB files, 50 files per batch at scale: tens of minutes), or "
+        "`.venv/bin/python benchmarks/bench_goals.py --only 3` for one scenario.",
+        "",
+    ]
+    return "\n".join(out)
