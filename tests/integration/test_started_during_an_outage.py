@@ -53,3 +53,24 @@ async def test_the_projector_waits_for_the_database_then_projects(servers, isola
                 p.terminate()
                 p.wait(10)
         pg.stop()
+
+
+async def test_a_gateway_waiting_for_the_database_stops_cleanly_on_sigterm(tmp_path):
+    from tgdl.launcher.embedded import free_port
+
+    env = {"TGDL_HTTP_PORT": str(free_port()),
+           "TGDL_DATABASE_URL": f"postgresql://nobody@127.0.0.1:{free_port()}/none"}
+    log = tmp_path / "gateway.log"
+    with log.open("wb") as out:
+        gateway = spawn("tgdl.gateway", env, out)
+    try:
+        await until(lambda: "PostgreSQL is unreachable" in log.read_text(), 20,
+                    what="the gateway saying it waits")
+        gateway.send_signal(signal.SIGTERM)
+        await until(lambda: gateway.poll() is not None, 10, what="the waiting gateway stopped")
+        assert gateway.returncode == 0, log.read_text()
+        assert "Traceback" not in log.read_text()
+    finally:
+        if gateway.poll() is None:
+            gateway.kill()
+            gateway.wait(10)

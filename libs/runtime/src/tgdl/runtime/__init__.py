@@ -102,6 +102,16 @@ def run_service(name: str, serve: Callable[[asyncio.Event], Awaitable[None]],
         sys.exit(1)
 
 
+_http_stop = asyncio.Event()  # set when serve_http is told to stop
+
+
+def http_stopping() -> asyncio.Event:
+    """Set once the HTTP server is told to stop: an app's startup that waits for a server
+    (`until_reachable(..., stop=http_stopping())`) gives up then, instead of holding the
+    process, since uvicorn only acts on the signal after startup."""
+    return _http_stop
+
+
 def serve_http(app: Any, host: str, port: int, log_level: str = "info") -> None:
     """Serve an ASGI app until SIGINT/SIGTERM, then exit 0 after a graceful shutdown."""
     import uvicorn
@@ -115,6 +125,11 @@ def serve_http(app: Any, host: str, port: int, log_level: str = "info") -> None:
                     yield
                 finally:
                     self._captured_signals.clear()
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            super().handle_exit(sig, frame)
+            with contextlib.suppress(RuntimeError):  # no loop running yet: nothing waits
+                asyncio.get_running_loop().call_soon_threadsafe(_http_stop.set)
 
     # JSON lines: uvicorn's own loggers (access log included) go through the root handler
     # instead of the text handlers uvicorn would install.

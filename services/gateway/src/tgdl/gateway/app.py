@@ -21,7 +21,13 @@ from tgdl.gateway.idempotency import Idempotency
 from tgdl.gateway.media import MediaFiles
 from tgdl.gateway.services import Database, Services
 from tgdl.gateway.settings import GatewaySettings
-from tgdl.runtime import serve_http, setup_logging, until_reachable
+from tgdl.runtime import (
+    ServiceStopped,
+    http_stopping,
+    serve_http,
+    setup_logging,
+    until_reachable,
+)
 
 log = logging.getLogger("tgdl.gateway")
 INDEX_HTML = files("tgdl.gateway").joinpath("static", "index.html")
@@ -37,11 +43,17 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # Started during an outage (or before the servers), wait for them, saying so once.
-        await until_reachable(
-            "PostgreSQL", lambda: verify_schema(settings.database_url, settings.db_schema), log)
+        # Started during an outage (or before the servers), wait for them, saying so once;
+        # told to stop meanwhile, start nothing and let the server exit.
         broker, orchestrator = create_broker(settings)
-        await until_reachable("NATS", broker.start, log)
+        try:
+            await until_reachable(
+                "PostgreSQL", lambda: verify_schema(settings.database_url, settings.db_schema),
+                log, stop=http_stopping())
+            await until_reachable("NATS", broker.start, log, stop=http_stopping())
+        except ServiceStopped:
+            yield
+            return
         try:
             db = Database(await create_pool(settings.database_url, settings.db_schema,
                                             max_size=4), settings.db_timeout)
