@@ -17,12 +17,13 @@ from waiting import until
 from tgdl.bus.leases import Leases
 from tgdl.bus.topology import QueuePolicy, ensure_topology
 from tgdl.contracts.catalog import CatalogEntry
-from tgdl.contracts.jobs import DownloadJob, DownloadOutcome
+from tgdl.contracts.jobs import DownloadJob, DownloadOutcome, DownloadProgress
 from tgdl.contracts.paths import relative_path
 from tgdl.contracts.subjects import Names
 from tgdl.downloader.app import serve
 from tgdl.downloader.files import part_path
 from tgdl.downloader.settings import DownloaderSettings
+from tgdl.downloader.telegram.port import PART_SIZE
 from tgdl.downloader.telegram.simulated import SimulatedTelegram
 from tgdl.simtelegram import client as sim_client
 from tgdl.simtelegram.content import expected_sha256
@@ -119,6 +120,31 @@ async def test_a_job_is_downloaded_and_its_outcome_handed_to_the_waiting_parties
     assert done.hash_verified  # every part matched the simulated Telegram's range hashes
     assert await until(lambda: _is_none(d.leases.get(entry.message_id)), what="lease released")
     assert await until(lambda: _eq(d.queued(), 0), what="job acknowledged")
+
+
+async def test_a_file_of_one_part_sends_no_progress_and_a_longer_one_does(downloader, nc):
+    d = downloader
+    small = next(e for e in d.healthy(30) if e.size < PART_SIZE)
+    large = next(e for e in d.healthy(30) if e.size > PART_SIZE)
+    progress: list[DownloadProgress] = []
+
+    async def on_progress(msg) -> None:
+        progress.append(DownloadProgress.model_validate_json(msg.data))
+    sub = await nc.subscribe(d.names.all_file_progress, cb=on_progress)
+    try:
+        d.start()
+        await d.queue(small, "b1:small")
+        await d.queue(large, "b1:large")
+        assert (await d.outcome("b1:small")).status == "completed"
+        assert (await d.outcome("b1:large")).status == "completed"
+        await nc.flush()
+    finally:
+        await sub.unsubscribe()
+    # Progress goes out before the outcome on the same connection: none came for the
+    # small file, and the large one's last says it is whole.
+    assert not [p for p in progress if p.message_id == small.message_id]
+    last = [p for p in progress if p.message_id == large.message_id][-1]
+    assert last.downloaded_size == last.total_size == large.size
 
 
 async def _is_none(awaitable) -> bool:

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 
 from tgdl.bus.eventlog import ConcurrentAppend, EventLog
-from tgdl.bus.leases import Leases
+from tgdl.bus.leases import Leases, Rejoined
 from tgdl.bus.topology import QueuePolicy, ensure_topology
 from tgdl.contracts.events import BatchCancelled, PermitGranted
 from tgdl.contracts.jobs import DownloadOutcome
@@ -94,3 +94,28 @@ async def test_release_with_the_revision_end_left_and_with_a_stale_one(js, isola
     await leases.acquire(5, "B:5", "B")
     await leases.release(5, "A:5", revision)
     assert (await leases.get(5))[0].job_id == "B:5"
+
+
+async def test_claim_and_end_write_against_the_lease_seen_and_a_stale_one_reads_again(
+    js, isolation
+):
+    leases = await Leases.open(js, Names(isolation.namespace))
+    await leases.acquire(6, "A:6", "A")
+    seen = await leases.get(6)
+    claimed = await leases.claim_at(6, "A:6", 50, seen)  # no read: the lease just read
+    assert claimed is not None and claimed[0].claimed_by == 50
+    assert claimed[1] == (await leases.get(6))[1]
+    await leases.acquire(6, "B:6", "B")  # joins while it downloads: `claimed` is stale now
+    ended = DownloadOutcome(job_id="A:6", message_id=6, status="completed", at=NOW)
+    addressed, revision = await leases.end_at(ended, claimed)
+    assert addressed.parties == ["A", "B"]  # the stale write failed, the fresh one told B
+    assert revision == (await leases.get(6))[1]
+    # a cancel never trusts what was seen: a party that came back must be found
+    await leases.release(6, "A:6", revision)
+    await leases.acquire(6, "C:6", "C")
+    seen = await leases.claim_at(6, "C:6", 51)
+    await leases.leave(6, "C")
+    await leases.acquire(6, "D:6", "C")  # the same party is back
+    cancelled = ended.model_copy(update={"job_id": "C:6", "status": "cancelled"})
+    with pytest.raises(Rejoined):
+        await leases.end_at(cancelled, (seen[0].model_copy(update={"parties": []}), seen[1]))

@@ -19,7 +19,7 @@ from typing import Protocol
 from pydantic import BaseModel
 
 from tgdl.bus.leases import Acquired, Leases
-from tgdl.contracts.jobs import DownloadJob, DownloadOutcome
+from tgdl.contracts.jobs import DownloadJob, DownloadOutcome, Lease
 from tgdl.contracts.subjects import Names
 
 
@@ -121,17 +121,20 @@ class JobLifecycle:
 
     # --- the downloader's side -----------------------------------------------------------
 
-    async def claim(self, message_id: int, job_id: str, job_seq: int) -> bool:
-        """Bind the lease to this copy of the job (see `Leases.claim`)."""
-        return await self.leases.claim(message_id, job_id, job_seq)
+    async def claim(self, message_id: int, job_id: str, job_seq: int,
+                    seen: tuple[Lease, int] | None = None) -> tuple[Lease, int] | None:
+        """Bind the lease to this copy of the job (see `Leases.claim_at`); returns the
+        claimed lease and its revision, None when another copy or job holds it."""
+        return await self.leases.claim_at(message_id, job_id, job_seq, seen)
 
     # --- ending (either side) ------------------------------------------------------------
 
-    async def end(self, outcome: DownloadOutcome) -> DownloadOutcome | None:
+    async def end(self, outcome: DownloadOutcome,
+                  seen: tuple[Lease, int] | None = None) -> DownloadOutcome | None:
         """Record how the job ended, tell every waiting party, free the message. Returns
         the outcome as addressed, or None when the lease belongs to another job (this
-        copy was stale and has nothing to say)."""
-        ended = await self.leases.end_at(outcome)
+        copy was stale and has nothing to say). `seen`: see `Leases.end_at`."""
+        ended = await self.leases.end_at(outcome, seen)
         if ended is None:
             return None
         addressed, revision = ended

@@ -121,18 +121,26 @@ class Leases:
     async def claim(self, message_id: int, job_id: str, job_seq: int) -> bool:
         """Bind the lease to one copy of its job (its stream sequence). True for that copy,
         again on its redelivery; False for any other copy or a lease of another job."""
+        return await self.claim_at(message_id, job_id, job_seq) is not None
+
+    async def claim_at(self, message_id: int, job_id: str, job_seq: int,
+                       seen: tuple[Lease, int] | None = None) -> tuple[Lease, int] | None:
+        """`claim`, returning the claimed lease and its revision (None: not this copy's).
+        `seen`: the lease as just read, saving a read (a stale one only costs a retry)."""
+        current = seen
         while True:
-            current = await self.get(message_id)
+            if current is None:
+                current = await self.get(message_id)
             if current is None or current[0].job_id != job_id:
-                return False
+                return None
             lease, revision = current
             if lease.claimed_by is not None:
-                return lease.claimed_by == job_seq
+                return current if lease.claimed_by == job_seq else None
+            claimed = lease.model_copy(update={"claimed_by": job_seq})
             try:
-                await self._put(message_id, lease.model_copy(update={"claimed_by": job_seq}),
-                                revision)
-                return True
+                return claimed, await self._put(message_id, claimed, revision)
             except KeyWrongLastSequenceError:
+                current = None
                 continue
 
     async def end(self, outcome: DownloadOutcome) -> DownloadOutcome | None:
@@ -142,10 +150,16 @@ class Leases:
         ended = await self.end_at(outcome)
         return ended[0] if ended else None
 
-    async def end_at(self, outcome: DownloadOutcome) -> tuple[DownloadOutcome, int] | None:
-        """`end`, also returning the lease's revision after it (for `release`)."""
+    async def end_at(self, outcome: DownloadOutcome, seen: tuple[Lease, int] | None = None
+                     ) -> tuple[DownloadOutcome, int] | None:
+        """`end`, also returning the lease's revision after it (for `release`). `seen`:
+        the lease as its downloader last knew it, saving a read when nobody changed it
+        since (the compare-and-set catches a change). A cancel always reads: it must see
+        whether a party came back."""
+        current = seen if outcome.status != OutcomeStatus.cancelled else None
         while True:
-            current = await self.get(outcome.message_id)
+            if current is None:
+                current = await self.get(outcome.message_id)
             if current is None or current[0].job_id != outcome.job_id:
                 return None
             lease, revision = current
@@ -160,6 +174,7 @@ class Leases:
                 )
                 return addressed, revision
             except KeyWrongLastSequenceError:
+                current = None
                 continue
 
     async def release(self, message_id: int, job_id: str, revision: int | None = None) -> None:

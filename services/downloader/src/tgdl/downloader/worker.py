@@ -85,6 +85,9 @@ class Running:
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     cancelled: bool = False  # stop because nobody wants it (vs. this replica shutting down)
     keep_part: bool = False  # ...for now: a party paused it and will resume from the .part
+    # The lease and its revision as last seen (claim, then the watcher): ending the job
+    # writes against it without reading it first.
+    seen: tuple[Lease, int] | None = None
 
 
 def _now() -> datetime:
@@ -182,6 +185,8 @@ class Worker:
                     running.cancelled = True
                     running.keep_part = lease is not None and lease.keep_part
                     running.stop.set()
+                elif running.seen is None or entry.revision > running.seen[1]:
+                    running.seen = (lease, entry.revision)
 
     # --- one job ----------------------------------------------------------------------------
 
@@ -205,14 +210,15 @@ class Worker:
         if current is None or current[0].job_id != job.job_id:
             await msg.ack()  # stale: the message is someone else's now, or nobody's
             return
-        lease = current[0]
-        if lease.outcome is not None:  # a previous delivery ended it but did not hand over
-            await self.jobs.hand_over(lease.outcome)
-            await self._done(msg, lease.outcome)
+        if current[0].outcome is not None:  # a previous delivery ended it, not handed over
+            await self.jobs.hand_over(current[0].outcome)
+            await self._done(msg, current[0].outcome)
             return
-        if not await self.jobs.claim(m, job.job_id, meta.sequence.stream):
+        claimed = await self.jobs.claim(m, job.job_id, meta.sequence.stream, current)
+        if claimed is None:
             await msg.ack()  # another copy of this job holds the lease: it does the work
             return
+        lease = claimed[0]
         if not lease.parties:  # cancelled while queued: a cancel leaves no bytes behind
             if not lease.keep_part:
                 discard_part(self.s.media_root / relative_path(job.entry))
@@ -221,7 +227,7 @@ class Worker:
 
         if lease.force and not job.force:  # a forcing request joined before we started
             job = job.model_copy(update={"force": True})
-        running = Running(job)
+        running = Running(job, seen=claimed)
         self.running[m] = running
         heartbeat = asyncio.create_task(self._heartbeat(msg))
         try:
@@ -233,7 +239,7 @@ class Worker:
         finally:
             heartbeat.cancel()
             self.running.pop(m, None)
-        await self._end(msg, outcome)
+        await self._end(msg, outcome, running.seen)
 
     async def _heartbeat(self, msg: JobMessage) -> None:
         """Tell JetStream we are alive well inside ack_wait, however long the file takes."""
@@ -243,9 +249,10 @@ class Worker:
             with contextlib.suppress(Exception):
                 await msg.in_progress()
 
-    async def _end(self, msg: JobMessage, outcome: DownloadOutcome) -> None:
+    async def _end(self, msg: JobMessage, outcome: DownloadOutcome,
+                   seen: tuple[Lease, int] | None = None) -> None:
         try:
-            addressed = await self.jobs.end(outcome)
+            addressed = await self.jobs.end(outcome, seen)
         except Rejoined:  # wanted again while stopping (a quick resume): run it once more
             log.info("job %s was wanted again while stopping; it goes on", outcome.job_id)
             await msg.nack()
@@ -332,11 +339,16 @@ class Worker:
         await asyncio.to_thread(file.open)
         try:
             progress.start(media.size, file.bytes_done())
-            await progress.publish("downloading", force=True)
+            # A file that comes in one part (most photos, voice notes, stickers) is done
+            # as soon as it started: its outcome says all, progress would only cost.
+            quiet = media.size - file.bytes_done() <= PART_SIZE
+            if not quiet:
+                await progress.publish("downloading", force=True)
 
             async def stored(nbytes: int) -> None:
                 progress.add(nbytes)
-                await progress.publish("downloading")
+                if not quiet:
+                    await progress.publish("downloading")
                 if self.flood.remaining() > 0:  # another replica hit a flood wait
                     raise _AccountWaiting()
 
@@ -357,8 +369,9 @@ class Worker:
             await asyncio.to_thread(file.commit)
         finally:
             file.close()
-        progress.add(0)
-        await progress.publish("downloading", force=True)
+        if not quiet:
+            progress.add(0)
+            await progress.publish("downloading", force=True)
         return media.size, verified
 
     async def _interruptible(self, running: Running, work: Awaitable):

@@ -9,6 +9,7 @@ alone chooses status codes and wording.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import Iterable
@@ -85,17 +86,30 @@ class Orchestrator:
         if len(ids) > limit:  # the one place this limit is checked
             return Rejection(reason=RejectReason.too_many_files,
                              detail=f"{len(ids)} message ids given; at most {limit} per batch")
-        entries = await self.ports.catalog.get_many(ids)
+        batch_id = new_batch_id(cmd.kind)
+        # One round trip for all of it: the catalog, the lease of every id, and listing
+        # the batch before it exists (so a restart finds it; an unused listing is removed).
+        try:
+            entries, _, *held = await asyncio.gather(
+                self.ports.catalog.get_many(ids), self.ports.open_batches.add(batch_id),
+                *(self.ports.leases.get(m) for m in ids))
+        except Exception:
+            with contextlib.suppress(Exception):
+                await self.ports.open_batches.remove(batch_id)
+            raise
         media_root = self.settings.media_root
-        # one round trip for all of them, not one per id
-        held = await asyncio.gather(*(self.ports.leases.get(m) for m in entries))
-        leased = {m for m, lease in zip(entries, held, strict=True) if lease is not None}
+        leased = {m for m, lease in zip(ids, held, strict=True)
+                  if lease is not None and m in entries}
         triage = triage_request(
             ids, entries, _sizes_on_disk(entries.values(), media_root), media_root,
             cmd.force, self.settings.allowed_chat_set, leased,
         )
+        listed = True
         while True:
-            batch_id = new_batch_id(cmd.kind)
+            if not listed:  # the id drawn was taken: draw another
+                batch_id = new_batch_id(cmd.kind)
+                await self.ports.open_batches.add(batch_id)  # listed before it exists
+            listed = False
             start = Start(
                 batch_id=batch_id, kind=cmd.kind, max_concurrent=cmd.max_concurrent,
                 force=cmd.force, requested_ids=ids, to_download=triage.to_download,
@@ -103,7 +117,6 @@ class Orchestrator:
                 failed_to_start=triage.failed_to_start,
                 already_downloading=triage.already_downloading, at=self.ports.clock.now(),
             )
-            await self.ports.open_batches.add(batch_id)  # listed before it exists
             try:
                 events, _, after = await self.repo.execute(batch_id, start)
             except LogFull as exc:
