@@ -6,12 +6,30 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYPROJECTS := $(wildcard libs/*/pyproject.toml services/*/pyproject.toml)
 
-.PHONY: run test lint asyncapi rebuild-read-model bench chaos clean
+.PHONY: run test lint lock asyncapi rebuild-read-model bench chaos clean
 
-$(STAMP): requirements.txt $(PYPROJECTS)
+PACKAGES := $(patsubst %/pyproject.toml,%,$(PYPROJECTS))
+PIP := $(BIN)/pip install --quiet --disable-pip-version-check
+
+# Every third-party package at the version and with the hashes requirements.lock names
+# (nothing else is resolved), then this tree's own packages; `pip check` fails if a
+# pyproject names a dependency the lock lacks (run `make lock`).
+$(STAMP): requirements.txt requirements.lock $(PYPROJECTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(PIP) --require-hashes --no-deps -r requirements.lock
+	$(PIP) --no-deps $(addprefix -e ,$(PACKAGES))
+	$(BIN)/pip check
 	touch $(STAMP)
+
+# Refresh requirements.lock from requirements.txt and the pyprojects' pins, keeping the
+# versions it already names (UPGRADE=1 raises them to the newest allowed).
+lock:
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) uv==0.13.9
+	$(BIN)/uv pip compile requirements.txt --generate-hashes --python-version 3.11 \
+	    --python-platform x86_64-manylinux_2_28 --no-header --quiet \
+	    $(if $(UPGRADE),--upgrade) \
+	    $(foreach p,$(notdir $(PACKAGES)),--no-emit-package tgdl-$(p)) -o requirements.lock
 
 run: $(STAMP)
 	$(BIN)/tgdl run
