@@ -165,3 +165,28 @@ async def test_ctrl_c_asks_whether_to_cancel_the_batch_or_leave_it_running(stack
     batch_id, run = await interrupt(stack, "y\n", ids[5:])
     assert run.code == 1 and "Batch cancelled" in run.out, run.out + run.err
     assert (await stack.until_finished(batch_id))["overall_status"] == "cancelled"
+
+
+async def test_pause_set_and_resume_steer_a_running_batch(stack):
+    ids = stack.media_ids(4, min_size=1_500_000)
+    started = await stack.start_batch(ids, max_concurrent=1)
+    batch_id = started["batch_id"]
+    await stack.until_serving(1)
+
+    paused = await tgdl(stack, "pause", batch_id)
+    assert paused.code == 0 and "paused" in paused.out.lower(), paused.out + paused.err
+    await stack.until_serving(0)
+    status = (await stack.http.get(f"/api/media/batch-status/{batch_id}")).json()
+    assert status["overall_status"] == "paused"
+
+    changed = await tgdl(stack, "set", batch_id, "--max-concurrent", "3", "--json")
+    assert changed.code == 0 and changed.json()["batch_id"] == batch_id
+    resumed = await tgdl(stack, "resume", batch_id)
+    assert resumed.code == 0, resumed.out + resumed.err
+    final = await stack.until_finished(batch_id)
+    assert final["overall_status"] == "completed" and final["max_concurrent"] == 3
+
+    unknown = await tgdl(stack, "pause", "batch_nope")
+    assert unknown.code == 2 and "batch_not_found" in unknown.err
+    bad = await tgdl(stack, "set", batch_id, "--max-concurrent", "9")
+    assert bad.code == 2 and "max_concurrent" in bad.err

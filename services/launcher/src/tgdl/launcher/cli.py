@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="write the document (default docs/asyncapi.yaml)")
     mode.add_argument("--check", metavar="FILE", nargs="?", const="docs/asyncapi.yaml",
                       help="exit 1 if FILE is not the current document")
-    client.add_parsers(commands)  # download, status, cancel, batches, messages (over HTTP)
+    client.add_parsers(commands)  # download, status, cancel, pause, ... (over HTTP)
     return parser
 
 

@@ -37,7 +37,6 @@ EXIT_REFUSED = 2  # bad arguments, or the API refused the request (4xx)
 EXIT_UNAVAILABLE = 3  # tgdl could not be reached, or failed (5xx)
 EXIT_INTERRUPTED = 130  # Ctrl-C, the batch left running
 
-COMMANDS = ("download", "status", "cancel", "batches", "messages")
 
 EXIT_HELP = """\
 exit codes:
@@ -136,6 +135,20 @@ def add_parsers(commands: Any) -> None:
 
     cancel = commands.add_parser("cancel", parents=[common], help="cancel a batch")
     cancel.add_argument("batch", help="the batch id")
+
+    pause = commands.add_parser(
+        "pause", parents=[common],
+        help="pause a batch: running files stop and keep what they fetched")
+    pause.add_argument("batch", help="the batch id")
+    resume = commands.add_parser(
+        "resume", parents=[common], help="resume a paused batch from the bytes on disk")
+    resume.add_argument("batch", help="the batch id")
+    settings = commands.add_parser(
+        "set", parents=[common], help="change a running batch: files downloading at once")
+    settings.add_argument("batch", help="the batch id")
+    settings.add_argument("--max-concurrent", type=positive, required=True, metavar="N",
+                          help="1-5; raising it starts more files at once, lowering it "
+                               "interrupts none")
 
     batches = commands.add_parser("batches", parents=[common],
                                   help="recent batches, newest first, with their progress")
@@ -342,13 +355,29 @@ def status(api: Api, console: Console, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cancel(api: Api, console: Console, args: argparse.Namespace) -> int:
-    done = api.call("POST", f"/api/media/batch-cancel/{args.batch}")
-    if args.json:
-        _print_json(done)
-    else:
-        console.print(escape(done["message"]), highlight=False)
-    return EXIT_OK
+Handler = Callable[[Api, Console, argparse.Namespace], int]
+
+
+def _steer(method: str, path: str,
+           body: Callable[[argparse.Namespace], dict[str, Any]] | None = None) -> Handler:
+    """A command that changes a batch and prints the API's sentence about it."""
+
+    def handle(api: Api, console: Console, args: argparse.Namespace) -> int:
+        done = api.call(method, path.format(batch=args.batch),
+                        **({"json": body(args)} if body else {}))
+        if args.json:
+            _print_json(done)
+        else:
+            console.print(escape(done["message"]), highlight=False)
+        return EXIT_OK
+    return handle
+
+
+cancel = _steer("POST", "/api/media/batch-cancel/{batch}")
+pause = _steer("POST", "/api/media/batch-pause/{batch}")
+resume = _steer("POST", "/api/media/batch-resume/{batch}")
+set_batch = _steer("PATCH", "/api/media/batch/{batch}",
+                   lambda args: {"max_concurrent": args.max_concurrent})
 
 
 def batches(api: Api, console: Console, args: argparse.Namespace) -> int:
@@ -399,10 +428,11 @@ def messages(api: Api, console: Console, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-HANDLERS: dict[str, Callable[[Api, Console, argparse.Namespace], int]] = {
+HANDLERS: dict[str, Handler] = {
     "download": download, "status": status, "cancel": cancel, "batches": batches,
-    "messages": messages,
+    "messages": messages, "pause": pause, "resume": resume, "set": set_batch,
 }
+COMMANDS = tuple(HANDLERS)  # what `tgdl` hands to this module
 
 
 def _fail(command: str, failure: Failure) -> int:
