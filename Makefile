@@ -52,7 +52,7 @@ rebuild-read-model: $(STAMP)
 # BENCHMARKS.md, docs/bench.png), then the in-process scaling and parallel-parts ratios.
 # ARGS=--full runs the issue's sizes (tens of minutes).
 bench: $(STAMP)
-	$(BIN)/pip install --quiet --disable-pip-version-check -r benchmarks/requirements.txt
+	$(PIP) --require-hashes --no-deps -r benchmarks/requirements.lock
 	$(BIN)/python benchmarks/bench_goals.py $(ARGS)
 	$(BIN)/python benchmarks/bench_pipeline.py $(ARGS)
 

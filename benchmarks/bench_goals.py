@@ -32,6 +32,7 @@ import random
 import shutil
 import signal
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -313,17 +314,19 @@ async def start_and_finish(s: Stack, ids: list[int], live: list[str]) -> tuple[S
 async def at_scale(srv: Servers, full: bool, readers: int = 8) -> list[Scenario]:
     per_batch = BATCH if full else 10
     batches = 40
-    rows, cpus, targets = [], {}, []
-    for replicas in (1, 2, 4):
+    rows, cpus = [], {}
+    # `tgdl run`'s global cap (8 downloads in flight) for 1, 2 and 4 replicas, then 4
+    # replicas with a cap that fills all their slots: does the cap bound the throughput?
+    for replicas, cap in ((1, 8), (2, 8), (4, 8), (4, 16)):
         ids = list(range(1, batches * per_batch + 1))
-        async with stack(srv, [TINY] * len(ids), INSTANT, downloaders=replicas) as s:
+        async with stack(srv, [TINY] * len(ids), INSTANT, downloaders=replicas,
+                         extra={"TGDL_GLOBAL_CAP": str(cap)}) as s:
             latencies: list[float] = []
             live: list[str] = []
             done = asyncio.Event()
             tasks = [asyncio.create_task(status_reader(s, live, done, latencies, i))
                      for i in range(readers)]
             before = s.cpu()
-
             try:
                 runs = await asyncio.gather(*(start_and_finish(s, c, live)
                                               for c in chunks(ids, per_batch)))
@@ -331,22 +334,26 @@ async def at_scale(srv: Servers, full: bool, readers: int = 8) -> list[Scenario]
                 done.set()
                 await asyncio.gather(*tasks)
             wall = max(f for _, f in runs) - min(st.at for st, _ in runs)
-            cpus[replicas] = busy(before, s.cpu(), wall)
+            cpus[(replicas, cap)] = busy(before, s.cpu(), wall)
             for st, _ in runs:
                 await s.check(st)
-        rows.append({"replicas": replicas, "files": len(ids), "wall_s": round(wall, 3),
-                     "files_per_s": round(len(ids) / wall, 1),
+        rate = len(ids) / wall
+        rows.append({"replicas": replicas, "global_cap": cap, "files": len(ids),
+                     "wall_s": round(wall, 3), "files_per_s": round(rate, 1),
+                     # Little's law: the time each file holds one of the cap's slots
+                     "slot_ms_per_file": round(cap / rate * 1000, 1),
+                     "cpu_all_processes": round(sum(cpus[(replicas, cap)].values()), 2),
                      "status_reads": len(latencies),
                      "status_p50_ms": round(pct(latencies, 0.5) * 1000, 1),
                      "status_p99_ms": round(pct(latencies, 0.99) * 1000, 1)})
-        console.print(f"  at scale: {replicas} replicas, {len(ids) / wall:.0f} files/s")
-    last = rows[-1]
+        console.print(f"  at scale: {replicas} replicas, cap {cap}: {rate:.0f} files/s")
+    last = next(r for r in rows if r["replicas"] == 4 and r["global_cap"] == 8)
     targets = [Target("files/s end to end with 4 replicas", last["files_per_s"], "", ">=", 300),
                Target("batch-status p99 under that load", last["status_p99_ms"], " ms", "<=",
                       20)]
     return [Scenario("at_scale", f"Throughput at scale: 40 concurrent batches of {per_batch} "
                      f"tiny files, instant Telegram, {readers} status readers",
-                     {"rows": rows}, targets, cpus[4], last["wall_s"])]
+                     {"rows": rows}, targets, cpus[(4, 8)], last["wall_s"])]
 
 
 # --- 6. memory ---------------------------------------------------------------------------
@@ -389,7 +396,7 @@ def chart(found: dict[str, Scenario], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 3, figsize=(15, 8.5))
+    fig, axes = plt.subplots(2, 3, figsize=(17, 9))
     fig.suptitle("tgdl make bench: every service its own process "
                  f"({datetime.now(UTC):%Y-%m-%d}, {os.cpu_count()} cores)")
 
@@ -420,9 +427,10 @@ def chart(found: dict[str, Scenario], path: Path) -> None:
     ax = axes[0][2]
     if "at_scale" in found:
         rows = found["at_scale"].figures["rows"]
-        ax.bar([str(r["replicas"]) for r in rows], [r["files_per_s"] for r in rows])
+        ax.bar([f"{r['replicas']} (cap {r['global_cap']})" for r in rows],
+               [r["files_per_s"] for r in rows])
         ax.axhline(300, color="red", linestyle="--", label="target 300 files/s")
-        ax.set_xlabel("downloader replicas")
+        ax.set_xlabel("downloader replicas (global cap)")
         ax.set_ylabel("files/s")
         ax.set_title("4. throughput, 40 concurrent batches")
         ax.legend()
@@ -453,12 +461,16 @@ def chart(found: dict[str, Scenario], path: Path) -> None:
     ax = axes[1][2]
     rows = [(k, t) for k, sc in found.items() for t in sc.targets]
     if rows:
-        names = [t.what[:38] for _, t in rows]
-        scores = [(t.goal / t.value if t.op == "<=" else t.value / t.goal) if t.value else 0
-                  for _, t in rows]
+        names = [t.what[:44] for _, t in rows]
+        scores = [max(1e-3, (t.goal / t.value if t.op == "<=" else t.value / t.goal)
+                      if t.value else 1e-3) for _, t in rows]
         ax.barh(names, scores, color=["C2" if t.meets else "C3" for _, t in rows])
         ax.axvline(1.0, color="black", linewidth=1)
         ax.set_xscale("log")
+        ticks = [0.01, 0.03, 0.1, 0.3, 1, 3]
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.minorticks_off()
+        ax.set_xlim(min(0.01, min(scores) / 1.5), max(3, max(scores) * 1.5))
         ax.invert_yaxis()
         ax.tick_params(axis="y", labelsize=7)
         ax.set_title("targets: >= 1 meets (target / measured)")
@@ -475,6 +487,15 @@ def write_results(found: dict[str, Scenario], run: dict) -> None:
          "cpu_share_by_process": sc.cpu, "cpu_window_s": round(sc.wall, 3)}
         for sc in found.values()]}
     RESULTS.write_text(json.dumps(body, indent=2) + "\n")
+
+
+def revision() -> str:
+    """The commit measured; "-dirty" when the working tree had changes."""
+    try:
+        return subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT,
+                              capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
 
 
 async def bench(args: argparse.Namespace) -> None:
@@ -494,7 +515,8 @@ async def bench(args: argparse.Namespace) -> None:
             console.print(f"  ({time.perf_counter() - t0:.0f} s)")
     run = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "full": args.full,
            "cores": os.cpu_count(), "python": platform.python_version(),
-           "machine": platform.machine(), "seconds": round(time.perf_counter() - began, 1)}
+           "machine": platform.machine(), "seconds": round(time.perf_counter() - began, 1),
+           "revision": revision()}
     console.print()
     for sc in found.values():
         for t in sc.targets:

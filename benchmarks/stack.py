@@ -60,7 +60,7 @@ class Servers:
     nats_url: str
     database_url: str
     scratch: Path  # every scenario's folders live here; removed at the end
-    nats_pid: int
+    nats_pid: int | None
     pg_pid: int | None
 
 
@@ -135,7 +135,7 @@ def spawn(name: str, args: Sequence[str], env: dict[str, str], folder: Path) -> 
 
 def tree_cpu(pid: int | None) -> float:
     """CPU seconds of a process and its children (PostgreSQL's backends), those alive."""
-    if pid is None:
+    if not pid:  # a server this bench did not start
         return 0.0
     total = 0.0
     with contextlib.suppress(psutil.Error):

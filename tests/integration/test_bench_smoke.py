@@ -1,0 +1,50 @@
+"""make bench's own code runs: a tiny deployment of service processes, a batch through it,
+the seed's loop, the row counts, and the report. Nothing here times anything: the
+benchmark reports times, tests do not."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+import bench_goals  # noqa: E402
+import report  # noqa: E402
+import stack  # noqa: E402
+
+
+async def test_bench_drives_a_tiny_deployment_and_writes_its_report(servers, tmp_path):
+    srv = stack.Servers(servers.nats_url, servers.database_url, tmp_path, None, None)
+    async with stack.stack(srv, [10_000, 20_000, 30_000], stack.INSTANT, downloaders=1) as s:
+        _, (started,), (events,) = await bench_goals.run_batches(s, [[1, 2]], 2)
+        await s.until_visible(started)
+        await bench_goals.seed_loop(s.sim_url, [3], tmp_path / "seed", 5)
+        writes = await s.row_writes()
+        cpu = s.cpu()
+    assert stack.file_seconds(events) > 0
+    assert sum(writes.values()) > 0
+    assert {"orchestrator", "projector", "gateway", "downloader-1"} <= cpu.keys()
+    assert not (tmp_path / "seed").exists()  # the seed's files are removed after timing
+
+    target = bench_goals.Target("tgdl / seed, tiny", 1.5, "", "<=", 1.1)
+    scenario = bench_goals.Scenario(
+        "seed_small", "Against the seed's design", {
+            "seed_s": 1.0, "tgdl_s": 1.5, "seed_rounds_s": [1.0], "tgdl_rounds_s": [1.5],
+            "ratio_tgdl_over_seed": 1.5}, [target], {"orchestrator": 0.5}, 1.5)
+    text = report.markdown({"seed_small": scenario}, {
+        "date": "today", "full": False, "cores": 2, "python": "3.11", "seconds": 1.0})
+    assert "| tgdl / seed, tiny | 1.5 | <= 1.1 | **misses** |" in text
+
+
+def test_bench_chart_draws_what_ran_and_says_what_did_not(tmp_path):
+    pytest.importorskip("matplotlib", reason="bench-only: benchmarks/requirements.txt")
+    scenario = bench_goals.Scenario(
+        "memory", "Memory", {"idle_mb": 80.0, "peak_10mb_file_mb": 90.0,
+                             "peak_big_file_mb": 95.0, "big_file_bytes": 300 * 2**20},
+        [bench_goals.Target("downloader peak RSS", 95.0, " MB", "<=", 80)])
+    bench_goals.chart({"memory": scenario}, tmp_path / "bench.png")
+    assert (tmp_path / "bench.png").read_bytes()[:4] == b"\x89PNG"
