@@ -13,7 +13,8 @@ Seven scenarios, each reported with its figures and its ratio to a target:
    2 and 4 downloader replicas, and batch-status latency from 8 concurrent readers;
 5. cost growth: 10, 100 and 1 000 files (--full: and 10 000) across batches of 50;
 6. memory: peak RSS of a downloader on a 10 MB file, then a 300 MiB one (--full: 2 GiB);
-7. write amplification: read-model rows written per file-second of download (scenario 2).
+7. write amplification: read-model rows written per file-second of download (scenario 2);
+8. a py-spy profile of the services over 400 tiny files (when py-spy can attach).
 
 Writes benchmarks/results.json, BENCHMARKS.md and docs/bench.png. Nothing here asserts a
 time: the run fails only if a batch misses a file or a file has the wrong size.
@@ -384,9 +385,37 @@ async def memory(srv: Servers, full: bool) -> list[Scenario]:
 # --- report ------------------------------------------------------------------------------
 
 
+async def profile(srv: Servers, full: bool) -> list[Scenario]:
+    """py-spy over the service processes while 400 tiny files go through in batches of 50
+    (instant Telegram): what each process does per file. Apart from the measured
+    scenarios, since sampling costs the processes a little CPU."""
+    import spy
+
+    if spy.binary() is None:
+        console.print("  py-spy not found: no profile")
+        return []
+    files = 400
+    async with stack(srv, [TINY] * files, INSTANT) as s:
+        names = ["orchestrator", "projector", "downloader-1", "simtelegram", "gateway"]
+        recordings = [spy.start(n, s.procs[n].popen.pid, s.folder) for n in names]
+        try:
+            await asyncio.sleep(1.0)  # py-spy attaches
+            before = s.cpu()
+            wall, _, _ = await run_batches(s, chunks(range(1, files + 1), BATCH), 5, window=4)
+            cpu = busy(before, s.cpu(), wall)
+        finally:
+            for rec in recordings:
+                spy.stop(rec)
+        summaries = {rec.name: spy.summarise(rec.out) for rec in recordings}
+    return [Scenario("profile", f"Profile: py-spy over the services, {files} tiny files in "
+                     "batches of 50, instant Telegram",
+                     {"files": files, "wall_s": round(wall, 3), "rate_hz": spy.RATE,
+                      "processes": summaries}, [], cpu, wall)]
+
+
 SCENARIOS: dict[str, Callable] = {
     "1": against_seed, "2": against_ideal, "3": overhead_and_growth, "4": at_scale,
-    "6": memory,
+    "6": memory, "p": profile,
 }
 
 
@@ -540,7 +569,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--full", action="store_true", help="the issue's sizes (much longer)")
     parser.add_argument("--only", help="comma-separated scenarios: 1 (seed), 2 (ideal and "
-                        "writes), 3 (overhead and growth), 4 (scale), 6 (memory)")
+                        "writes), 3 (overhead, growth), 4 (scale), 6 (memory), p (py-spy)")
     parser.add_argument("--write", action="store_true",
                         help="write results.json, BENCHMARKS.md and the chart after --only")
     args = parser.parse_args()

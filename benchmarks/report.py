@@ -90,19 +90,34 @@ def _section(key: str, sc: Any) -> str:
                       [[f["row_writes"], f["files"], f["file_seconds"], f["writes_per_file"],
                         f"**{f['writes_per_file_second']}**"]]) + (
             f"\n\nBy table: {tables}.")
+    if key == "profile":
+        rows = []
+        for name, p in f["processes"].items():
+            share = p["samples"] / (f["rate_hz"] * f["wall_s"]) if f["wall_s"] else 0
+            rows.append([name, f"{share:.0%}",
+                         "<br>".join(f"{k} {v:.0%}" for k, v in p["project"][:5]),
+                         "<br>".join(f"{k} {v:.0%}" for k, v in p["leaf"][:4])])
+        return _table(["process", "Python busy (GIL held)", "innermost project frame",
+                       "innermost frame"], rows) + (
+            f"\n\n{f['files']} files in {f['wall_s']:.1f} s, sampled at {f['rate_hz']} Hz. "
+            "Shares are of the process's own samples. An innermost project frame of "
+            "`serve_http` or `consume_scope` means the event loop or a library (nats-py, "
+            "asyncpg, pydantic, httpx) called from it, with no project function between.")
     return ""
 
 
 BOUNDS = {
     "seed_small": (
         "Round trips and per-file orchestration. The seed's loop makes one request per file "
-        "(50 ms of latency, then ~50 ms of bytes at 4 MB/s) on 5 lanes. tgdl adds, on each "
-        "file's path, a second request to Telegram for the message before the content (another "
-        "50 ms), and a chain of sequential hops: the job published on JetStream (fsync), the "
-        "downloader's pull, the outcome published (fsync), the orchestrator appending "
-        "`FileCompleted` and the next `PermitGranted` with an expected sequence (fsync each), "
-        "and the next job. A file's permit is only free again after that chain, so every "
-        "hop is on the critical path of the next file of the lane."),
+        "(50 ms of latency, then ~50 ms of bytes at 4 MB/s) on 5 lanes, and neither fsyncs "
+        "nor renames. Every request tgdl's downloader makes before the content (asking "
+        "Telegram for the message when the catalog holds no file location) adds another "
+        "50 ms, and each file crosses a chain of sequential hops: the job published on "
+        "JetStream (fsync), the downloader's pull, the file fsynced and renamed, the outcome "
+        "published (fsync), the orchestrator appending `FileCompleted` and the next "
+        "`PermitGranted` with an expected sequence (fsync each), and the next job. A permit "
+        "is free again only after that chain, so every hop is on the critical path of the "
+        "next file of the lane."),
     "seed_medium": (
         "Bandwidth. Each file here takes 0.3-2 s of bytes at one connection's pace; tgdl fetches "
         "a file's 1 MiB parts over 2-4 connections at once (by size), so it beats a loop that "
@@ -186,7 +201,7 @@ def markdown(found: dict, run: dict) -> str:
     ]
     number = {"seed_small": "1a", "seed_medium": "1b", "bandwidth_ideal": "2",
               "overhead": "3", "at_scale": "4", "cost_growth": "5", "memory": "6",
-              "write_amplification": "7"}
+              "write_amplification": "7", "profile": "8"}
     for key in sorted(found, key=lambda k: number.get(k, "9")):
         sc = found[key]
         out += [f"## {number.get(key, '')}. {sc.title}", "", _section(key, sc), ""]
@@ -206,12 +221,10 @@ def markdown(found: dict, run: dict) -> str:
         "## Where a target is missed, and what would move it",
         "",
         "- *Small files against the seed, overhead, throughput at scale*: the per-file path. "
-        "The CPU table shows which process is busiest; the profile in `DESIGN.md` (py-spy "
-        "over the overhead scenario) splits the per-file CPU between the downloader (18%), "
-        "the simulated Telegram (12%), the bus (6.5%), the projector (6.4%) and pydantic "
-        "(5.9%). What moves it: one request to Telegram per file (the file's location stored "
-        "at sync time), the events of one decision appended together, fewer KV round trips, "
-        "no progress messages for files that finish within one part.",
+        "The CPU table shows which process is busiest, and the py-spy profile (section 8) "
+        "which code in it. What moves it: one request to Telegram per file (the file's "
+        "location stored at sync time), the events of one decision appended together, "
+        "fewer KV round trips, no progress messages for files that finish within one part.",
         "- *Bandwidth ideal*: connections idle while a replica holds few files; parts per "
         "file by the connections free rather than by size alone would fill them.",
         "- *Write amplification*: fixed rows per file; one transaction per delivered batch of "
