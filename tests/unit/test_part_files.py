@@ -12,7 +12,9 @@ from tgdl.downloader.files import (
     discard_part,
     is_complete,
     part_path,
+    parts_path,
     resume_offset,
+    store_whole,
 )
 from tgdl.downloader.meter import Meter
 
@@ -50,6 +52,16 @@ def test_short_file_is_never_renamed(tmp_path: Path):
     assert not final.exists() and part_path(final).stat().st_size == 9
     discard_part(final)
     assert not part_path(final).exists()
+
+
+def test_a_file_of_one_part_is_stored_whole_without_a_sidecar(tmp_path: Path):
+    final = tmp_path / "photos" / "3_4_b.jpg"
+    final.parent.mkdir()
+    part_path(final).write_bytes(b"torn" * 100)  # an earlier attempt's leftovers
+    parts_path(final).write_text("old sidecar\n")
+    store_whole(final, b"c" * 1000)
+    assert final.read_bytes() == b"c" * 1000
+    assert not part_path(final).exists() and not parts_path(final).exists()
 
 
 def test_meter_reports_window_speed_and_eta():

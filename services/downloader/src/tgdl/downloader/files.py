@@ -72,6 +72,19 @@ class PartWriter:
             os.close(dir_fd)
 
 
+def store_whole(final: Path, data: bytes) -> None:
+    """A file that came in one part: its .part written, fsynced and renamed, the folder
+    fsynced (blocking: run it in a thread). One part leaves nothing to resume, so it
+    needs no parts sidecar (one left by an earlier attempt goes)."""
+    writer = PartWriter(final, 0)
+    try:
+        writer.write(data)
+        writer.commit(len(data))
+    finally:
+        writer.close()
+    parts_path(final).unlink(missing_ok=True)
+
+
 class SizeMismatch(Exception):
     def __init__(self, expected: int, actual: int) -> None:
         super().__init__(f"expected {expected} bytes, got {actual}")

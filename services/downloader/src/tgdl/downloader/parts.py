@@ -68,6 +68,30 @@ async def _both(first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+# Hashing this much takes less than handing it to a thread and back.
+INLINE_HASH_BYTES = 128 * 1024
+
+
+async def fetch_checked(source: PartSource, offset: int, length: int,
+                        stats: PartStats) -> tuple[bytes, bool]:
+    """One part, checked against Telegram's hashes where it has them (fetched again when
+    they do not match); returns its bytes and whether they were checked."""
+    for attempt in range(1, MAX_MISMATCHES + 1):
+        data, ranges = await _both(source.read(offset, length), source.hashes(offset, length))
+        if ranges is None:
+            return data, False
+        if (matches(data, offset, ranges) if length <= INLINE_HASH_BYTES
+                else await asyncio.to_thread(matches, data, offset, ranges)):
+            return data, True
+        stats.refetched += 1
+        log.warning("part at %d does not match Telegram's hashes (fetch %d of %d)",
+                    offset, attempt, MAX_MISMATCHES)
+    raise PermanentError.of(
+        ErrorCode.retries_exhausted,
+        f"the bytes at {offset} failed Telegram's SHA-256 check {MAX_MISMATCHES} times "
+        "in a row: Telegram keeps sending a corrupted range")
+
+
 async def fetch_parts(
     source: PartSource,
     file: PartFile,
@@ -83,27 +107,10 @@ async def fetch_parts(
     writes: set[asyncio.Future] = set()
     stats = stats if stats is not None else PartStats()
 
-    async def fetched(index: int) -> tuple[bytes, bool]:
-        offset, length = file.span(index)
-        for attempt in range(1, MAX_MISMATCHES + 1):
-            data, ranges = await _both(source.read(offset, length),
-                                       source.hashes(offset, length))
-            if ranges is None:
-                return data, False
-            if await asyncio.to_thread(matches, data, offset, ranges):
-                return data, True
-            stats.refetched += 1
-            log.warning("part at %d does not match Telegram's hashes (fetch %d of %d)",
-                        offset, attempt, MAX_MISMATCHES)
-        raise PermanentError.of(
-            ErrorCode.retries_exhausted,
-            f"the bytes at {offset} failed Telegram's SHA-256 check {MAX_MISMATCHES} times "
-            "in a row: Telegram keeps sending a corrupted range")
-
     async def worker() -> None:
         while todo:
             index = todo.popleft()
-            data, verified = await fetched(index)
+            data, verified = await fetch_checked(source, *file.span(index), stats)
             length = len(data)
             # Shielded: a write once begun completes before the file may be closed.
             write = asyncio.ensure_future(asyncio.to_thread(file.write, index, data, verified))

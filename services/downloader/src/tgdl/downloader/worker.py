@@ -31,10 +31,16 @@ from tgdl.contracts.jobs import (
 )
 from tgdl.contracts.paths import relative_path
 from tgdl.contracts.status import OutcomeStatus
-from tgdl.downloader.files import PartFile, SizeMismatch, discard_part, is_complete
+from tgdl.downloader.files import (
+    PartFile,
+    SizeMismatch,
+    discard_part,
+    is_complete,
+    store_whole,
+)
 from tgdl.downloader.flood import FloodGate
 from tgdl.downloader.meter import Meter
-from tgdl.downloader.parts import PartStats, fetch_parts, parts_for
+from tgdl.downloader.parts import PartStats, fetch_checked, fetch_parts, parts_for
 from tgdl.downloader.settings import DownloaderSettings
 from tgdl.downloader.telegram.port import (
     PART_SIZE,
@@ -335,6 +341,8 @@ class Worker:
     ) -> tuple[int, bool]:
         """Fetch the parts the .part file is missing, several at once, then commit it;
         returns the size and whether every part matched Telegram's hashes."""
+        if 0 < media.size <= PART_SIZE:
+            return await self._fetch_whole(media, final, running)
         file = PartFile(final, media.size, PART_SIZE)
         await asyncio.to_thread(file.open)
         try:
@@ -372,6 +380,25 @@ class Worker:
         if not quiet:
             progress.add(0)
             await progress.publish("downloading", force=True)
+        return media.size, verified
+
+    async def _fetch_whole(self, media: RemoteMedia, final: Path, running: Running
+                           ) -> tuple[int, bool]:
+        """A file of one part (most photos, voice notes, stickers): one request, one
+        write with its fsyncs, and no progress (its outcome says all)."""
+        stats = PartStats()
+
+        async def fetch() -> tuple[bytes, bool]:
+            async with self.port.parts(media) as source:
+                return await fetch_checked(source, 0, media.size, stats)
+
+        try:
+            data, verified = await self._interruptible(running, fetch())
+        finally:
+            if stats.refetched:
+                log.warning("message %d fetched again after failing Telegram's hashes",
+                            media.entry.message_id)
+        await asyncio.to_thread(store_whole, final, data)
         return media.size, verified
 
     async def _interruptible(self, running: Running, work: Awaitable):
