@@ -119,3 +119,16 @@ async def test_claim_and_end_write_against_the_lease_seen_and_a_stale_one_reads_
     cancelled = ended.model_copy(update={"job_id": "C:6", "status": "cancelled"})
     with pytest.raises(Rejoined):
         await leases.end_at(cancelled, (seen[0].model_copy(update={"parties": []}), seen[1]))
+
+
+async def test_a_claim_never_gives_up_on_a_stale_sighting(js, isolation):
+    leases = await Leases.open(js, Names(isolation.namespace))
+    await leases.acquire(4, "A:4", "A")
+    old = await leases.claim_at(4, "A:4", 60)  # the job's earlier incarnation ran...
+    ended = DownloadOutcome(job_id="A:4", message_id=4, status="completed", at=NOW)
+    await leases.release(4, "A:4", (await leases.end_at(ended))[1])
+    await leases.acquire(4, "A:4", "A")  # ...and the same job was queued again
+    # A sighting of the old lease (claimed by another copy) is checked, not believed.
+    claimed = await leases.claim_at(4, "A:4", 61, old)
+    assert claimed is not None and claimed[0].claimed_by == 61
+    assert claimed[1] == (await leases.get(4))[1]

@@ -9,6 +9,7 @@ tests/integration/test_orchestrator_recovery.py and test_pipeline.py."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -600,3 +601,25 @@ async def test_steering_an_unknown_batch_is_refused(w):
                                                                max_concurrent=2))):
         assert isinstance(result, Rejection) and result.reason is RejectReason.batch_not_found
     assert w.orch.repo.locks_held() == 0
+
+
+async def test_the_grants_of_one_decision_are_dispatched_side_by_side(w):
+    """Their leases and jobs go out at once: the first publish waits until the third
+    grant's is under way (one after the other, this would never end)."""
+    all_three = asyncio.Event()
+    started: list[str] = []
+    publish = w.jobs.publish_job
+
+    async def together(job: DownloadJob) -> None:
+        started.append(job.job_id)
+        if len(started) == 3:
+            all_three.set()
+        await asyncio.wait_for(all_three.wait(), 5)
+        await publish(job)
+
+    w.jobs.publish_job = together  # type: ignore[method-assign]
+    batch_id = await start(w, [1, 2, 3, 4], max_concurrent=3)
+
+    assert len(w.jobs.published) == 3
+    dispatched = [e for e in w.log.events(batch_id) if isinstance(e, JobDispatched)]
+    assert sorted(e.message_id for e in dispatched) == [1, 2, 3]

@@ -126,16 +126,22 @@ class Leases:
     async def claim_at(self, message_id: int, job_id: str, job_seq: int,
                        seen: tuple[Lease, int] | None = None) -> tuple[Lease, int] | None:
         """`claim`, returning the claimed lease and its revision (None: not this copy's).
-        `seen`: the lease as just read, saving a read (a stale one only costs a retry)."""
+        `seen`: the lease as recently seen, saving a read. It only ever leads to a
+        compare-and-set (a stale one fails and reads); any other answer is read fresh."""
         current = seen
         while True:
-            if current is None:
+            fresh = current is None
+            if fresh:
                 current = await self.get(message_id)
-            if current is None or current[0].job_id != job_id:
-                return None
+            if (current is None or current[0].job_id != job_id
+                    or current[0].claimed_by is not None):
+                if not fresh:
+                    current = None
+                    continue
+                if current is None or current[0].job_id != job_id:
+                    return None
+                return current if current[0].claimed_by == job_seq else None
             lease, revision = current
-            if lease.claimed_by is not None:
-                return current if lease.claimed_by == job_seq else None
             claimed = lease.model_copy(update={"claimed_by": job_seq})
             try:
                 return claimed, await self._put(message_id, claimed, revision)
@@ -158,12 +164,19 @@ class Leases:
         whether a party came back."""
         current = seen if outcome.status != OutcomeStatus.cancelled else None
         while True:
-            if current is None:
+            fresh = current is None
+            if fresh:
                 current = await self.get(outcome.message_id)
             if current is None or current[0].job_id != outcome.job_id:
+                if not fresh:  # only a write is ever based on what was seen
+                    current = None
+                    continue
                 return None
             lease, revision = current
             if lease.outcome is not None:
+                if not fresh:
+                    current = None
+                    continue
                 return lease.outcome, revision  # a previous delivery of this job got this far
             if outcome.status == OutcomeStatus.cancelled and lease.parties:
                 raise Rejoined(f"message {outcome.message_id}: {lease.parties} wait again")

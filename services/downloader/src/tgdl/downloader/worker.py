@@ -126,6 +126,9 @@ class Worker:
         self._tasks: set[asyncio.Task] = set()
         self._watcher = None
         self._follow: asyncio.Task | None = None
+        # Every lease as the watcher last saw it (raw, parsed only when a job needs it):
+        # a job's first delivery claims against it instead of reading the lease first.
+        self._leases_seen: dict[int, tuple[bytes, int]] = {}
 
     # --- taking jobs --------------------------------------------------------------------------
 
@@ -178,10 +181,15 @@ class Worker:
             if entry is None:
                 continue
             with contextlib.suppress(ValueError):
-                running = self.running.get(int(entry.key))
+                m = int(entry.key)
+                gone = not entry.value or entry.operation in ("DEL", "PURGE")
+                if gone:
+                    self._leases_seen.pop(m, None)
+                else:
+                    self._leases_seen[m] = (entry.value, entry.revision)
+                running = self.running.get(m)
                 if running is None:
                     continue
-                gone = not entry.value or entry.operation in ("DEL", "PURGE")
                 lease = None if gone else Lease.model_validate_json(entry.value)
                 if (
                     lease is None
@@ -212,7 +220,9 @@ class Worker:
         attempt = meta.num_delivered
         if m in self.running:
             return  # this job is already running here; that run answers for the message
-        current = await self.leases.get(m)
+        current = self._seen_lease(m, job.job_id) if attempt == 1 else None
+        if current is None:
+            current = await self.leases.get(m)
         if current is None or current[0].job_id != job.job_id:
             await msg.ack()  # stale: the message is someone else's now, or nobody's
             return
@@ -246,6 +256,19 @@ class Worker:
             heartbeat.cancel()
             self.running.pop(m, None)
         await self._end(msg, outcome, running.seen)
+
+    def _seen_lease(self, message_id: int, job_id: str) -> tuple[Lease, int] | None:
+        """The job's own lease as the watcher saw it, if it did. Possibly stale, which is
+        safe: the claim is a compare-and-set (it reads again when the lease changed), and
+        ending as cancelled always reads first."""
+        seen = self._leases_seen.get(message_id)
+        if seen is None:
+            return None
+        with contextlib.suppress(ValueError):
+            lease = Lease.model_validate_json(seen[0])
+            if lease.job_id == job_id and lease.outcome is None:
+                return lease, seen[1]
+        return None
 
     async def _heartbeat(self, msg: JobMessage) -> None:
         """Tell JetStream we are alive well inside ack_wait, however long the file takes."""

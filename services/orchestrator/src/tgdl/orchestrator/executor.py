@@ -4,7 +4,8 @@ sweep leaves those alone)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import asyncio
+from collections.abc import Awaitable, Iterable
 
 from tgdl.contracts.events import BatchEvent
 from tgdl.contracts.jobs import DownloadJob
@@ -41,12 +42,22 @@ class Executor:
         return events, before, after
 
     async def carry_out(self, effects: Iterable[Effect]) -> None:
-        for effect in effects:  # in order: e.g. leave the leases, then unlist
+        effects = list(effects)
+        i = 0
+        while i < len(effects):  # in order: e.g. leave the leases, then unlist
+            effect = effects[i]
+            i += 1
             match effect:
                 case Decide(batch_id=batch_id, command=command):
                     await self.decide(batch_id, command)
                 case Dispatch():
-                    await self._dispatch(effect)
+                    # Grants side by side are independent: their leases and jobs go out
+                    # at once (their JobDispatched appends still queue for the batch).
+                    together = [effect]
+                    while i < len(effects) and isinstance(effects[i], Dispatch):
+                        together.append(effects[i])  # type: ignore[arg-type]
+                        i += 1
+                    await _all(self._dispatch(d) for d in together)
                 case LeaveLease(message_id=m, batch_id=batch_id, keep_part=keep):
                     await self.ports.leases.leave(m, batch_id, keep_part=keep)
                 case Unlist(batch_id=batch_id):
@@ -71,3 +82,11 @@ class Executor:
         finally:
             self.in_flight.discard(key)
         await self.carry_out([*react_all(events, after), *after_dispatch(after, m, events)])
+
+
+async def _all(work: Iterable[Awaitable[None]]) -> None:
+    """Every one to its end, then the first failure raised (none is left running)."""
+    results = await asyncio.gather(*work, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
