@@ -419,7 +419,7 @@ SCENARIOS: dict[str, Callable] = {
 }
 
 
-def chart(found: dict[str, Scenario], path: Path) -> None:
+def chart(found: dict[str, Scenario], path: Path, when: str = "") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -427,7 +427,7 @@ def chart(found: dict[str, Scenario], path: Path) -> None:
 
     fig, axes = plt.subplots(2, 3, figsize=(17, 9))
     fig.suptitle("tgdl make bench: every service its own process "
-                 f"({datetime.now(UTC):%Y-%m-%d}, {os.cpu_count()} cores)")
+                 f"({when[:10] or f'{datetime.now(UTC):%Y-%m-%d}'}, {os.cpu_count()} cores)")
 
     def off(ax, text: str) -> None:
         ax.text(0.5, 0.5, text, ha="center", va="center")
@@ -518,6 +518,18 @@ def write_results(found: dict[str, Scenario], run: dict) -> None:
     RESULTS.write_text(json.dumps(body, indent=2) + "\n")
 
 
+def load_results() -> tuple[dict[str, Scenario], dict]:
+    """The scenarios and run of results.json, to render the report again."""
+    body = json.loads(RESULTS.read_text())
+    found = {}
+    for sc in body["scenarios"]:
+        targets = [Target(**{k: v for k, v in t.items() if k != "meets"})
+                   for t in sc["targets"]]
+        found[sc["key"]] = Scenario(sc["key"], sc["title"], sc["figures"], targets,
+                                    sc["cpu_share_by_process"], sc["cpu_window_s"])
+    return found, body["run"]
+
+
 def revision() -> str:
     """The commit measured; "-dirty" when the working tree had changes."""
     try:
@@ -532,6 +544,15 @@ async def bench(args: argparse.Namespace) -> None:
     assert main_task is not None
     # SIGTERM ends the run like Ctrl-C does: through the cleanup of every stack.
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
+    if args.report_only:
+        from report import markdown
+
+        found, run = load_results()
+        chart(found, CHART, run["date"])
+        REPORT.write_text(markdown(found, run))
+        console.print(f"{REPORT.relative_to(ROOT)} and {CHART.relative_to(ROOT)} rendered "
+                      f"again from {RESULTS.relative_to(ROOT)} ({run['date']})")
+        return
     wanted = args.only.split(",") if args.only else list(SCENARIOS)
     found: dict[str, Scenario] = {}
     began = time.perf_counter()
@@ -559,7 +580,7 @@ async def bench(args: argparse.Namespace) -> None:
     from report import markdown
 
     write_results(found, run)
-    chart(found, CHART)
+    chart(found, CHART, run["date"])
     REPORT.write_text(markdown(found, run))
     console.print(f"\n{RESULTS.relative_to(ROOT)}, {REPORT.relative_to(ROOT)} and "
                   f"{CHART.relative_to(ROOT)} written ({run['seconds']:.0f} s)")
@@ -572,6 +593,8 @@ def main() -> None:
                         "writes), 3 (overhead, growth), 4 (scale), 6 (memory), p (py-spy)")
     parser.add_argument("--write", action="store_true",
                         help="write results.json, BENCHMARKS.md and the chart after --only")
+    parser.add_argument("--report-only", action="store_true",
+                        help="render BENCHMARKS.md and the chart again from results.json")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
