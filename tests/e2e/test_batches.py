@@ -35,18 +35,21 @@ class Watcher:
         self.snapshots: list[dict] = []
         self._task: asyncio.Task | None = None
 
+    async def _sample(self) -> None:
+        stats = await self.stack.sim_stats()
+        self.max_serving = max(self.max_serving, stats["serving"], stats["max_serving"])
+        for batch_id in self.batch_ids:
+            body = await self.stack.status(batch_id)
+            if body:
+                self.snapshots.append(body)
+                for f in body["files"]:
+                    history = self.seen.setdefault((batch_id, f["message_id"]), [])
+                    if not history or history[-1] != f["status"]:
+                        history.append(f["status"])
+
     async def _run(self) -> None:
         while True:
-            stats = await self.stack.sim_stats()
-            self.max_serving = max(self.max_serving, stats["serving"], stats["max_serving"])
-            for batch_id in self.batch_ids:
-                body = await self.stack.status(batch_id)
-                if body:
-                    self.snapshots.append(body)
-                    for f in body["files"]:
-                        history = self.seen.setdefault((batch_id, f["message_id"]), [])
-                        if not history or history[-1] != f["status"]:
-                            history.append(f["status"])
+            await self._sample()
             await asyncio.sleep(0.1)
 
     async def __aenter__(self) -> Watcher:
@@ -56,6 +59,8 @@ class Watcher:
     async def __aexit__(self, *exc) -> None:
         self._task.cancel()
         await asyncio.gather(self._task, return_exceptions=True)
+        # one look after the end: the last periodic one may predate the last change
+        await self._sample()
 
 
 ORDER = ["pending", "queued", "downloading", "completed"]
