@@ -99,6 +99,12 @@ def test_services_share_the_servers_and_the_gateway_is_published(
     assert gateway["environment"]["TGDL_HTTP_HOST"] == "0.0.0.0"  # reachable from outside
 
 
+def test_the_published_gateway_requires_a_token(compose: dict[str, Any]) -> None:
+    # `${VAR:?message}`: compose refuses to start when the token is unset or empty
+    token = compose["services"]["gateway"]["environment"]["TGDL_API_TOKEN"]
+    assert token.startswith("${TGDL_API_TOKEN:?")
+
+
 def test_the_schema_is_migrated_before_the_services_start(compose: dict[str, Any]) -> None:
     services = compose["services"]
     assert services["setup"]["command"][-1] == "migrate"

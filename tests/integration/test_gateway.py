@@ -54,7 +54,7 @@ async def app(settings):
 @pytest.fixture
 async def client(app):
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                 base_url="http://gateway") as client:
+                                 base_url="http://localhost") as client:
         yield client
 
 
@@ -329,7 +329,8 @@ async def test_healthz_is_503_and_names_what_is_down(app, client):
 async def test_the_web_page_is_served(client):
     response = await client.get("/")
     assert response.status_code == 200 and "text/html" in response.headers["content-type"]
-    assert "/api/media/batch-download" in response.text
+    assert '<script src="/static/app.js">' in response.text  # no inline code (CSP)
+    assert "/api/media/batch-download" in (await client.get("/static/app.js")).text
 
 
 async def test_batch_events_relay_snapshots_until_the_batch_finishes(client, db, settings, nc):
@@ -361,7 +362,7 @@ async def test_batch_events_relay_snapshots_until_the_batch_finishes(client, db,
 async def test_an_unexpected_failure_is_a_500_without_a_traceback(app, db, settings):
     await db.execute("DROP TABLE batch_files CASCADE")  # this test's own schema
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+    async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
         response = await client.get("/api/media/batch-status/b")
     body = assert_error_body(response, 500, "internal_error")
     assert "batch_files" not in response.text and body["suggestion"]

@@ -51,7 +51,7 @@ async def app(settings):
 @pytest.fixture
 async def client(app):
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                 base_url="http://gateway") as client:
+                                 base_url="http://localhost") as client:
         yield client
 
 

@@ -38,7 +38,7 @@ async def client(settings):
     await prepare(settings)  # schema and streams, as `tgdl migrate`
     app = create_app(settings)
     async with app.router.lifespan_context(app), httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://gateway") as client:
+            transport=httpx.ASGITransport(app=app), base_url="http://localhost") as client:
         yield client
 
 

@@ -45,7 +45,7 @@ def settings_for(nats_url: str, database_url: str, isolation, **extra) -> Gatewa
 async def gateway(settings: GatewaySettings):
     app = create_app(settings)
     async with app.router.lifespan_context(app), httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://gateway") as client:
+            transport=httpx.ASGITransport(app=app), base_url="http://localhost") as client:
         yield client
 
 
@@ -215,7 +215,7 @@ async def test_a_gateway_started_during_an_outage_waits_then_serves(servers, iso
         pg = start_postgres(tmp_path / "pg")  # back, same data and socket
         await asyncio.wait_for(starting, 20)
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                     base_url="http://gateway") as client:
+                                     base_url="http://localhost") as client:
             assert (await client.get("/api/media/batch-status/b")).status_code == 200
         assert "PostgreSQL is reachable" in caplog.text
         assert "Traceback" not in caplog.text

@@ -34,7 +34,7 @@ async def gateway(servers, isolation, nc):
     await ensure_topology(nc.jetstream(), settings.names, QueuePolicy())  # as tgdl migrate
     app = create_app(settings)
     async with app.router.lifespan_context(app), httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://gateway") as client:
+            transport=httpx.ASGITransport(app=app), base_url="http://localhost") as client:
         yield client, settings
 
 

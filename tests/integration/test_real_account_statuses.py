@@ -248,7 +248,7 @@ class Stack:
         app = create_app(GatewaySettings(**self.common))
         await self._exit.enter_async_context(app.router.lifespan_context(app))
         self.http = await self._exit.enter_async_context(httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://gateway"))
+            transport=httpx.ASGITransport(app=app), base_url="http://localhost"))
 
         async def ready() -> bool:
             with contextlib.suppress(Exception):

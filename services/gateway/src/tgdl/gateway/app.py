@@ -9,7 +9,8 @@ from collections.abc import AsyncIterator
 from importlib.resources import files
 
 from fastapi import FastAPI
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, Response
+from starlette.exceptions import HTTPException
 
 from tgdl.db.connection import create_pool
 from tgdl.db.schema import verify_schema
@@ -19,6 +20,7 @@ from tgdl.gateway.errors import install_error_handlers
 from tgdl.gateway.freshness import Freshness
 from tgdl.gateway.idempotency import Idempotency
 from tgdl.gateway.media import MediaFiles
+from tgdl.gateway.security import GuardMiddleware, Limits, Tokens, allowed_hosts
 from tgdl.gateway.services import Database, Services
 from tgdl.gateway.settings import GatewaySettings
 from tgdl.runtime import (
@@ -30,7 +32,19 @@ from tgdl.runtime import (
 )
 
 log = logging.getLogger("tgdl.gateway")
-INDEX_HTML = files("tgdl.gateway").joinpath("static", "index.html")
+STATIC = files("tgdl.gateway").joinpath("static")
+# The page runs only its own script and style (no inline code): a file name or caption
+# that slipped into the markup could not run.
+PAGE_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "media-src 'self'; connect-src 'self'; form-action 'self'; base-uri 'none'; "
+        "frame-ancestors 'none'"),
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
+ASSETS = {"app.js": "text/javascript", "app.css": "text/css"}
 
 
 async def _positions(db: Database) -> dict[str, int]:
@@ -40,6 +54,7 @@ async def _positions(db: Database) -> dict[str, int]:
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     settings = settings or GatewaySettings()
+    tokens = Tokens(settings.api_token, settings.media_link_ttl)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -68,7 +83,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
                     broker.connection.jetstream(), names.idempotency_bucket,
                     wait=settings.command_timeout + settings.projection_wait)
                 app.state.services = Services(settings, broker.connection, db, orchestrator,
-                                              freshness, idempotency)
+                                              freshness, idempotency, tokens)
                 yield
             finally:
                 watching.cancel()
@@ -85,10 +100,23 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> HTMLResponse:
-        return HTMLResponse(INDEX_HTML.read_text(encoding="utf-8"))
+        return HTMLResponse(STATIC.joinpath("index.html").read_text(encoding="utf-8"),
+                            headers=PAGE_HEADERS)
+
+    @app.get("/static/{name}", include_in_schema=False)
+    async def asset(name: str) -> Response:
+        if name not in ASSETS:
+            raise HTTPException(404, "no such file")
+        return Response(STATIC.joinpath(name).read_bytes(), media_type=ASSETS[name],
+                        headers={"X-Content-Type-Options": "nosniff"})
 
     app.mount("/media", MediaFiles(directory=settings.media_root, check_dir=False),
               name="media")
+    # Outermost, so that nothing (not even the /media mount) is reached unchecked.
+    app.add_middleware(
+        GuardMiddleware, tokens=tokens,
+        hosts=allowed_hosts(settings.allowed_hosts.split(","), settings.http_host),
+        limits=Limits(settings.max_body_bytes, settings.max_event_streams))
     return app
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query
@@ -103,7 +103,8 @@ async def batch_status(batch_id: BatchId, svc: Svc) -> Response:
         raise batch_not_found(batch_id)
     # The same bytes the projector publishes on NATS (see readmodel.status_body), plus
     # `stale` when the read model cannot be current.
-    return Response(svc.freshness.mark(snapshot_json(status)), media_type="application/json")
+    return Response(svc.freshness.mark(svc.tokens.sign_json(snapshot_json(status))),
+                    media_type="application/json")
 
 
 @router.post("/batch-cancel/{batch_id}", response_model=BatchCancelResponse)
@@ -140,7 +141,8 @@ async def batch_events(batch_id: BatchId, svc: Svc) -> StreamingResponse:
     except BaseException:
         await sub.unsubscribe()
         raise
-    return StreamingResponse(_relay(sub, first), media_type="text/event-stream",
+    return StreamingResponse(_relay(sub, first, svc.tokens.sign_json),
+                             media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
@@ -151,11 +153,12 @@ def _finished(snapshot: bytes) -> bool:
         return False
 
 
-async def _relay(sub: Subscription, first: bytes) -> AsyncIterator[bytes]:
+async def _relay(sub: Subscription, first: bytes,
+                 sign: Callable[[bytes], bytes]) -> AsyncIterator[bytes]:
     try:
         snapshot = first
         while True:
-            yield b"data: " + snapshot + b"\n\n"
+            yield b"data: " + sign(snapshot) + b"\n\n"
             if _finished(snapshot):
                 return
             while True:

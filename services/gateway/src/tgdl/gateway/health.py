@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from tgdl.contracts.api import ErrorBody
@@ -16,7 +16,8 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz")
-async def healthz(svc: Annotated[Services, Depends(services)]) -> JSONResponse:
+async def healthz(request: Request,
+                  svc: Annotated[Services, Depends(services)]) -> JSONResponse:
     checks = {"nats": "ok" if svc.nc.is_connected else "down: not connected"}
     try:
         async with asyncio.timeout(2.0):
@@ -24,7 +25,11 @@ async def healthz(svc: Annotated[Services, Depends(services)]) -> JSONResponse:
         checks["postgres"] = "ok"
     except Exception as exc:
         checks["postgres"] = f"down: {type(exc).__name__}"
-    if all(v == "ok" for v in checks.values()):
+    up = all(v == "ok" for v in checks.values())
+    if not getattr(request.state, "tgdl_authenticated", True):
+        # Open to anyone when tokens are on: up or down, nothing about the deployment.
+        return JSONResponse({"status": "up" if up else "down"}, status_code=200 if up else 503)
+    if up:
         return JSONResponse(checks)
     down = ", ".join(k for k, v in checks.items() if v != "ok")
     body = ErrorBody(error="unhealthy", detail=checks,

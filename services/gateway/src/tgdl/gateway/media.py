@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import PurePosixPath
+from urllib.parse import quote
 
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
@@ -10,6 +11,11 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
 
 from tgdl.contracts.paths import PART_SUFFIX
+
+# Shown in the browser; anything else (HTML, SVG, scripts: a Telegram file may be named
+# anything) is a download, so it can never run on the API's origin.
+INLINE_KINDS = ("image/", "audio/", "video/")
+NOT_INLINE = ("image/svg+xml",)
 
 
 class MediaFiles(StaticFiles):
@@ -20,7 +26,14 @@ class MediaFiles(StaticFiles):
         parts = PurePosixPath(path).parts
         if path.endswith(PART_SUFFIX) or any(p.startswith(".") for p in parts):
             raise HTTPException(404, "no such file")
-        return await super().get_response(path, scope)
+        response = await super().get_response(path, scope)
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Content-Security-Policy"] = "default-src 'none'; sandbox"
+        kind = (response.media_type or "").split(";", 1)[0].strip().lower()
+        if not kind.startswith(INLINE_KINDS) or kind in NOT_INLINE:
+            name = quote(PurePosixPath(path).name, safe="")
+            response.headers["Content-Disposition"] = f"attachment; filename*=UTF-8''{name}"
+        return response
 
     async def check_config(self) -> None:
         try:

@@ -77,4 +77,7 @@ async def messages(
     async with svc.pool.acquire() as conn:
         page = await readmodel.message_page(conn, offset, limit, where=where)
     page.batch_limit = svc.settings.max_batch_ids
+    for item in page.items:
+        if item.download_url:
+            item.download_url = svc.tokens.sign(item.download_url)
     return page

@@ -16,6 +16,7 @@ from tgdl.gateway.commands import OrchestratorClient
 from tgdl.gateway.errors import database_unavailable
 from tgdl.gateway.freshness import Freshness
 from tgdl.gateway.idempotency import Idempotency
+from tgdl.gateway.security import Tokens
 from tgdl.gateway.settings import GatewaySettings
 
 # What a lost or stopped PostgreSQL raises (a refused or vanished socket, a closed
@@ -78,6 +79,7 @@ class Services:
     orchestrator: OrchestratorClient
     freshness: Freshness
     idempotency: Idempotency
+    tokens: Tokens  # signs the /media/ links of answers when tokens are on
 
     async def until_projected(self, batch_id: str) -> bool:
         """Wait (briefly) until the read model knows a batch the orchestrator just

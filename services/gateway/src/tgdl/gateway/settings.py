@@ -18,3 +18,14 @@ class GatewaySettings(CommonSettings):
     # A status says `stale` once the projector has left a stream's messages unapplied
     # this long (it applies within about a second when healthy).
     stale_after: float = Field(default=5.0, gt=0)
+
+    # Who may call the API (see tgdl.gateway.security). Comma-separated tokens, each as
+    # is or `sha256:<hex>` of it; empty: no token needed (tgdl run allows that on loopback).
+    api_token: str = Field(default="", repr=False)
+    # How long a signed /media/ link in an answer opens without the token.
+    media_link_ttl: float = Field(default=3600.0, gt=0)
+    # Names the Host header may carry besides the loopback names and the bind host;
+    # `*`: any (behind a proxy that checks it). Comma-separated.
+    allowed_hosts: str = ""
+    max_body_bytes: int = Field(default=16 * 1024, ge=1024)  # a larger request is a 413
+    max_event_streams: int = Field(default=32, ge=1)  # open event streams per client address

@@ -60,7 +60,8 @@ async def download(message_id: MessageId, svc: Svc,
             message_id=message_id, download_id=batch.batch_id, status="already_downloaded",
             message="Already downloaded; pass force=true to download it again",
             file_path=done.file_path if done else None,
-            download_url=done.download_url if done else None,
+            download_url=svc.tokens.sign(done.download_url)
+            if done and done.download_url else None,
         )
     if message_id in batch.already_downloading:
         return SingleDownloadResponse(
@@ -76,7 +77,8 @@ async def status(message_id: MessageId, svc: Svc) -> JSONResponse:
     if found is None:
         raise ApiError(404, "not_requested", f"message {message_id} was never requested",
                        f"Start it with POST /api/media/download/{message_id}.")
-    body = {**readmodel.file_body(found), "download_id": found.download_id}
+    body = svc.tokens.sign_urls({**readmodel.file_body(found),
+                                 "download_id": found.download_id})
     if (stale := svc.freshness.reason()) is not None:
         body |= {"stale": True, "stale_reason": stale}
     return JSONResponse(body)

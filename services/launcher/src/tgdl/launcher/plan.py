@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from pydantic_settings import BaseSettings
 
 from tgdl.contracts.catalog import CatalogEntry
+from tgdl.gateway.security import is_loopback, parse_tokens
 from tgdl.launcher.supervisor import ChildSpec
 
 NATS_PREFERRED_PORT = 4222
@@ -99,6 +100,7 @@ def http_address(
     env: Mapping[str, str], is_free: Callable[[int], bool], any_free: Callable[[], int]
 ) -> tuple[str, int]:
     host = env.get("TGDL_HTTP_HOST", HTTP_DEFAULT_HOST)
+    refuse_anonymous_exposure(env, host)
     raw = env.get("TGDL_HTTP_PORT")
     try:
         preferred = int(raw) if raw else HTTP_DEFAULT_PORT
@@ -106,6 +108,21 @@ def http_address(
         raise ConfigError(f"TGDL_HTTP_PORT must be a port number, not {raw!r}") from None
     port = pick_port(preferred, bool(raw), is_free, any_free, "the HTTP API", "TGDL_HTTP_PORT")
     return host, port
+
+
+def refuse_anonymous_exposure(env: Mapping[str, str], host: str) -> None:
+    """Listening beyond this machine without a token would hand the account and every
+    downloaded file to whoever reaches the port."""
+    try:
+        tokens = parse_tokens(env.get("TGDL_API_TOKEN", ""))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if tokens or is_loopback(host) or env.get("TGDL_ALLOW_ANONYMOUS") == "1":
+        return
+    raise ConfigError(
+        f"TGDL_HTTP_HOST={host} listens beyond this machine, and no TGDL_API_TOKEN is set: "
+        "set a token (clients send it as Authorization: Bearer), or TGDL_ALLOW_ANONYMOUS=1 "
+        "if something else guards the port")
 
 
 def browser_url(host: str, port: int) -> str:

@@ -1,0 +1,258 @@
+"""The gateway exposed: API tokens, signed /media/ links, the Host check, the cross-site
+guard, the body cap and what /media/ serves inline, against real NATS and PostgreSQL."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from tgdl.contracts.catalog import CatalogEntry, MediaKind
+from tgdl.contracts.events import BatchFinished, BatchStarted, FileCompleted, PermitGranted
+from tgdl.db.connection import connect
+from tgdl.db.schema import migrate_database
+from tgdl.gateway.app import create_app
+from tgdl.gateway.settings import GatewaySettings
+from tgdl.projector.fold import fold_event
+from tgdl.projector.sql import apply_changes
+
+AT = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+TOKEN = "s3cret-token"
+BEARER = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def gateway_settings(servers, isolation, **extra) -> GatewaySettings:
+    return GatewaySettings(
+        nats_url=servers.nats_url, database_url=servers.database_url,
+        namespace=isolation.namespace, db_schema=isolation.schema,
+        media_root=isolation.media_root, command_timeout=0.3, projection_wait=0.3, **extra)
+
+
+async def serve(settings: GatewaySettings):
+    await migrate_database(settings.database_url, settings.db_schema)
+    app = create_app(settings)
+    return app, app.router.lifespan_context(app)
+
+
+@pytest.fixture
+async def open_client(servers, isolation):
+    """Tokens off, as on loopback by default."""
+    app, lifespan = await serve(gateway_settings(servers, isolation))
+    async with lifespan, httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                           base_url="http://127.0.0.1:8000") as client:
+        yield client
+
+
+@pytest.fixture
+async def client(servers, isolation):
+    """Tokens on: the plain one and another given as its SHA-256."""
+    other = hashlib.sha256(b"second-token").hexdigest()
+    app, lifespan = await serve(gateway_settings(
+        servers, isolation, api_token=f"{TOKEN}, sha256:{other}"))
+    async with lifespan, httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                           base_url="http://localhost:8000") as client:
+        yield client
+
+
+async def a_finished_file(servers, isolation, name: str, content: bytes = b"<b>hi</b>") -> str:
+    """Batch b with message 1 downloaded as `name`; the file on disk."""
+    conn = await connect(servers.database_url, isolation.schema)
+    try:
+        entry = CatalogEntry(message_id=1, chat="chan", telegram_message_id=901,
+                             media_kind=MediaKind.document, file_name=name, size=len(content))
+        relative = f"documents/1_901_{name}"
+        for event in (
+            BatchStarted(batch_id="b", at=AT, kind="batch", max_concurrent=1, force=False,
+                         requested_ids=[1], to_download=[entry], already_downloaded=[],
+                         failed_to_start=[]),
+            PermitGranted(batch_id="b", at=AT, message_id=1, job_id="b:1"),
+            FileCompleted(batch_id="b", at=AT, message_id=1, job_id="b:1",
+                          file_path=f"./media/{relative}", relative_path=relative,
+                          size=len(content)),
+            BatchFinished(batch_id="b", at=AT, overall_status="completed", completed=1,
+                          failed=0),
+        ):
+            await apply_changes(conn, fold_event(event))
+    finally:
+        await conn.close()
+    path = isolation.media_root / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
+    return f"/media/{relative}"
+
+
+def assert_error(response: httpx.Response, status: int, error: str) -> dict:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["error"] == error and body["detail"] and body["suggestion"]
+    return body
+
+
+# --- tokens ----------------------------------------------------------------------------------
+
+
+async def test_without_a_token_api_events_and_media_are_401(client, servers, isolation):
+    url = await a_finished_file(servers, isolation, "p.jpg", b"\xff\xd8jpeg")
+    for path in ("/api/media/batch-status/b", "/api/messages", "/api/media/batches",
+                 "/api/media/batch-events/b", url):
+        assert_error(await client.get(path), 401, "unauthorized")
+        assert_error(await client.get(path, headers={"Authorization": "Bearer wrong"}), 401,
+                     "unauthorized")
+    assert_error(await client.post("/api/media/batch-cancel/b"), 401, "unauthorized")
+    # the token in the query is for event streams only (an EventSource sends no headers)
+    assert_error(await client.get(f"/api/messages?access_token={TOKEN}"), 401, "unauthorized")
+
+
+async def test_either_token_opens_the_api(client, servers, isolation):
+    await a_finished_file(servers, isolation, "p.jpg", b"\xff\xd8jpeg")
+    for token in (TOKEN, "second-token"):
+        response = await client.get("/api/media/batch-status/b",
+                                    headers={"Authorization": f"Bearer {token}"})
+        assert response.status_code == 200, response.text
+
+
+async def test_answers_carry_signed_media_links_that_open_without_a_token(
+        client, servers, isolation):
+    await a_finished_file(servers, isolation, "p.jpg", b"\xff\xd8jpeg")
+    status = (await client.get("/api/media/batch-status/b", headers=BEARER)).json()
+    link = status["files"][0]["download_url"]
+    assert link.startswith("/media/documents/1_901_p.jpg?exp=") and "&sig=" in link
+    assert (await client.get(link)).content == b"\xff\xd8jpeg"
+    single = (await client.get("/api/media/status/1", headers=BEARER)).json()
+    assert (await client.get(single["download_url"])).status_code == 200
+    page = (await client.get("/api/messages", headers=BEARER)).json()
+    assert all("sig=" in m["download_url"] for m in page["items"] if m["download_url"])
+    # another file with this link's signature, or an altered expiry, is refused
+    path, query = link.split("?")
+    assert_error(await client.get(f"/media/documents/other.jpg?{query}"), 401, "unauthorized")
+    exp = int(query.split("exp=")[1].split("&")[0])
+    forged = query.replace(f"exp={exp}", f"exp={exp + 10}")
+    assert_error(await client.get(f"{path}?{forged}"), 401, "unauthorized")
+
+
+async def test_an_expired_media_link_is_refused(servers, isolation):
+    app, lifespan = await serve(gateway_settings(servers, isolation, api_token=TOKEN,
+                                                 media_link_ttl=0.001))
+    async with lifespan, httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                           base_url="http://localhost") as client:
+        await a_finished_file(servers, isolation, "p.jpg", b"\xff\xd8jpeg")
+        link = (await client.get("/api/media/status/1", headers=BEARER)).json()["download_url"]
+        query = dict(p.split("=") for p in urlsplit(link).query.split("&"))
+        # exp is in whole seconds and already past once rounded down with a tiny ttl
+        stale = link.replace(f"exp={query['exp']}", f"exp={int(query['exp']) - 2}")
+        assert_error(await client.get(stale), 401, "unauthorized")
+
+
+async def test_event_streams_take_the_token_in_the_query(client, servers, isolation):
+    await a_finished_file(servers, isolation, "p.jpg", b"\xff\xd8jpeg")
+    response = await client.get(f"/api/media/batch-events/b?access_token={TOKEN}")
+    assert response.status_code == 200  # finished: the stream ends after one snapshot
+    assert b"sig=" in response.content
+
+
+async def test_healthz_stays_open_and_says_only_up_or_down(client):
+    response = await client.get("/healthz")
+    assert response.status_code == 200 and response.json() == {"status": "up"}
+    full = await client.get("/healthz", headers=BEARER)
+    assert full.json() == {"nats": "ok", "postgres": "ok"}
+
+
+async def test_without_tokens_links_are_plain_as_before(open_client, servers, isolation):
+    url = await a_finished_file(servers, isolation, "p.jpg", b"\xff\xd8jpeg")
+    status = (await open_client.get("/api/media/batch-status/b")).json()
+    assert status["files"][0]["download_url"] == url
+
+
+def test_a_malformed_hashed_token_is_a_clear_error():
+    from tgdl.gateway.security import parse_tokens
+    with pytest.raises(ValueError, match="64 hex digits"):
+        parse_tokens("sha256:abc")
+
+
+# --- browser defences ----------------------------------------------------------------------
+
+
+async def test_an_html_named_file_is_an_attachment_with_nosniff(open_client, servers, isolation):
+    url = await a_finished_file(servers, isolation, "x.html", b"<script>alert(1)</script>")
+    response = await open_client.get(url)
+    assert response.status_code == 200
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert response.headers["content-disposition"].startswith("attachment")
+    assert "sandbox" in response.headers["content-security-policy"]
+
+
+async def test_svg_is_an_attachment_and_a_photo_is_shown(open_client, servers, isolation):
+    svg = await a_finished_file(servers, isolation, "x.svg", b"<svg onload='alert(1)'/>")
+    assert (await open_client.get(svg)).headers["content-disposition"].startswith("attachment")
+    (isolation.media_root / "documents" / "p.jpg").write_bytes(b"\xff\xd8jpeg")
+    photo = await open_client.get("/media/documents/p.jpg")
+    assert photo.headers["content-type"] == "image/jpeg"
+    assert "content-disposition" not in photo.headers
+    assert photo.headers["x-content-type-options"] == "nosniff"
+
+
+async def test_a_cross_site_post_without_a_body_is_refused(open_client):
+    for path in ("/api/media/download/1", "/api/media/cancel/1", "/api/media/batch-cancel/b"):
+        response = await open_client.post(path, headers={"Origin": "https://evil.example"})
+        assert_error(response, 403, "cross_site_request")
+        response = await open_client.post(path, headers={"Sec-Fetch-Site": "cross-site",
+                                                         "Content-Type": "text/plain"},
+                                          content=b"{}")
+        assert_error(response, 403, "cross_site_request")
+    # the page sends JSON (a cross-site page could only with a preflight, never allowed)
+    response = await open_client.post("/api/media/batch-cancel/b", json={},
+                                      headers={"Origin": "http://127.0.0.1:8000"})
+    assert response.status_code != 403
+
+
+async def test_a_foreign_host_is_421(open_client):
+    response = await open_client.get("/api/messages", headers={"Host": "attacker.example"})
+    assert_error(response, 421, "misdirected_request")
+    for host in ("localhost:8000", "127.0.0.1", "[::1]:8000"):
+        assert (await open_client.get("/api/messages", headers={"Host": host})).status_code \
+            == 200
+
+
+async def test_configured_host_names_are_answered(servers, isolation):
+    app, lifespan = await serve(gateway_settings(servers, isolation,
+                                                 allowed_hosts="tgdl.example.org"))
+    async with lifespan, httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                           base_url="http://tgdl.example.org") as client:
+        assert (await client.get("/api/messages")).status_code == 200
+
+
+async def test_the_page_sends_a_strict_csp_and_runs_no_inline_code(open_client):
+    page = await open_client.get("/")
+    csp = page.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+    assert "<script>" not in page.text and "style=" not in page.text
+    for asset in ("/static/app.js", "/static/app.css"):
+        assert (await open_client.get(asset)).status_code == 200
+    assert (await open_client.get("/static/../app.py")).status_code == 404
+
+
+# --- bounded input -------------------------------------------------------------------------
+
+
+async def test_an_oversized_body_is_413_before_parsing(open_client):
+    big = b'{"message_ids": [' + b"1," * 20_000 + b'1]}'
+    response = await open_client.post("/api/media/batch-download", content=big,
+                                      headers={"Content-Type": "application/json"})
+    assert_error(response, 413, "too_large")
+
+    async def chunks():  # no Content-Length: counted as it arrives
+        for _ in range(10):
+            yield b" " * 4096
+    response = await open_client.post("/api/media/batch-download", content=chunks(),
+                                      headers={"Content-Type": "application/json"})
+    assert response.status_code == 413, response.text
+    assert response.json()["error"] == "too_large"
+
+
+async def test_ids_beyond_bigint_are_422(open_client):
+    response = await open_client.post("/api/media/batch-download",
+                                      json={"message_ids": [2**70]})
+    assert response.status_code == 422
