@@ -542,8 +542,10 @@ def revision() -> str:
 async def bench(args: argparse.Namespace) -> None:
     main_task = asyncio.current_task()
     assert main_task is not None
-    # SIGTERM ends the run like Ctrl-C does: through the cleanup of every stack.
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
+    # SIGTERM and SIGINT (even where a shell started us with SIGINT ignored) end the run
+    # through the cleanup of every stack.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(sig, main_task.cancel)
     if args.report_only:
         from report import markdown
 
