@@ -18,7 +18,8 @@ def file_row(m: int = 1, status: str = "pending", **extra) -> dict:
 def job_row(state: str, **extra) -> dict:
     row = {"state": state, "downloaded_size": 0, "total_size": 1000, "download_speed": None,
            "eta_seconds": None, "wait_seconds": None, "file_path": None,
-           "relative_path": None, "error": None, "detail": None, "suggestion": None}
+           "relative_path": None, "error": None, "detail": None, "suggestion": None,
+           "hash_verified": None}
     return row | extra
 
 
@@ -199,3 +200,14 @@ def test_a_paused_batch_shows_its_stopped_files_paused_and_says_so():
                               "1 waiting for its turn")
     assert status_body(status)["files"][1] == {"message_id": 2, "status": "paused",
                                                "progress": 0, "total_size": 1000}
+
+
+def test_a_completed_file_says_whether_its_bytes_matched_telegrams_hashes():
+    fetched = file_status(file_row(1, "completed", relative_path="photos/1.jpg"),
+                          job_row("completed", hash_verified=True))
+    assert fetched.hash_verified is True
+    unverified = file_status(file_row(2, "queued"), job_row("completed", hash_verified=False,
+                                                             relative_path="photos/2.jpg"))
+    assert (unverified.status, unverified.hash_verified) == ("completed", False)
+    already = file_status(file_row(3, "completed", already_downloaded=True), None)
+    assert already.hash_verified is None and already.already_downloaded

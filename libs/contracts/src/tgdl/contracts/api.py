@@ -53,6 +53,9 @@ class FileStatusBody(BaseModel):
     estimated_time_remaining: int | None = None  # seconds
     wait_seconds: int | None = None  # status "waiting": Telegram asked to hold off this long
     already_downloaded: bool | None = None
+    # completed: true if every part matched Telegram's own hashes of the file, false if
+    # Telegram offered none for it (photos); absent when not known
+    hash_verified: bool | None = None
     error: str | None = None
     detail: str | None = None
     suggestion: str | None = None

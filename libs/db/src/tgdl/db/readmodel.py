@@ -40,6 +40,7 @@ Row = Mapping[str, Any]
 JOB_COLUMNS = (
     "state", "downloaded_size", "total_size", "download_speed", "eta_seconds",
     "wait_seconds", "file_path", "relative_path", "error", "detail", "suggestion",
+    "hash_verified",
 )
 _JOB_SELECT = ", ".join(f"j.{c} AS job_{c}" for c in JOB_COLUMNS)
 
@@ -63,7 +64,7 @@ def _eta(job: Row) -> int | None:
 
 
 def _completed(message_id: int, relative: str | None, file_path: str | None,
-               total_size: int | None, already: bool) -> FileStatusBody:
+               total_size: int | None, already: bool, job: Row | None) -> FileStatusBody:
     return FileStatusBody(
         message_id=message_id,
         status=FileStatus.completed,
@@ -72,6 +73,8 @@ def _completed(message_id: int, relative: str | None, file_path: str | None,
         download_url=download_url(relative) if relative else None,
         total_size=total_size,
         already_downloaded=True if already else None,
+        # the job that fetched it, when it was checked against Telegram's hashes
+        hash_verified=job["hash_verified"] if job and not already else None,
     )
 
 
@@ -82,7 +85,7 @@ def file_status(file: Row, job: Row | None) -> FileStatusBody:
     status = FileStatus(file["status"])
     if status is FileStatus.completed:
         return _completed(m, file["relative_path"], file["file_path"], file["total_size"],
-                          file["already_downloaded"])
+                          file["already_downloaded"], job)
     if status in (FileStatus.failed, FileStatus.cancelled):
         return FileStatusBody(message_id=m, status=status, total_size=file["total_size"],
                               error=file["error"], detail=file["detail"],
@@ -96,7 +99,7 @@ def file_status(file: Row, job: Row | None) -> FileStatusBody:
     if state is JobState.completed:
         return _completed(m, job["relative_path"] or file["relative_path"],
                           job["file_path"] or file["file_path"],
-                          job["total_size"] or file["total_size"], already=False)
+                          job["total_size"] or file["total_size"], already=False, job=job)
     if state in (JobState.failed, JobState.cancelled):
         return FileStatusBody(message_id=m, status=FileStatus(state), total_size=file["total_size"],
                               error=job["error"], detail=job["detail"],

@@ -107,6 +107,11 @@ MIGRATIONS: list[tuple[int, str]] = [
         # Telegram for the message before every file.
         "ALTER TABLE catalog ADD COLUMN location JSONB;",
     ),
+    (
+        5,
+        # Whether a finished download matched Telegram's own hashes of the file.
+        "ALTER TABLE jobs ADD COLUMN hash_verified BOOLEAN;",
+    ),
 ]
 
 READ_MODEL_TABLES = ("batch_files", "batches", "jobs", "projection_positions")

@@ -91,6 +91,7 @@ class JobRow:
     error: str | None = None
     detail: str | None = None
     suggestion: str | None = None
+    hash_verified: bool | None = None  # from the outcome: the bytes matched Telegram's hashes
 
 
 # --- changes to batches and their files ---------------------------------------------------
@@ -162,6 +163,7 @@ class ApplyOutcome:
             total_size=o.size if completed else None,
             file_path=o.file_path,
             relative_path=o.relative_path,
+            hash_verified=o.hash_verified,
             **failure_columns(o.failure),
         )
 
