@@ -84,6 +84,7 @@ async def test_batch_of_20_completes_within_its_permits_with_exact_bytes(stack: 
     by_id = {m.message_id: m for m in stack.sim_messages()}
     for f in final["files"]:
         assert f["status"] == "completed" and f["progress"] == 100
+        assert f["hash_verified"] is True  # every part matched the served range hashes
         path = Path(f["file_path"])
         assert path.is_relative_to(stack.media_root)
         assert sha256(path) == expected_sha256(f["message_id"], by_id[f["message_id"]].size)
