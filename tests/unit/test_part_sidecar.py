@@ -52,7 +52,9 @@ def test_a_sidecar_of_another_size_or_none_at_all_starts_over(tmp_path: Path):
     file = opened(final, 3 * P)
     file.write(0, b"a" * P)
     file.close()
-    assert PartFile(final, 4 * P, P).open() == set()  # the message now has another file
+    again = PartFile(final, 4 * P, P)
+    assert again.open() == set()  # the message now has another file
+    again.close()  # (an open PartFile holds the .part's lock)
 
     parts_path(final).unlink()
     bare = PartFile(final, 4 * P, P)

@@ -7,6 +7,7 @@ so the rename itself survives a power cut).
 
 from __future__ import annotations
 
+import fcntl
 import os
 from pathlib import Path
 
@@ -22,6 +23,33 @@ def is_complete(final: Path, size: int | None) -> bool:
         return size is not None and final.stat().st_size == size
     except FileNotFoundError:
         return False
+
+
+class PartBusy(OSError):
+    """Another writer holds the .part file (a copy of the job still running elsewhere on
+    this media folder): this one must not touch it; the job goes back to the queue."""
+
+
+def open_exclusive(part: Path) -> int:
+    """Open the .part file for writing, never through a symlink, and take its exclusive
+    lock (held until the descriptor closes, released by the kernel if the process dies)."""
+    fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise PartBusy(f"{part.name} is being written by another download") from None
+    except BaseException:
+        os.close(fd)
+        raise
+    try:  # locked, but renamed away meanwhile (that writer finished): not ours to write
+        renamed = os.stat(part, follow_symlinks=False).st_ino != os.fstat(fd).st_ino
+    except FileNotFoundError:
+        renamed = True
+    if renamed:
+        os.close(fd)
+        raise PartBusy(f"{part.name} was just finished by another download")
+    return fd
 
 
 def resume_offset(part: Path, request_size: int) -> int:
@@ -41,8 +69,7 @@ class PartWriter:
         self.final = final
         self.part = part_path(final)
         self.part.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.part, os.O_RDWR | os.O_CREAT, 0o644)
-        self._file = os.fdopen(fd, "r+b")
+        self._file = os.fdopen(open_exclusive(self.part), "r+b")
         self._file.truncate(offset)
         self._file.seek(offset)
         self.written = offset
@@ -63,8 +90,8 @@ class PartWriter:
             self.close()
             raise SizeMismatch(expected_size, actual)
         os.fsync(self._file.fileno())
+        os.replace(self.part, self.final)  # still locked: nobody reset it in between
         self.close()
-        os.replace(self.part, self.final)
         dir_fd = os.open(self.final.parent, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
@@ -144,15 +171,27 @@ class PartFile:
         self.part.parent.mkdir(parents=True, exist_ok=True)
         header = _PARTS_HEADER.format(size=self.size, part=self.part_size)
         self.verified = set()
-        self.done = self._recorded(header) if self.part.exists() else set()
+        existed = os.path.lexists(self.part)
+        # Locked before anything is read or reset: a second writer leaves both files alone.
+        self._fd = open_exclusive(self.part)
+        try:
+            self._start(header, existed)
+        except BaseException:
+            self.close()
+            raise
+        return set(self.done)
+
+    def _start(self, header: str, existed: bool) -> None:
+        assert self._fd is not None
+        self.done = self._recorded(header) if existed else set()
         if not self.done:
-            fd = os.open(self.sidecar, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            fd = os.open(self.sidecar, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW,
+                         0o644)
             try:
                 os.write(fd, header.encode())
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        self._fd = os.open(self.part, os.O_RDWR | os.O_CREAT, 0o644)
         if not self.done:
             os.ftruncate(self._fd, 0)  # nothing in it is trusted
         if os.fstat(self._fd).st_size != self.size:
@@ -161,8 +200,7 @@ class PartFile:
                 os.posix_fallocate(self._fd, 0, self.size)
             except (AttributeError, OSError):
                 pass
-        self._log = os.open(self.sidecar, os.O_WRONLY | os.O_APPEND)
-        return set(self.done)
+        self._log = os.open(self.sidecar, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW)
 
     def _recorded(self, header: str) -> set[int]:
         try:
@@ -226,8 +264,8 @@ class PartFile:
         if actual != self.size:
             raise SizeMismatch(self.size, actual)
         os.fsync(self._fd)
+        os.replace(self.part, self.final)  # still locked: nobody reset it in between
         self.close()
-        os.replace(self.part, self.final)
         self.sidecar.unlink(missing_ok=True)
         dir_fd = os.open(self.final.parent, os.O_RDONLY)
         try:

@@ -94,6 +94,14 @@ class Running:
     # The lease and its revision as last seen (claim, then the watcher): ending the job
     # writes against it without reading it first.
     seen: tuple[Lease, int] | None = None
+    copy: int | None = None  # the job message (stream sequence) this run claimed the lease as
+
+    def fence(self) -> None:
+        """Right before the final rename: the lease, as last seen, still names this job
+        and this copy of it; otherwise another run owns the file and this one stops."""
+        lease = self.seen[0] if self.seen else None
+        if lease is None or lease.job_id != self.job.job_id or lease.claimed_by != self.copy:
+            raise Retry(0.0, "the lease names another run of this file now: not renaming")
 
 
 def _now() -> datetime:
@@ -243,7 +251,7 @@ class Worker:
 
         if lease.force and not job.force:  # a forcing request joined before we started
             job = job.model_copy(update={"force": True})
-        running = Running(job, seen=claimed)
+        running = Running(job, seen=claimed, copy=claimed[0].claimed_by)
         self.running[m] = running
         heartbeat = asyncio.create_task(self._heartbeat(msg))
         try:
@@ -397,6 +405,7 @@ class Worker:
                     log.warning("message %d: %d part(s) fetched again after failing "
                                 "Telegram's hashes", media.entry.message_id, stats.refetched)
             verified = file.all_verified()
+            running.fence()
             await asyncio.to_thread(file.commit)
         finally:
             file.close()
@@ -421,6 +430,7 @@ class Worker:
             if stats.refetched:
                 log.warning("message %d fetched again after failing Telegram's hashes",
                             media.entry.message_id)
+        running.fence()
         await asyncio.to_thread(store_whole, final, data)
         return media.size, verified
 
