@@ -138,6 +138,7 @@ def test_chunk_follows_the_formula() -> None:
     assert content.chunk(7, 3) == expected
     assert len(content.chunk(7, 0)) == MiB
     assert content.chunk(7, 0) != content.chunk(8, 0) != content.chunk(7, 1)
+    assert content.chunk(7, 3, 1000) == expected[:1000]  # a small file's chunk is a prefix
 
 
 def test_read_across_a_chunk_boundary() -> None:

@@ -16,11 +16,13 @@ CHUNK_SIZE = 2**20
 
 
 @lru_cache(maxsize=16)  # a few streams reading sequentially share one computation each
-def chunk(message_id: int, index: int) -> bytes:
-    """The full 1 MiB chunk `index` of message `message_id` (before the size cut)."""
-    if index < 0:
-        raise ValueError("chunk index must be >= 0")
-    return hashlib.shake_256(f"tgdl-sim:{message_id}:{index}".encode()).digest(CHUNK_SIZE)
+def chunk(message_id: int, index: int, length: int = CHUNK_SIZE) -> bytes:
+    """The first `length` bytes of the 1 MiB chunk `index` of message `message_id`
+    (SHAKE's output is the same stream whatever its length: a small file's only chunk
+    costs its own size, not a whole MiB)."""
+    if index < 0 or not 0 <= length <= CHUNK_SIZE:
+        raise ValueError("chunk index must be >= 0 and length within a chunk")
+    return hashlib.shake_256(f"tgdl-sim:{message_id}:{index}".encode()).digest(length)
 
 
 def _check_range(size: int, offset: int, length: int) -> None:
@@ -36,7 +38,8 @@ def iter_range(message_id: int, size: int, offset: int, length: int) -> Iterator
     while position < end:
         index, start = divmod(position, CHUNK_SIZE)
         stop = min(CHUNK_SIZE, start + (end - position))
-        yield chunk(message_id, index)[start:stop]
+        # the chunk as far as the message goes, the same for every reader of it (cached)
+        yield chunk(message_id, index, min(CHUNK_SIZE, size - index * CHUNK_SIZE))[start:stop]
         position += stop - start
 
 
