@@ -93,8 +93,8 @@ def create_broker(settings: DownloaderSettings,
 
     broker.publisher(
         names.file_progress("{message_id}"), schema=DownloadProgress, title="file-progress",
-        description="A few times per second while a file downloads (core NATS; the "
-                    "progress stream keeps the latest per file).",
+        description="A few times per second while a file of more than one 1 MiB part "
+                    "downloads (core NATS; the progress stream keeps the latest per file).",
     )
     broker.publisher(
         names.file_done("{message_id}"), schema=DownloadOutcome, title="file-done",
