@@ -263,3 +263,13 @@ async def test_a_corrupted_range_is_refetched_and_a_persistent_one_fails_the_fil
     assert failed.status == "failed" and failed.hash_verified is None
     assert "SHA-256" in failed.failure.detail
     assert not (d.settings.media_root / relative_path(always)).exists()
+
+
+async def test_a_job_of_a_chat_outside_the_allow_list_is_refused_unfetched(downloader):
+    d = downloader
+    [entry] = d.healthy(1)
+    d.start(allowed_chats="some_other_chat")
+    await d.queue(entry, "b1:foreign")
+    done = await d.outcome("b1:foreign")
+    assert done.status == "failed" and done.failure.error == "access_denied"
+    assert not (d.settings.media_root / relative_path(entry)).exists()

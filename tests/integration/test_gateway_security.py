@@ -12,6 +12,7 @@ import pytest
 
 from tgdl.contracts.catalog import CatalogEntry, MediaKind
 from tgdl.contracts.events import BatchFinished, BatchStarted, FileCompleted, PermitGranted
+from tgdl.db import catalog
 from tgdl.db.connection import connect
 from tgdl.db.schema import migrate_database
 from tgdl.gateway.app import create_app
@@ -256,3 +257,29 @@ async def test_ids_beyond_bigint_are_422(open_client):
     response = await open_client.post("/api/media/batch-download",
                                       json={"message_ids": [2**70]})
     assert response.status_code == 422
+
+
+# --- the chat allow-list -------------------------------------------------------------------
+
+
+async def test_the_allow_list_hides_other_chats_from_the_list_and_media(servers, isolation):
+    app, lifespan = await serve(gateway_settings(servers, isolation,
+                                                 allowed_chats="@Chan"))
+    async with lifespan, httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                           base_url="http://localhost") as client:
+        allowed = await a_finished_file(servers, isolation, "p.jpg", b"\xff\xd8jpeg")
+        conn = await connect(servers.database_url, isolation.schema)
+        try:
+            await catalog.upsert(conn, [
+                CatalogEntry(message_id=1, chat="chan", telegram_message_id=901,
+                             media_kind=MediaKind.document, file_name="p.jpg", size=6),
+                CatalogEntry(message_id=2, chat="secret", telegram_message_id=902,
+                             media_kind=MediaKind.document, file_name="s.jpg", size=6)])
+        finally:
+            await conn.close()
+        (isolation.media_root / "documents" / "2_902_s.jpg").write_bytes(b"secret")
+        page = (await client.get("/api/messages")).json()
+        assert [m["message_id"] for m in page["items"]] == [1] and page["total"] == 1
+        assert (await client.get(allowed)).status_code == 200
+        assert_error(await client.get("/media/documents/2_902_s.jpg"), 404, "not_found")
+        assert_error(await client.get("/media/documents/3_1_unknown.jpg"), 404, "not_found")

@@ -10,6 +10,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from tgdl.contracts.subjects import Names
 
 
+def chat_key(chat: str) -> str:
+    """A chat as the allow-list compares it: `@MyChannel`, `MyChannel` and `mychannel`
+    are one chat (Telegram usernames ignore case); a numeric id stays as it is."""
+    return chat.strip().removeprefix("@").lower()
+
+
 class CommonSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TGDL_", extra="ignore")
 
@@ -40,6 +46,19 @@ class CommonSettings(BaseSettings):
     jobs_max_msgs: int = Field(default=100_000, ge=100)  # queued jobs: full refuses
     progress_max_msgs: int = Field(default=100_000, ge=100)  # oldest dropped
     bucket_max_keys: int = Field(default=100_000, ge=100)  # each KV bucket: full refuses
+
+    # Chats that may be read, comma-separated usernames or ids; empty: every chat. Applied
+    # everywhere: a start (access_denied), the message list, /media/ and the downloader.
+    allowed_chats: str = ""
+
+    @property
+    def allowed_chat_set(self) -> frozenset[str] | None:
+        chats = frozenset(chat_key(c) for c in self.allowed_chats.split(",") if c.strip())
+        return chats or None
+
+    def chat_allowed(self, chat: str) -> bool:
+        allowed = self.allowed_chat_set
+        return allowed is None or chat_key(chat) in allowed
 
     @property
     def names(self) -> Names:

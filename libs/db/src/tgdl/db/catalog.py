@@ -68,6 +68,7 @@ class MessageFilter:
     since: datetime | None = None  # inclusive
     until: datetime | None = None  # exclusive
     text: str | None = None  # in the file name or the caption, case-insensitive
+    chats: frozenset[str] | None = None  # the allow-list's chat_key()s; None: every chat
 
     def where(self) -> tuple[str, list[Any]]:
         """The WHERE clause (empty when nothing narrows) and its parameters ($1...)."""
@@ -82,6 +83,9 @@ class MessageFilter:
             clauses.append("media_kind IS NOT NULL")
         if self.chat is not None:
             clauses.append(f"chat = {arg(self.chat)}")
+        if self.chats is not None:  # compared as chat_key() does
+            clauses.append("lower(regexp_replace(btrim(chat), '^@', '')) = "
+                           f"ANY({arg(sorted(self.chats))}::text[])")
         if self.media_kinds:
             clauses.append(f"media_kind = ANY({arg(list(self.media_kinds))}::text[])")
         if self.min_size is not None:

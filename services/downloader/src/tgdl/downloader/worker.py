@@ -321,6 +321,10 @@ class Worker:
     # --- the download -----------------------------------------------------------------------
 
     async def _download(self, job: DownloadJob, running: Running, attempt: int) -> DownloadOutcome:
+        if not self.s.chat_allowed(job.entry.chat):  # whoever queued it, never fetched
+            return self._outcome(job, OutcomeStatus.failed, Failure.of(
+                ErrorCode.access_denied,
+                f"chat {job.entry.chat!r} is not among the allowed chats of this downloader"))
         final: Path = self.s.media_root / relative_path(job.entry)
         if not job.force and is_complete(final, job.entry.size):
             return self._outcome(job, OutcomeStatus.completed, size=job.entry.size)

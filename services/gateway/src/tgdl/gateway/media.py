@@ -26,6 +26,8 @@ class MediaFiles(StaticFiles):
         parts = PurePosixPath(path).parts
         if path.endswith(PART_SUFFIX) or any(p.startswith(".") for p in parts):
             raise HTTPException(404, "no such file")
+        if not await self._chat_allowed(parts, scope):
+            raise HTTPException(404, "no such file")  # not even whether it exists
         response = await super().get_response(path, scope)
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["Content-Security-Policy"] = "default-src 'none'; sandbox"
@@ -34,6 +36,20 @@ class MediaFiles(StaticFiles):
             name = quote(PurePosixPath(path).name, safe="")
             response.headers["Content-Disposition"] = f"attachment; filename*=UTF-8''{name}"
         return response
+
+    @staticmethod
+    async def _chat_allowed(parts: tuple[str, ...], scope: Scope) -> bool:
+        """With an allow-list, a file is served only if its message (the number its
+        name starts with, see tgdl.contracts.paths) is in an allowed chat."""
+        svc = scope["app"].state.services
+        if svc.settings.allowed_chat_set is None:
+            return True
+        head = parts[-1].split("_", 1)[0] if parts else ""
+        if not head.isdigit() or int(head) > 2**63 - 1:
+            return False
+        chat = await svc.pool.fetchval("SELECT chat FROM catalog WHERE message_id = $1",
+                                       int(head))
+        return chat is not None and svc.settings.chat_allowed(chat)
 
     async def check_config(self) -> None:
         try:

@@ -69,7 +69,8 @@ async def messages(
     where = MessageFilter(
         media_only=media_only, chat=chat or None, media_kinds=media_kinds(media_type),
         min_size=min_size, max_size=max_size, since=moment("since", since, False),
-        until=moment("until", until, True), text=q or None)
+        until=moment("until", until, True), text=q or None,
+        chats=svc.settings.allowed_chat_set)
     if min_size is not None and max_size is not None and min_size > max_size:
         raise invalid(f"min_size: {min_size} is larger than max_size {max_size}")
     if where.since and where.until and where.since >= where.until:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tgdl.contracts.catalog import CatalogEntry
+from tgdl.contracts.config import chat_key
 from tgdl.contracts.errors import ErrorCode, FileFailure
 from tgdl.contracts.events import AlreadyDownloaded
 from tgdl.contracts.paths import relative_path
@@ -31,7 +32,7 @@ def triage_request(
     sizes_on_disk: Mapping[int, int],  # message_id -> size of its finished file, if present
     media_root: Path,
     force: bool,
-    allowed_chats: Collection[str] | None,  # None: the caller may read every chat
+    allowed_chats: Collection[str] | None,  # chat_key()s; None: every chat may be read
     leased: Collection[int],  # ids some job is downloading right now
 ) -> Triage:
     to_download: list[CatalogEntry] = []
@@ -42,7 +43,7 @@ def triage_request(
         if entry is None:
             refused.append(FileFailure.of_message(
                 m, ErrorCode.message_not_found, f"no message with id {m}"))
-        elif allowed_chats is not None and entry.chat not in allowed_chats:
+        elif allowed_chats is not None and chat_key(entry.chat) not in allowed_chats:
             refused.append(FileFailure.of_message(
                 m, ErrorCode.access_denied,
                 f"message {m} is in chat {entry.chat!r}, which this service may not read",
