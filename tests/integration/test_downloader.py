@@ -273,3 +273,14 @@ async def test_a_job_of_a_chat_outside_the_allow_list_is_refused_unfetched(downl
     done = await d.outcome("b1:foreign")
     assert done.status == "failed" and done.failure.error == "access_denied"
     assert not (d.settings.media_root / relative_path(entry)).exists()
+
+
+async def test_no_room_on_the_disk_fails_the_file_with_the_numbers(downloader):
+    d = downloader
+    [entry] = d.healthy(1)
+    d.start(min_free_bytes=2**62)  # more than any disk here has free
+    await d.queue(entry, "b1:full")
+    done = await d.outcome("b1:full")
+    assert done.status == "failed" and done.failure.error == "storage_error"
+    assert "bytes free" in done.failure.detail and str(2**62) in done.failure.detail
+    assert not list(d.settings.media_root.rglob("*.part"))  # nothing was started

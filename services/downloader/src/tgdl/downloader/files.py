@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 from pathlib import Path
 
 from tgdl.contracts.paths import PART_SUFFIX
@@ -50,6 +51,15 @@ def open_exclusive(part: Path) -> int:
         os.close(fd)
         raise PartBusy(f"{part.name} was just finished by another download")
     return fd
+
+
+def free_bytes(folder: Path) -> int:
+    """Free space for an unprivileged writer on the disk of `folder` (or of its nearest
+    existing parent: the media folder may not exist before the first download)."""
+    for candidate in (folder, *folder.parents):
+        if candidate.exists():
+            return shutil.disk_usage(candidate).free
+    return shutil.disk_usage(".").free
 
 
 def resume_offset(part: Path, request_size: int) -> int:

@@ -35,7 +35,9 @@ from tgdl.downloader.files import (
     PartFile,
     SizeMismatch,
     discard_part,
+    free_bytes,
     is_complete,
+    part_path,
     store_whole,
 )
 from tgdl.downloader.flood import FloodGate
@@ -328,6 +330,8 @@ class Worker:
         final: Path = self.s.media_root / relative_path(job.entry)
         if not job.force and is_complete(final, job.entry.size):
             return self._outcome(job, OutcomeStatus.completed, size=job.entry.size)
+        if (short := self._short_of_space(final, job.entry.size)) is not None:
+            return self._outcome(job, OutcomeStatus.failed, short)
         progress = _ProgressPublisher(self, job, attempt)
         try:
             while True:
@@ -370,6 +374,21 @@ class Worker:
             raise Retry(delay, str(exc)) from exc
         finally:
             progress.close()
+
+    def _short_of_space(self, final: Path, size: int | None) -> Failure | None:
+        """Room for the rest of the file plus the reserve, or why not (with the numbers)."""
+        try:
+            on_disk = part_path(final).stat().st_size
+        except FileNotFoundError:
+            on_disk = 0
+        needed = max(0, (size or 0) - on_disk) + self.s.min_free_bytes
+        free = free_bytes(final.parent)
+        if free >= needed:
+            return None
+        return Failure.of(ErrorCode.storage, (
+            f"{free} bytes free on the media folder's disk; this file needs "
+            f"{max(0, (size or 0) - on_disk)} more plus the reserve of "
+            f"{self.s.min_free_bytes} (TGDL_MIN_FREE_BYTES)"))
 
     async def _fetch(
         self, media: RemoteMedia, final: Path, running: Running, progress: _ProgressPublisher
