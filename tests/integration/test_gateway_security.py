@@ -11,6 +11,8 @@ import httpx
 import pytest
 
 from tgdl.contracts.catalog import CatalogEntry, MediaKind
+from tgdl.contracts.commands import BatchAccepted, CommandReply, StartBatch
+from tgdl.contracts.errors import ErrorCode, FileFailure
 from tgdl.contracts.events import BatchFinished, BatchStarted, FileCompleted, PermitGranted
 from tgdl.db import catalog
 from tgdl.db.connection import connect
@@ -283,3 +285,59 @@ async def test_the_allow_list_hides_other_chats_from_the_list_and_media(servers,
         assert (await client.get(allowed)).status_code == 200
         assert_error(await client.get("/media/documents/2_902_s.jpg"), 404, "not_found")
         assert_error(await client.get("/media/documents/3_1_unknown.jpg"), 404, "not_found")
+
+
+async def test_a_token_limited_to_a_chat_sees_and_fetches_only_that_chat(
+        servers, isolation, nc):
+    app, lifespan = await serve(gateway_settings(
+        servers, isolation, api_token=TOKEN, api_tokens="lim@@Chan; other@x,y"))
+    limited = {"Authorization": "Bearer lim"}
+    async with lifespan, httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                           base_url="http://localhost") as client:
+        mine = await a_finished_file(servers, isolation, "p.jpg", b"\xff\xd8jpeg")
+        conn = await connect(servers.database_url, isolation.schema)
+        try:  # message 1 (batch b, finished) is in chat "secret" now; 2 is in "chan"
+            await catalog.upsert(conn, [
+                CatalogEntry(message_id=1, chat="secret", telegram_message_id=901,
+                             media_kind=MediaKind.document, file_name="p.jpg", size=6),
+                CatalogEntry(message_id=2, chat="chan", telegram_message_id=902,
+                             media_kind=MediaKind.document, file_name="c.jpg", size=6)])
+        finally:
+            await conn.close()
+        (isolation.media_root / "documents" / "2_902_c.jpg").write_bytes(b"mine!!")
+        page = (await client.get("/api/messages", headers=limited)).json()
+        assert [m["message_id"] for m in page["items"]] == [2]
+        assert (await client.get("/api/messages", headers=BEARER)).json()["total"] == 2
+        assert_error(await client.get(mine, headers=limited), 404, "not_found")
+        assert (await client.get(mine, headers=BEARER)).status_code == 200
+        assert (await client.get("/media/documents/2_902_c.jpg", headers=limited)).content \
+            == b"mine!!"
+        # another chat's finished file shows no path and no link, in the status and events
+        [file] = (await client.get("/api/media/batch-status/b", headers=limited)).json()["files"]
+        assert "download_url" not in file and "file_path" not in file
+        assert "sig=" in (await client.get("/api/media/batch-status/b", headers=BEARER)).text
+        single = (await client.get("/api/media/status/1", headers=limited)).json()
+        assert "download_url" not in single
+        events = await client.get("/api/media/batch-events/b?access_token=lim")
+        assert events.status_code == 200 and b"download_url" not in events.content
+
+        # a start carries the token's chats; the orchestrator refuses the others
+        commands: list[StartBatch] = []
+
+        async def answer(msg) -> None:
+            commands.append(StartBatch.model_validate_json(msg.data))
+            await msg.respond(CommandReply(ok=BatchAccepted(
+                batch_id="batch_y", requested_ids=[1], started=[], already_downloaded=[],
+                already_downloading=[], failed_to_start=[FileFailure.of_message(
+                    1, ErrorCode.access_denied, "not your chat")])).model_dump_json().encode())
+        sub = await nc.subscribe(app.state.services.settings.names.cmd_batch_start, cb=answer)
+        try:
+            await nc.flush()
+            response = await client.post("/api/media/batch-download",
+                                         json={"message_ids": [1]}, headers=limited)
+            assert response.json()["failed_to_start"][0]["error"] == "access_denied"
+            await client.post("/api/media/batch-download", json={"message_ids": [1]},
+                              headers=BEARER)
+        finally:
+            await sub.unsubscribe()
+        assert [c.chats for c in commands] == [["chan"], None]

@@ -65,3 +65,17 @@ def test_host_names():
     assert allowed_hosts(["*"], "0.0.0.0") is None
     assert "0.0.0.0" not in allowed_hosts([], "0.0.0.0")
     assert "10.1.2.3" in allowed_hosts([], "10.1.2.3")
+
+
+def test_tokens_limited_to_chats():
+    import pytest
+
+    from tgdl.gateway.security import parse_limited
+    tokens = Tokens("full", 60, limited="a@@MyChannel,-100123; b@other")
+    assert tokens.match("full") == (True, None)
+    assert tokens.match("a") == (True, frozenset({"mychannel", "-100123"}))
+    assert tokens.match("b") == (True, frozenset({"other"}))
+    assert tokens.match("c") == (False, None)
+    for bad in ("nochats", "@chan", "tok@", "tok@ , "):
+        with pytest.raises(ValueError, match="TGDL_API_TOKENS"):
+            parse_limited(bad)

@@ -623,3 +623,13 @@ async def test_the_grants_of_one_decision_are_dispatched_side_by_side(w):
     assert len(w.jobs.published) == 3
     dispatched = [e for e in w.log.events(batch_id) if isinstance(e, JobDispatched)]
     assert sorted(e.message_id for e in dispatched) == [1, 2, 3]
+
+
+async def test_a_start_limited_to_chats_refuses_the_others_as_access_denied(tmp_path):
+    w = world(tmp_path, ids=[1, 2])  # every message of the chat "c"
+    accepted = await w.orch.start_batch(StartBatch(message_ids=[1, 2], chats=["elsewhere"]))
+    assert [(f.message_id, f.error) for f in accepted.failed_to_start] == [
+        (1, ErrorCode.access_denied), (2, ErrorCode.access_denied)]
+    accepted = await w.orch.start_batch(StartBatch(message_ids=[1],
+                                                   chats=["@C"]))
+    assert accepted.started == [1]

@@ -45,6 +45,9 @@ class StartBatch(BatchRequest):
     """Download these messages' media as one batch."""
 
     kind: BatchKind = BatchKind.batch
+    # The caller's API token may read only these chats (chat_key()s), on top of the
+    # allow-list; None: no such limit. Messages of other chats are access_denied.
+    chats: list[str] | None = None
 
 
 class CancelBatch(BaseModel):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 from pydantic import Field
@@ -14,6 +15,15 @@ def chat_key(chat: str) -> str:
     """A chat as the allow-list compares it: `@MyChannel`, `MyChannel` and `mychannel`
     are one chat (Telegram usernames ignore case); a numeric id stays as it is."""
     return chat.strip().removeprefix("@").lower()
+
+
+def narrowed(allowed: frozenset[str] | None,
+             limit: Iterable[str] | None) -> frozenset[str] | None:
+    """The chats both the allow-list and a caller's limit let through (None: any)."""
+    if limit is None:
+        return allowed
+    keys = frozenset(chat_key(c) for c in limit)
+    return keys if allowed is None else allowed & keys
 
 
 class CommonSettings(BaseSettings):

@@ -54,7 +54,7 @@ async def _positions(db: Database) -> dict[str, int]:
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     settings = settings or GatewaySettings()
-    tokens = Tokens(settings.api_token, settings.media_link_ttl)
+    tokens = Tokens(settings.api_token, settings.media_link_ttl, settings.api_tokens)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

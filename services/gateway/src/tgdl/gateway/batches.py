@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from nats.aio.subscription import Subscription
 
@@ -29,7 +29,7 @@ from tgdl.db import readmodel
 from tgdl.db.readmodel import snapshot_json
 from tgdl.gateway.errors import ApiError
 from tgdl.gateway.idempotency import IdempotencyKey
-from tgdl.gateway.services import Services, services
+from tgdl.gateway.services import Services, caller_chats, services
 
 router = APIRouter(prefix="/api/media", tags=["batches"])
 
@@ -42,6 +42,12 @@ KEEPALIVE_SECONDS = 15.0
 def batch_not_found(batch_id: str) -> ApiError:
     return ApiError(404, "batch_not_found", f"no batch with id {batch_id!r}",
                     "Use the batch_id returned by POST /api/media/batch-download.")
+
+
+def limited(request: Request, command: StartBatch) -> StartBatch:
+    """The command with the chats the caller's token is limited to, if it is."""
+    chats = getattr(request.state, "tgdl_chats", None)
+    return command if chats is None else command.model_copy(update={"chats": sorted(chats)})
 
 
 async def start(svc: Services, command: StartBatch) -> BatchAccepted:
@@ -81,10 +87,10 @@ def start_response(accepted: BatchAccepted) -> BatchDownloadResponse:
 
 
 @router.post("/batch-download", response_model=BatchDownloadResponse)
-async def batch_download(body: BatchDownloadRequest, svc: Svc,
+async def batch_download(body: BatchDownloadRequest, svc: Svc, request: Request,
                          idempotency_key: IdempotencyKey = None) -> BatchDownloadResponse:
     async def answer() -> BatchDownloadResponse:
-        return start_response(await start(svc, body.command()))
+        return start_response(await start(svc, limited(request, body.command())))
     return await svc.idempotency.once(idempotency_key, body, BatchDownloadResponse, answer)
 
 
@@ -97,14 +103,14 @@ async def batch_list(svc: Svc, offset: Annotated[int, Query(ge=0, le=2**63 - 1)]
 
 
 @router.get("/batch-status/{batch_id}", response_model=BatchStatusResponse)
-async def batch_status(batch_id: BatchId, svc: Svc) -> Response:
+async def batch_status(batch_id: BatchId, svc: Svc, request: Request) -> Response:
     status = await readmodel.batch_status(svc.pool, batch_id)
     if status is None:
         raise batch_not_found(batch_id)
     # The same bytes the projector publishes on NATS (see readmodel.status_body), plus
     # `stale` when the read model cannot be current.
-    return Response(svc.freshness.mark(svc.tokens.sign_json(snapshot_json(status))),
-                    media_type="application/json")
+    body = await svc.view(caller_chats(request), snapshot_json(status))
+    return Response(svc.freshness.mark(body), media_type="application/json")
 
 
 @router.post("/batch-cancel/{batch_id}", response_model=BatchCancelResponse)
@@ -124,7 +130,7 @@ async def batch_cancel(batch_id: BatchId, svc: Svc) -> BatchCancelResponse:
 @router.get("/batch-events/{batch_id}", response_class=StreamingResponse,
             responses={200: {"content": {"text/event-stream": {}},
                              "description": "batch-status bodies as server-sent events"}})
-async def batch_events(batch_id: BatchId, svc: Svc) -> StreamingResponse:
+async def batch_events(batch_id: BatchId, svc: Svc, request: Request) -> StreamingResponse:
     """The batch's status now, then every change, as server-sent events; the stream
     ends after the snapshot that says the batch finished."""
     # Subscribe before reading the current status, so no change falls in between.
@@ -141,7 +147,8 @@ async def batch_events(batch_id: BatchId, svc: Svc) -> StreamingResponse:
     except BaseException:
         await sub.unsubscribe()
         raise
-    return StreamingResponse(_relay(sub, first, svc.tokens.sign_json),
+    chats = caller_chats(request)
+    return StreamingResponse(_relay(sub, first, lambda body: svc.view(chats, body)),
                              media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
@@ -154,11 +161,11 @@ def _finished(snapshot: bytes) -> bool:
 
 
 async def _relay(sub: Subscription, first: bytes,
-                 sign: Callable[[bytes], bytes]) -> AsyncIterator[bytes]:
+                 view: Callable[[bytes], Awaitable[bytes]]) -> AsyncIterator[bytes]:
     try:
         snapshot = first
         while True:
-            yield b"data: " + sign(snapshot) + b"\n\n"
+            yield b"data: " + await view(snapshot) + b"\n\n"
             if _finished(snapshot):
                 return
             while True:

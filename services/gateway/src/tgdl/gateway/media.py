@@ -10,6 +10,7 @@ from starlette.responses import Response
 from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
 
+from tgdl.contracts.config import chat_key, narrowed
 from tgdl.contracts.paths import PART_SUFFIX
 
 # Shown in the browser; anything else (HTML, SVG, scripts: a Telegram file may be named
@@ -42,14 +43,16 @@ class MediaFiles(StaticFiles):
         """With an allow-list, a file is served only if its message (the number its
         name starts with, see tgdl.contracts.paths) is in an allowed chat."""
         svc = scope["app"].state.services
-        if svc.settings.allowed_chat_set is None:
+        # A signed link was handed out for this very file; a token may be limited.
+        chats = narrowed(svc.settings.allowed_chat_set, scope["state"].get("tgdl_chats"))
+        if chats is None:
             return True
         head = parts[-1].split("_", 1)[0] if parts else ""
         if not head.isdigit() or int(head) > 2**63 - 1:
             return False
         chat = await svc.pool.fetchval("SELECT chat FROM catalog WHERE message_id = $1",
                                        int(head))
-        return chat is not None and svc.settings.chat_allowed(chat)
+        return chat is not None and chat_key(chat) in chats
 
     async def check_config(self) -> None:
         try:

@@ -6,14 +6,14 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 
 from tgdl.contracts.api import MessagePage
 from tgdl.contracts.catalog import MediaKind
 from tgdl.db import readmodel
 from tgdl.db.catalog import MessageFilter
 from tgdl.gateway.errors import invalid
-from tgdl.gateway.services import Services, services
+from tgdl.gateway.services import Services, caller_chats, services
 
 router = APIRouter(tags=["messages"])
 
@@ -51,6 +51,7 @@ def moment(name: str, value: str | None, end_of_day: bool) -> datetime | None:
 @router.get("/api/messages", response_model=MessagePage)
 async def messages(
     svc: Annotated[Services, Depends(services)],
+    request: Request,
     offset: Annotated[int, Query(ge=0, le=BIGINT_MAX)] = 0,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     media_only: bool = False,
@@ -70,7 +71,7 @@ async def messages(
         media_only=media_only, chat=chat or None, media_kinds=media_kinds(media_type),
         min_size=min_size, max_size=max_size, since=moment("since", since, False),
         until=moment("until", until, True), text=q or None,
-        chats=svc.settings.allowed_chat_set)
+        chats=caller_chats(request))
     if min_size is not None and max_size is not None and min_size > max_size:
         raise invalid(f"min_size: {min_size} is larger than max_size {max_size}")
     if where.since and where.until and where.since >= where.until:

@@ -20,6 +20,8 @@ from urllib.parse import parse_qs
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from tgdl.contracts.config import chat_key
+
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 # Open without a token: the page and its files (it asks for the token), the API's
 # description, liveness (up/down only when tokens are on) and the metrics.
@@ -65,30 +67,55 @@ def parse_tokens(value: str) -> list[bytes]:
     return out
 
 
+def parse_limited(value: str) -> list[tuple[bytes, frozenset[str]]]:
+    """`TGDL_API_TOKENS`: tokens limited to chats, `;`-separated entries of
+    `<token>@<chat>[,<chat>...]` (the token as is or `sha256:<hex>`; it holds no `@`)."""
+    out = []
+    for entry in (e.strip() for e in value.split(";")):
+        if not entry:
+            continue
+        token, _, chats = entry.partition("@")
+        keys = frozenset(chat_key(c) for c in chats.split(",") if c.strip())
+        if not token.strip() or not keys:
+            raise ValueError("TGDL_API_TOKENS: each entry is <token>@<chat>[,<chat>...], "
+                             "entries separated by ';'")
+        out += [(d, keys) for d in parse_tokens(token)]
+    return out
+
+
+NOT_ACCEPTED = (False, None)
+
+
 class Tokens:
     """The accepted tokens, kept as SHA-256 digests and compared in constant time (every
-    entry is compared, whichever matches)."""
+    entry is compared, whichever matches); a token may be limited to chats."""
 
-    def __init__(self, value: str, signing_ttl: float) -> None:
-        self.digests = parse_tokens(value)
+    def __init__(self, value: str, signing_ttl: float, limited: str = "") -> None:
+        self.entries: list[tuple[bytes, frozenset[str] | None]] = [
+            (d, None) for d in parse_tokens(value)] + list(parse_limited(limited))
         self.ttl = signing_ttl
         # Every gateway replica with the same tokens derives the same key, so a link one
         # replica signed opens on another.
-        self._key = hashlib.sha256(b"tgdl media links\0" + b"".join(sorted(self.digests)))\
-            .digest()
+        self._key = hashlib.sha256(
+            b"tgdl media links\0" + b"".join(sorted(d for d, _ in self.entries))).digest()
 
     @property
     def enabled(self) -> bool:
-        return bool(self.digests)
+        return bool(self.entries)
+
+    def match(self, presented: str | None) -> tuple[bool, frozenset[str] | None]:
+        """(accepted, the chats the token is limited to or None)."""
+        if not presented or not self.enabled:
+            return NOT_ACCEPTED
+        given = digest(presented)
+        found: tuple[bool, frozenset[str] | None] = NOT_ACCEPTED
+        for known, chats in self.entries:
+            if hmac.compare_digest(given, known):
+                found = (True, chats)
+        return found
 
     def accepts(self, presented: str | None) -> bool:
-        if not presented or not self.enabled:
-            return False
-        given = digest(presented)
-        found = False
-        for known in self.digests:
-            found |= hmac.compare_digest(given, known)
-        return found
+        return self.match(presented)[0]
 
     def _mac(self, path: str, exp: int) -> str:
         mac = hmac.new(self._key, f"{path}\n{exp}".encode(), hashlib.sha256).digest()
@@ -185,7 +212,10 @@ class GuardMiddleware:
         if refusal is not None:
             await _send(send, *refusal)
             return
-        scope.setdefault("state", {})["tgdl_authenticated"] = self._authenticated(headers)
+        accepted, chats = self._caller(scope, headers)
+        state = scope.setdefault("state", {})
+        state["tgdl_authenticated"] = accepted or not self.tokens.enabled
+        state["tgdl_chats"] = chats  # a token limited to chats: only these are shown
         receive = self._capped(headers, receive)
         if not scope["path"].startswith(EVENTS_PREFIX):
             await self.app(scope, receive, send)
@@ -210,8 +240,13 @@ class GuardMiddleware:
         scheme, _, value = headers.get("authorization", "").partition(" ")
         return value.strip() if scheme.lower() == "bearer" else None
 
-    def _authenticated(self, headers: dict[str, str]) -> bool:
-        return not self.tokens.enabled or self.tokens.accepts(self._bearer(headers))
+    def _caller(self, scope: Scope, headers: dict[str, str]
+                ) -> tuple[bool, frozenset[str] | None]:
+        found = self.tokens.match(self._bearer(headers))
+        if not found[0] and scope["path"].startswith(EVENTS_PREFIX):
+            query = scope.get("query_string", b"").decode("latin-1")
+            found = self.tokens.match(parse_qs(query).get("access_token", [None])[0])
+        return found
 
     def refusal(self, scope: Scope, headers: dict[str, str]) -> tuple | None:
         host = host_name(headers.get("host", ""))
@@ -244,7 +279,8 @@ class GuardMiddleware:
             if self.tokens.accepts(token):
                 return None
         return _json(401, "unauthorized", "this request needs a valid API token",
-                     "Send Authorization: Bearer <token> (a token of TGDL_API_TOKEN); "
+                     "Send Authorization: Bearer <token> (a token of TGDL_API_TOKEN or "
+                     "TGDL_API_TOKENS); "
                      "/media/ links from the API's answers are signed and need none.",
                      {"WWW-Authenticate": "Bearer"})
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -12,6 +13,7 @@ import asyncpg
 from fastapi import Request
 from nats.aio.client import Client as NATS
 
+from tgdl.contracts.config import chat_key, narrowed
 from tgdl.gateway.commands import OrchestratorClient
 from tgdl.gateway.errors import database_unavailable
 from tgdl.gateway.freshness import Freshness
@@ -81,6 +83,27 @@ class Services:
     idempotency: Idempotency
     tokens: Tokens  # signs the /media/ links of answers when tokens are on
 
+    async def view(self, chats: frozenset[str] | None, body: bytes) -> bytes:
+        """A status body as this caller may see it: the files of chats it may not read
+        lose their path and link; the links left are signed when tokens are on."""
+        if chats is not None and b"download_url" in body:
+            body = await self._hide_foreign(chats, body)
+        return self.tokens.sign_json(body)
+
+    async def _hide_foreign(self, chats: frozenset[str], body: bytes) -> bytes:
+        data = json.loads(body)
+        files = data.get("files") if "files" in data else [data]
+        shown = [f for f in files if isinstance(f, dict) and f.get("download_url")]
+        rows = await self.pool.fetch(
+            "SELECT message_id, chat FROM catalog WHERE message_id = ANY($1::bigint[])",
+            [f["message_id"] for f in shown])
+        readable = {r["message_id"] for r in rows if chat_key(r["chat"]) in chats}
+        for f in shown:
+            if f["message_id"] not in readable:
+                f.pop("download_url", None)
+                f.pop("file_path", None)
+        return json.dumps(data, separators=(",", ":")).encode()
+
     async def until_projected(self, batch_id: str) -> bool:
         """Wait (briefly) until the read model knows a batch the orchestrator just
         accepted, so a status query right after the start finds it. The projector
@@ -97,6 +120,12 @@ class Services:
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+
+
+def caller_chats(request: Request) -> frozenset[str] | None:
+    """The chats the caller may see: the allow-list narrowed by its token's chats."""
+    settings: GatewaySettings = request.app.state.services.settings
+    return narrowed(settings.allowed_chat_set, getattr(request.state, "tgdl_chats", None))
 
 
 def services(request: Request) -> Services:

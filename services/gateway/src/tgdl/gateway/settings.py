@@ -22,6 +22,8 @@ class GatewaySettings(CommonSettings):
     # Who may call the API (see tgdl.gateway.security). Comma-separated tokens, each as
     # is or `sha256:<hex>` of it; empty: no token needed (tgdl run allows that on loopback).
     api_token: str = Field(default="", repr=False)
+    # Tokens limited to chats: `<token>@<chat>[,<chat>...]` entries separated by `;`.
+    api_tokens: str = Field(default="", repr=False)
     # How long a signed /media/ link in an answer opens without the token.
     media_link_ttl: float = Field(default=3600.0, gt=0)
     # Names the Host header may carry besides the loopback names and the bind host;

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends, Path
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Body, Depends, Path, Request
+from fastapi.responses import JSONResponse, Response
 
 from tgdl.contracts.api import (
     SingleCancelResponse,
@@ -18,9 +18,9 @@ from tgdl.contracts.commands import CancelSingle, SingleCancelOutcome, StartBatc
 from tgdl.contracts.errors import ErrorCode
 from tgdl.contracts.status import BatchKind
 from tgdl.db import readmodel
-from tgdl.gateway.batches import start
+from tgdl.gateway.batches import limited, start
 from tgdl.gateway.errors import ApiError
-from tgdl.gateway.services import Services, services
+from tgdl.gateway.services import Services, caller_chats, services
 
 router = APIRouter(prefix="/api/media", tags=["single file"])
 
@@ -40,12 +40,12 @@ FAILED_START_STATUS = {
 
 @router.post("/download/{message_id}", response_model=SingleDownloadResponse,
              response_model_exclude_none=True)
-async def download(message_id: MessageId, svc: Svc,
+async def download(message_id: MessageId, svc: Svc, request: Request,
                    body: Annotated[SingleDownloadRequest | None, Body()] = None,
                    ) -> SingleDownloadResponse:
     force = body.force if body else False
-    batch = await start(svc, StartBatch(kind=BatchKind.single, message_ids=[message_id],
-                                        max_concurrent=1, force=force))
+    batch = await start(svc, limited(request, StartBatch(
+        kind=BatchKind.single, message_ids=[message_id], max_concurrent=1, force=force)))
     if batch.failed_to_start:
         failure = batch.failed_to_start[0]
         # An ErrorBody like every error, plus the fields of the single-file answer.
@@ -72,16 +72,16 @@ async def download(message_id: MessageId, svc: Svc,
 
 
 @router.get("/status/{message_id}", response_model=readmodel.MessageDownloadStatus)
-async def status(message_id: MessageId, svc: Svc) -> JSONResponse:
+async def status(message_id: MessageId, svc: Svc, request: Request) -> Response:
     found = await readmodel.message_status(svc.pool, message_id)
     if found is None:
         raise ApiError(404, "not_requested", f"message {message_id} was never requested",
                        f"Start it with POST /api/media/download/{message_id}.")
-    body = svc.tokens.sign_urls({**readmodel.file_body(found),
-                                 "download_id": found.download_id})
+    body = {**readmodel.file_body(found), "download_id": found.download_id}
     if (stale := svc.freshness.reason()) is not None:
         body |= {"stale": True, "stale_reason": stale}
-    return JSONResponse(body)
+    return Response(await svc.view(caller_chats(request), JSONResponse(body).body),
+                    media_type="application/json")
 
 
 @router.post("/cancel/{message_id}", response_model=SingleCancelResponse)

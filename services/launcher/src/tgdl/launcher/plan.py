@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 from pydantic_settings import BaseSettings
 
 from tgdl.contracts.catalog import CatalogEntry
-from tgdl.gateway.security import is_loopback, parse_tokens
+from tgdl.gateway.security import is_loopback, parse_limited, parse_tokens
 from tgdl.launcher.supervisor import ChildSpec
 
 NATS_PREFERRED_PORT = 4222
@@ -114,7 +114,8 @@ def refuse_anonymous_exposure(env: Mapping[str, str], host: str) -> None:
     """Listening beyond this machine without a token would hand the account and every
     downloaded file to whoever reaches the port."""
     try:
-        tokens = parse_tokens(env.get("TGDL_API_TOKEN", ""))
+        tokens = parse_tokens(env.get("TGDL_API_TOKEN", "")) + parse_limited(
+            env.get("TGDL_API_TOKENS", ""))
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     if tokens or is_loopback(host) or env.get("TGDL_ALLOW_ANONYMOUS") == "1":

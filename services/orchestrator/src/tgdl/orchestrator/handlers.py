@@ -34,6 +34,7 @@ from tgdl.contracts.commands import (
     SingleCancelOutcome,
     StartBatch,
 )
+from tgdl.contracts.config import narrowed
 from tgdl.contracts.events import BatchCancelled, BatchEvent, BatchPaused, PermitGranted
 from tgdl.contracts.jobs import DownloadOutcome
 from tgdl.contracts.paths import relative_path
@@ -102,7 +103,7 @@ class Orchestrator:
                   if lease is not None and m in entries}
         triage = triage_request(
             ids, entries, _sizes_on_disk(entries.values(), media_root), media_root,
-            cmd.force, self.settings.allowed_chat_set, leased,
+            cmd.force, narrowed(self.settings.allowed_chat_set, cmd.chats), leased,
         )
         listed = True
         while True:
