@@ -57,6 +57,9 @@ class CommonSettings(BaseSettings):
     progress_max_msgs: int = Field(default=100_000, ge=100)  # oldest dropped
     bucket_max_keys: int = Field(default=100_000, ge=100)  # each KV bucket: full refuses
 
+    # `tgdl prune` forgets batches finished longer ago than this (days; files stay).
+    retention_days: float = Field(default=30.0, gt=0)
+
     # Chats that may be read, comma-separated usernames or ids; empty: every chat. Applied
     # everywhere: a start (access_denied), the message list, /media/ and the downloader.
     allowed_chats: str = ""

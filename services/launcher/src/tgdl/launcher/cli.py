@@ -68,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("chat", help="chat username (e.g. @channel), invite link or numeric id")
     sync.add_argument("--limit", type=int, default=None, metavar="N",
                       help="only the N newest messages (default: all)")
+    prune = commands.add_parser(
+        "prune", help="forget finished batches older than TGDL_RETENTION_DAYS (default 30)",
+        description="Remove batches that finished longer ago than the retention age from "
+        "the batch event log and the read model. Downloaded files stay on disk.",
+    )
+    prune.add_argument("--older-than", type=float, default=None, metavar="DAYS",
+                       help="the age in days (default: TGDL_RETENTION_DAYS)")
     commands.add_parser(
         "seed-demo", help="fill the catalog with the simulated Telegram's messages",
     )
@@ -101,6 +108,8 @@ async def _dispatch(args: argparse.Namespace) -> int:
             return await commands.sync(env, cwd, args.chat, args.limit)
         case "seed-demo":
             return await commands.seed_demo(env, cwd)
+        case "prune":
+            return await commands.prune(env, cwd, args.older_than)
     raise AssertionError(f"unhandled command {args.command}")
 
 
@@ -123,6 +132,9 @@ def _asyncapi(write: str | None, check: str | None) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "prune" and args.older_than is not None and args.older_than <= 0:
+        print("tgdl prune: --older-than must be a positive number of days", file=sys.stderr)
+        return 2
     if args.command == "sync" and args.limit is not None and args.limit < 1:
         print("tgdl sync: --limit must be at least 1", file=sys.stderr)
         return 2

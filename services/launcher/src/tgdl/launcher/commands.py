@@ -7,6 +7,7 @@ or embedded ones started for the duration of the command (see `servers.servers_f
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import timedelta
 from pathlib import Path
 
 from tgdl.contracts.config import CommonSettings
@@ -56,6 +57,18 @@ async def rebuild_read_model(env: Mapping[str, str], cwd: Path) -> int:
         for what, count in counts.items():
             say(f"  {what:<12}{count:>8}")
         say("Read model rebuilt")
+    return 0
+
+
+async def prune(env: Mapping[str, str], cwd: Path, days: float | None) -> int:
+    from tgdl.launcher.prune import prune as prune_batches
+
+    async with servers_for(Home.from_env(env, cwd), env, say) as endpoints:
+        settings = _settings(env, endpoints)
+        age = days if days is not None else settings.retention_days
+        pruned = await prune_batches(settings, timedelta(days=age))
+        say(f"Pruned {len(pruned)} batch(es) finished more than {age:g} day(s) ago "
+            "(their files stay on disk)")
     return 0
 
 
