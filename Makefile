@@ -50,7 +50,7 @@ rebuild-read-model: $(STAMP)
 
 # The issue's goals with every service its own process (writes benchmarks/results.json,
 # BENCHMARKS.md, docs/bench.png), then the in-process scaling and parallel-parts ratios.
-# ARGS=--full runs the issue's sizes (tens of minutes).
+# ARGS=--full runs the issue's sizes (about a quarter of an hour).
 bench: $(STAMP)
 	$(PIP) --require-hashes --no-deps -r benchmarks/requirements.lock
 	$(BIN)/python benchmarks/bench_goals.py $(ARGS)

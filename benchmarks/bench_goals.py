@@ -184,9 +184,13 @@ async def against_seed(srv: Servers, full: bool) -> list[Scenario]:
     for kind, goal, label in (("small", 1.10, "50 files under 200 KiB"),
                               ("medium", 1.03, "20 files of 1-8 MiB")):
         best_seed, best_tgdl = min(seed_s[kind]), min(tgdl_s[kind])
+        # The seed's own bound: 5 lanes, each file one latency and its bytes at one
+        # connection's pace, nothing else.
+        lanes = sum(DEFAULTS.latency + b / DEFAULTS.bandwidth for b in work[kind][0]) / 5
         sc = Scenario(f"seed_{kind}", f"Against the seed's design: {label}, max_concurrent 5",
                       {"files": len(work[kind][0]), "bytes": sum(work[kind][0]),
                        "seed_s": round(best_seed, 3), "tgdl_s": round(best_tgdl, 3),
+                       "one_request_lanes_bound_s": round(lanes, 3),
                        "seed_rounds_s": [round(x, 3) for x in seed_s[kind]],
                        "tgdl_rounds_s": [round(x, 3) for x in tgdl_s[kind]],
                        "ratio_tgdl_over_seed": round(best_tgdl / best_seed, 3)},
@@ -590,7 +594,7 @@ async def bench(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--full", action="store_true", help="the issue's sizes (much longer)")
+    parser.add_argument("--full", action="store_true", help="the issue's sizes (about ten minutes)")
     parser.add_argument("--only", help="comma-separated scenarios: 1 (seed), 2 (ideal and "
                         "writes), 3 (overhead, growth), 4 (scale), 6 (memory), p (py-spy)")
     parser.add_argument("--write", action="store_true",
