@@ -143,7 +143,8 @@ class Pipeline:
         """Every batch event as it is appended (a core subscription on the stream's
         subjects): the moment BatchFinished exists, without polling the log."""
         if (msg.headers or {}).get("Tgdl-Event-Type") == BatchFinished.__name__:
-            batch_id = msg.subject.removeprefix(self.names.batch_events(""))
+            # The subject is the batch events subject of some id: strip the prefix.
+            batch_id = msg.subject.removeprefix(self.names.batch_events("x")[:-1])
             self._finished_at.setdefault(batch_id, time.perf_counter())
             self._finish_event(batch_id).set()
 

@@ -189,7 +189,8 @@ class Stack:
     async def _on_event(self, msg: Msg) -> None:
         """Every batch event as it is appended: BatchFinished is seen without polling."""
         if (msg.headers or {}).get("Tgdl-Event-Type") == BatchFinished.__name__:
-            batch_id = msg.subject.removeprefix(self.names.batch_events(""))
+            # The subject is the batch events subject of some id: strip the prefix.
+            batch_id = msg.subject.removeprefix(self.names.batch_events("x")[:-1])
             self._finished_at.setdefault(batch_id, time.perf_counter())
             self._finish(batch_id).set()
 
