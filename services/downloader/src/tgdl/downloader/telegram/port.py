@@ -4,7 +4,8 @@ implement it: `simulated.SimulatedTelegram` (demo, tests, benchmarks) and
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
@@ -55,6 +56,67 @@ class PartSource(Protocol):
         """Telegram's SHA-256 of the ranges covering `[offset, offset + length)`, as
         (offset, length, digest), or None when it publishes none for this file."""
         ...
+
+
+Range = tuple[int, int, bytes]  # (offset, length, sha256) as Telegram publishes them
+
+
+class SharedFile:
+    """What every part of one file shares, for any adapter: the 1 MiB rules, one
+    reference refresh for all the parts that saw it expire, and Telegram's range hashes,
+    asked for once and reused by every part. Adapters subclass it for their `PartSource`."""
+
+    def __init__(self, max_refreshes: int) -> None:
+        self._max_refreshes = max_refreshes
+        self._generation = 0  # bumped by each reference refresh
+        self._refreshes = 0
+        self._refreshing = asyncio.Lock()
+        self._hashes: dict[int, tuple[int, bytes]] = {}  # range offset -> (length, sha256)
+        self._no_hashes = False
+
+    @staticmethod
+    def check_part(offset: int, length: int) -> None:
+        if offset % PART_SIZE or not 0 < length <= PART_SIZE:
+            raise ValueError(f"part {offset}+{length} breaks the 1 MiB rules")
+
+    async def refresh_once(self, seen: int, refresh: Callable[[], Awaitable[None]],
+                           why: str) -> None:
+        """Refresh the file reference that part saw expire (at generation `seen`), unless
+        another part did meanwhile; give up after `max_refreshes` refreshes."""
+        async with self._refreshing:
+            if self._generation != seen:
+                return
+            self._refreshes += 1
+            if self._refreshes > self._max_refreshes:
+                raise TransientError(f"file reference rejected {self._refreshes} times ({why})")
+            await refresh()
+            self._generation += 1
+
+    async def covering_hashes(self, offset: int, length: int,
+                              ranges_from: Callable[[int], Awaitable[list[Range]]],
+                              ) -> list[Range] | None:
+        """The known ranges over `[offset, offset + length)`, asking `ranges_from(position)`
+        (a few ranges from there) for what is missing; None when the file has none, or
+        ranges that do not line up with the parts."""
+        end, position = offset + length, offset
+        while position < end and not self._no_hashes:
+            known = self._hashes.get(position)
+            if known is None:
+                for start, size, digest in await ranges_from(position):
+                    if size > 0:
+                        self._hashes[start] = (size, digest)
+                known = self._hashes.get(position)
+                if known is None:
+                    self._no_hashes = True
+                    break
+            position += known[0]
+        if self._no_hashes:
+            return None
+        found, position = [], offset
+        while position < end:
+            found.append((position, *self._hashes[position]))
+            position += self._hashes[position][0]
+        return found
 
 
 class TelegramPort(Protocol):

@@ -4,7 +4,6 @@ the same errors a real account raises: FloodWait, TransientError, PermanentError
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,10 +14,11 @@ import httpx
 from tgdl.contracts.catalog import CatalogEntry, MediaKind
 from tgdl.contracts.errors import ErrorCode
 from tgdl.downloader.telegram.port import (
-    PART_SIZE,
     FloodWait,
     PermanentError,
+    Range,
     RemoteMedia,
+    SharedFile,
     TelegramError,
     TransientError,
 )
@@ -220,21 +220,16 @@ class SimulatedTelegram:
         return response.json()
 
 
-class _SimulatedFile:
+class _SimulatedFile(SharedFile):
     """One file fetched in parts over range requests (`PartSource`)."""
 
     def __init__(self, port: SimulatedTelegram, media: RemoteMedia) -> None:
+        super().__init__(_MAX_REFRESHES)
         self._port = port
         self._media = media
-        self._generation = 0
-        self._refreshes = 0
-        self._refreshing = asyncio.Lock()
-        self._hashes: dict[int, tuple[int, bytes]] = {}  # range offset -> (length, sha256)
-        self._no_hashes = False
 
     async def read(self, offset: int, length: int) -> bytes:
-        if offset % PART_SIZE or not 0 < length <= PART_SIZE:
-            raise ValueError(f"part {offset}+{length} breaks the 1 MiB rules")
+        self.check_part(offset, length)
         while True:
             generation = self._generation
             response = await self._port._range(self._media, offset, length)
@@ -245,31 +240,18 @@ class _SimulatedFile:
                 return response.content
             if _error_of(response)[0] != _REFERENCE_EXPIRED:
                 raise _failure(response, self._media.entry)
-            async with self._refreshing:  # one refresh for every part that saw it expire
-                if self._generation == generation:
-                    self._refreshes += 1
-                    if self._refreshes > _MAX_REFRESHES:
-                        raise TransientError("the file reference kept expiring")
-                    await self._port._describe(self._media.entry)
-                    self._generation += 1
+            await self.refresh_once(generation, self._refresh, _REFERENCE_EXPIRED)
 
-    async def hashes(self, offset: int, length: int) -> list[tuple[int, int, bytes]] | None:
+    async def _refresh(self) -> None:
+        await self._port._describe(self._media.entry)
+
+    async def hashes(self, offset: int, length: int) -> list[Range] | None:
         """The server's range hashes over the part, asked for until they cover it."""
-        found: list[tuple[int, int, bytes]] = []
-        position, end = offset, offset + length
-        while position < end and not self._no_hashes:
-            known = self._hashes.get(position)
-            if known is None:
-                for r in await self._port._hashes(self._media, position):
-                    if r["limit"] > 0:
-                        self._hashes[r["offset"]] = (r["limit"], bytes.fromhex(r["sha256"]))
-                known = self._hashes.get(position)
-                if known is None:  # none, or ranges not aligned with the parts
-                    self._no_hashes = True
-                    break
-            found.append((position, *known))
-            position += known[0]
-        return None if self._no_hashes else found
+        return await self.covering_hashes(offset, length, self._ranges)
+
+    async def _ranges(self, position: int) -> list[Range]:
+        return [(r["offset"], r["limit"], bytes.fromhex(r["sha256"]))
+                for r in await self._port._hashes(self._media, position)]
 
 
 def _check_length(response: httpx.Response, expected: int) -> None:

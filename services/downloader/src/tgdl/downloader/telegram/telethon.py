@@ -32,7 +32,7 @@ from telethon.tl import functions, types
 
 from tgdl.contracts.catalog import CatalogEntry, FileLocation
 from tgdl.contracts.errors import ErrorCode
-from tgdl.downloader.telegram.port import PART_SIZE, RemoteMedia
+from tgdl.downloader.telegram.port import PART_SIZE, Range, RemoteMedia, SharedFile
 from tgdl.telegram.client import TelegramSettings, TelegramSetupError, build_client
 from tgdl.telegram.errors import PermanentError, TransientError
 from tgdl.telegram.media import MediaInfo, describe_media, input_location, location_of
@@ -225,23 +225,18 @@ class TelethonTelegram:
         return result.bytes
 
 
-class _TelethonFile:
+class _TelethonFile(SharedFile):
     """One file fetched in parts (`PartSource`); what all its parts share lives here."""
 
     def __init__(self, port: TelethonTelegram, media: RemoteMedia) -> None:
+        super().__init__(port._max_refreshes)
         self._port = port
         self._media = media
         self._handle = media.handle
-        self._generation = 0  # bumped by each reference refresh
-        self._refreshes = 0
-        self._refreshing = asyncio.Lock()
         self.dc_id = media.dc_id or port.client.session.dc_id
-        self._hashes: dict[int, tuple[int, bytes]] = {}  # range offset -> (length, sha256)
-        self._no_hashes = False
 
     async def read(self, offset: int, length: int) -> bytes:
-        if offset % PART_SIZE or not 0 < length <= PART_SIZE:
-            raise ValueError(f"part {offset}+{length} breaks the 1 MiB rules")
+        self.check_part(offset, length)
         while True:
             generation, handle, dc_id = self._generation, self._handle, self.dc_id
             try:
@@ -249,7 +244,7 @@ class _TelethonFile:
                 # have to divide 1 MiB, and Telegram ends the file for us anyway).
                 data = await self._port._get_file(dc_id, input_location(handle), offset)
             except REFERENCE_EXPIRED as exc:
-                await self._refresh(generation, exc)
+                await self.refresh_once(generation, self._refresh, rpc_name(exc))
                 continue
             except errors.FileMigrateError as exc:
                 self._move(dc_id, exc)  # the whole file lives there: every part moves
@@ -261,21 +256,18 @@ class _TelethonFile:
                     f"Telegram answered {len(data)} bytes at {offset}, {length} expected")
             return data
 
-    async def hashes(self, offset: int, length: int) -> list[tuple[int, int, bytes]] | None:
+    async def hashes(self, offset: int, length: int) -> list[Range] | None:
         """Telegram's range hashes over the part, asked for until they cover it (each
         answer covers a few ranges from the asked offset)."""
-        end = offset + length
-        position = offset
-        while position < end and not self._no_hashes:
-            known = self._hashes.get(position)
-            if known is not None:
-                position += known[0]
-                continue
+        return await self.covering_hashes(offset, length, self._ranges)
+
+    async def _ranges(self, position: int) -> list[Range]:
+        while True:
             generation, handle, dc_id = self._generation, self._handle, self.dc_id
             try:
                 ranges = await self._port._get_hashes(dc_id, input_location(handle), position)
             except REFERENCE_EXPIRED as exc:
-                await self._refresh(generation, exc)
+                await self.refresh_once(generation, self._refresh, rpc_name(exc))
                 continue
             except errors.FileMigrateError as exc:
                 self._move(dc_id, exc)
@@ -283,37 +275,16 @@ class _TelethonFile:
             except (errors.FloodError, errors.ServerError, OSError, TimeoutError) as exc:
                 raise as_telegram_error(exc, resolving=False) from exc
             except errors.RPCError:
-                ranges = []  # not offered for this file (photos, some old documents)
-            for r in ranges:
-                if r.limit > 0:
-                    self._hashes[r.offset] = (r.limit, r.hash)
-            if position not in self._hashes:  # none, or ranges not aligned with our parts
-                self._no_hashes = True
-        if self._no_hashes:
-            return None
-        found, position = [], offset
-        while position < end:
-            found.append((position, *self._hashes[position]))
-            position += self._hashes[position][0]
-        return found
+                return []  # not offered for this file (photos, some old documents)
+            return [(r.offset, r.limit, r.hash) for r in ranges]
 
     def _move(self, asked: int, exc: errors.FileMigrateError) -> None:
         if exc.new_dc == asked:
             raise TransientError(f"Telegram sent the file back to DC {asked}") from exc
         self.dc_id = exc.new_dc
 
-    async def _refresh(self, seen: int, exc: Exception) -> None:
-        """One refresh for every part that saw the reference `seen` expire."""
-        async with self._refreshing:
-            if self._generation != seen:
-                return  # another part refreshed it meanwhile
-            self._refreshes += 1
-            if self._refreshes > self._port._max_refreshes:
-                raise TransientError(
-                    f"file reference rejected {self._refreshes} times ({rpc_name(exc)})"
-                ) from exc
-            self._handle = await self._port._refreshed(self._media)
-            self._generation += 1
+    async def _refresh(self) -> None:
+        self._handle = await self._port._refreshed(self._media)
 
 
 async def _release(chunks: Any) -> None:
