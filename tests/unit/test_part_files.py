@@ -13,20 +13,11 @@ from tgdl.downloader.files import (
     is_complete,
     part_path,
     parts_path,
-    resume_offset,
     store_whole,
 )
 from tgdl.downloader.meter import Meter
 
 KIB = 1024
-
-
-def test_resume_offset_rounds_down_to_the_request_size(tmp_path: Path):
-    part = tmp_path / "f.part"
-    assert resume_offset(part, 512 * KIB) == 0
-    part.write_bytes(b"x" * (512 * KIB * 3 + 100))
-    assert resume_offset(part, 512 * KIB) == 512 * KIB * 3
-    assert resume_offset(part, 4 * KIB) == 512 * KIB * 3 + 0  # 100 bytes torn off
 
 
 def test_writer_resumes_at_offset_and_commits_only_the_right_size(tmp_path: Path):

@@ -62,16 +62,6 @@ def free_bytes(folder: Path) -> int:
     return shutil.disk_usage(".").free
 
 
-def resume_offset(part: Path, request_size: int) -> int:
-    """Where to continue: the .part length rounded down to the request size (Telegram
-    wants aligned offsets; a torn last request is simply fetched again)."""
-    try:
-        length = part.stat().st_size
-    except FileNotFoundError:
-        return 0
-    return length - length % request_size
-
-
 class PartWriter:
     """Appends to a .part file from a resume offset; bounded memory (one chunk at a time)."""
 
