@@ -49,7 +49,7 @@ async def test_prune_forgets_only_batches_finished_before_the_age(servers, isola
         left = {r["batch_id"] for r in await conn.fetch("SELECT batch_id FROM batches")}
         assert left == {"recent", "open"}
         assert not await conn.fetchval("SELECT count(*) FROM batch_files WHERE batch_id='old'")
-        info = await js.stream_info(names.events_stream, subjects_filter=names.batch_events("*"))
+        info = await js.stream_info(names.events_stream, subjects_filter=names.all_batch_events)
         assert set(info.state.subjects or {}) == {names.batch_events("recent"),
                                                  names.batch_events("open")}
         assert await prune(settings, timedelta(days=30)) == []  # nothing more to do

@@ -6,7 +6,20 @@ several tests, can share one NATS server without seeing each other's data.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+
+# What an id may be inside a subject: one token, no wildcard, no separator. Checked where
+# the subject is built, so no caller can widen a subscription or publish beside it.
+# (`{name}`: the AsyncAPI document's parameter, never a wildcard to NATS.)
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}|\{[a-z_]+\}")
+
+
+def token(value: int | str) -> str:
+    text = str(value)
+    if not _TOKEN.fullmatch(text):
+        raise ValueError(f"{text!r} cannot be part of a NATS subject")
+    return text
 
 
 @dataclass(frozen=True)
@@ -45,7 +58,7 @@ class Names:
 
     # --- subjects ------------------------------------------------------------------------
     def batch_events(self, batch_id: str) -> str:
-        return f"{self.prefix}.evt.batch.{batch_id}"
+        return f"{self.prefix}.evt.batch.{token(batch_id)}"
 
     @property
     def all_batch_events(self) -> str:
@@ -56,10 +69,10 @@ class Names:
         return f"{self.prefix}.job.download"
 
     def file_progress(self, message_id: int | str) -> str:
-        return f"{self.prefix}.file.{message_id}.progress"
+        return f"{self.prefix}.file.{token(message_id)}.progress"
 
     def file_done(self, message_id: int | str) -> str:
-        return f"{self.prefix}.file.{message_id}.done"
+        return f"{self.prefix}.file.{token(message_id)}.done"
 
     @property
     def all_file_progress(self) -> str:
@@ -71,7 +84,7 @@ class Names:
 
     def batch_progress(self, batch_id: str) -> str:
         """Core-NATS snapshots of a batch's status (same body as the HTTP status)."""
-        return f"{self.prefix}.batch.{batch_id}.progress"
+        return f"{self.prefix}.batch.{token(batch_id)}.progress"
 
     # --- request/reply commands (gateway or any NATS client -> orchestrator) --------------
     @property
