@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,8 +85,27 @@ def _spawn_nats(data_dir: Path) -> subprocess.Popen:
         )
 
 
+@dataclass(frozen=True)
+class NatsUser:
+    name: str
+    password: str
+    deny_publish: tuple[str, ...] = ()  # subjects this user may not publish to
+
+
+def _authorization(users: Sequence[NatsUser]) -> str:
+    """nats-server's users block: every client must log in as one of them."""
+    lines = ["authorization {", "  users = ["]
+    for u in users:
+        deny = ", ".join(json.dumps(s) for s in u.deny_publish)
+        rights = f", permissions: {{publish: {{deny: [{deny}]}}}}" if u.deny_publish else ""
+        lines.append(f"    {{user: {json.dumps(u.name)}, password: {json.dumps(u.password)}"
+                     f"{rights}}}")
+    return "\n".join([*lines, "  ]", "}"])
+
+
 def start_nats(data_dir: Path, port: int | None = None, sync_always: bool = True,
-               max_store: str | None = None) -> EmbeddedNats:
+               max_store: str | None = None,
+               users: Sequence[NatsUser] = ()) -> EmbeddedNats:
     """Start nats-server with JetStream storing under `data_dir`; wait until it accepts
     connections. `sync_always` fsyncs every write (nothing acknowledged is ever lost).
     `max_store` (e.g. "1TB") raises JetStream's limit on the bytes all streams may
@@ -105,9 +125,11 @@ def start_nats(data_dir: Path, port: int | None = None, sync_always: bool = True
                 f"  max_file_store: {max_store}" if max_store else "",
                 "}",
                 "max_payload: 8MB",
+                _authorization(users) if users else "",
             ]
         )
     )
+    conf.chmod(0o600)  # it holds the users' passwords
     server = EmbeddedNats(_spawn_nats(data_dir), f"nats://127.0.0.1:{port}", port, data_dir)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:

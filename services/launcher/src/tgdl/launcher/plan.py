@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
@@ -194,6 +194,8 @@ class Wiring:
     http_host: str
     http_port: int
     session_file: Path
+    # A NATS login per service (service -> URL), when the server requires them.
+    service_nats_urls: Mapping[str, str] = field(default_factory=dict)
 
 
 def service_env(base: Mapping[str, str], wiring: Wiring) -> dict[str, str]:
@@ -223,10 +225,14 @@ def service_specs(
 ) -> list[ChildSpec]:
     """gateway, orchestrator, projector and `downloaders` replicas named downloader-1..N."""
     env = service_env(base, wiring)
-    specs = [ChildSpec(name, module_command(name, python), env) for name in SERVICES]
+
+    def own(service: str) -> dict[str, str]:
+        url = wiring.service_nats_urls.get(service)
+        return {**env, "TGDL_NATS_URL": url} if url else env
+    specs = [ChildSpec(name, module_command(name, python), own(name)) for name in SERVICES]
     for i in range(1, downloaders + 1):
         replica = f"downloader-{i}"
-        replica_env = {**env, "TGDL_REPLICA": replica}
+        replica_env = {**own("downloader"), "TGDL_REPLICA": replica}
         specs.append(ChildSpec(replica, module_command("downloader", python), replica_env))
     return specs
 

@@ -152,7 +152,8 @@ async def run(env: Mapping[str, str], cwd: Path, out: PrefixedOutput) -> int:
             stop.on_repeat = supervisor.kill
             try:
                 await _run_services(env, settings, choice.source, session_file,
-                                    (http_host, http_port), downloaders, supervisor, stop, out)
+                                    (http_host, http_port), downloaders, supervisor, stop, out,
+                                    endpoints.service_nats_urls)
             finally:
                 # The services first, while what they talk to is still there.
                 await supervisor.stop(n for n in supervisor.names() if n != SIMULATOR)
@@ -176,6 +177,7 @@ async def _run_services(
     supervisor: Supervisor,
     stop: StopRequest,
     out: PrefixedOutput,
+    service_nats_urls: Mapping[str, str],
 ) -> None:
     sim_url: str | None = None
     if source is Source.sim:
@@ -192,6 +194,7 @@ async def _run_services(
     wiring = Wiring(
         nats_url=settings.nats_url, database_url=settings.database_url, source=source,
         sim_url=sim_url, http_host=http[0], http_port=http[1], session_file=session_file,
+        service_nats_urls=service_nats_urls,
     )
     for spec in service_specs(env, wiring, downloaders):
         await supervisor.start(spec)

@@ -14,16 +14,20 @@ import fcntl
 import json
 import logging
 import os
+import secrets
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO
+from urllib.parse import quote
 
+from tgdl.contracts.subjects import Names
 from tgdl.launcher.embedded import (
     EmbeddedNats,
     EmbeddedPostgres,
+    NatsUser,
     free_port,
     start_nats,
     start_postgres,
@@ -36,6 +40,47 @@ from tgdl.launcher.supervisor import Backoff
 class Endpoints:
     nats_url: str
     database_url: str
+    # Each service's own NATS login (service -> URL) when the embedded nats-server
+    # requires one; empty: every service uses nats_url.
+    service_nats_urls: dict[str, str] = field(default_factory=dict)
+
+
+# --- NATS users of the embedded server ------------------------------------------------------
+
+NATS_SERVICES = ("gateway", "orchestrator", "projector", "downloader")
+
+
+def nats_users(home: Home, namespace: str) -> list[NatsUser]:
+    """One login per service and one for tgdl's own commands, with passwords made once and
+    kept in the data folder (owner-only). The gateway, the part that faces the network,
+    may send commands and read, never publish jobs, events, outcomes, progress or leases,
+    nor change or purge streams."""
+    path = home.nats / "users.json"
+    try:
+        passwords = json.loads(path.read_text())
+    except (OSError, ValueError):
+        passwords = {}
+    names = Names(namespace)
+    wanted = ("tgdl", *NATS_SERVICES)
+    if not isinstance(passwords, dict) or set(passwords) != set(wanted):
+        passwords = {user: secrets.token_urlsafe(24) for user in wanted}
+        home.nats.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as file:
+            json.dump(passwords, file)
+    gateway_deny = (
+        f"{names.prefix}.job.>", f"{names.prefix}.evt.>", f"{names.prefix}.file.>",
+        f"$KV.{names.leases_bucket}.>", f"$KV.{names.open_batches_bucket}.>",
+        f"$KV.{names.flood_bucket}.>", "$JS.API.STREAM.CREATE.>", "$JS.API.STREAM.UPDATE.>",
+        "$JS.API.STREAM.DELETE.>", "$JS.API.STREAM.PURGE.>", "$JS.API.STREAM.MSG.DELETE.>",
+        "$JS.API.CONSUMER.DELETE.>")
+    return [NatsUser(user, password, gateway_deny if user == "gateway" else ())
+            for user, password in passwords.items()]
+
+
+def with_login(url: str, user: NatsUser) -> str:
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{quote(user.name, safe='')}:{quote(user.password, safe='')}@{rest}"
 
 
 class HomeBusy(RuntimeError):
@@ -93,14 +138,15 @@ def read_instance(home: Home) -> Endpoints | None:
         return None
 
 
-def _start_embedded_nats(home: Home) -> EmbeddedNats:
+def _start_embedded_nats(home: Home, users: list[NatsUser]) -> EmbeddedNats:
     port = pick_port(NATS_PREFERRED_PORT, False, port_is_free, free_port, "NATS", "")
     try:
-        return start_nats(home.nats, port=port, sync_always=True)
+        return start_nats(home.nats, port=port, sync_always=True, users=users)
     except RuntimeError:
         if port != NATS_PREFERRED_PORT:
             raise
-        return start_nats(home.nats, port=free_port(), sync_always=True)  # lost a race
+        return start_nats(home.nats, port=free_port(), sync_always=True,
+                          users=users)  # lost a race
 
 
 @contextlib.asynccontextmanager
@@ -129,20 +175,27 @@ async def servers_for(
     nats: EmbeddedNats | None = None
     postgres: EmbeddedPostgres | None = None
     watching: asyncio.Task[None] | None = None
+    service_urls: dict[str, str] = {}
     try:
         if not nats_url:
             # On this (the main) thread: nats-server is told to die with the thread that
             # started it (see lifeline), and pool threads come and go.
-            nats = _start_embedded_nats(home)
-            nats_url = nats.url
-            say(f"Started nats-server (JetStream) on {nats.url}, data in {home.nats}")
+            users = nats_users(home, env.get("TGDL_NAMESPACE", "tgdl"))
+            nats = _start_embedded_nats(home, users)
+            logins = {u.name: with_login(nats.url, u) for u in users}
+            nats_url = logins.pop("tgdl")
+            service_urls = logins
+            say(f"Started nats-server (JetStream) on {nats.url}, data in {home.nats}; "
+                "every service logs in as itself")
         if not database_url:
             postgres = await asyncio.to_thread(start_postgres, home.postgres)
             database_url = postgres.url
             say(f"Started PostgreSQL, data in {home.postgres}")
-        endpoints = Endpoints(nats_url, database_url)
-        if owner:
-            home.instance.write_text(json.dumps({**asdict(endpoints), "pid": os.getpid()}))
+        endpoints = Endpoints(nats_url, database_url, service_urls)
+        if owner:  # owner-only: it holds the NATS logins
+            fd = os.open(home.instance, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as file:
+                json.dump({**asdict(endpoints), "pid": os.getpid()}, file)
             watching = asyncio.create_task(watch_servers(nats, postgres, say))
         yield endpoints
     finally:
