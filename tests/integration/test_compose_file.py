@@ -5,6 +5,10 @@ names a module that `python -m` can really run."""
 from __future__ import annotations
 
 import importlib.util
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +48,8 @@ def mounts(service: dict[str, Any]) -> dict[str, str]:
 def test_the_servers_are_the_official_images(compose: dict[str, Any]) -> None:
     nats, postgres = compose["services"]["nats"], compose["services"]["postgres"]
     assert nats["image"].startswith("nats:2.10")
-    assert "-js" in nats["command"]  # JetStream on
+    assert nats["command"] == ["-c", "/etc/nats/nats.conf"]
+    assert "jetstream {" in (ROOT / "deploy/nats/nats.conf").read_text()  # JetStream on
     assert mounts(nats)  # streams survive a restart
     assert postgres["image"] == "postgres:16"
     assert mounts(postgres)
@@ -91,7 +96,9 @@ def test_services_share_the_servers_and_the_gateway_is_published(
     services = compose["services"]
     for name in SERVICES:
         env = services[name]["environment"]
-        assert env["TGDL_NATS_URL"] == "nats://nats:4222"
+        user = {"simtelegram": "tgdl"}.get(name, name)  # each service logs in as itself
+        assert re.fullmatch(rf"nats://{user}:\$\{{TGDL_NATS_\w*PASSWORD:\?[^}}]+\}}@nats:4222",
+                            env["TGDL_NATS_URL"]), env["TGDL_NATS_URL"]
         assert env["TGDL_DATABASE_URL"].startswith("postgresql://")
         assert "@postgres:5432/" in env["TGDL_DATABASE_URL"]
     gateway = services["gateway"]
@@ -121,3 +128,30 @@ def test_the_image_installs_every_package_of_the_tree() -> None:
     assert packages, "no packages found"
     missing = [p for p in packages if f"./{p}" not in dockerfile]
     assert not missing, f"the Dockerfile does not install {missing}"
+
+
+def test_secrets_come_from_the_environment_and_nats_requires_its_logins(
+    compose: dict[str, Any],
+) -> None:
+    postgres = compose["services"]["postgres"]["environment"]["POSTGRES_PASSWORD"]
+    assert postgres.startswith("${TGDL_POSTGRES_PASSWORD:?")
+    assert "tgdl:tgdl@" not in (ROOT / "docker-compose.yml").read_text()
+    conf = ROOT / "deploy/nats/nats.conf"
+    passwords = {v: "x" for v in compose["services"]["nats"]["environment"]}
+    server = Path(sys.executable).parent / "nats-server"
+    ok = subprocess.run([server, "-t", "-c", conf], env={**os.environ, **passwords},
+                        capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr  # a valid configuration...
+    missing = subprocess.run([server, "-t", "-c", conf], capture_output=True, text=True,
+                             env={k: v for k, v in os.environ.items()
+                                  if not k.startswith("TGDL_NATS")})
+    assert missing.returncode != 0  # ...that does not start without its passwords
+
+
+def test_compose_gateway_rules_are_the_embedded_servers(tmp_path: Path) -> None:
+    from tgdl.launcher.plan import Home
+    from tgdl.launcher.servers import nats_users
+
+    [gateway] = [u for u in nats_users(Home(tmp_path), "tgdl") if u.name == "gateway"]
+    text = (ROOT / "deploy/nats/nats.conf").read_text()
+    assert all(f'"{subject}"' in text for subject in gateway.deny_publish)
