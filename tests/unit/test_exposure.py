@@ -30,3 +30,24 @@ def test_loopback_a_token_or_an_explicit_opt_out_starts(env):
 def test_a_malformed_hashed_token_is_a_config_error():
     with pytest.raises(ConfigError, match="64 hex digits"):
         address(TGDL_API_TOKEN="sha256:xyz")
+
+
+def test_each_service_gets_only_its_own_secrets_and_nats_login(tmp_path):
+    from tgdl.launcher.plan import Source, Wiring, service_specs
+
+    wiring = Wiring(nats_url="nats://tgdl:p@h:1", database_url="postgresql://x",
+                    source=Source.sim, sim_url=None, http_host="127.0.0.1", http_port=8000,
+                    session_file=tmp_path / "s", service_nats_urls={
+                        s: f"nats://{s}:pw@h:1" for s in (
+                            "gateway", "orchestrator", "projector", "downloader")})
+    base = {"TGDL_API_ID": "1", "TGDL_API_HASH": "h", "TGDL_API_TOKEN": "t", "OTHER": "o"}
+    env = {spec.name: spec.env for spec in service_specs(base, wiring, downloaders=1)}
+    assert env["downloader-1"]["TGDL_API_HASH"] == "h"
+    assert "TGDL_API_TOKEN" not in env["downloader-1"]
+    assert env["gateway"]["TGDL_API_TOKEN"] == "t" and "TGDL_API_HASH" not in env["gateway"]
+    for name in ("orchestrator", "projector"):
+        assert not {"TGDL_API_ID", "TGDL_API_HASH", "TGDL_API_TOKEN"} & env[name].keys()
+    for name, user in (("gateway", "gateway"), ("orchestrator", "orchestrator"),
+                       ("projector", "projector"), ("downloader-1", "downloader")):
+        assert env[name]["TGDL_NATS_URL"] == f"nats://{user}:pw@h:1"
+        assert env[name]["OTHER"] == "o"

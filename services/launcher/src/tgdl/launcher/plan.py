@@ -216,6 +216,13 @@ def service_env(base: Mapping[str, str], wiring: Wiring) -> dict[str, str]:
     return env
 
 
+# Which services may see each secret of the user's environment.
+SECRETS: dict[str, tuple[str, ...]] = {
+    "TGDL_API_ID": ("downloader",), "TGDL_API_HASH": ("downloader",),
+    "TGDL_API_TOKEN": ("gateway",), "TGDL_API_TOKENS": ("gateway",),
+}
+
+
 def module_command(service: str, python: str = sys.executable) -> list[str]:
     return [python, "-m", f"tgdl.{service}"]
 
@@ -227,8 +234,12 @@ def service_specs(
     env = service_env(base, wiring)
 
     def own(service: str) -> dict[str, str]:
+        """A service's environment holds only its own secrets: the Telegram
+        application's for downloaders, the API tokens for the gateway, its NATS login."""
+        mine = {k: v for k, v in env.items()
+                if k not in SECRETS or service in SECRETS[k]}
         url = wiring.service_nats_urls.get(service)
-        return {**env, "TGDL_NATS_URL": url} if url else env
+        return {**mine, "TGDL_NATS_URL": url} if url else mine
     specs = [ChildSpec(name, module_command(name, python), own(name)) for name in SERVICES]
     for i in range(1, downloaders + 1):
         replica = f"downloader-{i}"
