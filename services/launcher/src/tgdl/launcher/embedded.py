@@ -15,6 +15,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 from tgdl.launcher.lifeline import die_with_parent
 
@@ -178,6 +179,23 @@ class EmbeddedPostgres:
         server = self.server
         with server._lock:  # type: ignore[attr-defined]  # pgserver's own inter-process lock
             server.ensure_postgres_running()  # type: ignore[attr-defined]
+        private_socket_folder(self.url, Path(server.pgdata))  # type: ignore[attr-defined]
+
+
+def private_socket_folder(url: str, pgdata: Path) -> None:
+    """With a long data path pgserver puts the socket in a folder of its own under the
+    runtime directory, open to every local user, and PostgreSQL trusts whoever connects
+    on it: make that folder the server's alone (the data folder already is)."""
+    hosts = parse_qs(urlsplit(url).query).get("host")
+    if not hosts:
+        return
+    folder = Path(hosts[0])
+    if folder.resolve() == pgdata.resolve() or not folder.is_dir():
+        return
+    owner = pgdata.stat()
+    if folder.stat().st_uid != owner.st_uid and os.geteuid() == 0:
+        os.chown(folder, owner.st_uid, owner.st_gid)  # PostgreSQL's own user
+    folder.chmod(0o700)
 
 
 def start_postgres(data_dir: Path) -> EmbeddedPostgres:
@@ -191,7 +209,9 @@ def start_postgres(data_dir: Path) -> EmbeddedPostgres:
     data_dir.mkdir(parents=True, exist_ok=True)
     _forget_dead_handles(data_dir)
     server = pgserver.get_server(data_dir, cleanup_mode="stop")
-    return EmbeddedPostgres(server, server.get_uri())
+    url = server.get_uri()
+    private_socket_folder(url, Path(server.pgdata))
+    return EmbeddedPostgres(server, url)
 
 
 def _forget_dead_handles(data_dir: Path) -> None:
