@@ -104,8 +104,8 @@ def _section(key: str, sc: Any) -> str:
                        "innermost frame"], rows) + (
             f"\n\n{f['files']} files in {f['wall_s']:.1f} s, sampled at {f['rate_hz']} Hz. "
             "Shares are of the process's own samples. An innermost project frame of "
-            "`serve_http` or `consume_scope` means the event loop or a library (nats-py, "
-            "asyncpg, pydantic, httpx) called from it, with no project function between.")
+            "`run_service`, `serve_http` or `consume_scope` means the event loop or a library "
+            "(nats-py, asyncpg, pydantic, httpx) called from it, with no project function between.")
     return ""
 
 
