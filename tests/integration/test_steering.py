@@ -72,7 +72,10 @@ async def stack(servers, isolation, nc) -> AsyncIterator[dict]:
         tasks = [asyncio.create_task(orchestrator.run(stop))]
         for i in range(2):
             tasks.append(asyncio.create_task(serve_downloader(
-                DownloaderSettings(**common, sim_url=sim_url, replica=f"d{i}"), stop)))
+                # one part in flight per file: a pause always finds some parts on disk
+                # and some still to fetch, however fast the machine
+                DownloaderSettings(**common, sim_url=sim_url, replica=f"d{i}",
+                                   parts_per_file=1), stop)))
         names = Names(isolation.namespace)
 
         async def ready():
