@@ -258,6 +258,7 @@ async def test_a_corrupted_range_is_refetched_and_a_persistent_one_fails_the_fil
 
     fixed = await d.outcome("b1:1")
     assert fixed.status == "completed" and fixed.hash_verified
+    assert fixed.parts_refetched == 1  # counted, and said in the outcome
     assert sha_of(d, once) == expected_sha256(once.message_id, once.size)
     failed = await d.outcome("b1:2")
     assert failed.status == "failed" and failed.hash_verified is None

@@ -69,6 +69,8 @@ class DownloadOutcome(Versioned):
     # Every part matched Telegram's SHA-256 range hashes (False: Telegram gave none to
     # check against; None: not completed, or from a downloader that did not check).
     hash_verified: bool | None = None
+    # Parts fetched again because they did not match those hashes (completed jobs).
+    parts_refetched: int | None = None
 
 
 class Lease(BaseModel):

@@ -306,8 +306,8 @@ class Worker:
         log.info("job %s %s", outcome.job_id, outcome.status)
 
     def _outcome(self, job: DownloadJob, status: OutcomeStatus, failure: Failure | None = None,
-                 size: int | None = None, hash_verified: bool | None = None
-                 ) -> DownloadOutcome:
+                 size: int | None = None, hash_verified: bool | None = None,
+                 parts_refetched: int = 0) -> DownloadOutcome:
         rel = relative_path(job.entry)
         completed = status == OutcomeStatus.completed
         return DownloadOutcome(
@@ -318,6 +318,7 @@ class Worker:
             failure=failure,
             at=_now(),
             hash_verified=hash_verified if completed else None,
+            parts_refetched=parts_refetched if completed else None,
         )
 
     # --- the download -----------------------------------------------------------------------
@@ -338,9 +339,10 @@ class Worker:
                 try:
                     await self._wait_out_flood(running, progress)
                     media = await self._interruptible(running, self.port.resolve(job.entry))
-                    size, verified = await self._fetch(media, final, running, progress)
+                    size, verified, refetched = await self._fetch(
+                        media, final, running, progress)
                     return self._outcome(job, OutcomeStatus.completed, size=size,
-                                         hash_verified=verified)
+                                         hash_verified=verified, parts_refetched=refetched)
                 except FloodWait as wait:
                     if wait.seconds > self.s.max_flood_wait:
                         return self._outcome(job, OutcomeStatus.failed, Failure.of(
@@ -392,9 +394,10 @@ class Worker:
 
     async def _fetch(
         self, media: RemoteMedia, final: Path, running: Running, progress: _ProgressPublisher
-    ) -> tuple[int, bool]:
+    ) -> tuple[int, bool, int]:
         """Fetch the parts the .part file is missing, several at once, then commit it;
-        returns the size and whether every part matched Telegram's hashes."""
+        returns the size, whether every part matched Telegram's hashes, and how many
+        parts had to be fetched again because they did not."""
         if 0 < media.size <= PART_SIZE:
             return await self._fetch_whole(media, final, running)
         file = PartFile(final, media.size, PART_SIZE)
@@ -435,10 +438,10 @@ class Worker:
         if not quiet:
             progress.add(0)
             await progress.publish("downloading", force=True)
-        return media.size, verified
+        return media.size, verified, stats.refetched
 
     async def _fetch_whole(self, media: RemoteMedia, final: Path, running: Running
-                           ) -> tuple[int, bool]:
+                           ) -> tuple[int, bool, int]:
         """A file of one part (most photos, voice notes, stickers): one request, one
         write with its fsyncs, and no progress (its outcome says all)."""
         stats = PartStats()
@@ -455,7 +458,7 @@ class Worker:
                             media.entry.message_id)
         running.fence()
         await asyncio.to_thread(store_whole, final, data)
-        return media.size, verified
+        return media.size, verified, stats.refetched
 
     async def _interruptible(self, running: Running, work: Awaitable):
         """Run `work` until it ends or the download must stop (cancel or shutdown)."""
