@@ -341,3 +341,15 @@ async def test_a_token_limited_to_a_chat_sees_and_fetches_only_that_chat(
         finally:
             await sub.unsubscribe()
         assert [c.chats for c in commands] == [["chan"], None]
+
+
+async def test_message_ids_beyond_bigint_in_the_path_are_422(open_client):
+    for response in (await open_client.get(f"/api/media/status/{2**70}"),
+                     await open_client.post(f"/api/media/cancel/{2**70}"),
+                     await open_client.post(f"/api/media/download/{2**70}")):
+        assert_error(response, 422, "invalid_request")
+
+
+async def test_a_nul_in_a_text_filter_is_422(open_client):
+    for query in ("chat=G%00", "q=a%00b"):
+        assert_error(await open_client.get(f"/api/messages?{query}"), 422, "invalid_request")

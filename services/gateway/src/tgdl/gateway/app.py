@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from fastapi.responses import HTMLResponse, Response
 from starlette.exceptions import HTTPException
 
+from tgdl.contracts.api import ErrorBody
 from tgdl.db.connection import create_pool
 from tgdl.db.schema import verify_schema
 from tgdl.gateway import batches, health, messages, metrics, single, steering
@@ -45,6 +46,22 @@ PAGE_HEADERS = {
     "Referrer-Policy": "no-referrer",
 }
 ASSETS = {"app.js": "text/javascript", "app.css": "text/css"}
+# Every failure is an ErrorBody (see errors.py); the document says so for every route.
+ERROR_RESPONSES: dict[int | str, dict] = {
+    status: {"model": ErrorBody, "description": description} for status, description in (
+        (400, "a body that is not UTF-8 JSON"),
+        (401, "no valid API token (when tokens are on)"),
+        (403, "a cross-site browser request, or a chat this caller may not read"),
+        (404, "no such batch, message or file"),
+        (409, "an Idempotency-Key reused for another request, or still being answered"),
+        (413, "the request body is too large"),
+        (421, "a Host this server does not answer for"),
+        (422, "an invalid request: the detail names the field"),
+        (429, "too many open event streams from this client"),
+        (503, "NATS or PostgreSQL unreachable, or the orchestrator did not answer"),
+        (507, "NATS storage full: no room for a new batch"),
+    )
+}
 
 
 async def _positions(db: Database) -> dict[str, int]:
@@ -92,7 +109,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             await broker.stop()
 
     app = FastAPI(title="tgdl", summary="Batch media downloads from Telegram messages",
-                  version="0.1.0", lifespan=lifespan)
+                  version="0.1.0", lifespan=lifespan, responses=ERROR_RESPONSES)
     install_error_handlers(app)
     metrics.install(app)  # GET /metrics and HTTP latency by route
     for module in (batches, steering, single, messages, health):

@@ -141,7 +141,9 @@ async def _on_http(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
     code = _CODES.get(exc.status_code, "server_error" if exc.status_code >= 500 else "error")
     suggestion = ("Check the URL; the API is described at /docs."
-                  if exc.status_code in (404, 405) else None)
+                  if exc.status_code in (404, 405) else
+                  "Send the body as UTF-8 JSON with Content-Type: application/json."
+                  if exc.status_code == 400 else None)
     body = ErrorBody(error=code, detail=str(exc.detail), suggestion=suggestion)
     return error_response(exc.status_code, body, headers=getattr(exc, "headers", None))
 

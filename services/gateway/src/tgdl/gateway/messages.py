@@ -72,6 +72,9 @@ async def messages(
         min_size=min_size, max_size=max_size, since=moment("since", since, False),
         until=moment("until", until, True), text=q or None,
         chats=caller_chats(request))
+    for name, text in (("chat", chat), ("media_type", media_type), ("q", q)):
+        if text and "\x00" in text:  # PostgreSQL text cannot hold it
+            raise invalid(f"{name}: must not contain a NUL character")
     if min_size is not None and max_size is not None and min_size > max_size:
         raise invalid(f"min_size: {min_size} is larger than max_size {max_size}")
     if where.since and where.until and where.since >= where.until:

@@ -14,7 +14,12 @@ from tgdl.contracts.api import (
     SingleDownloadRequest,
     SingleDownloadResponse,
 )
-from tgdl.contracts.commands import CancelSingle, SingleCancelOutcome, StartBatch
+from tgdl.contracts.commands import (
+    MAX_MESSAGE_ID,
+    CancelSingle,
+    SingleCancelOutcome,
+    StartBatch,
+)
 from tgdl.contracts.errors import ErrorCode
 from tgdl.contracts.status import BatchKind
 from tgdl.db import readmodel
@@ -24,7 +29,8 @@ from tgdl.gateway.services import Services, caller_chats, services
 
 router = APIRouter(prefix="/api/media", tags=["single file"])
 
-MessageId = Annotated[int, Path(ge=1, description="the message id used across the API")]
+MessageId = Annotated[int, Path(ge=1, le=MAX_MESSAGE_ID,
+                                description="the message id used across the API")]
 Svc = Annotated[Services, Depends(services)]
 
 # How a refused start is answered; anything else that prevents a start is a 422.

@@ -1,0 +1,66 @@
+"""Schemathesis over the gateway's OpenAPI document, over real HTTP, with the gateway,
+the orchestrator and the projector running on real NATS and PostgreSQL: no request it can
+make gets a 5xx, and every answer matches the document."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+from pathlib import Path
+
+import uvicorn
+from waiting import until
+
+from tgdl.bus.topology import QueuePolicy, ensure_topology
+from tgdl.db.schema import migrate_database
+from tgdl.gateway.app import create_app
+from tgdl.gateway.settings import GatewaySettings
+from tgdl.launcher.embedded import free_port
+from tgdl.orchestrator.app import OrchestratorService
+from tgdl.orchestrator.settings import OrchestratorSettings
+from tgdl.projector.app import run as run_projector
+from tgdl.projector.settings import ProjectorSettings
+
+ST = Path(sys.executable).parent / "st"  # schemathesis, pinned in requirements.txt
+
+
+async def test_no_request_gets_a_5xx_or_an_answer_outside_the_document(servers, isolation, nc,
+                                                                      tmp_path):
+    common = dict(nats_url=servers.nats_url, database_url=servers.database_url,
+                  namespace=isolation.namespace, db_schema=isolation.schema,
+                  media_root=isolation.media_root)
+    await migrate_database(servers.database_url, isolation.schema)
+    orchestrator_settings = OrchestratorSettings(**common)
+    await ensure_topology(nc.jetstream(), orchestrator_settings.names,
+                          QueuePolicy.of(orchestrator_settings))
+    stop = asyncio.Event()
+    orchestrator = OrchestratorService(orchestrator_settings)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(
+        create_app(GatewaySettings(**common, http_port=port, command_timeout=3.0,
+                                   projection_wait=0.2)),
+        host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    tasks = [asyncio.create_task(orchestrator.run(stop)),
+             asyncio.create_task(run_projector(ProjectorSettings(**common), stop)),
+             asyncio.create_task(server.serve())]
+    try:
+        await until(lambda: server.started and hasattr(orchestrator, "orch"), 20,
+                    what="services ready")
+        run = await asyncio.create_subprocess_exec(
+            str(ST), "run",
+            f"http://127.0.0.1:{port}/openapi.json",
+            "--checks", "not_a_server_error,status_code_conformance,"
+                        "content_type_conformance,response_schema_conformance",
+            "--phases", "examples,coverage,fuzzing", "--max-examples", "50",
+            "--seed", "9", "--no-color", "--request-timeout", "10",
+            "--suppress-health-check", "all",
+            cwd=tmp_path,  # its example database stays out of the tree
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        out, _ = await asyncio.wait_for(run.communicate(), 120)
+        assert run.returncode == 0, out.decode(errors="replace")[-20000:]
+    finally:
+        server.should_exit = True
+        stop.set()
+        with contextlib.suppress(Exception):
+            await asyncio.gather(*tasks)
