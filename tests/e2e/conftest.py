@@ -76,7 +76,10 @@ async def stack(servers, isolation, tmp_path: Path, nc, request) -> AsyncIterato
         for i in range(1, downloaders + 1):
             stack.spawn(f"downloader-{i}", "tgdl.downloader", TGDL_REPLICA=f"downloader-{i}")
         stack.spawn("gateway", "tgdl.gateway")
-        stack.http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{http_port}", timeout=20)
+        token = env.get("TGDL_API_TOKEN")  # set by @pytest.mark.stack(api_token=...)
+        stack.http = httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{http_port}", timeout=20,
+            headers={"Authorization": f"Bearer {token}"} if token else None)
         await _wait_ready(stack, nc, downloaders)
         yield stack
     finally:

@@ -150,3 +150,43 @@ async def test_filter_select_start_watch_and_cancel_in_a_browser(stack: Stack, b
     await expect(bar.get_by_role("button", name="Start download")).to_be_in_viewport()
     await page.screenshot(path=out / "web-page-phone.png", full_page=False)
     assert (out / "web-page.png").stat().st_size > 10_000
+
+
+@pytest.mark.stack(api_token="e2e-page-token")
+async def test_with_a_token_the_page_asks_once_and_its_links_open_signed(stack: Stack, browser):
+    page = await browser.new_page(viewport={"width": 1280, "height": 900})
+    asked: list[str] = []
+
+    async def answer(dialog) -> None:
+        asked.append(dialog.message)
+        await dialog.accept("e2e-page-token")
+    page.on("dialog", answer)
+    await page.goto(str(stack.http.base_url))
+    rows = page.locator("#messages tr")
+    await expect(rows.first).to_be_visible(timeout=SLOW)  # the list came, with the token
+    assert len(asked) == 1 and "token" in asked[0]
+
+    small = min((m for m in stack.sim_messages()
+                 if m.media_kind == "photo" and not m.deleted and not m.forbidden),
+                key=lambda m: m.size)
+    await page.get_by_label("Text").fill(small.file_name)
+    await page.get_by_role("button", name="Apply filters").click()
+    await expect(page.locator(f"#messages tr[data-id='{small.message_id}']")).to_be_visible()
+    await page.get_by_role("button", name="Select all matching").click()
+    await page.get_by_role("button", name="Start download of").click()
+    # the live view (an event stream, which takes the token in its query) shows it done
+    await expect(page.locator("#files tr[data-status=completed]")).to_have_count(
+        1, timeout=SLOW)
+    link = page.locator("#files a")
+    await expect(link).to_have_text(f"{small.message_id}_{small.telegram_message_id}_"
+                                    f"{small.file_name}")
+    href = await link.get_attribute("href")
+    assert href and href.startswith("/media/") and "&sig=" in href
+    fetched = await page.request.get(str(stack.http.base_url.join(href)))
+    assert fetched.status == 200 and len(await fetched.body()) == small.size
+    bare = await page.request.get(str(stack.http.base_url.join(href.split("?")[0])))
+    assert bare.status == 401  # the file itself needs the token or the signature
+
+    await page.reload()  # the token is kept for the session: not asked again
+    await expect(rows.first).to_be_visible(timeout=SLOW)
+    assert len(asked) == 1

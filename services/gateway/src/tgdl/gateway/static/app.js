@@ -276,7 +276,8 @@ function waitLeft(f) {
 
 function fileRow(f) {
   const tr = el("tr"); tr.dataset.id = f.message_id; tr.dataset.status = f.status;
-  const name = f.download_url ? decodeURIComponent(f.download_url.split("/").pop()) : state.names.get(f.message_id);
+  // (a signed link ends in ?exp=...&sig=...: the name is the path's last part)
+  const name = f.download_url ? decodeURIComponent(f.download_url.split("?")[0].split("/").pop()) : state.names.get(f.message_id);
   const file = el("td", null, "file");
   file.append(`#${f.message_id} `);
   if (f.download_url) file.append(link(f.download_url, name));
