@@ -312,14 +312,21 @@ async def test_a_token_limited_to_a_chat_sees_and_fetches_only_that_chat(
         assert (await client.get(mine, headers=BEARER)).status_code == 200
         assert (await client.get("/media/documents/2_902_c.jpg", headers=limited)).content \
             == b"mine!!"
-        # another chat's finished file shows no path and no link, in the status and events
-        [file] = (await client.get("/api/media/batch-status/b", headers=limited)).json()["files"]
-        assert "download_url" not in file and "file_path" not in file
         assert "sig=" in (await client.get("/api/media/batch-status/b", headers=BEARER)).text
-        single = (await client.get("/api/media/status/1", headers=limited)).json()
-        assert "download_url" not in single
-        events = await client.get("/api/media/batch-events/b?access_token=lim")
-        assert events.status_code == 200 and b"download_url" not in events.content
+        # another chat's batch and message are as if they did not exist, nor can be steered
+        for method, path in (("GET", "/api/media/batch-status/b"),
+                             ("GET", "/api/media/batch-events/b?access_token=lim"),
+                             ("POST", "/api/media/batch-cancel/b"),
+                             ("POST", "/api/media/batch-pause/b"),
+                             ("POST", "/api/media/batch-resume/b")):
+            assert_error(await client.request(method, path, headers=limited), 404,
+                         "batch_not_found")
+        assert_error(await client.patch("/api/media/batch/b", json={"max_concurrent": 2},
+                                        headers=limited), 404, "batch_not_found")
+        assert_error(await client.get("/api/media/status/1", headers=limited), 404,
+                     "not_requested")
+        cancel = await client.post("/api/media/cancel/1", headers=limited)
+        assert cancel.json()["status"] == "not_downloading"
 
         # a start carries the token's chats; the orchestrator refuses the others
         commands: list[StartBatch] = []

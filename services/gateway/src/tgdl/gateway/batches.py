@@ -105,7 +105,7 @@ async def batch_list(svc: Svc, offset: Annotated[int, Query(ge=0, le=2**63 - 1)]
 @router.get("/batch-status/{batch_id}", response_model=BatchStatusResponse)
 async def batch_status(batch_id: BatchId, svc: Svc, request: Request) -> Response:
     status = await readmodel.batch_status(svc.pool, batch_id)
-    if status is None:
+    if status is None or not await svc.batch_visible(request, batch_id):
         raise batch_not_found(batch_id)
     # The same bytes the projector publishes on NATS (see readmodel.status_body), plus
     # `stale` when the read model cannot be current.
@@ -114,7 +114,9 @@ async def batch_status(batch_id: BatchId, svc: Svc, request: Request) -> Respons
 
 
 @router.post("/batch-cancel/{batch_id}", response_model=BatchCancelResponse)
-async def batch_cancel(batch_id: BatchId, svc: Svc) -> BatchCancelResponse:
+async def batch_cancel(batch_id: BatchId, svc: Svc, request: Request) -> BatchCancelResponse:
+    if not await svc.batch_visible(request, batch_id):
+        raise batch_not_found(batch_id)
     done = await svc.orchestrator.call(CancelBatch(batch_id=batch_id), BatchCancelOutcome)
     if done.already_finished:
         return BatchCancelResponse(
@@ -133,6 +135,8 @@ async def batch_cancel(batch_id: BatchId, svc: Svc) -> BatchCancelResponse:
 async def batch_events(batch_id: BatchId, svc: Svc, request: Request) -> StreamingResponse:
     """The batch's status now, then every change, as server-sent events; the stream
     ends after the snapshot that says the batch finished."""
+    if not await svc.batch_visible(request, batch_id):
+        raise batch_not_found(batch_id)
     # Subscribe before reading the current status, so no change falls in between.
     sub = await svc.nc.subscribe(svc.settings.names.batch_progress(batch_id))
     try:

@@ -104,6 +104,26 @@ class Services:
                 f.pop("file_path", None)
         return json.dumps(data, separators=(",", ":")).encode()
 
+    async def batch_visible(self, request: Request, batch_id: str) -> bool:
+        """A token limited to chats sees and steers only batches all of whose files are
+        in its chats (another's batch is as if it did not exist)."""
+        chats = getattr(request.state, "tgdl_chats", None)
+        if chats is None:
+            return True
+        rows = await self.pool.fetch(
+            "SELECT DISTINCT c.chat FROM batch_files f JOIN catalog c USING (message_id) "
+            "WHERE f.batch_id = $1", batch_id)
+        return all(chat_key(r["chat"]) in chats for r in rows)
+
+    async def message_visible(self, request: Request, message_id: int) -> bool:
+        """The same for one message: its chat is among the token's."""
+        chats = getattr(request.state, "tgdl_chats", None)
+        if chats is None:
+            return True
+        chat = await self.pool.fetchval("SELECT chat FROM catalog WHERE message_id = $1",
+                                        message_id)
+        return chat is None or chat_key(chat) in chats
+
     async def until_projected(self, batch_id: str) -> bool:
         """Wait (briefly) until the read model knows a batch the orchestrator just
         accepted, so a status query right after the start finds it. The projector

@@ -80,7 +80,7 @@ async def download(message_id: MessageId, svc: Svc, request: Request,
 @router.get("/status/{message_id}", response_model=readmodel.MessageDownloadStatus)
 async def status(message_id: MessageId, svc: Svc, request: Request) -> Response:
     found = await readmodel.message_status(svc.pool, message_id)
-    if found is None:
+    if found is None or not await svc.message_visible(request, message_id):
         raise ApiError(404, "not_requested", f"message {message_id} was never requested",
                        f"Start it with POST /api/media/download/{message_id}.")
     body = {**readmodel.file_body(found), "download_id": found.download_id}
@@ -91,8 +91,11 @@ async def status(message_id: MessageId, svc: Svc, request: Request) -> Response:
 
 
 @router.post("/cancel/{message_id}", response_model=SingleCancelResponse)
-async def cancel(message_id: MessageId, svc: Svc) -> SingleCancelResponse:
-    done = await svc.orchestrator.call(CancelSingle(message_id=message_id), SingleCancelOutcome)
+async def cancel(message_id: MessageId, svc: Svc, request: Request) -> SingleCancelResponse:
+    # another chat's download, for a token limited to chats: as if none ran
+    mine = await svc.message_visible(request, message_id)
+    done = (await svc.orchestrator.call(CancelSingle(message_id=message_id), SingleCancelOutcome)
+            if mine else SingleCancelOutcome(message_id=message_id, cancelled=[]))
     if not done.cancelled:
         return SingleCancelResponse(
             message_id=message_id, status="not_downloading",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path
+from fastapi import APIRouter, Depends, Path, Request
 
 from tgdl.contracts.api import (
     BatchPauseResponse,
@@ -22,6 +22,7 @@ from tgdl.contracts.commands import (
     ResumeBatch,
     SetConcurrency,
 )
+from tgdl.gateway.batches import batch_not_found
 from tgdl.gateway.services import Services, services
 
 router = APIRouter(prefix="/api/media", tags=["batches"])
@@ -30,15 +31,21 @@ BatchId = Annotated[str, Path(pattern=BATCH_ID_PATTERN, description="as returned
 Svc = Annotated[Services, Depends(services)]
 
 
+async def visible(svc: Services, request: Request, batch_id: str) -> None:
+    if not await svc.batch_visible(request, batch_id):
+        raise batch_not_found(batch_id)
+
+
 def _files(n: int) -> str:
     return f"{n} download" if n == 1 else f"{n} downloads"
 
 
 @router.post("/batch-pause/{batch_id}", response_model=BatchPauseResponse)
-async def batch_pause(batch_id: BatchId, svc: Svc) -> BatchPauseResponse:
+async def batch_pause(batch_id: BatchId, svc: Svc, request: Request) -> BatchPauseResponse:
     """No new downloads start; running ones stop within about a second and keep their
     partial files, so a resume continues from the bytes on disk. A file another batch
     also waits for keeps downloading for that batch."""
+    await visible(svc, request, batch_id)
     done = await svc.orchestrator.call(PauseBatch(batch_id=batch_id), BatchPauseOutcome)
     if done.already_finished:
         status, message = "already_finished", "Batch had already finished; nothing to pause"
@@ -52,9 +59,10 @@ async def batch_pause(batch_id: BatchId, svc: Svc) -> BatchPauseResponse:
 
 
 @router.post("/batch-resume/{batch_id}", response_model=BatchResumeResponse)
-async def batch_resume(batch_id: BatchId, svc: Svc) -> BatchResumeResponse:
+async def batch_resume(batch_id: BatchId, svc: Svc, request: Request) -> BatchResumeResponse:
     """Downloads start again up to the batch's max_concurrent, continuing from the bytes
     already on disk."""
+    await visible(svc, request, batch_id)
     done = await svc.orchestrator.call(ResumeBatch(batch_id=batch_id), BatchResumeOutcome)
     if done.already_finished:
         status, message = "already_finished", "Batch had already finished; nothing to resume"
@@ -70,9 +78,10 @@ async def batch_resume(batch_id: BatchId, svc: Svc) -> BatchResumeResponse:
 
 @router.patch("/batch/{batch_id}", response_model=BatchSettingsResponse)
 async def batch_settings(batch_id: BatchId, body: BatchSettingsRequest,
-                         svc: Svc) -> BatchSettingsResponse:
+                         svc: Svc, request: Request) -> BatchSettingsResponse:
     """Change max_concurrent (1-5) of a batch under way: raising it starts more downloads
     at once; lowering it lets running downloads finish and starts fewer after them."""
+    await visible(svc, request, batch_id)
     done = await svc.orchestrator.call(
         SetConcurrency(batch_id=batch_id, max_concurrent=body.max_concurrent),
         ConcurrencyOutcome)
