@@ -198,6 +198,7 @@ async def test_global_cap_bounds_downloads_across_batches(stack: Stack):
     assert (await stack.sim_stats())["max_serving"] <= 4
 
 
+@pytest.mark.stack(parts_per_file=1)  # a third on disk well before the end, on any machine
 async def test_a_killed_downloader_loses_nothing_and_the_file_resumes(stack: Stack):
     [m] = stack.media_ids(1, min_size=2_000_000)
     size = next(x.size for x in stack.sim_messages() if x.message_id == m)

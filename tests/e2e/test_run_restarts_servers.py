@@ -54,6 +54,14 @@ def test_killed_servers_come_back_and_the_batch_completes(tmp_path: Path) -> Non
             return None
 
         poll(lambda: answers("/healthz"), START_DEADLINE, "GET /healthz answering 200", log)
+
+        def orchestrator_answers() -> bool:  # /healthz says nothing of the orchestrator
+            with contextlib.suppress(httpx.HTTPError):
+                probe = httpx.post(f"{base}/api/media/batch-cancel/probe_ready", timeout=3)
+                return probe.status_code == 404  # its answer: no such batch
+            return False
+
+        poll(orchestrator_answers, START_DEADLINE, "the orchestrator answering", log)
         items = httpx.get(f"{base}/api/messages?media_only=true&limit=6", timeout=10).json()
         ids = [m["message_id"] for m in items["items"]]
         started = httpx.post(f"{base}/api/media/batch-download", timeout=10,
