@@ -66,6 +66,9 @@ class Watcher:
 ORDER = ["pending", "queued", "downloading", "completed"]
 
 
+# One part at a time: the files then take long enough for live speed and time left to
+# reach the read model (flushed about once a second) on any machine.
+@pytest.mark.stack(parts_per_file=1)
 async def test_batch_of_20_completes_within_its_permits_with_exact_bytes(stack: Stack):
     ids = stack.media_ids(20)
     started = await stack.start_batch(ids, max_concurrent=3)
