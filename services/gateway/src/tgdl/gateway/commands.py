@@ -59,26 +59,24 @@ def create_broker(settings: GatewaySettings) -> tuple[NatsBroker, OrchestratorCl
     names = settings.names
     broker = nats_broker(settings.nats_url, "tgdl-gateway",
                          description="tgdl gateway: turns HTTP requests into commands")
+    # command -> (subject, channel title, what it asks); every one is request/reply,
+    # answered by an orchestrator with a CommandReply
+    commands: dict[type[BaseModel], tuple[str, str, str]] = {
+        StartBatch: (names.cmd_batch_start, "startBatch",
+                     "Start a batch (or a single-file download)"),
+        CancelBatch: (names.cmd_batch_cancel, "cancelBatch", "Cancel a batch"),
+        CancelSingle: (names.cmd_single_cancel, "cancelSingle",
+                       "Cancel the single-file requests of one message"),
+        PauseBatch: (names.cmd_batch_pause, "pauseBatch", "Pause a batch"),
+        ResumeBatch: (names.cmd_batch_resume, "resumeBatch", "Resume a paused batch"),
+        SetConcurrency: (names.cmd_batch_concurrency, "setConcurrency",
+                         "Change a batch's max_concurrent"),
+    }
     sends = {
-        StartBatch: broker.publisher(
-            names.cmd_batch_start, schema=StartBatch, title="startBatch",
-            description="Start a batch (or a single-file download): request/reply, answered "
-                        "by an orchestrator with a CommandReply"),
-        CancelBatch: broker.publisher(
-            names.cmd_batch_cancel, schema=CancelBatch, title="cancelBatch",
-            description="Cancel a batch: request/reply, answered with a CommandReply"),
-        CancelSingle: broker.publisher(
-            names.cmd_single_cancel, schema=CancelSingle, title="cancelSingle",
-            description="Cancel the single-file requests of one message: request/reply"),
-        PauseBatch: broker.publisher(
-            names.cmd_batch_pause, schema=PauseBatch, title="pauseBatch",
-            description="Pause a batch: request/reply, answered with a CommandReply"),
-        ResumeBatch: broker.publisher(
-            names.cmd_batch_resume, schema=ResumeBatch, title="resumeBatch",
-            description="Resume a paused batch: request/reply, answered with a CommandReply"),
-        SetConcurrency: broker.publisher(
-            names.cmd_batch_concurrency, schema=SetConcurrency, title="setConcurrency",
-            description="Change a batch's max_concurrent: request/reply (CommandReply)"),
+        model: broker.publisher(subject, schema=model, title=title,
+                                description=f"{what}: request/reply, answered by an "
+                                            "orchestrator with a CommandReply")
+        for model, (subject, title, what) in commands.items()
     }
     return broker, OrchestratorClient(broker, sends, settings.command_timeout)
 

@@ -237,17 +237,13 @@ def _offset(raw: str) -> int | None:
         return None
 
 
-async def message_content(request: Request) -> Response:
-    sim = _sim(request)
-    message = sim.find(request.path_params["chat"], request.path_params["tg_id"])
-    if message is not None:
-        sim.stats.requested(message.message_id)
+async def _file_request(request: Request, sim: Simulator, message: SimMessage | None
+                        ) -> tuple[SimMessage, int] | Response:
+    """What the content and hashes routes check first, in Telegram's order: a valid
+    offset, the latency, then whether the message can be read and carries a file."""
     offset = _offset(request.query_params.get("offset", "0"))
     if offset is None:
         return _error(422, "invalid_offset", detail="offset must be an integer >= 0")
-    limit = _offset(request.query_params.get("limit", "0"))
-    if limit is None:
-        return _error(422, "invalid_limit", detail="limit must be an integer >= 0 (0: all)")
     await asyncio.sleep(sim.latency)
     refusal = sim.refusal(message)
     if refusal is not None:
@@ -255,6 +251,21 @@ async def message_content(request: Request) -> Response:
     assert message is not None
     if message.media_kind is None or message.size is None:
         return _error(404, "no_media")
+    return message, offset
+
+
+async def message_content(request: Request) -> Response:
+    sim = _sim(request)
+    message = sim.find(request.path_params["chat"], request.path_params["tg_id"])
+    if message is not None:
+        sim.stats.requested(message.message_id)
+    limit = _offset(request.query_params.get("limit", "0"))
+    if limit is None:
+        return _error(422, "invalid_limit", detail="limit must be an integer >= 0 (0: all)")
+    found = await _file_request(request, sim, message)
+    if isinstance(found, Response):
+        return found
+    message, offset = found
     if offset > message.size:
         return _error(416, "offset_out_of_range", size=message.size)
     seconds = sim.faults.take_flood_wait(message.message_id)
@@ -285,17 +296,11 @@ async def message_hashes(request: Request) -> Response:
     """SHA-256 of the fixed ranges from the one holding `offset`, a few per answer (as
     Telegram's upload.getFileHashes)."""
     sim = _sim(request)
-    message = sim.find(request.path_params["chat"], request.path_params["tg_id"])
-    offset = _offset(request.query_params.get("offset", "0"))
-    if offset is None:
-        return _error(422, "invalid_offset", detail="offset must be an integer >= 0")
-    await asyncio.sleep(sim.latency)
-    refusal = sim.refusal(message)
-    if refusal is not None:
-        return refusal
-    assert message is not None
-    if message.media_kind is None or message.size is None:
-        return _error(404, "no_media")
+    found = await _file_request(
+        request, sim, sim.find(request.path_params["chat"], request.path_params["tg_id"]))
+    if isinstance(found, Response):
+        return found
+    message, offset = found
     start = offset - offset % HASH_RANGE
     stop = min(message.size, start + HASH_RANGE * HASHES_PER_ANSWER)
     ranges = [
