@@ -1,5 +1,6 @@
 """tgdl prune forgets batches finished longer ago than the retention age, in the event log
-and the read model alike; open and recent batches stay, and so do the files."""
+and (through the projector) the read model alike; open and recent batches stay, and so do
+the files."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import nats
 
 from tgdl.contracts.catalog import CatalogEntry, MediaKind
 from tgdl.contracts.config import CommonSettings
-from tgdl.contracts.events import BatchFinished, BatchStarted
+from tgdl.contracts.events import BatchFinished, BatchPruned, BatchStarted, parse_event
 from tgdl.db.connection import connect
 from tgdl.launcher.prepare import prepare
 from tgdl.launcher.prune import prune
@@ -46,13 +47,24 @@ async def test_prune_forgets_only_batches_finished_before_the_age(servers, isola
 
         assert await prune(settings, timedelta(days=30)) == ["old"]
 
+        # the old batch's log is only a marker now, and the projector (the read model's one
+        # writer) folds it: here, as the projector does
+        info = await js.stream_info(names.events_stream, subjects_filter=names.all_batch_events)
+        assert info.state.subjects == {names.batch_events("recent"): 2,
+                                       names.batch_events("open"): 1,
+                                       names.batch_events("old"): 1}
+        marker = parse_event((await js.get_last_msg(names.events_stream,
+                                                    names.batch_events("old"))).data)
+        assert isinstance(marker, BatchPruned)
+        await apply_changes(conn, fold_event(marker))
+
         left = {r["batch_id"] for r in await conn.fetch("SELECT batch_id FROM batches")}
         assert left == {"recent", "open"}
         assert not await conn.fetchval("SELECT count(*) FROM batch_files WHERE batch_id='old'")
-        info = await js.stream_info(names.events_stream, subjects_filter=names.all_batch_events)
-        assert set(info.state.subjects or {}) == {names.batch_events("recent"),
-                                                 names.batch_events("open")}
         assert await prune(settings, timedelta(days=30)) == []  # nothing more to do
+        # folded again (a rebuild replays the marker alone), it changes nothing
+        await apply_changes(conn, fold_event(marker))
+        assert {r["batch_id"] for r in await conn.fetch("SELECT batch_id FROM batches")} == left
     finally:
         await nc.drain()
         await conn.close()

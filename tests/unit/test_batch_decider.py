@@ -15,6 +15,7 @@ from tgdl.contracts.events import (
     BatchCancelled,
     BatchFinished,
     BatchPaused,
+    BatchPruned,
     BatchResumed,
     BatchStarted,
     FileCompleted,
@@ -318,3 +319,10 @@ def test_permits_stay_within_the_live_limit_through_pauses(seed):
     else:
         pytest.fail("the batch never ended")
     assert all(st in (FileState.completed, FileState.failed) for st in s.files.values())
+
+
+def test_a_pruned_batch_is_as_if_it_never_existed():
+    # after `tgdl prune` the batch's log holds only the marker
+    state = fold([BatchPruned(batch_id="b", at=AT)])
+    assert not state.exists
+    assert decide(Cancel(at=AT), state) == []  # the orchestrator answers batch_not_found

@@ -118,6 +118,13 @@ class BatchFinished(_Event):
     failed: int
 
 
+class BatchPruned(_Event):
+    """`tgdl prune` purged this finished batch's log; the marker is all that is left of
+    it, so the projector (the read model's one writer) removes its rows too."""
+
+    type: Literal["BatchPruned"] = "BatchPruned"
+
+
 BatchEvent = Annotated[
     BatchStarted
     | PermitGranted
@@ -128,7 +135,8 @@ BatchEvent = Annotated[
     | BatchPaused
     | BatchResumed
     | ConcurrencyChanged
-    | BatchFinished,
+    | BatchFinished
+    | BatchPruned,
     Field(discriminator="type"),
 ]
 batch_event_adapter: TypeAdapter[BatchEvent] = TypeAdapter(BatchEvent)

@@ -1,16 +1,19 @@
 """`tgdl prune`: forget batches that finished longer ago than the retention age.
 
-Each batch's events are purged from the EVENTS stream first, then its rows leave the read
-model, so a rebuild from the streams gives the same (pruned) read model. Finished files
-stay on disk: they are the user's. A batch that is still open is never touched.
+Each batch's events are purged from the EVENTS stream and a `BatchPruned` marker takes
+their place; the projector, the read model's only writer, then removes the batch's rows,
+and a rebuild from the streams gives the same (pruned) read model. Finished files stay on
+disk: they are the user's. A batch that is still open is never touched.
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from tgdl.bus.broker import connect as nats_connect
+from tgdl.bus.eventlog import EventLog
 from tgdl.contracts.config import CommonSettings
+from tgdl.contracts.events import BatchPruned
 from tgdl.db.connection import connect
 
 
@@ -28,10 +31,9 @@ async def prune(settings: CommonSettings, older_than: timedelta) -> list[str]:
             batch_id = row["batch_id"]
             await js.purge_stream(settings.names.events_stream,
                                   subject=settings.names.batch_events(batch_id))
-            # batch_files go with it (ON DELETE CASCADE); the finished-at check again, in
-            # case the batch was somehow reopened since the query
-            await conn.execute("DELETE FROM batches WHERE batch_id = $1 "
-                               "AND finished_at IS NOT NULL", batch_id)
+            # an emptied subject: the marker expects nothing before it
+            await EventLog(js, settings.names).append(
+                batch_id, [BatchPruned(batch_id=batch_id, at=datetime.now(UTC))], 0)
             pruned.append(batch_id)
         return pruned
     finally:

@@ -23,6 +23,7 @@ from tgdl.contracts.events import (
     BatchEvent,
     BatchFinished,
     BatchPaused,
+    BatchPruned,
     BatchResumed,
     BatchStarted,
     ConcurrencyChanged,
@@ -332,6 +333,8 @@ def evolve(s: BatchState, e: BatchEvent) -> BatchState:
             return replace(s, max_concurrent=n)
         case BatchFinished():
             return replace(s, closed=True)
+        case BatchPruned():
+            return initial_state  # forgotten: as if it never existed
     return s
 
 

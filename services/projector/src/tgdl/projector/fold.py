@@ -22,6 +22,7 @@ from tgdl.contracts.events import (
     BatchEvent,
     BatchFinished,
     BatchPaused,
+    BatchPruned,
     BatchResumed,
     BatchStarted,
     ConcurrencyChanged,
@@ -207,7 +208,14 @@ def newer_progress(a: DownloadProgress, b: DownloadProgress) -> DownloadProgress
 
 
 JobChange = EnsureJob | ApplyOutcome | ApplyProgress
-BatchChange = InsertBatch | UpdateFile | CancelFiles | UpdateBatch
+@dataclass(frozen=True)
+class DeleteBatch:
+    """A finished batch was pruned: its rows (and its files' rows) go."""
+
+    batch_id: str
+
+
+BatchChange = InsertBatch | UpdateFile | CancelFiles | UpdateBatch | DeleteBatch
 Change = BatchChange | JobChange
 
 
@@ -263,6 +271,8 @@ def _started(e: BatchStarted) -> InsertBatch:
 def fold_event(event: BatchEvent) -> list[Change]:
     if isinstance(event, BatchStarted):
         return [_started(event)]
+    if isinstance(event, BatchPruned):
+        return [DeleteBatch(event.batch_id)]
     b, at = event.batch_id, event.at
     touched = UpdateBatch(b, {"updated_at": at})
     match event:

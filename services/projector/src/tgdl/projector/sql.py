@@ -17,6 +17,7 @@ from tgdl.projector.fold import (
     BatchRow,
     CancelFiles,
     Change,
+    DeleteBatch,
     FileRow,
     InsertBatch,
     JobChange,
@@ -95,6 +96,10 @@ async def apply_changes(conn: asyncpg.Connection, changes: Sequence[Change]) -> 
                     f"UPDATE batches SET {sets} WHERE batch_id = $1", b, *values.values()
                 )
                 written.batches.add(b)
+            case DeleteBatch(batch_id=b):
+                # batch_files go with it (ON DELETE CASCADE); only a finished batch
+                await conn.execute("DELETE FROM batches WHERE batch_id = $1 "
+                                   "AND finished_at IS NOT NULL", b)
             case _:
                 job_changes.append(change)
     written.jobs = await merge_jobs(conn, job_changes)
