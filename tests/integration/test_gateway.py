@@ -23,9 +23,8 @@ from tgdl.contracts.events import (
 from tgdl.contracts.jobs import DownloadProgress
 from tgdl.contracts.status import OverallStatus
 from tgdl.db import catalog
-from tgdl.db.connection import connect
 from tgdl.db.readmodel import batch_status, snapshot_json
-from tgdl.db.schema import SchemaOutdated, migrate_database
+from tgdl.db.schema import SchemaOutdated
 from tgdl.gateway.app import create_app
 from tgdl.gateway.settings import GatewaySettings
 from tgdl.projector.fold import fold_event, fold_progress
@@ -41,28 +40,6 @@ def settings(servers, isolation) -> GatewaySettings:
         namespace=isolation.namespace, db_schema=isolation.schema,
         media_root=isolation.media_root, command_timeout=2.0, projection_wait=0.3,
     )
-
-
-@pytest.fixture
-async def app(settings):
-    await migrate_database(settings.database_url, settings.db_schema)  # as `tgdl migrate`
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):  # connects NATS and PostgreSQL
-        yield app
-
-
-@pytest.fixture
-async def client(app):
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                 base_url="http://localhost") as client:
-        yield client
-
-
-@pytest.fixture
-async def db(app, settings):
-    conn = await connect(settings.database_url, settings.db_schema)
-    yield conn
-    await conn.close()
 
 
 def entry(m: int) -> CatalogEntry:

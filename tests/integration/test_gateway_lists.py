@@ -19,9 +19,6 @@ from tgdl.contracts.events import (
 )
 from tgdl.contracts.jobs import DownloadProgress
 from tgdl.db import catalog
-from tgdl.db.connection import connect
-from tgdl.db.schema import migrate_database
-from tgdl.gateway.app import create_app
 from tgdl.gateway.settings import GatewaySettings
 from tgdl.projector.fold import fold_event, fold_progress
 from tgdl.projector.sql import apply_changes
@@ -38,28 +35,6 @@ def settings(servers, isolation) -> GatewaySettings:
         media_root=isolation.media_root, command_timeout=2.0, projection_wait=0.3,
         max_batch_ids=7,
     )
-
-
-@pytest.fixture
-async def app(settings):
-    await migrate_database(settings.database_url, settings.db_schema)
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        yield app
-
-
-@pytest.fixture
-async def client(app):
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                 base_url="http://localhost") as client:
-        yield client
-
-
-@pytest.fixture
-async def db(app, settings):
-    conn = await connect(settings.database_url, settings.db_schema)
-    yield conn
-    await conn.close()
 
 
 def msg(m: int, chat: str, kind: MediaKind | None, size: int | None, days: int,

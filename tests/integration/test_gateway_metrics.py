@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -13,10 +12,7 @@ from tgdl.contracts.catalog import CatalogEntry, MediaKind
 from tgdl.contracts.errors import ErrorCode, Failure
 from tgdl.contracts.events import BatchStarted, JobDispatched, PermitGranted
 from tgdl.contracts.jobs import DownloadOutcome, DownloadProgress
-from tgdl.db.connection import connect
-from tgdl.gateway.app import create_app
 from tgdl.gateway.settings import GatewaySettings
-from tgdl.launcher.prepare import prepare
 from tgdl.projector.fold import fold_event, fold_outcome, fold_progress
 from tgdl.projector.sql import apply_changes
 
@@ -31,22 +27,6 @@ def settings(servers, isolation) -> GatewaySettings:
         media_root=isolation.media_root, command_timeout=2.0, projection_wait=0.3,
         global_cap=6,
     )
-
-
-@pytest.fixture
-async def client(settings):
-    await prepare(settings)  # schema and streams, as `tgdl migrate`
-    app = create_app(settings)
-    async with app.router.lifespan_context(app), httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://localhost") as client:
-        yield client
-
-
-@pytest.fixture
-async def db(client, settings):
-    conn = await connect(settings.database_url, settings.db_schema)
-    yield conn
-    await conn.close()
 
 
 def entry(m: int) -> CatalogEntry:
