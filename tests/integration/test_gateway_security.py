@@ -350,6 +350,42 @@ async def test_a_token_limited_to_a_chat_sees_and_fetches_only_that_chat(
         assert [c.chats for c in commands] == [["chan"], None]
 
 
+async def test_a_token_limited_to_chats_lists_only_the_batches_it_may_see(servers, isolation):
+    app, lifespan = await serve(gateway_settings(
+        servers, isolation, api_token=TOKEN, api_tokens="lim@@Chan,other"))
+    limited = {"Authorization": "Bearer lim"}
+    chats = {1: "secret", 2: "chan", 3: "@CHAN", 4: "other"}
+    entries = {m: CatalogEntry(message_id=m, chat=chat, telegram_message_id=900 + m,
+                               media_kind=MediaKind.document, file_name=f"{m}.jpg", size=6)
+               for m, chat in chats.items()}
+    batches = {"only_secret": [1], "only_chan": [2, 3], "mixed": [2, 1], "two_chats": [3, 4]}
+    conn = await connect(servers.database_url, isolation.schema)
+    try:
+        await migrate_database(servers.database_url, isolation.schema)
+        await catalog.upsert(conn, list(entries.values()))
+        for batch_id, ids in batches.items():
+            await apply_changes(conn, fold_event(BatchStarted(
+                batch_id=batch_id, at=AT, kind="batch", max_concurrent=1, force=False,
+                requested_ids=ids, to_download=[entries[m] for m in ids],
+                already_downloaded=[], failed_to_start=[])))
+    finally:
+        await conn.close()
+    async with lifespan, httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                           base_url="http://localhost") as client:
+        page = (await client.get("/api/media/batches", headers=limited)).json()
+        assert sorted(b["batch_id"] for b in page["items"]) == ["only_chan", "two_chats"]
+        assert page["total"] == 2
+        paged = (await client.get("/api/media/batches?limit=1&offset=1",
+                                  headers=limited)).json()
+        assert [b["batch_id"] for b in paged["items"]] == ["only_chan"]
+        assert (await client.get("/api/media/batches", headers=BEARER)).json()["total"] == 4
+        # the list agrees with what the token may open
+        for batch_id in batches:
+            status = await client.get(f"/api/media/batch-status/{batch_id}", headers=limited)
+            listed = batch_id in ("only_chan", "two_chats")
+            assert status.status_code == (200 if listed else 404), batch_id
+
+
 async def test_message_ids_beyond_bigint_in_the_path_are_422(open_client):
     for response in (await open_client.get(f"/api/media/status/{2**70}"),
                      await open_client.post(f"/api/media/cancel/{2**70}"),

@@ -56,6 +56,11 @@ async def get_many(conn: asyncpg.Connection, ids: Sequence[int]) -> dict[int, Ca
     return {r["message_id"]: _entry(r) for r in rows}
 
 
+def chat_key_sql(column: str) -> str:
+    """`column` as tgdl.contracts.config.chat_key() compares chats, in SQL."""
+    return f"lower(regexp_replace(btrim({column}), '^@', ''))"
+
+
 @dataclass(frozen=True)
 class MessageFilter:
     """What the message list may be narrowed to; every field is optional (None: any)."""
@@ -83,9 +88,8 @@ class MessageFilter:
             clauses.append("media_kind IS NOT NULL")
         if self.chat is not None:
             clauses.append(f"chat = {arg(self.chat)}")
-        if self.chats is not None:  # compared as chat_key() does
-            clauses.append("lower(regexp_replace(btrim(chat), '^@', '')) = "
-                           f"ANY({arg(sorted(self.chats))}::text[])")
+        if self.chats is not None:
+            clauses.append(f"{chat_key_sql('chat')} = ANY({arg(sorted(self.chats))}::text[])")
         if self.media_kinds:
             clauses.append(f"media_kind = ANY({arg(list(self.media_kinds))}::text[])")
         if self.min_size is not None:

@@ -364,23 +364,47 @@ def batch_summary(batch: Row, files: Sequence[FileStatusBody]) -> BatchSummary:
     )
 
 
-_BATCH_PAGE_SQL = f"""
+def _within(batch: str, chats: str) -> str:
+    """SQL: every file of batch `batch` whose message the catalog knows is in one of the
+    chats of the text[] `chats` (chat_key()s)."""
+    return ("NOT EXISTS (SELECT 1 FROM batch_files bf JOIN catalog c USING (message_id)"
+            f" WHERE bf.batch_id = {batch}"
+            f" AND NOT {catalog.chat_key_sql('c.chat')} = ANY({chats}::text[]))")
+
+
+async def batch_within(conn: asyncpg.Connection | asyncpg.Pool, batch_id: str,
+                       chats: frozenset[str]) -> bool:
+    """Whether a caller limited to `chats` may see the batch: all its files are in them."""
+    return await conn.fetchval(f"SELECT {_within('$1', '$2')}", batch_id, sorted(chats))
+
+
+def _batch_page_sql(where: str) -> str:
+    return f"""
 SELECT b.batch_id, b.kind, b.status AS batch_status, b.total_files, b.max_concurrent,
        b.force, b.created_at, b.finished_at,
        f.message_id, f.status, f.total_size, f.file_path, f.relative_path,
        f.already_downloaded, f.error, f.detail, f.suggestion, {_JOB_SELECT}
-FROM (SELECT * FROM batches ORDER BY created_at DESC, batch_id DESC LIMIT $1 OFFSET $2) b
+FROM (SELECT * FROM batches b {where}
+      ORDER BY created_at DESC, batch_id DESC LIMIT $1 OFFSET $2) b
 LEFT JOIN batch_files f ON f.batch_id = b.batch_id
 LEFT JOIN jobs j ON j.job_id = f.job_id
 ORDER BY b.created_at DESC, b.batch_id DESC, f.position
 """
 
 
-async def batch_page(conn: asyncpg.Connection | asyncpg.Pool, offset: int,
-                     limit: int) -> BatchPage:
-    """Batches newest first, each with its overall progress."""
-    total = await conn.fetchval("SELECT count(*) FROM batches")
-    rows = await conn.fetch(_BATCH_PAGE_SQL, limit, offset)
+async def batch_page(conn: asyncpg.Connection | asyncpg.Pool, offset: int, limit: int,
+                     chats: frozenset[str] | None = None) -> BatchPage:
+    """Batches newest first, each with its overall progress; with `chats`, only those
+    all of whose files are in them (see batch_within)."""
+    if chats is None:
+        total = await conn.fetchval("SELECT count(*) FROM batches")
+        rows = await conn.fetch(_batch_page_sql(""), limit, offset)
+    else:
+        total = await conn.fetchval(
+            f"SELECT count(*) FROM batches b WHERE {_within('b.batch_id', '$1')}",
+            sorted(chats))
+        rows = await conn.fetch(_batch_page_sql(f"WHERE {_within('b.batch_id', '$3')}"),
+                                limit, offset, sorted(chats))
     batches: dict[str, tuple[dict[str, Any], list[FileStatusBody]]] = {}
     for r in rows:
         if r["batch_id"] not in batches:

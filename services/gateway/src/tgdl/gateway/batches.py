@@ -95,11 +95,14 @@ async def batch_download(body: BatchDownloadRequest, svc: Svc, request: Request,
 
 
 @router.get("/batches", response_model=BatchPage)
-async def batch_list(svc: Svc, offset: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
+async def batch_list(svc: Svc, request: Request,
+                     offset: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
                      limit: Annotated[int, Query(ge=1, le=100)] = 20) -> BatchPage:
     """Batches newest first (single-file requests among them, as kind "single"), each
-    with its counts and overall progress; GET batch-status/{id} has the files."""
-    return await readmodel.batch_page(svc.pool, offset, limit)
+    with its counts and overall progress; GET batch-status/{id} has the files. A token
+    limited to chats lists only the batches it may see (all their files in its chats)."""
+    return await readmodel.batch_page(svc.pool, offset, limit,
+                                      getattr(request.state, "tgdl_chats", None))
 
 
 @router.get("/batch-status/{batch_id}", response_model=BatchStatusResponse)

@@ -14,6 +14,7 @@ from fastapi import Request
 from nats.aio.client import Client as NATS
 
 from tgdl.contracts.config import chat_key, narrowed
+from tgdl.db import readmodel
 from tgdl.gateway.commands import OrchestratorClient
 from tgdl.gateway.errors import database_unavailable
 from tgdl.gateway.freshness import Freshness
@@ -108,12 +109,7 @@ class Services:
         """A token limited to chats sees and steers only batches all of whose files are
         in its chats (another's batch is as if it did not exist)."""
         chats = getattr(request.state, "tgdl_chats", None)
-        if chats is None:
-            return True
-        rows = await self.pool.fetch(
-            "SELECT DISTINCT c.chat FROM batch_files f JOIN catalog c USING (message_id) "
-            "WHERE f.batch_id = $1", batch_id)
-        return all(chat_key(r["chat"]) in chats for r in rows)
+        return chats is None or await readmodel.batch_within(self.pool, batch_id, chats)
 
     async def message_visible(self, request: Request, message_id: int) -> bool:
         """The same for one message: its chat is among the token's."""
