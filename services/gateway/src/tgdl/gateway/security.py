@@ -182,7 +182,7 @@ class BodyTooLarge(HTTPException):
 @dataclass(frozen=True)
 class Limits:
     max_body_bytes: int
-    max_event_streams: int  # per client address
+    max_event_streams: int  # per token, or per client address when anonymous
 
 
 def _json(status: int, error: str, detail: str, suggestion: str,
@@ -212,7 +212,7 @@ class GuardMiddleware:
         if refusal is not None:
             await _send(send, *refusal)
             return
-        accepted, chats = self._caller(scope, headers)
+        accepted, chats, token = self._caller(scope, headers)
         state = scope.setdefault("state", {})
         state["tgdl_authenticated"] = accepted or not self.tokens.enabled
         state["tgdl_chats"] = chats  # a token limited to chats: only these are shown
@@ -220,11 +220,16 @@ class GuardMiddleware:
         if not scope["path"].startswith(EVENTS_PREFIX):
             await self.app(scope, receive, send)
             return
-        client = scope["client"][0] if scope.get("client") else "?"
+        # Counted per token: clients behind one proxy share an address, not a token.
+        if accepted:
+            client = "token:" + digest(token or "").hex()
+        else:
+            client = scope["client"][0] if scope.get("client") else "?"
         if self.streams[client] >= self.limits.max_event_streams:
+            whose = "token" if accepted else "client address"
             await _send(send, *_json(
                 429, "too_many_requests",
-                f"this client already has {self.streams[client]} event streams open",
+                f"this {whose} already has {self.streams[client]} event streams open",
                 "Close an event stream (or poll GET /api/media/batch-status/{batch_id}) "
                 "and try again.", {"Retry-After": "5"}))
             return
@@ -241,12 +246,15 @@ class GuardMiddleware:
         return value.strip() if scheme.lower() == "bearer" else None
 
     def _caller(self, scope: Scope, headers: dict[str, str]
-                ) -> tuple[bool, frozenset[str] | None]:
-        found = self.tokens.match(self._bearer(headers))
+                ) -> tuple[bool, frozenset[str] | None, str | None]:
+        """(accepted, the token's chats, the token) of the request's token."""
+        token = self._bearer(headers)
+        found = self.tokens.match(token)
         if not found[0] and scope["path"].startswith(EVENTS_PREFIX):
             query = scope.get("query_string", b"").decode("latin-1")
-            found = self.tokens.match(parse_qs(query).get("access_token", [None])[0])
-        return found
+            token = parse_qs(query).get("access_token", [None])[0]
+            found = self.tokens.match(token)
+        return (*found, token)
 
     def refusal(self, scope: Scope, headers: dict[str, str]) -> tuple | None:
         host = host_name(headers.get("host", ""))

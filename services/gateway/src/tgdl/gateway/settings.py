@@ -30,4 +30,4 @@ class GatewaySettings(CommonSettings):
     # `*`: any (behind a proxy that checks it). Comma-separated.
     allowed_hosts: str = ""
     max_body_bytes: int = Field(default=16 * 1024, ge=1024)  # a larger request is a 413
-    max_event_streams: int = Field(default=32, ge=1)  # open event streams per client address
+    max_event_streams: int = Field(default=32, ge=1)  # open streams per token (or address)
