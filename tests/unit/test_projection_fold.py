@@ -36,6 +36,7 @@ from tgdl.projector.fold import (
     fold_outcome,
     fold_progress,
 )
+from tgdl.projector.sql import coalesce
 from tgdl.projector.throttle import ProgressBuffer
 
 AT = datetime(2026, 1, 1, tzinfo=UTC)
@@ -107,17 +108,18 @@ def test_permit_queues_the_file_and_dispatch_follows_the_job_it_attached_to():
     assert permit[0] == UpdateFile("b", 1, {"status": "queued", "job_id": "b:1"})
     dispatched = fold_event(JobDispatched(batch_id="b", at=AT, message_id=1,
                                           job_id="a:1", attached=True))
-    assert dispatched[:2] == [UpdateFile("b", 1, {"job_id": "a:1"}), EnsureJob("a:1", 1, AT)]
-    assert dispatched[-1] == UpdateBatch("b", {"updated_at": AT})
+    # a file's events write its file row (and job) only, never the batch row
+    assert permit == [UpdateFile("b", 1, {"status": "queued", "job_id": "b:1"})]
+    assert dispatched == [UpdateFile("b", 1, {"job_id": "a:1"}), EnsureJob("a:1", 1, AT)]
 
 
 def test_file_completed_and_failed_carry_their_details():
-    [done, _] = fold_event(FileCompleted(batch_id="b", at=AT, message_id=1, job_id="b:1",
+    [done] = fold_event(FileCompleted(batch_id="b", at=AT, message_id=1, job_id="b:1",
                                          file_path="/m/x", relative_path="x", size=5))
     assert done.values["status"] == "completed"
     assert (done.values["file_path"], done.values["relative_path"],
             done.values["total_size"]) == ("/m/x", "x", 5)
-    [failed, _] = fold_event(FileFailed(batch_id="b", at=AT, message_id=1, job_id=None,
+    [failed] = fold_event(FileFailed(batch_id="b", at=AT, message_id=1, job_id=None,
                                         failure=Failure(error=ErrorCode.message_deleted,
                                                         detail="d", suggestion="s")))
     assert failed.values == {"status": "failed", "error": "message_deleted", "detail": "d",
@@ -263,3 +265,25 @@ def test_a_new_max_concurrent_is_recorded_on_the_batch():
     changes = fold_event(ConcurrencyChanged(batch_id="b", at=AT, max_concurrent=5,
                                             previous=2))
     assert changes == [UpdateBatch("b", {"max_concurrent": 5, "updated_at": AT})]
+
+
+def test_a_transaction_writes_each_batch_and_file_row_once():
+    started = fold_event(BatchStarted(
+        batch_id="b", at=AT, kind="batch", max_concurrent=1, force=False, requested_ids=[1, 2],
+        to_download=[entry(1), entry(2)], already_downloaded=[], failed_to_start=[]))
+    permit = fold_event(PermitGranted(batch_id="b", at=AT, message_id=1, job_id="b:1"))
+    dispatched = fold_event(JobDispatched(batch_id="b", at=AT, message_id=1, job_id="b:1",
+                                          attached=False))
+    [insert, ensure] = coalesce([*started, *permit, *dispatched])
+    assert ensure == EnsureJob("b:1", 1, AT)  # jobs are merged by merge_jobs
+    assert [(f.status, f.job_id) for f in insert.files] == [("queued", "b:1"), ("pending", None)]
+
+    later = [UpdateFile("b", 2, {"status": "queued", "job_id": "b:2"}),
+             UpdateBatch("b", {"max_concurrent": 3}), UpdateFile("b", 2, {"job_id": "x"}),
+             UpdateBatch("b", {"status": "paused"})]
+    assert coalesce(later) == [UpdateFile("b", 2, {"status": "queued", "job_id": "x"}),
+                               UpdateBatch("b", {"max_concurrent": 3, "status": "paused"})]
+    # a cancel selects rows by their status: what follows it stays after it
+    around = [UpdateFile("b", 2, {"status": "queued"}), CancelFiles("b", (2,)),
+              UpdateFile("b", 2, {"status": "pending"})]
+    assert coalesce(around) == around

@@ -273,26 +273,27 @@ def fold_event(event: BatchEvent) -> list[Change]:
         return [_started(event)]
     if isinstance(event, BatchPruned):
         return [DeleteBatch(event.batch_id)]
+    # A file's event changes its file row only: the batch row (and its updated_at) changes
+    # with the batch's own state, so a file costs no batch-row write.
     b, at = event.batch_id, event.at
-    touched = UpdateBatch(b, {"updated_at": at})
     match event:
         case PermitGranted(message_id=m, job_id=job):
-            return [UpdateFile(b, m, {"status": FileStatus.queued, "job_id": job}), touched]
+            return [UpdateFile(b, m, {"status": FileStatus.queued, "job_id": job})]
         case JobDispatched(message_id=m, job_id=job):
             # Attached: the batch waits for another request's job, so it follows that one.
-            return [UpdateFile(b, m, {"job_id": job}), EnsureJob(job, m, at), touched]
+            return [UpdateFile(b, m, {"job_id": job}), EnsureJob(job, m, at)]
         case FileCompleted(message_id=m):
             return [UpdateFile(b, m, {
                 "status": FileStatus.completed, "job_id": event.job_id,
                 "file_path": event.file_path, "relative_path": event.relative_path,
                 "total_size": event.size, **failure_columns(None),
-            }), touched]
+            })]
         case FileFailed(message_id=m):
             values: dict[str, Any] = {"status": FileStatus.failed,
                                       **failure_columns(event.failure)}
             if event.job_id is not None:
                 values["job_id"] = event.job_id
-            return [UpdateFile(b, m, values), touched]
+            return [UpdateFile(b, m, values)]
         case BatchCancelled(stopped=stopped):
             return [CancelFiles(b, tuple(stopped)),
                     UpdateBatch(b, {"status": OverallStatus.cancelled, "finished_at": at,

@@ -3,10 +3,11 @@ positions stored in PostgreSQL and folds them into the read model.
 
 Each stream is read by an ordered (ephemeral) consumer starting right after its stored
 position; the position, not a durable consumer, is the truth. Every delivery lands in
-one queue drained by a single writer task, which applies whatever has arrived in one
-transaction together with the new positions (a redelivered message at or below its
-stream's position is skipped). Progress takes a detour through `ProgressBuffer`, so the
-database sees it at most about once per second; events and outcomes never wait for it.
+one queue drained by a single writer task, which lets messages gather for `apply_delay`,
+then applies whatever has arrived in one transaction together with the new positions (a
+redelivered message at or below its stream's position is skipped). Progress takes a
+detour through `ProgressBuffer`, so the database sees it at most about once per second;
+events and outcomes never wait for it.
 """
 
 from __future__ import annotations
@@ -223,6 +224,9 @@ class Projector:
             if self._queue.empty() and due != 0:
                 with contextlib.suppress(TimeoutError):
                     arrived.append(await asyncio.wait_for(self._queue.get(), due))
+            if (arrived or not self._queue.empty()) and self.settings.apply_delay > 0 \
+                    and self._queue.qsize() < limit and not self._stopping:
+                await asyncio.sleep(self.settings.apply_delay)  # let the rest of it arrive
             while not self._queue.empty() and len(arrived) < limit:
                 arrived.append(self._queue.get_nowait())
             if self._lock_conn is None or self._lock_conn.is_closed():

@@ -17,6 +17,11 @@ class ProjectorSettings(CommonSettings):
     snapshot_interval: float = Field(default=0.5, ge=0)
     # Messages applied in one transaction when many are waiting.
     max_batch: int = Field(default=500, ge=1)
+    # Seconds the writer lets messages gather after the first of a round before applying
+    # them: what one file's end causes (its outcome, then FileCompleted and the next
+    # permit, then the next job's dispatch) arrives within a few ms, and applied together
+    # it writes each row and each stream position once. The read model is that much later.
+    apply_delay: float = Field(default=0.05, ge=0, le=1)
 
     @model_validator(mode="before")
     @classmethod

@@ -3,12 +3,16 @@
 Only the projector writes these tables, and it does so from a single task, so no row
 locks are taken: a job change is merged in memory against the row as loaded in the
 same transaction, then written back.
+
+Each row is written at most once per transaction and only when it changes: the changes
+of one transaction are coalesced first (`coalesce`), an update that would leave a row
+as it is matches no row, and a job row merged back to what it was is not written.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 
 import asyncpg
 
@@ -62,6 +66,71 @@ def _assignments(columns: Iterable[str], allowed: Sequence[str], first: int) -> 
     return ", ".join(f"{c} = ${i}" for i, c in enumerate(columns, start=first))
 
 
+def coalesce(changes: Sequence[Change]) -> list[Change]:
+    """The same changes with each batch and file row written once: updates of a row
+    inserted earlier in the list go into its insert, later updates of a row into its
+    first update. Cancelling or deleting a batch's files selects rows by their state, so
+    updates of that batch after it are not moved before it. Job changes are merged per
+    job by `merge_jobs` and pass through as they are."""
+    out: list[Change] = []
+    inserted: dict[str, tuple[int, dict[int, int]]] = {}  # batch -> (its insert, file -> row)
+    file_updates: dict[tuple[str, int], int] = {}
+    batch_updates: dict[str, int] = {}
+    for change in changes:
+        match change:
+            case InsertBatch(batch=batch, files=files):
+                rows = {f.message_id: i for i, f in enumerate(files)}
+                inserted[batch.batch_id] = (len(out), rows)
+                out.append(change)
+            case UpdateFile(batch_id=b, message_id=m, values=values):
+                if b in inserted and m in inserted[b][1]:
+                    # BatchStarted opens its log (appended at sequence 0), so the insert
+                    # never meets an existing row that these values would miss.
+                    at, rows = inserted[b]
+                    ins = out[at]
+                    assert isinstance(ins, InsertBatch)
+                    files = list(ins.files)
+                    files[rows[m]] = replace(files[rows[m]], **values)
+                    out[at] = InsertBatch(ins.batch, tuple(files))
+                elif (b, m) in file_updates:
+                    at = file_updates[(b, m)]
+                    first = out[at]
+                    assert isinstance(first, UpdateFile)
+                    out[at] = UpdateFile(b, m, {**first.values, **values})
+                else:
+                    file_updates[(b, m)] = len(out)
+                    out.append(change)
+            case UpdateBatch(batch_id=b, values=values):
+                if b in inserted:
+                    at, _ = inserted[b]
+                    ins = out[at]
+                    assert isinstance(ins, InsertBatch)
+                    out[at] = InsertBatch(replace(ins.batch, **values), ins.files)
+                elif b in batch_updates:
+                    at = batch_updates[b]
+                    first = out[at]
+                    assert isinstance(first, UpdateBatch)
+                    out[at] = UpdateBatch(b, {**first.values, **values})
+                else:
+                    batch_updates[b] = len(out)
+                    out.append(change)
+            case CancelFiles(batch_id=b) | DeleteBatch(batch_id=b):
+                inserted.pop(b, None)
+                batch_updates.pop(b, None)
+                for key in [k for k in file_updates if k[0] == b]:
+                    del file_updates[key]
+                out.append(change)
+            case _:
+                out.append(change)
+    return out
+
+
+def _changed(columns: Sequence[str], first: int) -> str:
+    """A WHERE condition true only when the update changes the row."""
+    params = ", ".join(f"${i}" for i in range(first, first + len(columns)))
+    return f"ROW({', '.join(columns)}) IS DISTINCT FROM ROW({params})"
+
+
 @dataclass
 class Written:
     """What a transaction changed: the batches and jobs whose rows were written."""
@@ -73,7 +142,7 @@ class Written:
 async def apply_changes(conn: asyncpg.Connection, changes: Sequence[Change]) -> Written:
     written = Written()
     job_changes: list[JobChange] = []
-    for change in changes:
+    for change in coalesce(changes):
         match change:
             case InsertBatch(batch=batch, files=files):
                 await conn.execute(_INSERT_BATCH, *_values(batch))
@@ -82,7 +151,8 @@ async def apply_changes(conn: asyncpg.Connection, changes: Sequence[Change]) -> 
             case UpdateFile(batch_id=b, message_id=m, values=values):
                 sets = _assignments(values, FILE_COLUMNS, first=3)
                 await conn.execute(
-                    f"UPDATE batch_files SET {sets} WHERE batch_id = $1 AND message_id = $2",
+                    f"UPDATE batch_files SET {sets} WHERE batch_id = $1 AND message_id = $2 "
+                    f"AND {_changed(list(values), first=3)}",
                     b, m, *values.values(),
                 )
                 written.batches.add(b)
@@ -93,7 +163,8 @@ async def apply_changes(conn: asyncpg.Connection, changes: Sequence[Change]) -> 
             case UpdateBatch(batch_id=b, values=values):
                 sets = _assignments(values, BATCH_COLUMNS, first=2)
                 await conn.execute(
-                    f"UPDATE batches SET {sets} WHERE batch_id = $1", b, *values.values()
+                    f"UPDATE batches SET {sets} WHERE batch_id = $1 "
+                    f"AND {_changed(list(values), first=2)}", b, *values.values()
                 )
                 written.batches.add(b)
             case DeleteBatch(batch_id=b):
@@ -115,7 +186,7 @@ async def merge_jobs(conn: asyncpg.Connection, changes: Sequence[JobChange]) -> 
     changed: dict[str, JobRow] = {}
     for change in changes:
         merged = change.merge(current.get(change.job_id))
-        if merged is not None:
+        if merged is not None and merged != current.get(change.job_id):
             current[change.job_id] = changed[change.job_id] = merged
     if changed:
         await conn.executemany(_UPSERT_JOB, [_values(changed[j]) for j in sorted(changed)])
