@@ -165,6 +165,13 @@ async def test_messages_list_each_message_with_its_download_state(client, db):
     ({"message_ids": ["a"]}, "message_ids.0: must be an integer"),
     ({"message_ids": [1], "colour": "red"}, "colour: is not an accepted field"),
     ({}, "message_ids: is required"),
+    ({"message_ids": [1], "name_template": "{chat}/{name}"},
+     "name_template: the naming template's file name (after the last /) must start with "
+     "{message_id}"),
+    ({"message_ids": [1], "name_template": "../{message_id}_{name}"},
+     "name_template: the naming template has a . or .. segment"),
+    ({"message_ids": [1], "name_template": "{chat}/{message_id}_{caption:x}"},
+     "name_template: {caption:x}: N must be a number"),
 ])
 async def test_bad_batch_requests_are_explained(client, body, detail):
     response = await client.post("/api/media/batch-download", json=body)

@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from tgdl.contracts.errors import FileFailure
+from tgdl.contracts.paths import NameTemplate
 from tgdl.contracts.status import BatchKind
 
 BATCH_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"  # batch ids go into NATS subjects
@@ -30,6 +31,16 @@ class BatchRequest(BaseModel):
     message_ids: list[int] = Field(min_length=1)
     force: bool = False
     max_concurrent: int = Field(default=3, ge=1, le=5)
+    # Where this batch's files go (see tgdl.contracts.paths); None: the service's
+    # TGDL_NAME_TEMPLATE. Fixed for the batch when it starts.
+    name_template: str | None = Field(default=None, max_length=300)
+
+    @field_validator("name_template")
+    @classmethod
+    def _usable_template(cls, text: str | None) -> str | None:
+        if text is not None:
+            NameTemplate.parse(text)  # a TemplateError says what is wrong with it
+        return text
 
     @field_validator("message_ids")
     @classmethod

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from tgdl.contracts.paths import DEFAULT_NAME_TEMPLATE, NameTemplate
 from tgdl.contracts.subjects import Names
 
 
@@ -63,6 +64,16 @@ class CommonSettings(BaseSettings):
     # Chats that may be read, comma-separated usernames or ids; empty: every chat. Applied
     # everywhere: a start (access_denied), the message list, /media/ and the downloader.
     allowed_chats: str = ""
+
+    # Where files go under the media root (placeholders in tgdl.contracts.paths); a batch
+    # may bring its own, and keeps the one it started with.
+    name_template: str = DEFAULT_NAME_TEMPLATE
+
+    @field_validator("name_template")
+    @classmethod
+    def _usable_template(cls, text: str) -> str:
+        NameTemplate.parse(text)  # refused at startup, saying what is wrong
+        return text
 
     @property
     def allowed_chat_set(self) -> frozenset[str] | None:

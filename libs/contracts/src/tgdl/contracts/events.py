@@ -44,6 +44,9 @@ class BatchStarted(_Event):
     already_downloaded: list[AlreadyDownloaded]
     failed_to_start: list[FileFailure]
     already_downloading: list[int] = []  # informational: leased by someone else at start
+    # Where the batch's files go (tgdl.contracts.paths), fixed at its start; None in
+    # batches started before templates existed: the default layout.
+    name_template: str | None = None
 
 
 class PermitGranted(_Event):

@@ -22,6 +22,9 @@ class DownloadJob(BaseModel):
     job_id: str
     entry: CatalogEntry
     force: bool = False
+    # The requesting batch's naming template (None: the default layout): where the file
+    # goes under the media root, see tgdl.contracts.paths.relative_path.
+    name_template: str | None = None
 
 
 # The states a running job reports (a subset of JobState).

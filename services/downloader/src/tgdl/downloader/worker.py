@@ -247,7 +247,7 @@ class Worker:
         lease = claimed[0]
         if not lease.parties:  # cancelled while queued: a cancel leaves no bytes behind
             if not lease.keep_part:
-                discard_part(self.s.media_root / relative_path(job.entry))
+                discard_part(self.s.media_root / relative_path(job.entry, job.name_template))
             await self._end(msg, self._outcome(job, OutcomeStatus.cancelled))
             return
 
@@ -308,7 +308,7 @@ class Worker:
     def _outcome(self, job: DownloadJob, status: OutcomeStatus, failure: Failure | None = None,
                  size: int | None = None, hash_verified: bool | None = None,
                  parts_refetched: int = 0) -> DownloadOutcome:
-        rel = relative_path(job.entry)
+        rel = relative_path(job.entry, job.name_template)
         completed = status == OutcomeStatus.completed
         return DownloadOutcome(
             job_id=job.job_id, message_id=job.entry.message_id, status=status,
@@ -328,7 +328,7 @@ class Worker:
             return self._outcome(job, OutcomeStatus.failed, Failure.of(
                 ErrorCode.access_denied,
                 f"chat {job.entry.chat!r} is not among the allowed chats of this downloader"))
-        final: Path = self.s.media_root / relative_path(job.entry)
+        final: Path = self.s.media_root / relative_path(job.entry, job.name_template)
         if not job.force and is_complete(final, job.entry.size):
             return self._outcome(job, OutcomeStatus.completed, size=job.entry.size)
         if (short := self._short_of_space(final, job.entry.size)) is not None:

@@ -65,6 +65,7 @@ class BatchState:
     # permits granted per file: a file paused and granted again gets a new job id, so the
     # stopped job's outcome and the new job's never share an id (nor a Nats-Msg-Id)
     grants: Mapping[int, int] = field(default_factory=lambda: MappingProxyType({}))
+    name_template: str | None = None  # where its files go, fixed at the start
 
     @property
     def exists(self) -> bool:
@@ -105,6 +106,7 @@ class Start:
     failed_to_start: list[FileFailure]
     already_downloading: list[int]
     at: datetime
+    name_template: str | None = None
 
 
 @dataclass(frozen=True)
@@ -183,6 +185,7 @@ def decide(cmd: Command, s: BatchState) -> list[BatchEvent]:
                 already_downloaded=cmd.already_downloaded,
                 failed_to_start=cmd.failed_to_start,
                 already_downloading=cmd.already_downloading,
+                name_template=cmd.name_template,
             )
             return [started, *_grant_or_finish(evolve(s, started), cmd.at)]
         case Finish() if (
@@ -303,6 +306,7 @@ def evolve(s: BatchState, e: BatchEvent) -> BatchState:
                 files=MappingProxyType(dict.fromkeys(order, FileState.pending)),
                 completed_before=len(e.already_downloaded),
                 failed_before=len(e.failed_to_start),
+                name_template=e.name_template,
             )
         case PermitGranted():
             s = _with_file(s, e.message_id, FileState.running)

@@ -75,7 +75,8 @@ class Executor:
             acquired = await self.ports.jobs.acquire(m, d.job_id, d.batch_id, d.force)
             if not acquired.attached:
                 await self.ports.jobs.publish_job(
-                    DownloadJob(job_id=d.job_id, entry=d.entry, force=d.force))
+                    DownloadJob(job_id=d.job_id, entry=d.entry, force=d.force,
+                                name_template=d.name_template))
             events, _, after = await self.repo.execute(d.batch_id, MarkDispatched(
                 message_id=m, job_id=acquired.job_id, attached=acquired.attached,
                 at=self.ports.clock.now(), for_job=d.job_id))

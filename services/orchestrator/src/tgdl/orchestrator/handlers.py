@@ -99,11 +99,12 @@ class Orchestrator:
                 await self.ports.open_batches.remove(batch_id)
             raise
         media_root = self.settings.media_root
+        template = cmd.name_template or self.settings.name_template  # fixed from here on
         leased = {m for m, lease in zip(ids, held, strict=True)
                   if lease is not None and m in entries}
         triage = triage_request(
-            ids, entries, _sizes_on_disk(entries.values(), media_root), media_root,
-            cmd.force, narrowed(self.settings.allowed_chat_set, cmd.chats), leased,
+            ids, entries, _sizes_on_disk(entries.values(), media_root, template), media_root,
+            cmd.force, narrowed(self.settings.allowed_chat_set, cmd.chats), leased, template,
         )
         listed = True
         while True:
@@ -117,6 +118,7 @@ class Orchestrator:
                 already_downloaded=triage.already_downloaded,
                 failed_to_start=triage.failed_to_start,
                 already_downloading=triage.already_downloading, at=self.ports.clock.now(),
+                name_template=template,
             )
             try:
                 events, _, after = await self.repo.execute(batch_id, start)
@@ -252,12 +254,13 @@ def _granted(events: list[BatchEvent]) -> list[int]:
     return [e.message_id for e in events if isinstance(e, PermitGranted)]
 
 
-def _sizes_on_disk(entries: Iterable[CatalogEntry], media_root: Path) -> dict[int, int]:
+def _sizes_on_disk(entries: Iterable[CatalogEntry], media_root: Path,
+                   template: str | None) -> dict[int, int]:
     sizes: dict[int, int] = {}
     for entry in entries:
         if entry.media_kind is None:
             continue
-        path = media_root / relative_path(entry)
+        path = media_root / relative_path(entry, template)
         if path.is_file():
             sizes[entry.message_id] = path.stat().st_size
     return sizes

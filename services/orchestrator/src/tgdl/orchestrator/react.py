@@ -53,6 +53,7 @@ class Dispatch:
     entry: CatalogEntry
     job_id: str
     force: bool
+    name_template: str | None = None  # the batch's, fixed at its start
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,8 @@ def react(event: BatchEvent, state: BatchState) -> list[Effect]:
     """Effects of one appended event; `state` is the batch after the append."""
     match event:
         case PermitGranted(message_id=m, job_id=job_id) if m in state.entries:
-            return [Dispatch(event.batch_id, state.entries[m], job_id, state.force)]
+            return [Dispatch(event.batch_id, state.entries[m], job_id, state.force,
+                             state.name_template)]
         case BatchCancelled(stopped=stopped):
             # a stopped file with a job had a permit: its lease lists this batch
             return [*(LeaveLease(m, event.batch_id) for m in stopped if m in state.jobs),
@@ -119,7 +121,8 @@ def _discard_paused(state: BatchState) -> list[Effect]:
         return []
     assert state.batch_id is not None
     return [Dispatch(state.batch_id, state.entries[m],
-                     job_id_for(state.batch_id, m, state.grants.get(m, 0) + 1), state.force)
+                     job_id_for(state.batch_id, m, state.grants.get(m, 0) + 1), state.force,
+                     state.name_template)
             for m in state.paused_files]
 
 
@@ -159,7 +162,8 @@ def resume(state: BatchState, at: datetime, only: Collection[int] | None = None)
     (those in `only`, if given), then grant free permits or finish."""
     assert state.batch_id is not None
     dispatches: list[Effect] = [
-        Dispatch(state.batch_id, state.entries[m], state.jobs[m], state.force)
+        Dispatch(state.batch_id, state.entries[m], state.jobs[m], state.force,
+                 state.name_template)
         for m in state.undispatched if only is None or m in only
     ]
     return [*dispatches, Decide(state.batch_id, Reconcile(at=at))]

@@ -34,6 +34,7 @@ def triage_request(
     force: bool,
     allowed_chats: Collection[str] | None,  # chat_key()s; None: every chat may be read
     leased: Collection[int],  # ids some job is downloading right now
+    name_template: str | None = None,  # the batch's (None: the default layout)
 ) -> Triage:
     to_download: list[CatalogEntry] = []
     done: list[AlreadyDownloaded] = []
@@ -52,7 +53,7 @@ def triage_request(
             refused.append(FileFailure.of_message(
                 m, ErrorCode.no_media, f"message {m} carries no media"))
         elif not force and entry.size is not None and sizes_on_disk.get(m) == entry.size:
-            rel = relative_path(entry)
+            rel = relative_path(entry, name_template)
             done.append(AlreadyDownloaded(
                 message_id=m, file_path=str(media_root / rel), relative_path=str(rel),
                 size=entry.size,

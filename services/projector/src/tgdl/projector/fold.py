@@ -230,9 +230,9 @@ def failure_columns(failure: Failure | None) -> dict[str, str | None]:
             "suggestion": failure.suggestion}
 
 
-def _relative(entry: CatalogEntry) -> str | None:
+def _relative(entry: CatalogEntry, template: str | None) -> str | None:
     try:
-        return str(relative_path(entry))
+        return str(relative_path(entry, template))
     except ValueError:  # no media: the orchestrator never schedules it, but do not choke
         return None
 
@@ -242,7 +242,7 @@ def _started(e: BatchStarted) -> InsertBatch:
     for entry in e.to_download:
         rows[entry.message_id] = FileRow(
             e.batch_id, entry.message_id, 0, FileStatus.pending,
-            total_size=entry.size, relative_path=_relative(entry),
+            total_size=entry.size, relative_path=_relative(entry, e.name_template),
         )
     for done in e.already_downloaded:
         rows[done.message_id] = FileRow(
