@@ -1,5 +1,6 @@
-"""The embedded PostgreSQL trusts whoever reaches its socket, so the socket's folder is the
-server's alone, also where pgserver puts it outside the data folder (a long data path)."""
+"""Only the embedded PostgreSQL's owner reaches its socket (before even a password is asked):
+the socket's folder is the server's alone, also where pgserver puts it outside the data
+folder (a long data path)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ async def test_the_socket_folder_is_the_servers_alone(tmp_path: Path):
         assert stat.S_IMODE(folder.stat().st_mode) == 0o700
         assert folder.stat().st_uid == data.stat().st_uid
         if os.geteuid() == 0 or folder.stat().st_uid == os.geteuid():
-            conn = await asyncpg.connect(pg.url)  # its owner (and root) still connect
+            conn = await asyncpg.connect(pg.url)  # its owner (and root) still log in
             assert await conn.fetchval("SELECT 1") == 1
             await conn.close()
     finally:

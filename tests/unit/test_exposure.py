@@ -35,7 +35,7 @@ def test_a_malformed_hashed_token_is_a_config_error():
 def test_each_service_gets_only_its_own_secrets_and_nats_login(tmp_path):
     from tgdl.launcher.plan import Source, Wiring, service_specs
 
-    wiring = Wiring(nats_url="nats://tgdl:p@h:1", database_url="postgresql://x",
+    wiring = Wiring(nats_url="nats://tgdl:p@h:1", database_url="postgresql://tgdl:pw@/tgdl",
                     source=Source.sim, sim_url=None, http_host="127.0.0.1", http_port=8000,
                     session_file=tmp_path / "s", service_nats_urls={
                         s: f"nats://{s}:pw@h:1" for s in (
@@ -47,6 +47,9 @@ def test_each_service_gets_only_its_own_secrets_and_nats_login(tmp_path):
     assert env["gateway"]["TGDL_API_TOKEN"] == "t" and "TGDL_API_HASH" not in env["gateway"]
     for name in ("orchestrator", "projector"):
         assert not {"TGDL_API_ID", "TGDL_API_HASH", "TGDL_API_TOKEN"} & env[name].keys()
+    for name in ("gateway", "orchestrator", "projector"):
+        assert env[name]["TGDL_DATABASE_URL"] == "postgresql://tgdl:pw@/tgdl"
+    assert "TGDL_DATABASE_URL" not in env["downloader-1"]  # it never uses the database
     for name, user in (("gateway", "gateway"), ("orchestrator", "orchestrator"),
                        ("projector", "projector"), ("downloader-1", "downloader")):
         assert env[name]["TGDL_NATS_URL"] == f"nats://{user}:pw@h:1"

@@ -216,10 +216,12 @@ def service_env(base: Mapping[str, str], wiring: Wiring) -> dict[str, str]:
     return env
 
 
-# Which services may see each secret of the user's environment.
+# Which services may see each secret of the user's environment (or the launcher's: the
+# database URL holds the services' PostgreSQL password; downloaders never use it).
 SECRETS: dict[str, tuple[str, ...]] = {
     "TGDL_API_ID": ("downloader",), "TGDL_API_HASH": ("downloader",),
     "TGDL_API_TOKEN": ("gateway",), "TGDL_API_TOKENS": ("gateway",),
+    "TGDL_DATABASE_URL": ("gateway", "orchestrator", "projector"),
 }
 
 
@@ -235,7 +237,8 @@ def service_specs(
 
     def own(service: str) -> dict[str, str]:
         """A service's environment holds only its own secrets: the Telegram
-        application's for downloaders, the API tokens for the gateway, its NATS login."""
+        application's for downloaders, the API tokens for the gateway, the database login
+        for those that use it, its NATS login."""
         mine = {k: v for k, v in env.items()
                 if k not in SECRETS or service in SECRETS[k]}
         url = wiring.service_nats_urls.get(service)

@@ -190,7 +190,8 @@ async def servers_for(
         if not database_url:
             postgres = await asyncio.to_thread(start_postgres, home.postgres)
             database_url = postgres.url
-            say(f"Started PostgreSQL, data in {home.postgres}")
+            say(f"Started PostgreSQL, data in {home.postgres}; the services log in as "
+                "their own role, with a password")
         endpoints = Endpoints(nats_url, database_url, service_urls)
         if owner:  # owner-only: it holds the NATS logins
             fd = os.open(home.instance, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
