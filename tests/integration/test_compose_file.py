@@ -1,6 +1,7 @@
 """docker-compose.yml and the Dockerfile, checked statically (no Docker here): the
-services exist, the downloader scales, the media volume is shared, and every command
-names a module that `python -m` can really run."""
+services exist, the downloader scales, the media volume is shared, every command names a
+module that `python -m` can really run, and the services' database role (made by the
+PostgreSQL init script, run here on a real cluster) is no superuser."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import yaml
@@ -99,11 +101,64 @@ def test_services_share_the_servers_and_the_gateway_is_published(
         user = {"simtelegram": "tgdl"}.get(name, name)  # each service logs in as itself
         assert re.fullmatch(rf"nats://{user}:\$\{{TGDL_NATS_\w*PASSWORD:\?[^}}]+\}}@nats:4222",
                             env["TGDL_NATS_URL"]), env["TGDL_NATS_URL"]
-        assert env["TGDL_DATABASE_URL"].startswith("postgresql://")
-        assert "@postgres:5432/" in env["TGDL_DATABASE_URL"]
     gateway = services["gateway"]
     assert "8000:8000" in gateway["ports"]
     assert gateway["environment"]["TGDL_HTTP_HOST"] == "0.0.0.0"  # reachable from outside
+
+
+def test_only_what_uses_the_database_logs_in_as_its_owner_role_no_superuser(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    superuser = services["postgres"]["environment"]["POSTGRES_USER"]
+    for name in ("setup", "seed-demo", "gateway", "orchestrator", "projector"):
+        url = services[name]["environment"]["TGDL_DATABASE_URL"]
+        login = re.fullmatch(r"postgresql://(\w+):\$\{TGDL_POSTGRES_PASSWORD:\?[^}]+\}"
+                             r"@postgres:5432/tgdl", url)
+        assert login and login[1] == "tgdl" != superuser, url
+    for name in ("downloader", "simtelegram"):  # they never use the database
+        assert "TGDL_DATABASE_URL" not in services[name]["environment"]
+    # the role comes from the init script, mounted where the image runs it on a new volume
+    assert mounts(services["postgres"])["./deploy/postgres/init-tgdl.sh"] == \
+        "/docker-entrypoint-initdb.d/10-tgdl.sh"
+    assert os.access(ROOT / "deploy/postgres/init-tgdl.sh", os.X_OK)
+    assert services["postgres"]["environment"]["TGDL_POSTGRES_PASSWORD"].startswith(
+        "${TGDL_POSTGRES_PASSWORD:?")
+
+
+def test_the_init_script_makes_an_owner_role_that_is_no_superuser(tmp_path: Path):
+    """Run as the postgres image runs it: on a fresh cluster, as the image's superuser
+    over the local socket, with the variables compose gives the container."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")
+        import pgserver
+        from pgserver._commands import POSTGRES_BIN_PATH
+
+    (tmp_path / "pg").mkdir()
+    server = pgserver.get_server(tmp_path / "pg", cleanup_mode="stop")
+    script = ROOT / "deploy/postgres/init-tgdl.sh"
+    try:
+        socket = parse_qs(urlsplit(server.get_uri()).query)["host"][0]
+        env = {**os.environ, "POSTGRES_USER": "postgres", "POSTGRES_DB": "postgres",
+               "PGHOST": socket, "PATH": f"{POSTGRES_BIN_PATH}:{os.environ['PATH']}",
+               "TGDL_POSTGRES_PASSWORD": "it's-$ecret"}
+        run = subprocess.run(["sh", script], env=env, capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr
+        query = subprocess.run(
+            ["psql", "-U", "postgres", "-d", "postgres", "-At", "-c",
+             "SELECT rolsuper, rolcreatedb, rolcreaterole, rolcanlogin,"
+             " rolpassword LIKE 'SCRAM-SHA-256$%',"
+             " (SELECT datdba::regrole::text FROM pg_database WHERE datname = 'tgdl')"
+             " FROM pg_authid WHERE rolname = 'tgdl'"],
+            env=env, capture_output=True, text=True, check=True)
+        assert query.stdout.split() == ["f|f|f|t|t|tgdl"]  # owns its database, nothing more
+        unset = {k: v for k, v in env.items() if k != "TGDL_POSTGRES_PASSWORD"}
+        refused = subprocess.run(["sh", script], env=unset, capture_output=True, text=True)
+        assert refused.returncode != 0 and "TGDL_POSTGRES_PASSWORD" in refused.stderr
+    finally:
+        server.cleanup()
 
 
 def test_the_published_gateway_requires_a_token(compose: dict[str, Any]) -> None:
@@ -134,7 +189,7 @@ def test_secrets_come_from_the_environment_and_nats_requires_its_logins(
     compose: dict[str, Any],
 ) -> None:
     postgres = compose["services"]["postgres"]["environment"]["POSTGRES_PASSWORD"]
-    assert postgres.startswith("${TGDL_POSTGRES_PASSWORD:?")
+    assert postgres.startswith("${TGDL_POSTGRES_SUPERUSER_PASSWORD:?")
     assert "tgdl:tgdl@" not in (ROOT / "docker-compose.yml").read_text()
     conf = ROOT / "deploy/nats/nats.conf"
     passwords = {v: "x" for v in compose["services"]["nats"]["environment"]}
