@@ -13,15 +13,17 @@ import asyncio
 import contextlib
 import copy
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from telethon import TelegramClient
-from telethon.tl import functions
-from telethon.tl.alltlobjects import LAYER
+if TYPE_CHECKING:  # Telethon is imported where a real account is used (`Lanes` is not)
+    from telethon import TelegramClient
 
 
 async def open_sender(client: TelegramClient, dc_id: int) -> Any:
     """A new connected sender to `dc_id`, authorized as the client's account."""
+    from telethon.tl import functions
+    from telethon.tl.alltlobjects import LAYER
+
     if dc_id != client.session.dc_id:
         return await client._create_exported_sender(dc_id)
     # Another connection with the session's key: a new MTProto session that, like every

@@ -23,9 +23,18 @@ from tgdl.downloader.settings import DownloaderSettings
 from tgdl.downloader.telegram.port import TelegramPort
 from tgdl.downloader.worker import Worker
 from tgdl.runtime import run_service, until_reachable
-from tgdl.telegram.crypto import aes_backend
 
 log = logging.getLogger("tgdl.downloader")
+
+
+def aes(settings: DownloaderSettings) -> str:
+    """Telethon's AES backend, for the log; the simulated Telegram needs no Telethon, so
+    a downloader using it never imports it (tens of MB)."""
+    if settings.telegram != "telethon":
+        return "unused"
+    from tgdl.telegram.crypto import aes_backend
+
+    return aes_backend()
 
 
 def build_port(settings: DownloaderSettings) -> TelegramPort:
@@ -134,7 +143,7 @@ async def serve(settings: DownloaderSettings, stop: asyncio.Event,
             await worker.open()
             await broker.start()
             log.info("%s ready (telegram: %s, %d slots, AES: %s)", settings.replica,
-                     settings.telegram, settings.slots, aes_backend())
+                     settings.telegram, settings.slots, aes(settings))
             try:
                 await stop.wait()
             finally:

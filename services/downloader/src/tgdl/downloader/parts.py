@@ -37,9 +37,11 @@ class PartStats:
 
 
 def matches(data: bytes, offset: int, ranges: list[tuple[int, int, bytes]]) -> bool:
-    """Whether the part at `offset` matches every hashed range it holds."""
+    """Whether the part at `offset` matches every hashed range it holds (hashed in place:
+    a slice of a memoryview copies nothing)."""
+    view = memoryview(data)
     return all(
-        hashlib.sha256(data[start - offset:start - offset + length]).digest() == digest
+        hashlib.sha256(view[start - offset:start - offset + length]).digest() == digest
         for start, length, digest in ranges
     )
 
