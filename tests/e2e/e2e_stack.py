@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 from waiting import until
 
 from tgdl.contracts.subjects import Names
+from tgdl.launcher.embedded import free_port
 from tgdl.simtelegram import client as sim_client
 from tgdl.simtelegram.catalog import demo_catalog
 from tgdl.simtelegram.settings import SimSettings
@@ -63,11 +65,15 @@ class Stack:
     sim_url: str = ""
     http: httpx.AsyncClient | None = None
     services: dict[str, Service] = field(default_factory=dict)
+    metrics_ports: dict[str, int] = field(default_factory=dict)
 
     # --- processes ----------------------------------------------------------------------
     def spawn(self, name: str, module: str, **extra: str) -> Service:
+        """Start `module` as process `name`, with a metrics port of its own."""
         log = self.workdir / f"{name}.log"
-        env = {**os.environ, **self.env, **extra}
+        self.metrics_ports[name] = free_port()
+        env = {**os.environ, **self.env, "TGDL_METRICS_PORT": str(self.metrics_ports[name]),
+               **extra}
         process = subprocess.Popen(
             [sys.executable, "-m", module], env=env, stdout=log.open("ab"),
             stderr=subprocess.STDOUT, cwd=self.workdir,
@@ -108,6 +114,27 @@ class Stack:
     async def until_serving(self, count: int, within: float = 10.0) -> dict[str, Any]:
         return await sim_client.until_serving(self.sim_url, count, within)
 
+    # --- metrics ------------------------------------------------------------------------
+    async def metrics(self, name: str) -> Metrics:
+        """Process `name`'s /metrics (the gateway's on its HTTP port); empty while it
+        does not answer."""
+        url = (f"{self.http.base_url}/metrics" if name == "gateway"
+               else f"http://127.0.0.1:{self.metrics_ports[name]}/metrics")
+        try:
+            async with httpx.AsyncClient(timeout=5) as http:
+                r = await http.get(url)
+        except httpx.HTTPError:
+            return Metrics({})
+        return Metrics.parse(r.text) if r.status_code == 200 else Metrics({})
+
+    async def summed(self, prefix: str, sample: str, **labels: str) -> float:
+        """`sample` (with `labels`) summed over the processes whose name starts with
+        `prefix` (e.g. every downloader replica)."""
+        total = 0.0
+        for name in [n for n in self.services if n.startswith(prefix)]:
+            total += (await self.metrics(name)).value(sample, **labels)
+        return total
+
     # --- the HTTP API -------------------------------------------------------------------
     async def start_batch(self, ids: list[int], max_concurrent: int = 3,
                           force: bool = False) -> dict[str, Any]:
@@ -133,3 +160,24 @@ class Stack:
         return await until(finished, within, every=0.2, what=f"{batch_id} finished")
 
 
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """Samples of one scrape: (name, sorted labels) -> value."""
+
+    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+    @classmethod
+    def parse(cls, text: str) -> Metrics:
+        return cls({(s.name, tuple(sorted(s.labels.items()))): s.value
+                    for family in text_string_to_metric_families(text)
+                    for s in family.samples})
+
+    def value(self, name: str, **labels: str) -> float:
+        """The sum of the samples named `name` that carry `labels` (0 when none)."""
+        want = set(labels.items())
+        return sum(v for (n, ls), v in self.samples.items() if n == name and want <= set(ls))
+
+    def names(self) -> set[str]:
+        return {n for n, _ in self.samples}

@@ -103,8 +103,8 @@ async def test_metrics_tell_the_state_of_the_downloads(client, db, nc, settings)
     assert m[("tgdl_permits_in_use", ())] == 2 and m[("tgdl_global_cap", ())] == 6
     assert m[("tgdl_batches", (("status", "in_progress"),))] == 1
     assert m[("tgdl_jobs_queue_depth", ())] == 1
-    assert m[("tgdl_projector_lag_messages", (("stream", names.events_stream),))] == 2
-    assert m[("tgdl_projector_lag_messages", (("stream", names.outcomes_stream),))] == 0
+    assert m[("tgdl_read_model_lag_messages", (("stream", names.events_stream),))] == 2
+    assert m[("tgdl_read_model_lag_messages", (("stream", names.outcomes_stream),))] == 0
 
 
 async def test_http_latency_is_by_route_template_and_status(client):

@@ -1,7 +1,7 @@
 """A service's own metrics port: TGDL_METRICS_PORT (and TGDL_METRICS_HOST) makes a NATS
 service serve Prometheus text at http://host:port/metrics: its process (CPU, memory, open
-files, GC), `tgdl_service_info`, and any metric its code registers in the default
-registry. The deployment-wide numbers (downloads, permits, queue, lag) are the gateway's
+files, GC), `tgdl_service_info`, and what its code counts in the default registry (each
+service's `metrics.py`). The deployment-wide view (read model, JetStream) is the gateway's
 /metrics. A port that cannot be had is a warning, never a service that will not start."""
 
 from __future__ import annotations

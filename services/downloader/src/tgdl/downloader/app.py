@@ -18,6 +18,7 @@ from tgdl.bus.jobs import BrokerPublisher, JobLifecycle
 from tgdl.bus.leases import Leases
 from tgdl.bus.topology import verify_topology
 from tgdl.contracts.jobs import DownloadJob, DownloadOutcome, DownloadProgress
+from tgdl.downloader import metrics
 from tgdl.downloader.flood import FloodGate
 from tgdl.downloader.settings import DownloaderSettings
 from tgdl.downloader.telegram.port import TelegramPort
@@ -140,6 +141,7 @@ async def serve(settings: DownloaderSettings, stop: asyncio.Event,
 
             worker = Worker(settings, port, lifecycle, flood, progress)
             running.append(worker)
+            metrics.IN_FLIGHT.set_function(lambda: len(worker.running))
             await worker.open()
             await broker.start()
             log.info("%s ready (telegram: %s, %d slots, AES: %s)", settings.replica,

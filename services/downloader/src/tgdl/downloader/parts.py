@@ -18,6 +18,7 @@ from typing import TypeVar
 
 from tgdl.contracts.errors import ErrorCode
 from tgdl.downloader.files import PartFile
+from tgdl.downloader.metrics import PARTS_REFETCHED
 from tgdl.downloader.telegram.port import PartSource, PermanentError
 
 log = logging.getLogger("tgdl.downloader")
@@ -86,6 +87,7 @@ async def fetch_checked(source: PartSource, offset: int, length: int,
                 else await asyncio.to_thread(matches, data, offset, ranges)):
             return data, True
         stats.refetched += 1
+        PARTS_REFETCHED.inc()
         log.warning("part at %d does not match Telegram's hashes (fetch %d of %d)",
                     offset, attempt, MAX_MISMATCHES)
     raise PermanentError.of(

@@ -31,6 +31,7 @@ from tgdl.contracts.jobs import (
 )
 from tgdl.contracts.paths import relative_path
 from tgdl.contracts.status import OutcomeStatus
+from tgdl.downloader import metrics
 from tgdl.downloader.files import (
     PartFile,
     SizeMismatch,
@@ -255,10 +256,12 @@ class Worker:
             job = job.model_copy(update={"force": True})
         running = Running(job, seen=claimed, copy=claimed[0].claimed_by)
         self.running[m] = running
+        metrics.STARTED.inc()
         heartbeat = asyncio.create_task(self._heartbeat(msg))
         try:
             outcome = await self._download(job, running, attempt)
         except Retry as retry:
+            metrics.RETRIES.inc()
             log.info("job %s: %s; retrying in %.1f s", job.job_id, retry, retry.delay)
             await msg.nack(delay=retry.delay)
             return
@@ -303,6 +306,7 @@ class Worker:
 
     async def _done(self, msg: JobMessage, outcome: DownloadOutcome) -> None:
         await msg.ack()  # only now: until here a redelivery finishes the hand-over
+        metrics.count_outcome(outcome)
         log.info("job %s %s", outcome.job_id, outcome.status)
 
     def _outcome(self, job: DownloadJob, status: OutcomeStatus, failure: Failure | None = None,
@@ -344,6 +348,8 @@ class Worker:
                     return self._outcome(job, OutcomeStatus.completed, size=size,
                                          hash_verified=verified, parts_refetched=refetched)
                 except FloodWait as wait:
+                    metrics.FLOOD_WAITS.inc()
+                    metrics.FLOOD_WAIT_SECONDS.inc(wait.seconds)
                     if wait.seconds > self.s.max_flood_wait:
                         return self._outcome(job, OutcomeStatus.failed, Failure.of(
                             ErrorCode.flood_wait_too_long,
@@ -411,6 +417,7 @@ class Worker:
                 await progress.publish("downloading", force=True)
 
             async def stored(nbytes: int) -> None:
+                metrics.BYTES.inc(nbytes)
                 progress.add(nbytes)
                 if not quiet:
                     await progress.publish("downloading")
@@ -458,6 +465,7 @@ class Worker:
                             media.entry.message_id)
         running.fence()
         await asyncio.to_thread(store_whole, final, data)
+        metrics.BYTES.inc(len(data))
         return media.size, verified, stats.refetched
 
     async def _interruptible(self, running: Running, work: Awaitable):
@@ -477,12 +485,13 @@ class Worker:
         return task.result()
 
     async def _wait_out_flood(self, running: Running, progress: _ProgressPublisher) -> None:
-        while (left := self.flood.remaining()) > 0:
-            await progress.publish("waiting", wait_seconds=int(left) + 1, force=True)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(running.stop.wait(), timeout=min(left, 1.0))
-            if running.stop.is_set():
-                raise Cancelled() if running.cancelled else Retry(0, "shutting down")
+        with metrics.WAITING.track_inprogress():
+            while (left := self.flood.remaining()) > 0:
+                await progress.publish("waiting", wait_seconds=int(left) + 1, force=True)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(running.stop.wait(), timeout=min(left, 1.0))
+                if running.stop.is_set():
+                    raise Cancelled() if running.cancelled else Retry(0, "shutting down")
         progress.resume()
 
 

@@ -107,12 +107,12 @@ def families(counts: dict[str, Any] | None, js: dict[str, Any] | None,
                                     "Download jobs handed to downloaders and not finished")
         unacked.add_metric([], js["ack_pending"])
         yield unacked
-        pullers = GaugeMetricFamily("tgdl_downloader_pulls_waiting",
+        pullers = GaugeMetricFamily("tgdl_jobs_pulls_waiting",
                                     "Pull requests of idle downloader slots")
         pullers.add_metric([], js["waiting"])
         yield pullers
         if counts is not None:
-            lag = GaugeMetricFamily("tgdl_projector_lag_messages",
+            lag = GaugeMetricFamily("tgdl_read_model_lag_messages",
                                     "Stream messages the projector has not applied yet",
                                     labels=["stream"])
             for stream, last in js["streams"].items():

@@ -42,6 +42,7 @@ from tgdl.contracts.events import BatchEvent
 from tgdl.contracts.jobs import DownloadJob, DownloadOutcome
 from tgdl.db.connection import create_pool
 from tgdl.db.schema import verify_schema
+from tgdl.orchestrator import metrics
 from tgdl.orchestrator.adapters import JobStream, PgCatalog, SystemClock
 from tgdl.orchestrator.handlers import Orchestrator
 from tgdl.orchestrator.open_index import OpenBatches
@@ -264,6 +265,7 @@ class OrchestratorService:
                 catalog=PgCatalog(pool),
                 clock=SystemClock(),
             ))
+            metrics.GLOBAL_CAP.set(s.global_cap)
             log.info("recovered %d open batches", await orch.recover())
             broker.context.set_global(ORCHESTRATOR, orch)
             await broker.start()

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Iterable
 
 from tgdl.contracts.events import BatchEvent
 from tgdl.contracts.jobs import DownloadJob
+from tgdl.orchestrator import metrics
 from tgdl.orchestrator.batch import BatchState, Command, MarkDispatched
 from tgdl.orchestrator.ports import Ports
 from tgdl.orchestrator.react import (
@@ -77,6 +78,7 @@ class Executor:
                 await self.ports.jobs.publish_job(
                     DownloadJob(job_id=d.job_id, entry=d.entry, force=d.force,
                                 name_template=d.name_template))
+                metrics.JOBS_PUBLISHED.inc()
             events, _, after = await self.repo.execute(d.batch_id, MarkDispatched(
                 message_id=m, job_id=acquired.job_id, attached=acquired.attached,
                 at=self.ports.clock.now(), for_job=d.job_id))

@@ -39,6 +39,7 @@ from tgdl.contracts.events import BatchCancelled, BatchEvent, BatchPaused, Permi
 from tgdl.contracts.jobs import DownloadOutcome
 from tgdl.contracts.paths import relative_path
 from tgdl.contracts.status import BatchKind
+from tgdl.orchestrator import metrics
 from tgdl.orchestrator.batch import (
     BatchState,
     Cancel,
@@ -206,6 +207,7 @@ class Orchestrator:
 
     async def on_outcome(self, outcome: DownloadOutcome) -> None:
         await self.executor.carry_out(react_to_outcome(outcome))
+        metrics.OUTCOMES.labels(outcome.status).inc()
 
     async def on_job_gave_up(self, job_seq: int) -> None:
         """JetStream stopped redelivering the job stored at `job_seq`: fail it."""
@@ -214,6 +216,7 @@ class Orchestrator:
             return  # already handled (or never a job): nothing left to do
         await self.executor.carry_out(
             give_up(job, job_seq, self.settings.max_deliver, self.ports.clock.now()))
+        metrics.JOBS_GIVEN_UP.inc()
 
     # --- interrupted work ------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable
 
 from tgdl.bus.eventlog import ConcurrentAppend
 from tgdl.contracts.events import BatchEvent
+from tgdl.orchestrator import metrics
 from tgdl.orchestrator.batch import BatchState, Command, Start, decide, fold, initial_state
 from tgdl.orchestrator.ports import BatchLog
 
@@ -62,6 +63,8 @@ class BatchRepository:
         return await self._log.load(batch_id)
 
     def _remember(self, batch_id: str, state: BatchState, last_seq: int) -> None:
+        metrics.batch_seen(batch_id, len(state.running), state.max_concurrent,
+                           state.exists and not state.closed)
         if state.closed:
             # finished batches leave memory; a later query replays them from the log
             self._cache.pop(batch_id, None)
@@ -99,8 +102,10 @@ class BatchRepository:
                 try:
                     new_seq = await self._log.append(batch_id, events, last_seq)
                 except ConcurrentAppend:
+                    metrics.CONFLICTS.inc()
                     self._cache.pop(batch_id, None)  # another replica wrote: reload
                     continue
+                metrics.count_appended(events)
                 after = fold(events, before)
                 self._remember(batch_id, after, new_seq)
                 return events, before, after

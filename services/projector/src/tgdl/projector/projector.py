@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -29,6 +30,7 @@ from tgdl.contracts.jobs import DownloadOutcome, DownloadProgress
 from tgdl.db.connection import connect as db_connect
 from tgdl.db.connection import create_pool
 from tgdl.db.schema import truncate_read_model
+from tgdl.projector import metrics
 from tgdl.projector.fold import ApplyProgress, Change, fold_event, fold_outcome, fold_progress
 from tgdl.projector.settings import ProjectorSettings
 from tgdl.projector.snapshots import SnapshotPublisher
@@ -56,6 +58,7 @@ class Delivery:
     stream: str
     seq: int
     data: bytes
+    stored: float = 0.0  # when the stream stored it (Unix time)
 
 
 @dataclass
@@ -89,6 +92,10 @@ class Projector:
         self._snapshots: SnapshotPublisher | None = None
         self._writer: asyncio.Task | None = None
         self._stopping = False
+        self._known_last: dict[str, int] = {}  # the last sequence heard of, per stream
+        self._applied_stored: dict[str, float] = {}  # stored time of the newest applied
+        self._offered_stored = 0.0  # ...of the newest progress offered to the buffer
+        self._started = time.time()
 
     @property
     def streams(self) -> dict[str, str]:
@@ -134,6 +141,8 @@ class Projector:
         for stream, subject in self.streams.items():
             start = self.positions.get(stream, 0) + 1
             last = (await js.stream_info(stream)).state.last_seq
+            self._known_last[stream] = max(self._known_last.get(stream, 0), last)
+            self._measure(stream)
             if start > last + 1:
                 log.warning("stored position %d of %s is beyond its last message %d: was the "
                             "stream recreated? Rebuild the read model (tgdl rebuild-read-model)",
@@ -175,9 +184,31 @@ class Projector:
 
     def _receiver(self, stream: str):
         async def receive(msg: Msg) -> None:
+            meta = msg.metadata
+            seq = meta.sequence.stream
+            known = self._known_last.get(stream, 0)
+            self._known_last[stream] = max(known, seq + (meta.num_pending or 0))
             # A full queue blocks here, and flow control then holds the server back.
-            await self._queue.put(Delivery(stream, msg.metadata.sequence.stream, msg.data))
+            await self._queue.put(Delivery(stream, seq, msg.data, meta.timestamp.timestamp()))
         return receive
+
+    # --- how far behind -----------------------------------------------------------------
+
+    def lag(self, stream: str) -> int:
+        """Messages of `stream` heard of (at start, or from a delivery's pending count)
+        and not applied yet."""
+        return max(0, self._known_last.get(stream, 0) - self.positions.get(stream, 0))
+
+    def lag_seconds(self, stream: str) -> float:
+        if not self.lag(stream):
+            return 0.0
+        return max(0.0, time.time() - self._applied_stored.get(stream, self._started))
+
+    def _measure(self, stream: str) -> None:
+        """Read at scrape time (from the metrics server's thread: plain reads only)."""
+        metrics.LAG_MESSAGES.labels(stream).set_function(lambda: self.lag(stream))
+        metrics.LAG_SECONDS.labels(stream).set_function(lambda: self.lag_seconds(stream))
+        metrics.APPLIED.labels(stream)  # shown from the start, at 0
 
     # --- waiting for the projection -----------------------------------------------------
 
@@ -272,6 +303,7 @@ class Projector:
             return fold_progress(DownloadProgress.model_validate_json(d.data))
         except ValidationError:
             self.stats.unreadable += 1
+            metrics.UNREADABLE.inc()
             log.error("skipping unreadable message %s #%d", d.stream, d.seq)
             return []
 
@@ -282,10 +314,13 @@ class Projector:
         positions: dict[str, int] = {}
         changes: list[Change] = []
         applied: dict[str, int] = {}
+        fresh: list[Delivery] = []
         for d in deliveries:
             if d.seq <= positions.get(d.stream, self.positions.get(d.stream, 0)):
                 self.stats.skipped += 1
+                metrics.SKIPPED.inc()
                 continue
+            fresh.append(d)
             positions[d.stream] = d.seq
             applied[d.stream] = applied.get(d.stream, 0) + 1
             changes.extend(self._fold(d))
@@ -298,20 +333,35 @@ class Projector:
         self.stats.transactions += 1
         for stream, n in applied.items():
             self.stats.applied[stream] = self.stats.applied.get(stream, 0) + n
+        self._count_applied(fresh, applied)
         await self._advance(positions)
         if self._snapshots:
             self._snapshots.touch(touched)
         return sum(applied.values())
 
+    def _count_applied(self, fresh: Sequence[Delivery], applied: Mapping[str, int]) -> None:
+        metrics.TRANSACTIONS.labels("events").inc()
+        for stream, n in applied.items():
+            metrics.APPLIED.labels(stream).inc(n)
+        now = time.time()
+        for d in fresh:
+            if d.stored:  # (a delivery built by hand has no stored time)
+                metrics.APPLY_DELAY.labels(d.stream).observe(max(0.0, now - d.stored))
+                self._applied_stored[d.stream] = d.stored
+
     def _offer_progress(self, d: Delivery) -> None:
         if d.seq <= self.positions.get(d.stream, 0):
             self.stats.skipped += 1
+            metrics.SKIPPED.inc()
             return
         self.stats.applied[d.stream] = self.stats.applied.get(d.stream, 0) + 1
+        metrics.APPLIED.labels(d.stream).inc()
+        self._offered_stored = d.stored
         try:
             self._progress.offer(d.seq, DownloadProgress.model_validate_json(d.data))
         except ValidationError:
             self.stats.unreadable += 1
+            metrics.UNREADABLE.inc()
             log.error("skipping unreadable progress #%d", d.seq)
             self._progress.offer(d.seq, None)
 
@@ -334,6 +384,9 @@ class Projector:
         self.stats.transactions += 1
         self.stats.progress_flushes += 1
         self.stats.progress_rows += len(written)
+        metrics.TRANSACTIONS.labels("progress").inc()
+        metrics.PROGRESS_ROWS.inc(len(written))
+        self._applied_stored[stream] = self._offered_stored
         await self._advance({stream: seq})
         if self._snapshots:
             self._snapshots.touch(touched)
