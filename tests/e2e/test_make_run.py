@@ -1,9 +1,11 @@
 """`tgdl run` as a user starts it (what `make run` does): embedded servers, the simulated
-Telegram, every service as its own process; Ctrl-C stops all of it and leaves nothing."""
+Telegram, every service as its own process with its own metrics; Ctrl-C stops all of it
+and leaves nothing."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -16,6 +18,7 @@ from typing import Any
 import httpx
 import psutil
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tgdl.launcher.embedded import free_port
 
@@ -59,6 +62,38 @@ def service_modules(processes: list[psutil.Process]) -> list[str]:
             modules += [argv[i + 1] for i, arg in enumerate(argv[:-1])
                         if arg == "-m" and argv[i + 1].startswith("tgdl.")]
     return modules
+
+
+def scrape_every_process(listed: Path, output: str, log: Path) -> None:
+    """Each process serves its own metrics where the targets file (and the banner) says:
+    every port answers, and the process behind it is the one named."""
+    targets = json.loads(listed.read_text())
+    replicas = [t["labels"]["replica"] for t in targets]
+    assert replicas == ["gateway", "orchestrator", "projector", "downloader-1",
+                        "downloader-2"]
+    addresses = [t["targets"][0] for t in targets]
+    assert len(set(addresses)) == len(addresses), addresses
+    own = {"gateway": "tgdl_http_request_duration_seconds",
+           "orchestrator": "tgdl_orchestrator_permits_granted",
+           "projector": "tgdl_projector_messages_applied",
+           "downloader": "tgdl_downloader_downloads_completed"}
+    for target in targets:
+        url = f"http://{target['targets'][0]}/metrics"
+        assert url in output, f"{url} not announced"
+        replica, service = target["labels"]["replica"], target["labels"]["service"]
+
+        def answers(url: str = url) -> str | None:
+            with contextlib.suppress(httpx.HTTPError):
+                r = httpx.get(url, timeout=2)
+                return r.text if r.status_code == 200 else None
+            return None
+        text = poll(answers, 20, f"{replica}'s metrics on {url}", log)
+        families = {f.name: f for f in text_string_to_metric_families(text)}
+        assert own[service] in families, f"{replica} on {url}: {sorted(families)}"
+        if service != "gateway":
+            [info] = families["tgdl_service_info"].samples
+            assert info.labels["service"] == service
+            assert service != "downloader" or info.labels["replica"] == replica
 
 
 def postmaster_pid(pgdata: Path) -> int | None:
@@ -107,6 +142,7 @@ def test_tgdl_run_serves_the_demo_and_stops_cleanly_on_ctrl_c(tmp_path: Path) ->
             "tgdl.downloader", "tgdl.downloader", "tgdl.gateway", "tgdl.orchestrator",
             "tgdl.projector", "tgdl.simtelegram",
         ]  # each service its own OS process, two downloader replicas by default
+        scrape_every_process(home / "metrics-targets.json", output, log)
 
         os.killpg(tgdl.pid, signal.SIGINT)  # Ctrl-C at the terminal
         assert tgdl.wait(STOP_DEADLINE) == 0, log.read_text()[-6000:]
@@ -116,6 +152,7 @@ def test_tgdl_run_serves_the_demo_and_stops_cleanly_on_ctrl_c(tmp_path: Path) ->
         if postgres is not None:
             assert gone(postgres), "the embedded PostgreSQL is still running"
         assert "Stopped" in log.read_text()
+        assert not (home / "metrics-targets.json").exists()  # nothing left to scrape
     finally:
         if tgdl.poll() is None:  # the test failed while it ran: stop it as a user would
             with contextlib.suppress(psutil.Error):

@@ -20,6 +20,9 @@ from tgdl.launcher.plan import (
     downloader_count,
     example_ids,
     http_address,
+    metrics_banner,
+    metrics_ports,
+    metrics_targets,
     pick_port,
     ready_banner,
     service_specs,
@@ -194,6 +197,61 @@ def test_simulator_listens_on_loopback_at_the_chosen_port() -> None:
     assert spec.env is not None
     assert (spec.env["TGDL_SIM_HOST"], spec.env["TGDL_SIM_PORT"]) == ("127.0.0.1", "43210")
     assert spec.env["TGDL_SIM_BANDWIDTH"] == "1000"
+
+
+# --- metrics ports ---------------------------------------------------------------------------
+
+
+def test_a_metrics_base_port_gives_each_process_the_next_port_in_a_fixed_order() -> None:
+    is_free, any_free = _ports(set(range(9300, 9310)))
+    ports = metrics_ports({"TGDL_METRICS_PORT": "9300"}, 3, is_free, any_free)
+    assert ports == {"orchestrator": 9300, "projector": 9301, "downloader-1": 9302,
+                     "downloader-2": 9303, "downloader-3": 9304}
+
+
+def test_a_busy_port_of_the_base_range_is_an_error_naming_it() -> None:
+    is_free, any_free = _ports({9300, 9301, 9303})
+    with pytest.raises(ConfigError, match="port 9302 for the metrics of downloader-1"):
+        metrics_ports({"TGDL_METRICS_PORT": "9300"}, 2, is_free, any_free)
+
+
+@pytest.mark.parametrize("raw", ["nine", "0", "65534"])
+def test_a_metrics_base_port_must_leave_room_for_every_process(raw: str) -> None:
+    is_free, any_free = _ports(set())
+    with pytest.raises(ConfigError, match="TGDL_METRICS_PORT"):
+        metrics_ports({"TGDL_METRICS_PORT": raw}, 2, is_free, any_free)
+
+
+def test_without_a_base_every_process_gets_a_distinct_free_port() -> None:
+    handed = iter([41000, 41000, 41001, 41002, 41003])  # the system may repeat itself
+    ports = metrics_ports({}, 2, lambda port: False, lambda: next(handed))
+    assert ports == {"orchestrator": 41000, "projector": 41001, "downloader-1": 41002,
+                     "downloader-2": 41003}
+
+
+def test_each_child_gets_only_its_own_metrics_port() -> None:
+    ports = {"orchestrator": 9300, "projector": 9301, "downloader-1": 9302,
+             "downloader-2": 9303}
+    wiring = Wiring(**{**_wiring().__dict__, "metrics_ports": ports})
+    specs = service_specs({"TGDL_METRICS_PORT": "9300"}, wiring, downloaders=2)
+    given = {s.name: s.env.get("TGDL_METRICS_PORT") for s in specs}
+    assert given == {"gateway": None, **{name: str(port) for name, port in ports.items()}}
+    assert "TGDL_METRICS_PORT" not in simulator_spec({"TGDL_METRICS_PORT": "9300"}, 1).env
+
+
+def test_metrics_targets_list_every_process_for_prometheus(tmp_path: Path) -> None:
+    targets = metrics_targets(("0.0.0.0", 8000), "127.0.0.1",
+                              {"orchestrator": 9300, "downloader-1": 9302})
+    assert targets == [
+        {"targets": ["127.0.0.1:8000"], "labels": {"service": "gateway", "replica": "gateway"}},
+        {"targets": ["127.0.0.1:9300"],
+         "labels": {"service": "orchestrator", "replica": "orchestrator"}},
+        {"targets": ["127.0.0.1:9302"],
+         "labels": {"service": "downloader", "replica": "downloader-1"}},
+    ]
+    lines = metrics_banner(targets, tmp_path / "metrics-targets.json")
+    assert "  downloader-1: http://127.0.0.1:9302/metrics" in lines
+    assert str(tmp_path / "metrics-targets.json") in lines[0]
 
 
 # --- what the user is told -------------------------------------------------------------------

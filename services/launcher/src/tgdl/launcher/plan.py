@@ -20,6 +20,7 @@ from tgdl.launcher.supervisor import ChildSpec
 NATS_PREFERRED_PORT = 4222
 HTTP_DEFAULT_HOST = "127.0.0.1"
 HTTP_DEFAULT_PORT = 8000
+METRICS_DEFAULT_HOST = "127.0.0.1"  # as tgdl.runtime.metrics
 DEFAULT_DOWNLOADERS = 2
 S = TypeVar("S", bound=BaseSettings)
 SERVICES = ("gateway", "orchestrator", "projector")
@@ -65,6 +66,11 @@ class Home:
     @property
     def lock(self) -> Path:
         return self.root / "run.lock"
+
+    @property
+    def metrics_targets(self) -> Path:
+        """Every process's /metrics while `tgdl run` runs (Prometheus file_sd_configs)."""
+        return self.root / "metrics-targets.json"
 
     @property
     def instance(self) -> Path:
@@ -134,6 +140,64 @@ def browser_url(host: str, port: int) -> str:
     return f"http://{reachable}:{port}"
 
 
+def metered_processes(downloaders: int) -> list[str]:
+    """The processes with a metrics port of their own, in the order of TGDL_METRICS_PORT's
+    consecutive ports (the gateway serves /metrics on its HTTP port)."""
+    return ["orchestrator", "projector", *(f"downloader-{i}" for i in range(1, downloaders + 1))]
+
+
+def metrics_ports(
+    env: Mapping[str, str], downloaders: int, is_free: Callable[[int], bool],
+    any_free: Callable[[], int],
+) -> dict[str, int]:
+    """A metrics port per process: TGDL_METRICS_PORT=P gives the orchestrator P, the
+    projector P+1 and downloader-i P+1+i (each must be free); unset, each a free port."""
+    names = metered_processes(downloaders)
+    raw = env.get("TGDL_METRICS_PORT", "").strip()
+    if not raw:
+        ports: dict[str, int] = {}
+        while len(ports) < len(names):  # distinct, should the system hand one out twice
+            port = any_free()
+            if port not in ports.values():
+                ports[names[len(ports)]] = port
+        return ports
+    try:
+        base = int(raw)
+    except ValueError:
+        raise ConfigError(f"TGDL_METRICS_PORT must be a port number, not {raw!r}") from None
+    if not 1 <= base <= 65536 - len(names):
+        raise ConfigError(f"TGDL_METRICS_PORT={base} leaves no room for {len(names)} "
+                          f"consecutive ports ({', '.join(names)})")
+    ports = {name: base + i for i, name in enumerate(names)}
+    for name, port in ports.items():
+        if not is_free(port):
+            raise ConfigError(f"port {port} for the metrics of {name} is in use; "
+                              f"TGDL_METRICS_PORT={base} takes {base}-{base + len(names) - 1} "
+                              "(orchestrator, projector, downloader-1..N): choose another base")
+    return ports
+
+
+def metrics_targets(http: tuple[str, int], metrics_host: str,
+                    ports: Mapping[str, int]) -> list[dict[str, Any]]:
+    """Every process's /metrics, as Prometheus' file_sd_configs reads them (one target
+    group per process, labelled with its service and replica)."""
+    def group(address: str, replica: str) -> dict[str, Any]:
+        return {"targets": [address], "labels": {
+            "service": replica.split("-")[0], "replica": replica}}
+
+    def address(host: str, port: int) -> str:
+        return browser_url(host, port).removeprefix("http://")
+
+    return [group(address(*http), "gateway"),
+            *(group(address(metrics_host, port), name) for name, port in ports.items())]
+
+
+def metrics_banner(targets: Sequence[Mapping[str, Any]], listed_in: Path) -> list[str]:
+    """Where each process's metrics are, for the user."""
+    return [f"Metrics for Prometheus (listed in {listed_in}):",
+            *(f"  {t['labels']['replica']}: http://{t['targets'][0]}/metrics" for t in targets)]
+
+
 def downloader_count(env: Mapping[str, str]) -> int:
     raw = env.get("TGDL_DOWNLOADERS", str(DEFAULT_DOWNLOADERS))
     try:
@@ -196,6 +260,8 @@ class Wiring:
     session_file: Path
     # A NATS login per service (service -> URL), when the server requires them.
     service_nats_urls: Mapping[str, str] = field(default_factory=dict)
+    # Each process's own metrics port (process name -> port), from `metrics_ports`.
+    metrics_ports: Mapping[str, int] = field(default_factory=dict)
 
 
 def service_env(base: Mapping[str, str], wiring: Wiring) -> dict[str, str]:
@@ -243,10 +309,18 @@ def service_specs(
                 if k not in SECRETS or service in SECRETS[k]}
         url = wiring.service_nats_urls.get(service)
         return {**mine, "TGDL_NATS_URL": url} if url else mine
-    specs = [ChildSpec(name, module_command(name, python), own(name)) for name in SERVICES]
+    def metered(process: str, child_env: dict[str, str]) -> dict[str, str]:
+        """Its own metrics port, or none: several processes never want the same one."""
+        child_env.pop("TGDL_METRICS_PORT", None)
+        if process in wiring.metrics_ports:
+            child_env["TGDL_METRICS_PORT"] = str(wiring.metrics_ports[process])
+        return child_env
+
+    specs = [ChildSpec(name, module_command(name, python), metered(name, own(name)))
+             for name in SERVICES]
     for i in range(1, downloaders + 1):
         replica = f"downloader-{i}"
-        replica_env = {**own("downloader"), "TGDL_REPLICA": replica}
+        replica_env = metered(replica, {**own("downloader"), "TGDL_REPLICA": replica})
         specs.append(ChildSpec(replica, module_command("downloader", python), replica_env))
     return specs
 
@@ -254,8 +328,8 @@ def service_specs(
 def simulator_spec(
     base: Mapping[str, str], port: int, python: str = sys.executable
 ) -> ChildSpec:
-    env = {**base, "TGDL_SIM_HOST": "127.0.0.1", "TGDL_SIM_PORT": str(port),
-           "PYTHONUNBUFFERED": "1"}
+    env = {**{k: v for k, v in base.items() if k != "TGDL_METRICS_PORT"},
+           "TGDL_SIM_HOST": "127.0.0.1", "TGDL_SIM_PORT": str(port), "PYTHONUNBUFFERED": "1"}
     return ChildSpec(SIMULATOR, module_command(SIMULATOR, python), env)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import signal
 import time
 from collections.abc import Callable, Mapping
@@ -22,6 +23,7 @@ from tgdl.launcher.console import PrefixedOutput
 from tgdl.launcher.embedded import free_port
 from tgdl.launcher.lifeline import become_subreaper
 from tgdl.launcher.plan import (
+    METRICS_DEFAULT_HOST,
     SIMULATOR,
     ConfigError,
     Home,
@@ -32,6 +34,9 @@ from tgdl.launcher.plan import (
     downloader_count,
     example_ids,
     http_address,
+    metrics_banner,
+    metrics_ports,
+    metrics_targets,
     ready_banner,
     service_specs,
     settings_from,
@@ -131,6 +136,9 @@ async def run(env: Mapping[str, str], cwd: Path, out: PrefixedOutput) -> int:
         session_file = home.session_file(env, cwd)
         choice = choose_telegram(env, session_file.exists())
         http_host, http_port = http_address(env, port_is_free, free_port)
+        metrics_host = env.get("TGDL_METRICS_HOST", METRICS_DEFAULT_HOST)
+        metered = metrics_ports(env, downloaders,
+                                lambda port: port_is_free(port, metrics_host), free_port)
         settings_from(CommonSettings, env)  # fail now, not in every child, on a bad TGDL_*
     except (ConfigError, ValidationError) as exc:
         out.say(f"Cannot start: {exc}")
@@ -153,7 +161,8 @@ async def run(env: Mapping[str, str], cwd: Path, out: PrefixedOutput) -> int:
             try:
                 await _run_services(env, settings, choice.source, session_file,
                                     (http_host, http_port), downloaders, supervisor, stop, out,
-                                    endpoints.service_nats_urls)
+                                    endpoints.service_nats_urls, home,
+                                    (metrics_host, metered))
             finally:
                 # The services first, while what they talk to is still there.
                 await supervisor.stop(n for n in supervisor.names() if n != SIMULATOR)
@@ -178,6 +187,8 @@ async def _run_services(
     stop: StopRequest,
     out: PrefixedOutput,
     service_nats_urls: Mapping[str, str],
+    home: Home,
+    metered: tuple[str, Mapping[str, int]],
 ) -> None:
     sim_url: str | None = None
     if source is Source.sim:
@@ -194,18 +205,24 @@ async def _run_services(
     wiring = Wiring(
         nats_url=settings.nats_url, database_url=settings.database_url, source=source,
         sim_url=sim_url, http_host=http[0], http_port=http[1], session_file=session_file,
-        service_nats_urls=service_nats_urls,
+        service_nats_urls=service_nats_urls, metrics_ports=metered[1],
     )
     for spec in service_specs(env, wiring, downloaders):
         await supervisor.start(spec)
-
-    base_url = browser_url(*http)
-    healthy = await wait_until_healthy(
-        f"{base_url}/healthz", stop,
-        on_slow=lambda: out.say(f"Still waiting for the gateway on {base_url}/healthz"),
-    )
-    if healthy:
-        examples = example_ids(await media_examples(settings))
-        for line in ready_banner(base_url, examples):
-            out.say(line)
-    await stop.wait()
+    # Where Prometheus finds every process, for as long as they run.
+    targets = metrics_targets(http, *metered)
+    home.metrics_targets.write_text(json.dumps(targets, indent=2) + "\n")
+    try:
+        base_url = browser_url(*http)
+        healthy = await wait_until_healthy(
+            f"{base_url}/healthz", stop,
+            on_slow=lambda: out.say(f"Still waiting for the gateway on {base_url}/healthz"),
+        )
+        if healthy:
+            examples = example_ids(await media_examples(settings))
+            for line in [*ready_banner(base_url, examples),
+                         *metrics_banner(targets, home.metrics_targets)]:
+                out.say(line)
+        await stop.wait()
+    finally:
+        home.metrics_targets.unlink(missing_ok=True)
