@@ -10,9 +10,10 @@ from typing import Any
 
 from faststream import BaseMiddleware
 from faststream.middlewares import AckPolicy
-from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
+from faststream.nats import JStream, NatsBroker, PullSub
 from pydantic import ValidationError
 
+from tgdl.bus.broker import Message as NatsMessage
 from tgdl.bus.broker import nats_broker
 from tgdl.bus.jobs import BrokerPublisher, JobLifecycle
 from tgdl.bus.leases import Leases

@@ -14,12 +14,13 @@ import contextlib
 import logging
 from typing import Annotated
 
-from faststream import AckPolicy, Context
+from faststream import AckPolicy
 from faststream.middlewares import ExceptionMiddleware
-from faststream.nats import JStream, NatsBroker, NatsMessage, NatsRouter, PullSub
+from faststream.nats import JStream, NatsBroker, NatsRouter, PullSub
 from pydantic import BaseModel, ValidationError
 
-from tgdl.bus.broker import nats_broker
+from tgdl.bus.broker import LoopContext, nats_broker
+from tgdl.bus.broker import Message as NatsMessage
 from tgdl.bus.eventlog import EventLog, LogFull
 from tgdl.bus.jobs import BrokerPublisher, JobLifecycle
 from tgdl.bus.leases import Leases
@@ -53,7 +54,7 @@ from tgdl.runtime import run_service, until_reachable
 log = logging.getLogger("tgdl.orchestrator")
 
 ORCHESTRATOR = "orchestrator"  # the broker context key of the running `Orchestrator`
-Orch = Annotated[Orchestrator, Context(ORCHESTRATOR)]
+Orch = Annotated[Orchestrator, LoopContext(ORCHESTRATOR)]
 COMMAND_WORKERS = 16  # commands answered at once (each waits on NATS and PostgreSQL)
 
 
