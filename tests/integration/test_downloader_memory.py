@@ -1,8 +1,10 @@
 """A downloader's memory does not grow with the size of the file: the real downloader
 process (`python -m tgdl.downloader`, as `tgdl run` starts it) fetches a 10 MB file, then
 a file 25 times larger, from an unpaced simulated Telegram (the most parts in flight); its
-peak resident memory (VmHWM) after the large file stays within a fifth of its peak after
-the small one. Memory, not time: nothing here depends on the machine's speed."""
+peak resident memory (VmHWM) after the large file stays within 30% of its peak after the
+small one. By design the large file has 16 parts of 1 MiB in flight where the small one
+has 8 (by size), about 10 MB more; a body kept past its part made it 67% more (175 MB
+against 105). Memory, not time: nothing here depends on the machine's speed."""
 
 from __future__ import annotations
 
@@ -91,4 +93,4 @@ async def test_peak_memory_stays_flat_from_a_small_file_to_a_large_one(servers, 
     small, large = peaks
     print(f"RSS idle {idle / MB:.1f} MB; peak after {SMALL // MB} MB: {small / MB:.1f} MB, "
           f"after {LARGE // MiB} MiB: {large / MB:.1f} MB")
-    assert large <= 1.2 * small, (small / MB, large / MB)
+    assert large <= 1.3 * small, (small / MB, large / MB)
