@@ -44,7 +44,18 @@ from pathlib import Path
 import httpx
 from rich.console import Console
 from simproc import CHAT
-from stack import INSTANT, Servers, Sim, Stack, Started, file_seconds, servers, stack
+from stack import (
+    INSTANT,
+    Servers,
+    Sim,
+    Stack,
+    Started,
+    file_seconds,
+    machine_cpu,
+    ours,
+    servers,
+    stack,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results.json"
@@ -347,7 +358,7 @@ async def at_scale(srv: Servers, full: bool, readers: int = 8) -> list[Scenario]
                      "wall_s": round(wall, 3), "files_per_s": round(rate, 1),
                      # Little's law: the time each file holds one of the cap's slots
                      "slot_ms_per_file": round(cap / rate * 1000, 1),
-                     "cpu_all_processes": round(sum(cpus[(replicas, cap)].values()), 2),
+                     "cpu_all_processes": round(ours(cpus[(replicas, cap)]), 2),
                      "status_reads": len(latencies),
                      "status_p50_ms": round(pct(latencies, 0.5) * 1000, 1),
                      "status_p99_ms": round(pct(latencies, 0.99) * 1000, 1)})
@@ -561,7 +572,7 @@ async def bench(args: argparse.Namespace) -> None:
         return
     wanted = args.only.split(",") if args.only else list(SCENARIOS)
     found: dict[str, Scenario] = {}
-    began = time.perf_counter()
+    began, machine_began, load = time.perf_counter(), machine_cpu(), os.getloadavg()[0]
     with servers() as srv:
         for key in wanted:
             console.print(f"scenario {key} ...")
@@ -572,7 +583,11 @@ async def bench(args: argparse.Namespace) -> None:
     run = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "full": args.full,
            "cores": os.cpu_count(), "python": platform.python_version(),
            "machine": platform.machine(), "seconds": round(time.perf_counter() - began, 1),
-           "revision": revision()}
+           "revision": revision(),
+           # the whole machine's busy cores over the run (this bench and any other work)
+           "machine_busy_cores": round((machine_cpu() - machine_began)
+                                       / (time.perf_counter() - began), 2),
+           "load_average_at_start": round(load, 2)}
     console.print()
     for sc in found.values():
         for t in sc.targets:

@@ -6,8 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 MB = 1_000_000
+MACHINE = "machine"  # the whole machine's busy CPU: this bench's processes and others'
 ORDER = ("gateway", "orchestrator", "projector", "downloader-1", "downloader-2",
-         "downloader-3", "downloader-4", "simtelegram", "nats-server", "postgres", "bench")
+         "downloader-3", "downloader-4", "simtelegram", "nats-server", "postgres", "bench",
+         MACHINE)
 
 
 def _table(head: list[str], rows: list[list[Any]]) -> str:
@@ -18,10 +20,15 @@ def _table(head: list[str], rows: list[list[Any]]) -> str:
 
 def _cpu_line(sc: Any) -> str:
     """The busiest processes of a scenario, as shares of one core."""
-    top = sorted(((v, k) for k, v in sc.cpu.items() if v >= 0.03), reverse=True)
-    total = sum(sc.cpu.values())
+    top = sorted(((v, k) for k, v in sc.cpu.items() if v >= 0.03 and k != MACHINE),
+                 reverse=True)
+    total = sum(v for k, v in sc.cpu.items() if k != MACHINE)
     parts = ", ".join(f"{k} {v:.0%}" for v, k in top[:6])
-    return f"CPU over {sc.wall:.1f} s (share of one core): {parts}; all processes {total:.0%}."
+    line = f"CPU over {sc.wall:.1f} s (share of one core): {parts}; all processes {total:.0%}"
+    if MACHINE in sc.cpu:
+        line += (f"; the whole machine {sc.cpu[MACHINE]:.0%}, other work "
+                 f"{max(sc.cpu[MACHINE] - total, 0):.0%}")
+    return line + "."
 
 
 def _targets(found: dict) -> str:
@@ -200,6 +207,16 @@ def _measured_bounds(key: str, sc: Any) -> str:
     return ""
 
 
+def _sharing(run: dict) -> str:
+    """How busy the whole machine was during the run (this bench's processes included)."""
+    if "machine_busy_cores" not in run:
+        return ""
+    return (f" During this run the whole machine was busy {run['machine_busy_cores']:.2f} of "
+            f"its {run['cores']} cores on average (load average "
+            f"{run['load_average_at_start']:g} at the start), and each scenario's CPU line "
+            "below says how much of that was other work: the bench shared the machine.")
+
+
 def markdown(found: dict, run: dict) -> str:
     mode = "`--full` (the issue's sizes)" if run["full"] else "the default sizes"
     out = [
@@ -214,7 +231,8 @@ def markdown(found: dict, run: dict) -> str:
         "fsynced and PostgreSQL 16. The simulated Telegram runs at its defaults (4 MB/s and "
         "50 ms per connection) unless a scenario says \"instant\" (no pacing, no latency: the "
         "pipeline's own cost). The machine is shared: read ratios within this run, not "
-        "absolute figures across runs; nothing in the test suite times anything.",
+        "absolute figures across runs; nothing in the test suite times anything."
+        + _sharing(run),
         "",
         "![make bench](docs/bench.png)",
         "",
@@ -240,7 +258,8 @@ def markdown(found: dict, run: dict) -> str:
         "",
         "CPU seconds per wall second of each process over each scenario's measured window "
         "(100% = one core busy; two cores in all). `bench` is the client side (this "
-        "process: HTTP, the seed's loop, the status readers).",
+        "process: HTTP, the seed's loop, the status readers); `machine` is every process "
+        "on the machine, these and any other work sharing its cores.",
         "",
         _cpu_table(found),
         "",

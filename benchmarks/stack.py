@@ -133,6 +133,24 @@ def spawn(name: str, args: Sequence[str], env: dict[str, str], folder: Path) -> 
     return Proc(name, popen, log)
 
 
+MACHINE = "machine"  # in cpu(): every process of the machine, this bench's and others'
+
+
+def machine_cpu() -> float:
+    """CPU seconds the whole machine has been busy (all cores, every process: on a shared
+    machine, this bench's processes and everyone else's), from /proc/stat."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+        user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[:8])
+        return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+    return 0.0
+
+
+def ours(cpu: dict[str, float]) -> float:
+    """The CPU of this bench's processes in a `cpu()`-shaped dict (the machine left out)."""
+    return sum(v for k, v in cpu.items() if k != MACHINE)
+
+
 def tree_cpu(pid: int | None) -> float:
     """CPU seconds of a process and its children (PostgreSQL's backends), those alive."""
     if not pid:  # a server this bench did not start
@@ -258,6 +276,7 @@ class Stack:
         seconds["nats-server"] = tree_cpu(self.servers.nats_pid)
         seconds["postgres"] = tree_cpu(self.servers.pg_pid)
         seconds["bench"] = time.process_time()  # the client side: this process
+        seconds[MACHINE] = machine_cpu()
         return seconds
 
     async def row_writes(self) -> dict[str, int]:
