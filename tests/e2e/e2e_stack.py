@@ -98,13 +98,15 @@ class Stack:
     # --- the simulated Telegram ---------------------------------------------------------
     def sim_messages(self):
         settings = SimSettings(**{k[len("TGDL_SIM_"):].lower(): v for k, v in SIM_ENV.items()})
-        return demo_catalog(settings.count, settings.min_size, settings.max_size, settings.seed)
+        return demo_catalog(settings.count, settings.min_size, settings.max_size, settings.seed,
+                            forwards=settings.forwards)
 
     def media_ids(self, n: int, min_size: int = 0) -> list[int]:
-        """`n` ids of healthy messages (media, not deleted, reachable)."""
+        """`n` ids of healthy messages (media, not deleted, reachable), each its own file
+        (no forwards)."""
         ids = [m.message_id for m in self.sim_messages()
                if m.media_kind is not None and not m.deleted and not m.forbidden
-               and (m.size or 0) >= min_size]
+               and (m.size or 0) >= min_size and m.file_id == m.message_id]
         assert len(ids) >= n, f"the test catalog has only {len(ids)} such messages"
         return ids[:n]
 

@@ -10,6 +10,7 @@ import pytest
 from e2e_stack import Stack
 
 from tgdl.contracts.paths import NameTemplate
+from tgdl.simtelegram import client as sim_client
 from tgdl.simtelegram.content import expected_sha256
 
 pytestmark = pytest.mark.e2e
@@ -52,3 +53,71 @@ async def test_a_batch_with_a_template_puts_every_file_where_it_says(stack: Stac
         "message_ids": ids, "name_template": "{chat}/{caption}"})
     assert bad.status_code == 422 and "{message_id}" in bad.json()["detail"]
     assert PurePosixPath(f["download_url"]).name.startswith(str(f["message_id"]))
+
+
+# --- one download per Telegram file ---------------------------------------------------------
+
+
+def forwarded_groups(stack: Stack) -> dict[int, list[int]]:
+    """file id -> the messages carrying it, for files forwarded at least once."""
+    groups: dict[int, list[int]] = {}
+    for m in stack.sim_messages():
+        if m.media_kind is not None and not m.deleted and not m.forbidden:
+            groups.setdefault(m.file_id, []).append(m.message_id)
+    return {f: ids for f, ids in groups.items() if len(ids) > 1}
+
+
+async def test_forwards_of_one_file_download_it_once_and_link_the_rest(stack: Stack):
+    groups = forwarded_groups(stack)
+    triple = next(ids for ids in groups.values() if len(ids) >= 3)  # one file, 3+ messages
+    pair = next(ids for ids in groups.values() if len(ids) == 2)
+    by_id = {m.message_id: m for m in stack.sim_messages()}
+    await sim_client.reset_stats(stack.sim_url)
+    # the forwards first in the request: whichever message fetches, the others wait for it
+    batch = await stack.start_batch([*reversed(triple), pair[1]], max_concurrent=5)
+    body = await stack.until_finished(batch["batch_id"])
+    assert body["overall_status"] == "completed", body
+    stats = await stack.sim_stats()
+    fetched = {int(f): n for f, n in stats["file_requests"].items()}
+    assert set(fetched) == {by_id[triple[0]].file_id, by_id[pair[1]].file_id}
+    # each file's parts were asked for once: not one byte more than one copy of each
+    assert stats["bytes_sent"] == by_id[triple[0]].size + by_id[pair[1]].size
+
+    files = {f["message_id"]: f for f in body["files"]}
+    linked = [f for f in files.values() if f.get("reason") == "same_file"]
+    assert len(linked) == len(triple) - 1  # of a file's messages, one downloads it
+    inodes = {Path(files[m]["file_path"]).stat().st_ino for m in triple}
+    assert len(inodes) == 1  # the same inode under every message's name
+    for f in linked:
+        assert f["already_downloaded"] is True and f["same_file_as"] in triple
+        assert f["same_file_as"] != f["message_id"]
+        assert files[f["same_file_as"]].get("reason") is None  # that one was downloaded
+    for m in triple:
+        assert sha256(Path(files[m]["file_path"])) == expected_sha256(by_id[m].file_id,
+                                                                       by_id[m].size)
+        served = await stack.http.get(files[m]["download_url"])
+        assert served.status_code == 200 and len(served.content) == by_id[m].size
+
+    # later, a forward of a file downloaded before: linked, nothing fetched
+    await sim_client.reset_stats(stack.sim_url)
+    later = await stack.start_batch([pair[0]])
+    done = await stack.until_finished(later["batch_id"])
+    [f] = done["files"]
+    assert (f["status"], f["already_downloaded"], f["reason"], f["same_file_as"]) == (
+        "completed", True, "same_file", pair[1])
+    assert Path(f["file_path"]).stat().st_ino == Path(files[pair[1]]["file_path"]).stat().st_ino
+    assert (await stack.sim_stats())["file_requests"] == {}
+
+
+async def test_concurrent_batches_wanting_one_file_fetch_it_once(stack: Stack):
+    ids = next(ids for ids in forwarded_groups(stack).values() if len(ids) >= 3)
+    by_id = {m.message_id: m for m in stack.sim_messages()}
+    await sim_client.reset_stats(stack.sim_url)
+    started = [await stack.start_batch([m]) for m in ids[:3]]
+    bodies = [await stack.until_finished(b["batch_id"]) for b in started]
+    assert all(b["overall_status"] == "completed" for b in bodies), bodies
+    stats = await stack.sim_stats()
+    assert set(stats["file_requests"]) == {by_id[ids[0]].file_id}
+    assert stats["bytes_sent"] == by_id[ids[0]].size  # one copy's bytes, not three
+    reasons = sorted(str(b["files"][0].get("reason")) for b in bodies)
+    assert reasons == ["None", "same_file", "same_file"]

@@ -44,9 +44,11 @@ async def test_every_stream_and_bucket_is_bounded(nc, isolation):
     assert configs[names.jobs_stream].discard == "new"
     assert configs[names.progress_stream].discard == "old"
     for bucket in (names.leases_bucket, names.flood_bucket, names.open_batches_bucket,
-                   names.idempotency_bucket):
+                   names.idempotency_bucket, names.files_bucket):
         config = (await js.stream_info(f"KV_{bucket}")).config
         assert config.max_msgs == policy.bucket_max_keys and config.max_msg_size > 0, bucket
+        # only the record of downloaded files may forget (its oldest): the rest refuse
+        assert config.discard == ("old" if bucket == names.files_bucket else "new"), bucket
     # migrating again with other limits changes them in place
     await ensure_topology(js, names, QueuePolicy(bucket_max_keys=SMALL, progress_max_msgs=SMALL))
     assert (await js.stream_info(f"KV_{names.leases_bucket}")).config.max_msgs == SMALL

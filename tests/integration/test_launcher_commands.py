@@ -48,7 +48,11 @@ async def test_seed_demo_fills_the_catalog_from_a_simulator_it_starts(
 
     conn = await connect(servers.database_url, isolation.schema)
     try:
-        assert await conn.fetchval("SELECT count(*) FROM catalog") == 30
+        # the 30 messages, then the forwards of some of their files (TGDL_SIM_FORWARDS)
+        assert await conn.fetchval("SELECT count(*) FROM catalog") == 30 + 8
+        forwards = await conn.fetch(
+            "SELECT message_id, location->>'id' AS file FROM catalog WHERE message_id > 30")
+        assert all(int(r["file"]) <= 30 for r in forwards)
     finally:
         await conn.close()
 

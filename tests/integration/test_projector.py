@@ -176,7 +176,8 @@ async def test_batches_are_projected_with_live_per_file_state(projector, feed, j
                         "total_size": 1000}
     assert files[4] == {"message_id": 4, "status": "completed", "progress": 100,
                         "file_path": "/srv/media/videos/4", "total_size": 44,
-                        "download_url": "/media/videos/4.mp4", "already_downloaded": True}
+                        "download_url": "/media/videos/4.mp4", "already_downloaded": True,
+                        "reason": "file_exists"}
     assert (files[5]["status"], files[5]["error"], files[5]["suggestion"]) == (
         "failed", "message_not_found", "check the id")
 

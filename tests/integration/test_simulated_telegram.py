@@ -67,7 +67,30 @@ async def _download(tg: SimulatedTelegram, media: RemoteMedia, offset: int = 0) 
 
 
 async def test_catalog_over_http_is_the_demo_catalog(sim: str) -> None:
-    assert await client.fetch_catalog(sim) == CATALOG
+    served = await client.fetch_catalog(sim)
+    assert served[:FAST.count] == CATALOG
+    # then the forwards: earlier messages' files (same file id, kind, size) in new messages
+    forwards = served[FAST.count:]
+    assert [e.message_id for e in forwards] == list(
+        range(FAST.count + 1, FAST.count + FAST.forwards + 1))
+    by_id = {e.message_id: e for e in CATALOG}
+    for e in forwards:
+        source = by_id[e.location.id]
+        assert (e.media_kind, e.size, e.file_name) == (source.media_kind, source.size,
+                                                       source.file_name)
+
+
+async def test_a_forward_serves_its_files_bytes(tg: SimulatedTelegram, sim: str) -> None:
+    forward = next(m for m in demo_catalog(FAST.count, FAST.min_size, FAST.max_size,
+                                           FAST.seed, forwards=FAST.forwards)
+                   if m.file_id != m.message_id)
+    await client.reset_stats(sim)
+    data = await _download(tg, await tg.resolve(forward.to_entry()))
+    assert hashlib.sha256(data).hexdigest() == content.expected_sha256(forward.file_id,
+                                                                       forward.size)
+    stats = await client.stats(sim)
+    assert stats["requests"][forward.message_id] >= 1
+    assert set(stats["file_requests"]) == {forward.file_id}
 
 
 async def test_resolve_describes_the_media(tg: SimulatedTelegram) -> None:

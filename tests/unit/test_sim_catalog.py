@@ -110,7 +110,7 @@ def test_to_entry_is_the_catalog_row_a_sync_would_see() -> None:
         "caption": message.caption,
         # the simulated Telegram serves a file by its message: no reference, no hash
         "location": {"kind": "photo" if message.media_kind is MediaKind.photo else "document",
-                     "id": message.message_id, "access_hash": 0, "file_reference": "",
+                     "id": message.file_id, "access_hash": 0, "file_reference": "",
                      "dc_id": message.dc_id, "size": message.size, "thumb_size": ""},
     }
 
@@ -253,3 +253,23 @@ def test_faults_are_consumed_one_request_at_a_time() -> None:
 def test_fault_request_rejects_bad_bodies(body: dict) -> None:
     with pytest.raises(ValidationError):
         FaultRequest.model_validate(body)
+
+
+def test_forwards_carry_an_earlier_messages_file():
+    plain = demo_catalog(count=60)
+    messages = demo_catalog(count=60, forwards=6)
+    assert messages[:60] == plain  # the first `count` messages do not change
+    assert all(m.file_id == m.message_id for m in plain)
+    forwards = messages[60:]
+    assert [m.message_id for m in forwards] == list(range(61, 67))
+    by_id = {m.message_id: m for m in plain}
+    for m in forwards:
+        source = by_id[m.file_id]
+        assert not source.deleted and not source.forbidden and source.media_kind is not None
+        assert (m.media_kind, m.size, m.file_name, m.mime_type) == (
+            source.media_kind, source.size, source.file_name, source.mime_type)
+        assert m.location().id == source.location().id == source.message_id
+        assert m.telegram_message_id == 1000 + m.message_id
+    assert forwards[0].file_id == forwards[1].file_id  # one file in three messages
+    assert {m.chat for m in forwards} == {DEMO_CHAT, "sim_forwards"}
+    assert SimSettings().forwards > 0  # the demo catalog has some

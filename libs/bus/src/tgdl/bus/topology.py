@@ -129,6 +129,12 @@ async def ensure_topology(js: JetStreamContext, names: Names, policy: QueuePolic
         await _ensure_bucket(js, KeyValueConfig(
             bucket=bucket, history=1, storage=StorageType.FILE, replicas=policy.replicas,
             max_value_size=MAX_SMALL_BYTES), policy.bucket_max_keys)
+    # Which Telegram files were downloaded where: when full, the oldest records go (a
+    # forward of a file forgotten here is downloaded again, nothing breaks).
+    await _ensure_bucket(js, KeyValueConfig(
+        bucket=names.files_bucket, history=1, storage=StorageType.FILE,
+        replicas=policy.replicas, max_value_size=MAX_SMALL_BYTES), policy.bucket_max_keys,
+        discard=DiscardPolicy.OLD)
     # Retried starts answered from here for a day (the keys expire with the bucket's TTL).
     await _ensure_bucket(js, KeyValueConfig(
         bucket=names.idempotency_bucket, history=1, storage=StorageType.FILE,
@@ -136,7 +142,8 @@ async def ensure_topology(js: JetStreamContext, names: Names, policy: QueuePolic
         policy.bucket_max_keys)
 
 
-async def _ensure_bucket(js: JetStreamContext, config: KeyValueConfig, max_keys: int) -> None:
+async def _ensure_bucket(js: JetStreamContext, config: KeyValueConfig, max_keys: int,
+                         discard: DiscardPolicy = DiscardPolicy.NEW) -> None:
     try:
         await js.create_key_value(config)
     except BadRequestError as exc:
@@ -148,7 +155,7 @@ async def _ensure_bucket(js: JetStreamContext, config: KeyValueConfig, max_keys:
     stream.max_msgs = max_keys
     stream.max_msg_size = config.max_value_size
     stream.num_replicas = config.replicas
-    stream.discard = DiscardPolicy.NEW
+    stream.discard = discard
     await js.update_stream(stream)
 
 
@@ -174,7 +181,8 @@ async def verify_topology(js: JetStreamContext, names: Names) -> None:
             await js.consumer_info(stream, durable)
         except NotFoundError:
             missing.append(f"consumer {durable} of {stream}")
-    for bucket in (names.leases_bucket, names.flood_bucket, names.open_batches_bucket):
+    for bucket in (names.leases_bucket, names.flood_bucket, names.open_batches_bucket,
+                   names.files_bucket):
         try:
             await js.stream_info(f"KV_{bucket}")
         except NotFoundError:

@@ -53,6 +53,11 @@ class FileStatusBody(BaseModel):
     estimated_time_remaining: int | None = None  # seconds
     wait_seconds: int | None = None  # status "waiting": Telegram asked to hold off this long
     already_downloaded: bool | None = None
+    # Why it was already downloaded: "file_exists" (this message's file was on disk when
+    # the batch started) or "same_file" (the same Telegram file, forwarded, was downloaded
+    # for message `same_file_as`; this one is a hard link to it, or a copy)
+    reason: Literal["file_exists", "same_file"] | None = None
+    same_file_as: int | None = None
     # completed: true if every part matched Telegram's own hashes of the file, false if
     # Telegram offered none for it (photos); absent when not known
     hash_verified: bool | None = None

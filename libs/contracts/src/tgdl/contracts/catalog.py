@@ -25,12 +25,18 @@ class FileLocation(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     kind: Literal["document", "photo"]  # Telegram's two kinds of input file location
-    id: int  # the document's or photo's id (the simulated Telegram: the message id)
+    id: int  # the document's or photo's id, the same in every message that forwards it
     access_hash: int = 0
     file_reference: str = ""  # hex of Telegram's opaque bytes
     dc_id: int | None = None  # the data center that stores the file
     size: int
     thumb_size: str = ""  # photos: the size type of the largest downloadable size
+
+    @property
+    def file_key(self) -> str:
+        """The file itself, whichever message carries it: a document or photo forwarded
+        into other messages or chats keeps its id, so its forwards share this key."""
+        return f"{self.kind}-{self.id}"
 
 
 class CatalogEntry(BaseModel):

@@ -73,6 +73,10 @@ class FileCompleted(_Event):
     file_path: str
     relative_path: str
     size: int
+    # Not downloaded: the same Telegram file was, for that message; this one is a hard
+    # link to it (or a copy where links are impossible). See DownloadOutcome.
+    same_file_as: int | None = None
+    link: Literal["hard_link", "copy"] | None = None
 
 
 class FileFailed(_Event):

@@ -74,6 +74,22 @@ class DownloadOutcome(Versioned):
     hash_verified: bool | None = None
     # Parts fetched again because they did not match those hashes (completed jobs).
     parts_refetched: int | None = None
+    # Completed without a download: the same Telegram file (same FileLocation.file_key)
+    # was already downloaded for this message, and it was linked ("hard_link") or, where
+    # links are impossible, copied ("copy") to this message's path.
+    same_file_as: int | None = None
+    link: Literal["hard_link", "copy"] | None = None
+
+
+class FileRecord(BaseModel):
+    """Value in the files bucket under a `FileLocation.file_key`: the job fetching that
+    Telegram file now (`relative_path` None), or where it was stored once complete. A
+    job of another message with the same file waits for the first, then links to it."""
+
+    job_id: str
+    message_id: int
+    relative_path: str | None = None  # under the media root, once the file is complete
+    size: int | None = None
 
 
 class Lease(BaseModel):

@@ -140,6 +140,12 @@ class Names:
         return f"{self._upper}_flood"
 
     @property
+    def files_bucket(self) -> str:
+        """Telegram file (FileLocation.file_key) -> the job downloading it, then where the
+        finished file is: a file forwarded into several messages is fetched once."""
+        return f"{self._upper}_files"
+
+    @property
     def idempotency_bucket(self) -> str:
         """Idempotency-Key of a start request -> the request's digest and its answer (a day)."""
         return f"{self._upper}_idempotency"

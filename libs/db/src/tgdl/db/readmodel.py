@@ -40,7 +40,7 @@ Row = Mapping[str, Any]
 JOB_COLUMNS = (
     "state", "downloaded_size", "total_size", "download_speed", "eta_seconds",
     "wait_seconds", "file_path", "relative_path", "error", "detail", "suggestion",
-    "hash_verified",
+    "hash_verified", "same_file_as",
 )
 _JOB_SELECT = ", ".join(f"j.{c} AS job_{c}" for c in JOB_COLUMNS)
 
@@ -64,7 +64,11 @@ def _eta(job: Row) -> int | None:
 
 
 def _completed(message_id: int, relative: str | None, file_path: str | None,
-               total_size: int | None, already: bool, job: Row | None) -> FileStatusBody:
+               total_size: int | None, already: bool, job: Row | None,
+               same_file_as: int | None = None) -> FileStatusBody:
+    """`already`: its file was on disk when the batch started; `same_file_as`: it was
+    not downloaded but linked to that message's copy of the same Telegram file."""
+    fetched = not already and same_file_as is None
     return FileStatusBody(
         message_id=message_id,
         status=FileStatus.completed,
@@ -72,9 +76,11 @@ def _completed(message_id: int, relative: str | None, file_path: str | None,
         file_path=file_path,
         download_url=download_url(relative) if relative else None,
         total_size=total_size,
-        already_downloaded=True if already else None,
+        already_downloaded=None if fetched else True,
+        reason=None if fetched else "same_file" if same_file_as is not None else "file_exists",
+        same_file_as=same_file_as,
         # the job that fetched it, when it was checked against Telegram's hashes
-        hash_verified=job["hash_verified"] if job and not already else None,
+        hash_verified=job["hash_verified"] if job and fetched else None,
     )
 
 
@@ -85,7 +91,7 @@ def file_status(file: Row, job: Row | None) -> FileStatusBody:
     status = FileStatus(file["status"])
     if status is FileStatus.completed:
         return _completed(m, file["relative_path"], file["file_path"], file["total_size"],
-                          file["already_downloaded"], job)
+                          file["already_downloaded"], job, file.get("same_file_as"))
     if status in (FileStatus.failed, FileStatus.cancelled):
         return FileStatusBody(message_id=m, status=status, total_size=file["total_size"],
                               error=file["error"], detail=file["detail"],
@@ -99,7 +105,8 @@ def file_status(file: Row, job: Row | None) -> FileStatusBody:
     if state is JobState.completed:
         return _completed(m, job["relative_path"] or file["relative_path"],
                           job["file_path"] or file["file_path"],
-                          job["total_size"] or file["total_size"], already=False, job=job)
+                          job["total_size"] or file["total_size"], already=False, job=job,
+                          same_file_as=job.get("same_file_as"))
     if state in (JobState.failed, JobState.cancelled):
         return FileStatusBody(message_id=m, status=FileStatus(state), total_size=file["total_size"],
                               error=job["error"], detail=job["detail"],
@@ -235,7 +242,8 @@ def split_job(row: Row) -> Row | None:
 _BATCH_SQL = f"""
 SELECT b.batch_id, b.status AS batch_status, b.total_files, b.max_concurrent,
        f.message_id, f.status, f.total_size, f.file_path, f.relative_path,
-       f.already_downloaded, f.error, f.detail, f.suggestion, {_JOB_SELECT}
+       f.already_downloaded, f.same_file_as, f.error, f.detail, f.suggestion,
+       {_JOB_SELECT}
 FROM batches b
 LEFT JOIN batch_files f ON f.batch_id = b.batch_id
 LEFT JOIN jobs j ON j.job_id = f.job_id
@@ -260,7 +268,8 @@ async def batch_status(conn: asyncpg.Connection | asyncpg.Pool,
 # such), else the newest batch that asked for it.
 _LATEST_FILE = f"""
 SELECT f.message_id, f.batch_id, f.status, f.total_size, f.file_path, f.relative_path,
-       f.already_downloaded, f.error, f.detail, f.suggestion, {_JOB_SELECT}
+       f.already_downloaded, f.same_file_as, f.error, f.detail, f.suggestion,
+       {_JOB_SELECT}
 FROM unnest($1::bigint[]) AS m(message_id)
 CROSS JOIN LATERAL (
     SELECT f.* FROM batch_files f
@@ -383,7 +392,8 @@ def _batch_page_sql(where: str) -> str:
 SELECT b.batch_id, b.kind, b.status AS batch_status, b.total_files, b.max_concurrent,
        b.force, b.created_at, b.finished_at,
        f.message_id, f.status, f.total_size, f.file_path, f.relative_path,
-       f.already_downloaded, f.error, f.detail, f.suggestion, {_JOB_SELECT}
+       f.already_downloaded, f.same_file_as, f.error, f.detail, f.suggestion,
+       {_JOB_SELECT}
 FROM (SELECT * FROM batches b {where}
       ORDER BY created_at DESC, batch_id DESC LIMIT $1 OFFSET $2) b
 LEFT JOIN batch_files f ON f.batch_id = b.batch_id

@@ -112,6 +112,15 @@ MIGRATIONS: list[tuple[int, str]] = [
         # Whether a finished download matched Telegram's own hashes of the file.
         "ALTER TABLE jobs ADD COLUMN hash_verified BOOLEAN;",
     ),
+    (
+        6,
+        # A file not downloaded but linked to another message's copy of the same
+        # Telegram file (a forward): which message that was.
+        """
+        ALTER TABLE batch_files ADD COLUMN same_file_as BIGINT;
+        ALTER TABLE jobs ADD COLUMN same_file_as BIGINT;
+        """,
+    ),
 ]
 
 READ_MODEL_TABLES = ("batch_files", "batches", "jobs", "projection_positions")

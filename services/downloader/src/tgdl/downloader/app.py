@@ -17,6 +17,7 @@ from tgdl.bus.broker import Message as NatsMessage
 from tgdl.bus.broker import nats_broker
 from tgdl.bus.jobs import BrokerPublisher, JobLifecycle
 from tgdl.bus.leases import Leases
+from tgdl.bus.samefile import FileRecords
 from tgdl.bus.topology import verify_topology
 from tgdl.contracts.jobs import DownloadJob, DownloadOutcome, DownloadProgress
 from tgdl.downloader import metrics
@@ -140,7 +141,8 @@ async def serve(settings: DownloaderSettings, stop: asyncio.Event,
             async def progress(body: DownloadProgress) -> None:
                 await broker.publish(body, names.file_progress(body.message_id))
 
-            worker = Worker(settings, port, lifecycle, flood, progress)
+            worker = Worker(settings, port, lifecycle, flood, progress,
+                            await FileRecords.open(js, names))
             running.append(worker)
             metrics.IN_FLIGHT.set_function(lambda: len(worker.running))
             await worker.open()

@@ -21,11 +21,13 @@ from typing import Protocol
 
 from tgdl.bus.jobs import JobLifecycle
 from tgdl.bus.leases import Rejoined
+from tgdl.bus.samefile import FileRecords
 from tgdl.contracts.errors import ErrorCode, Failure
 from tgdl.contracts.jobs import (
     DownloadJob,
     DownloadOutcome,
     DownloadProgress,
+    FileRecord,
     Lease,
     ProgressState,
 )
@@ -38,12 +40,14 @@ from tgdl.downloader.files import (
     discard_part,
     free_bytes,
     is_complete,
+    link_or_copy,
     part_path,
     store_whole,
 )
 from tgdl.downloader.flood import FloodGate
 from tgdl.downloader.meter import Meter
 from tgdl.downloader.parts import PartStats, fetch_checked, fetch_parts, parts_for
+from tgdl.downloader.samefile import Fetch, LinkTo, WaitFor, choose
 from tgdl.downloader.settings import DownloaderSettings
 from tgdl.downloader.telegram.port import (
     PART_SIZE,
@@ -86,6 +90,7 @@ class JobMessage(Protocol):
 
 
 ProgressSink = Callable[[DownloadProgress], Awaitable[None]]
+SAME_FILE_POLL = 0.2  # seconds between looks at a file another job is fetching
 
 
 @dataclass
@@ -124,6 +129,7 @@ class Worker:
         lifecycle: JobLifecycle,
         flood: FloodGate,
         progress: ProgressSink,
+        files: FileRecords | None = None,
     ) -> None:
         self.s = settings
         self.port = port
@@ -131,6 +137,9 @@ class Worker:
         self.leases = lifecycle.leases
         self.flood = flood
         self.send_progress = progress
+        # Which Telegram files are being fetched or stored where (None: every message
+        # downloads its own copy).
+        self.files = files
         self.running: dict[int, Running] = {}
         self._slots = asyncio.Semaphore(settings.slots)
         self._stopping = asyncio.Event()
@@ -311,7 +320,8 @@ class Worker:
 
     def _outcome(self, job: DownloadJob, status: OutcomeStatus, failure: Failure | None = None,
                  size: int | None = None, hash_verified: bool | None = None,
-                 parts_refetched: int = 0) -> DownloadOutcome:
+                 parts_refetched: int = 0, same_file_as: int | None = None,
+                 link: str | None = None) -> DownloadOutcome:
         rel = relative_path(job.entry, job.name_template)
         completed = status == OutcomeStatus.completed
         return DownloadOutcome(
@@ -323,6 +333,8 @@ class Worker:
             at=_now(),
             hash_verified=hash_verified if completed else None,
             parts_refetched=parts_refetched if completed else None,
+            same_file_as=same_file_as if completed else None,
+            link=link if completed else None,
         )
 
     # --- the download -----------------------------------------------------------------------
@@ -333,8 +345,121 @@ class Worker:
                 ErrorCode.access_denied,
                 f"chat {job.entry.chat!r} is not among the allowed chats of this downloader"))
         final: Path = self.s.media_root / relative_path(job.entry, job.name_template)
+        location = job.entry.location
         if not job.force and is_complete(final, job.entry.size):
-            return self._outcome(job, OutcomeStatus.completed, size=job.entry.size)
+            outcome = self._outcome(job, OutcomeStatus.completed, size=job.entry.size)
+            if self.files is not None and location is not None:
+                with contextlib.suppress(Exception):  # so its forwards link to it
+                    await self.files.complete(location.file_key, FileRecord(
+                        job_id=job.job_id, message_id=job.entry.message_id,
+                        relative_path=outcome.relative_path, size=outcome.size))
+            return outcome
+        if self.files is None or location is None:
+            return await self._download_file(job, running, attempt, final)
+        return await self._once_per_file(job, running, attempt, final, location.file_key)
+
+    # --- one download per Telegram file -----------------------------------------------------
+
+    async def _once_per_file(self, job: DownloadJob, running: Running, attempt: int,
+                             final: Path, key: str) -> DownloadOutcome:
+        """Link to the file if another message's download of it is complete (waiting for
+        one in progress); otherwise download it, holding its record meanwhile."""
+        assert self.files is not None
+        try:
+            found = await self._same_file(job, running, final, key)
+        except Cancelled:
+            return self._cancelled(job, running, final)
+        if isinstance(found, DownloadOutcome):
+            return found
+        holding = asyncio.create_task(self._hold(key, *found))
+        outcome: DownloadOutcome | None = None
+        try:
+            outcome = await self._download_file(job, running, attempt, final)
+            return outcome
+        finally:
+            holding.cancel()
+            await asyncio.gather(holding, return_exceptions=True)
+            with contextlib.suppress(Exception):  # a lost record only costs a re-download
+                if outcome is not None and outcome.status == OutcomeStatus.completed:
+                    await self.files.complete(key, FileRecord(
+                        job_id=job.job_id, message_id=job.entry.message_id,
+                        relative_path=outcome.relative_path, size=outcome.size))
+                else:
+                    await self.files.release(key, job.job_id)
+
+    async def _same_file(self, job: DownloadJob, running: Running, final: Path, key: str
+                         ) -> DownloadOutcome | tuple[FileRecord, int]:
+        """The outcome of linking to a finished copy, or the record this job now holds
+        (it downloads the file). Raises Cancelled or Retry if stopped while waiting."""
+        assert self.files is not None
+        own = str(relative_path(job.entry, job.name_template))
+        mine = FileRecord(job_id=job.job_id, message_id=job.entry.message_id)
+        seen: int | None = None
+        since = time.monotonic()
+        waited_for: str | None = None
+        while True:
+            current = await self.files.get(key)
+            record, revision = current if current else (None, None)
+            if revision != seen:
+                seen, since = revision, time.monotonic()
+            source_size = None
+            if record is not None and record.relative_path is not None:
+                with contextlib.suppress(OSError):
+                    source = self.s.media_root / record.relative_path
+                    source_size = None if source.is_symlink() else source.stat().st_size
+            gone = time.monotonic() - since > self._holder_timeout
+            match choose(job, own, record, source_size, gone, waited_for):
+                case LinkTo(relative_path=source, message_id=other):
+                    try:
+                        how = await asyncio.to_thread(
+                            link_or_copy, self.s.media_root / source, final)
+                    except FileNotFoundError:
+                        continue  # removed just now: the record is stale, look again
+                    await asyncio.to_thread(discard_part, final)  # an earlier attempt's
+                    log.info("message %d: the same file as message %d (%s)",
+                             job.entry.message_id, other, how)
+                    return self._outcome(job, OutcomeStatus.completed, size=source_size,
+                                         same_file_as=other, link=how)
+                case Fetch():
+                    claimed = await self.files.claim(key, mine, revision)
+                    if claimed is not None:
+                        return mine, claimed
+                case WaitFor(job_id=holder):
+                    waited_for = holder
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(running.stop.wait(), timeout=SAME_FILE_POLL)
+                    if running.stop.is_set():
+                        raise Cancelled() if running.cancelled else Retry(0, "shutting down")
+
+    @property
+    def _holder_timeout(self) -> float:
+        """A record of a download in progress not refreshed for this long is taken over:
+        its downloader died (a live one refreshes it every ack_wait)."""
+        return 3 * self.s.ack_wait
+
+    async def _hold(self, key: str, record: FileRecord, revision: int) -> None:
+        """Refresh this job's record while it downloads, so waiting jobs know it lives."""
+        assert self.files is not None
+        while True:
+            await asyncio.sleep(self.s.ack_wait)
+            with contextlib.suppress(Exception):
+                refreshed = await self.files.claim(key, record, revision)
+                if refreshed is None:
+                    return  # taken over: the other job fetches it too, nothing breaks
+                revision = refreshed
+
+    def _cancelled(self, job: DownloadJob, running: Running, final: Path) -> DownloadOutcome:
+        if running.keep_part:
+            return self._outcome(job, OutcomeStatus.cancelled, Failure.of(
+                ErrorCode.cancelled, "paused: the .part file is kept for the resume"))
+        discard_part(final)
+        return self._outcome(job, OutcomeStatus.cancelled, Failure.of(
+            ErrorCode.cancelled, "every request for this file was cancelled"))
+
+    # --- fetching the bytes -----------------------------------------------------------------
+
+    async def _download_file(self, job: DownloadJob, running: Running, attempt: int,
+                             final: Path) -> DownloadOutcome:
         if (short := self._short_of_space(final, job.entry.size)) is not None:
             return self._outcome(job, OutcomeStatus.failed, short)
         progress = _ProgressPublisher(self, job, attempt)
@@ -359,12 +484,7 @@ class Worker:
                 except _AccountWaiting:
                     pass  # sit out the deadline already shared; do not extend it
         except Cancelled:
-            if running.keep_part:
-                return self._outcome(job, OutcomeStatus.cancelled, Failure.of(
-                    ErrorCode.cancelled, "paused: the .part file is kept for the resume"))
-            discard_part(final)
-            return self._outcome(job, OutcomeStatus.cancelled, Failure.of(
-                ErrorCode.cancelled, "every request for this file was cancelled"))
+            return self._cancelled(job, running, final)
         except PermanentError as exc:
             discard_part(final)
             return self._outcome(job, OutcomeStatus.failed, exc.failure)

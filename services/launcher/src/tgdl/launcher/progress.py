@@ -72,7 +72,8 @@ def file_line(f: dict[str, Any]) -> str | None:
     m, status = f["message_id"], f["status"]
     if status == "completed":
         where = f.get("download_url") or f.get("file_path") or ""
-        kept = " (already there)" if f.get("already_downloaded") else ""
+        kept = (f" (the same file as #{f['same_file_as']}, linked)" if f.get("same_file_as")
+                else " (already there)" if f.get("already_downloaded") else "")
         return f"✓ #{m} completed{kept}  {human_size(f.get('total_size'))}  {where}".rstrip()
     if status in ("failed", "cancelled"):
         line = f"✗ #{m} {status}"

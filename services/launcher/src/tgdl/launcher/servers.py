@@ -71,7 +71,8 @@ def nats_users(home: Home, namespace: str) -> list[NatsUser]:
     gateway_deny = (
         f"{names.prefix}.job.>", f"{names.prefix}.evt.>", f"{names.prefix}.file.>",
         f"$KV.{names.leases_bucket}.>", f"$KV.{names.open_batches_bucket}.>",
-        f"$KV.{names.flood_bucket}.>", "$JS.API.STREAM.CREATE.>", "$JS.API.STREAM.UPDATE.>",
+        f"$KV.{names.flood_bucket}.>", f"$KV.{names.files_bucket}.>",
+        "$JS.API.STREAM.CREATE.>", "$JS.API.STREAM.UPDATE.>",
         "$JS.API.STREAM.DELETE.>", "$JS.API.STREAM.PURGE.>", "$JS.API.STREAM.MSG.DELETE.>",
         "$JS.API.CONSUMER.DELETE.>")
     return [NatsUser(user, password, gateway_deny if user == "gateway" else ())

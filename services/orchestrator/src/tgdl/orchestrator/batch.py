@@ -121,6 +121,8 @@ class Finish:
     relative_path: str | None = None
     size: int | None = None
     failure: Failure | None = None
+    same_file_as: int | None = None  # linked to that message's copy of the same file
+    link: str | None = None
 
 
 @dataclass(frozen=True)
@@ -245,6 +247,8 @@ def _file_ended(s: BatchState, cmd: Finish) -> BatchEvent:
             file_path=cmd.file_path,
             relative_path=cmd.relative_path,
             size=cmd.size or 0,
+            same_file_as=cmd.same_file_as,
+            link=cmd.link,
         )
     failure = cmd.failure or Failure.of(
         ErrorCode.cancelled if cmd.status == OutcomeStatus.cancelled else ErrorCode.internal,

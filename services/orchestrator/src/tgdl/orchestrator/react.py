@@ -149,7 +149,8 @@ def react_to_outcome(outcome: DownloadOutcome) -> list[Effect]:
     finish = Finish(
         message_id=outcome.message_id, job_id=outcome.job_id, status=outcome.status,
         at=outcome.at, file_path=outcome.file_path, relative_path=outcome.relative_path,
-        size=outcome.size, failure=outcome.failure,
+        size=outcome.size, failure=outcome.failure, same_file_as=outcome.same_file_as,
+        link=outcome.link,
     )
     return [Decide(party, finish) for party in outcome.parties]
 

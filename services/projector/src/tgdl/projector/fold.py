@@ -68,6 +68,7 @@ class FileRow:
     file_path: str | None = None
     relative_path: str | None = None
     already_downloaded: bool = False
+    same_file_as: int | None = None  # linked to that message's copy of the same file
     error: str | None = None
     detail: str | None = None
     suggestion: str | None = None
@@ -93,6 +94,7 @@ class JobRow:
     detail: str | None = None
     suggestion: str | None = None
     hash_verified: bool | None = None  # from the outcome: the bytes matched Telegram's hashes
+    same_file_as: int | None = None  # from the outcome: linked, not downloaded
 
 
 # --- changes to batches and their files ---------------------------------------------------
@@ -165,6 +167,7 @@ class ApplyOutcome:
             file_path=o.file_path,
             relative_path=o.relative_path,
             hash_verified=o.hash_verified,
+            same_file_as=o.same_file_as if completed else None,
             **failure_columns(o.failure),
         )
 
@@ -286,7 +289,8 @@ def fold_event(event: BatchEvent) -> list[Change]:
             return [UpdateFile(b, m, {
                 "status": FileStatus.completed, "job_id": event.job_id,
                 "file_path": event.file_path, "relative_path": event.relative_path,
-                "total_size": event.size, **failure_columns(None),
+                "total_size": event.size, "same_file_as": event.same_file_as,
+                **failure_columns(None),
             })]
         case FileFailed(message_id=m):
             values: dict[str, Any] = {"status": FileStatus.failed,

@@ -3,7 +3,9 @@
 The same arguments always give the same messages, in every process: all randomness comes
 from one `random.Random(seed)`. A few messages carry fault flags so demos can show how
 failures are reported: `deleted` (removed in Telegram after it was catalogued) and
-`forbidden` (in a chat the account lost access to).
+`forbidden` (in a chat the account lost access to). Forwards (`forwards=N`) come after
+the `count` messages: each carries an earlier message's file (same file id and bytes), as
+a document or photo forwarded in Telegram does, half of them in a second chat.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from tgdl.contracts.catalog import CatalogEntry, FileLocation, MediaKind
 
 DEMO_CHAT = "sim_demo"
 PRIVATE_CHAT = "sim_private"  # the chat the account lost access to
+FORWARDS_CHAT = "sim_forwards"  # where half of the forwards land
 TELEGRAM_ID_OFFSET = 1000  # telegram_message_id = TELEGRAM_ID_OFFSET + message_id
 
 
@@ -34,6 +37,13 @@ class SimMessage:
     dc_id: int | None = None
     deleted: bool = False
     forbidden: bool = False
+    # Telegram's id of the file (a document's or photo's): its own message id unless it
+    # forwards another message's file. The bytes are the file's (see content).
+    file_id: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.file_id is None:
+            object.__setattr__(self, "file_id", self.message_id)
 
     def to_entry(self) -> CatalogEntry:
         """The message as a sync saw it (fault flags are Telegram's secret)."""
@@ -51,12 +61,13 @@ class SimMessage:
         )
 
     def location(self) -> FileLocation | None:
-        """The simulated Telegram serves a file by its message: no reference to keep."""
+        """The simulated Telegram serves a file by its message: no reference to keep; the
+        id is the file's, shared by its forwards."""
         if self.media_kind is None or self.size is None:
             return None
         return FileLocation(
             kind="photo" if self.media_kind is MediaKind.photo else "document",
-            id=self.message_id, dc_id=self.dc_id, size=self.size,
+            id=self.file_id, dc_id=self.dc_id, size=self.size,
         )
 
 
@@ -147,9 +158,11 @@ def _name(kind: MediaKind, when: datetime, rng: random.Random) -> tuple[str | No
 
 
 def demo_catalog(
-    count: int = 240, min_size: int = 10_000, max_size: int = 200 * 2**20, seed: int = 1
+    count: int = 240, min_size: int = 10_000, max_size: int = 200 * 2**20, seed: int = 1,
+    forwards: int = 0,
 ) -> list[SimMessage]:
-    """`count` messages with ids 1..count, the same for the same arguments."""
+    """`count` messages with ids 1..count, then `forwards` forwards of their files with
+    ids count+1..count+forwards; the same for the same arguments."""
     if count < 1:
         raise ValueError("count must be >= 1")
     if not 1 <= min_size <= max_size:
@@ -174,7 +187,29 @@ def demo_catalog(
             telegram_message_id=TELEGRAM_ID_OFFSET + message_id,
             date=when, caption=caption, **media,
         ))
-    return _with_faults(messages, rng)
+    return _with_forwards(_with_faults(messages, rng), forwards, rng)
+
+
+def _with_forwards(messages: list[SimMessage], forwards: int,
+                   rng: random.Random) -> list[SimMessage]:
+    """Append `forwards` messages, each forwarding a readable earlier message's file (the
+    first two forward the same one, so one file is in three messages)."""
+    sources = [m for m in messages if m.media_kind is not None and not m.deleted
+               and not m.forbidden]
+    if not forwards or not sources:
+        return messages
+    picked = [rng.choice(sources) for _ in range(forwards)]
+    picked[1:2] = picked[:1] if forwards > 1 else []
+    when = messages[-1].date
+    result = list(messages)
+    for i, source in enumerate(picked):
+        message_id = len(messages) + i + 1
+        when += timedelta(minutes=rng.randint(1, 600))
+        result.append(replace(
+            source, message_id=message_id, chat=FORWARDS_CHAT if i % 2 else DEMO_CHAT,
+            telegram_message_id=TELEGRAM_ID_OFFSET + message_id, date=when,
+            caption=f"forwarded from message {source.message_id}", file_id=source.file_id))
+    return result
 
 
 def _with_faults(messages: list[SimMessage], rng: random.Random) -> list[SimMessage]:

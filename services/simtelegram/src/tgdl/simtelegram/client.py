@@ -49,7 +49,8 @@ def _int_keys(table: dict[str, int]) -> dict[int, int]:
 async def stats(base_url: str) -> dict[str, Any]:
     """``GET /stats`` with the per-message tables keyed by int message id:
     serving, max_serving, serving_ids (files), connections, max_connections (streams),
-    requests (content, per message), lookups (of the message itself, as
+    requests (content, per message), file_requests (content, per file id: forwards of
+    one file share it), lookups (of the message itself, as
     messages.getMessages), bytes_sent, bytes_sent_by_id."""
     async with _client(base_url) as http:
         return await _stats(http)
@@ -58,6 +59,7 @@ async def stats(base_url: str) -> dict[str, Any]:
 async def _stats(http: httpx.AsyncClient) -> dict[str, Any]:
     snapshot = await _send(http, "GET", "/stats")
     snapshot["requests"] = _int_keys(snapshot["requests"])
+    snapshot["file_requests"] = _int_keys(snapshot["file_requests"])
     snapshot["lookups"] = _int_keys(snapshot["lookups"])
     snapshot["bytes_sent_by_id"] = _int_keys(snapshot["bytes_sent_by_id"])
     return snapshot

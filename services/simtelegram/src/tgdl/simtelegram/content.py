@@ -2,7 +2,8 @@
 
 Bytes ``[i * 2**20, (i + 1) * 2**20)`` of message ``m`` are
 ``shake_256(f"tgdl-sim:{m}:{i}").digest(2**20)``, cut at the message's size. ``m`` is the
-catalog ``message_id``. Nothing is ever stored: chunks are computed when needed and only
+message's file id: its ``message_id``, unless it forwards another message's file (then
+that message's). Nothing is ever stored: chunks are computed when needed and only
 a few recent ones are cached.
 """
 

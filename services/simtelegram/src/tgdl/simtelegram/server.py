@@ -148,7 +148,7 @@ class Simulator:
         try:
             pacer = self._pacer(connection)
             sent = 0
-            for piece in _pieces(message_id, end, offset):
+            for piece in _pieces(message.file_id, end, offset):  # a forward: its file's bytes
                 cut = drop_after is not None and sent + len(piece) >= drop_after
                 if cut:
                     piece = piece[: drop_after - sent]
@@ -169,9 +169,9 @@ class Simulator:
             self.stats.closed(message_id)
 
 
-def _pieces(message_id: int, size: int, offset: int) -> Iterator[bytes]:
+def _pieces(file_id: int, size: int, offset: int) -> Iterator[bytes]:
     """Pieces of at most PIECE_SIZE; holds one 1 MiB chunk at a time."""
-    for part in content.iter_range(message_id, size, offset, size - offset):
+    for part in content.iter_range(file_id, size, offset, size - offset):
         for start in range(0, len(part), PIECE_SIZE):
             yield part[start:start + PIECE_SIZE]
 
@@ -258,7 +258,7 @@ async def message_content(request: Request) -> Response:
     sim = _sim(request)
     message = sim.find(request.path_params["chat"], request.path_params["tg_id"])
     if message is not None:
-        sim.stats.requested(message.message_id)
+        sim.stats.requested(message.message_id, message.file_id)
     limit = _offset(request.query_params.get("limit", "0"))
     if limit is None:
         return _error(422, "invalid_limit", detail="limit must be an integer >= 0 (0: all)")
@@ -305,7 +305,7 @@ async def message_hashes(request: Request) -> Response:
     stop = min(message.size, start + HASH_RANGE * HASHES_PER_ANSWER)
     ranges = [
         {"offset": o, "limit": HASH_RANGE, "sha256": hashlib.sha256(
-            content.read(message.message_id, message.size, o, HASH_RANGE)).hexdigest()}
+            content.read(message.file_id, message.size, o, HASH_RANGE)).hexdigest()}
         for o in range(start, stop, HASH_RANGE)
     ]
     return JSONResponse(ranges)
@@ -376,7 +376,8 @@ def create_app(
     settings = settings or SimSettings()
     if catalog_messages is None:
         catalog_messages = demo_catalog(
-            settings.count, settings.min_size, settings.max_size, settings.seed
+            settings.count, settings.min_size, settings.max_size, settings.seed,
+            forwards=settings.forwards,
         )
     _quiet_simulated_drops()
     app = Starlette(

@@ -25,6 +25,9 @@ class SimSettings(BaseSettings):
     min_size: int = Field(default=10_000, ge=1, le=MAX_MEDIA_SIZE)
     max_size: int = Field(default=200 * 2**20, ge=1, le=MAX_MEDIA_SIZE)
     seed: int = 1
+    # Messages appended after the `count` above that forward an earlier message's file
+    # (same file id, same bytes), in the demo chat and in a second one.
+    forwards: int = Field(default=8, ge=0, le=100_000)
 
     @model_validator(mode="after")
     def _sizes_in_order(self) -> Self:

@@ -18,6 +18,9 @@ class ServingStats:
         self.max_serving = 0
         self.max_connections = 0
         self.requests: Counter[int] = Counter()  # content requests per message id
+        # ... per file id: forwards of one file share it, so a file fetched once for
+        # several messages shows 1 here
+        self.file_requests: Counter[int] = Counter()
         self.lookups: Counter[int] = Counter()  # message requests per message id
         self.bytes_sent: Counter[int] = Counter()
 
@@ -29,8 +32,9 @@ class ServingStats:
     def connections(self) -> int:
         return self._serving.total()
 
-    def requested(self, message_id: int) -> None:
+    def requested(self, message_id: int, file_id: int | None = None) -> None:
         self.requests[message_id] += 1
+        self.file_requests[message_id if file_id is None else file_id] += 1
 
     def looked_up(self, message_id: int) -> None:
         self.lookups[message_id] += 1
@@ -53,6 +57,7 @@ class ServingStats:
         self.max_serving = self.serving
         self.max_connections = self.connections
         self.requests.clear()
+        self.file_requests.clear()
         self.lookups.clear()
         self.bytes_sent.clear()
 
@@ -64,6 +69,7 @@ class ServingStats:
             "connections": self.connections,
             "max_connections": self.max_connections,
             "requests": {str(m): n for m, n in sorted(self.requests.items())},
+            "file_requests": {str(f): n for f, n in sorted(self.file_requests.items())},
             "lookups": {str(m): n for m, n in sorted(self.lookups.items())},
             "bytes_sent": self.bytes_sent.total(),
             "bytes_sent_by_id": {str(m): n for m, n in sorted(self.bytes_sent.items())},

@@ -293,6 +293,8 @@ function fileRow(f) {
   } else if (f.error) {
     details.append(el("span", `${f.error}: ${f.detail || ""}`, "state-failed"));
     if (f.suggestion) details.append(el("br"), el("span", f.suggestion, "suggestion"));
+  } else if (f.same_file_as) {
+    details.append(el("span", `same file as #${f.same_file_as}: linked, not downloaded again`, "muted"));
   } else if (f.already_downloaded) details.append(el("span", "already downloaded", "muted"));
   const label = { pending: "waiting for its turn", queued: "queued", waiting: "paused (rate limit)" }[f.status] || f.status;
   const running = f.status === "downloading" || f.status === "waiting";
