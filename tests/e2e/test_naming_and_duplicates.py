@@ -3,12 +3,18 @@ HTTP API with every service its own process."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path, PurePosixPath
 
 import pytest
 from e2e_stack import Stack
 
+from tgdl.contracts.jobs import FileRecord
 from tgdl.contracts.paths import NameTemplate
 from tgdl.simtelegram import client as sim_client
 from tgdl.simtelegram.content import expected_sha256
@@ -121,3 +127,40 @@ async def test_concurrent_batches_wanting_one_file_fetch_it_once(stack: Stack):
     assert stats["bytes_sent"] == by_id[ids[0]].size  # one copy's bytes, not three
     reasons = sorted(str(b["files"][0].get("reason")) for b in bodies)
     assert reasons == ["None", "same_file", "same_file"]
+
+
+@pytest.mark.stack(ack_wait=1)
+async def test_a_record_left_by_a_dead_downloader_is_taken_over(stack: Stack, nc):
+    m = next(m for m in stack.sim_messages() if m.message_id == stack.media_ids(1)[0])
+    kv = await nc.jetstream().key_value(stack.names.files_bucket)
+    # a job that claimed the file, then its downloader died: nobody refreshes the record
+    await kv.put(m.location().file_key,
+                 FileRecord(job_id="batch_dead:999", message_id=999).model_dump_json().encode())
+    await sim_client.reset_stats(stack.sim_url)
+    started = await stack.start_batch([m.message_id])
+    body = await stack.until_finished(started["batch_id"], within=30)
+    [f] = body["files"]
+    assert f["status"] == "completed" and f.get("reason") is None  # fetched, not linked
+    assert set((await stack.sim_stats())["file_requests"]) == {m.file_id}
+    record = FileRecord.model_validate_json((await kv.get(m.location().file_key)).value)
+    assert (record.message_id, record.relative_path) == (
+        m.message_id, str(Path(f["file_path"]).relative_to(stack.media_root)))
+
+
+async def test_the_cli_downloads_with_a_template_and_refuses_a_bad_one(stack: Stack):
+    ids = stack.media_ids(2)
+    env = {**os.environ, "TGDL_URL": str(stack.http.base_url), "PYTHONUNBUFFERED": "1"}
+
+    def tgdl(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "tgdl.launcher", *args], env=env,
+                              capture_output=True, text=True, timeout=90, cwd=stack.workdir)
+
+    run = await asyncio.to_thread(tgdl, "download", *map(str, ids), "--json",
+                                  "--name-template", "{chat}/{message_id}_{stem}.{ext}")
+    assert run.returncode == 0, run.stdout + run.stderr
+    for f in json.loads(run.stdout)["files"]:
+        path = Path(f["file_path"])
+        assert path.parent == stack.media_root / "sim_demo" and path.is_file()
+        assert path.name.startswith(f"{f['message_id']}_")
+    bad = await asyncio.to_thread(tgdl, "download", str(ids[0]), "--name-template", "{name}")
+    assert bad.returncode != 0 and "{message_id}" in bad.stdout + bad.stderr

@@ -125,6 +125,10 @@ def add_parsers(commands: Any) -> None:
                           help="files of this batch downloading at once (1-5, default 3)")
     download.add_argument("--force", action="store_true",
                           help="download again files that are already there")
+    download.add_argument("--name-template", metavar="TEMPLATE",
+                          help="where this batch's files go under the media root, e.g. "
+                               "'{chat}/{kind}s/{date:%%Y-%%m}/{message_id}_{name}' "
+                               "(default: the service's TGDL_NAME_TEMPLATE)")
 
     status = commands.add_parser(
         "status", parents=[common], formatter_class=raw, epilog=EXIT_HELP,
@@ -311,8 +315,11 @@ def interrupted(api: Api, console: Console, batch_id: str, as_json: bool) -> int
 
 
 def download(api: Api, console: Console, args: argparse.Namespace) -> int:
-    started = api.call("POST", "/api/media/batch-download", json={
-        "message_ids": args.ids, "max_concurrent": args.max_concurrent, "force": args.force})
+    body = {"message_ids": args.ids, "max_concurrent": args.max_concurrent,
+            "force": args.force}
+    if args.name_template is not None:
+        body["name_template"] = args.name_template
+    started = api.call("POST", "/api/media/batch-download", json=body)
     batch_id = started["batch_id"]
     if not args.json:
         console.print(f"{batch_id}: {started['message']}", highlight=False, markup=False,
