@@ -16,7 +16,7 @@ COPY services/ services/
 RUN pip install \
         ./libs/contracts ./libs/bus ./libs/db ./libs/runtime ./libs/telegram \
         ./services/simtelegram ./services/downloader ./services/orchestrator \
-        ./services/projector ./services/gateway ./services/launcher \
+        ./services/projector ./services/gateway ./services/catalog ./services/launcher \
  && useradd --create-home --uid 10001 tgdl \
  && mkdir -p /media /sessions /home/tgdl/.tgdl \
  && chown tgdl:tgdl /media /sessions /home/tgdl/.tgdl

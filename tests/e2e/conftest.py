@@ -9,9 +9,11 @@ from pathlib import Path
 import httpx
 import pytest
 from e2e_stack import SIM_ENV, Stack
+from nats.errors import NoRespondersError
 from waiting import until
 
 from tgdl.contracts.config import CommonSettings
+from tgdl.contracts.rules import DeleteRule
 from tgdl.contracts.subjects import Names
 from tgdl.db import catalog as catalog_db
 from tgdl.db.connection import connect as db_connect
@@ -31,6 +33,12 @@ async def _wait_ready(stack: Stack, nc, downloaders: int) -> None:
         r = await stack.http.post("/api/media/batch-cancel/probe_ready")
         return r.status_code == 404  # answered by the orchestrator, not "unavailable"
     await until(orchestrator_up, 40, what="orchestrator answering")
+
+    async def catalog_up():
+        with contextlib.suppress(NoRespondersError, TimeoutError):
+            body = DeleteRule(rule_id="rule_00000000").model_dump_json().encode()
+            return await nc.request(stack.names.cmd_rule_delete, body, timeout=2)
+    await until(catalog_up, 40, what="catalog service answering")
 
     js = nc.jetstream()
 
@@ -73,6 +81,7 @@ async def stack(servers, isolation, tmp_path: Path, nc, request) -> AsyncIterato
             await conn.close()
         stack.spawn("orchestrator", "tgdl.orchestrator")
         stack.spawn("projector", "tgdl.projector")
+        stack.spawn("catalog", "tgdl.catalog")
         for i in range(1, downloaders + 1):
             stack.spawn(f"downloader-{i}", "tgdl.downloader", TGDL_REPLICA=f"downloader-{i}")
         stack.spawn("gateway", "tgdl.gateway")

@@ -1,9 +1,9 @@
 """The e2e stack: every service as its own OS process, on the session's real servers.
 
 The `stack` fixture (conftest.py) starts the simulated Telegram, the orchestrator, the
-projector, the gateway and two downloader replicas for one test (its own namespace, schema
-and media folder). `Stack` offers the few verbs the tests speak in. Service logs land in
-the test's tmp folder and are printed when a test fails.
+projector, the catalog service, the gateway and two downloader replicas for one test (its
+own namespace, schema and media folder). `Stack` offers the few verbs the tests speak in.
+Service logs land in the test's tmp folder and are printed when a test fails.
 """
 
 from __future__ import annotations

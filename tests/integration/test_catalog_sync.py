@@ -12,6 +12,8 @@ import pytest
 from fakes.telegram_server import MiB, TelegramServer, content, sha256
 from telethon.tl import functions, types
 
+from tgdl.catalog.settings import CatalogSettings
+from tgdl.catalog.telethon_sync import SyncError, sync_chat
 from tgdl.contracts.catalog import CatalogEntry, MediaKind
 from tgdl.db.catalog import get_many
 from tgdl.db.connection import connect
@@ -20,7 +22,6 @@ from tgdl.downloader.files import PartFile
 from tgdl.downloader.parts import fetch_parts
 from tgdl.downloader.telegram.port import PART_SIZE
 from tgdl.downloader.telegram.telethon import TelethonTelegram
-from tgdl.launcher.account import AccountSettings, SyncError, sync_chat
 from tgdl.telegram.client import (
     TelegramSettings,
     TelegramSetupError,
@@ -45,8 +46,8 @@ async def db(servers, isolation) -> AsyncIterator[asyncpg.Connection]:
 
 
 @pytest.fixture
-def settings(servers, isolation, tmp_path: Path) -> AccountSettings:
-    return AccountSettings(
+def settings(servers, isolation, tmp_path: Path) -> CatalogSettings:
+    return CatalogSettings(
         database_url=servers.database_url, db_schema=isolation.schema,
         api_id=12345, api_hash="0" * 32, session_file=tmp_path / "tg" / "telegram.session",
     )

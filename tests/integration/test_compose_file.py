@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICES = ("gateway", "orchestrator", "projector", "downloader", "simtelegram")
+SERVICES = ("gateway", "orchestrator", "projector", "catalog", "downloader", "simtelegram")
 
 
 @pytest.fixture(scope="module")

@@ -35,7 +35,7 @@ async def test_a_client_without_a_login_is_refused(server):
     for secret in (home.nats / "users.json", home.nats / "nats.conf"):
         assert stat.S_IMODE(secret.stat().st_mode) == 0o600
     assert set(json.loads((home.nats / "users.json").read_text())) == {
-        "tgdl", "gateway", "orchestrator", "projector", "downloader"}
+        "tgdl", "gateway", "orchestrator", "projector", "downloader", "catalog"}
 
 
 async def test_the_gateway_cannot_publish_a_job_but_the_orchestrator_can(server):

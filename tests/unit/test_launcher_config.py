@@ -156,10 +156,12 @@ def _wiring(source: Source = Source.sim, sim_url: str | None = "http://127.0.0.1
 def test_every_service_is_its_own_python_module_process() -> None:
     specs = service_specs({}, _wiring(), downloaders=3, python="/venv/bin/python")
     assert [s.name for s in specs] == [
-        "gateway", "orchestrator", "projector", "downloader-1", "downloader-2", "downloader-3"
+        "gateway", "orchestrator", "projector", "catalog", "downloader-1", "downloader-2",
+        "downloader-3"
     ]
     assert specs[0].argv == ["/venv/bin/python", "-m", "tgdl.gateway"]
-    assert {tuple(s.argv) for s in specs[3:]} == {("/venv/bin/python", "-m", "tgdl.downloader")}
+    assert specs[3].argv == ["/venv/bin/python", "-m", "tgdl.catalog"]
+    assert {tuple(s.argv) for s in specs[4:]} == {("/venv/bin/python", "-m", "tgdl.downloader")}
 
 
 def test_children_get_the_resolved_servers_and_keep_the_users_settings() -> None:

@@ -194,6 +194,7 @@ class BatchSummary(BaseModel):
     summary: str
     max_concurrent: int
     force: bool
+    rule_id: str | None = None  # the watch rule that started it (None: started by hand)
     progress: int  # percent of the batch's files done, by bytes where known
     downloaded_size: int  # bytes on disk of completed and running files
     total_size: int | None = None  # bytes of every file, None while some size is unknown

@@ -59,6 +59,10 @@ class StartBatch(BatchRequest):
     # The caller's API token may read only these chats (chat_key()s), on top of the
     # allow-list; None: no such limit. Messages of other chats are access_denied.
     chats: list[str] | None = None
+    # The caller's own batch id (a watch rule's, chosen before sending): sending the same
+    # start again answers with the batch already started under it. None: a new id.
+    batch_id: str | None = Field(default=None, pattern=BATCH_ID_PATTERN)
+    rule_id: str | None = Field(default=None, max_length=64)  # the watch rule starting it
 
 
 class CancelBatch(BaseModel):

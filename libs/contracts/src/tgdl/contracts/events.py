@@ -47,6 +47,9 @@ class BatchStarted(_Event):
     # Where the batch's files go (tgdl.contracts.paths), fixed at its start; None in
     # batches started before templates existed: the default layout.
     name_template: str | None = None
+    # The watch rule that started it. Added with a default, so older events read as they
+    # are (no new version): they were all started by hand.
+    rule_id: str | None = None
 
 
 class PermitGranted(_Event):

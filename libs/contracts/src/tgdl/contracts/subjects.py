@@ -111,6 +111,23 @@ class Names:
     def cmd_single_cancel(self) -> str:
         return f"{self.prefix}.cmd.single.cancel"
 
+    # --- request/reply commands to the catalog service --------------------------------------
+    @property
+    def cmd_catalog_sync(self) -> str:
+        return f"{self.prefix}.cmd.catalog.sync"
+
+    @property
+    def cmd_rule_create(self) -> str:
+        return f"{self.prefix}.cmd.rule.create"
+
+    @property
+    def cmd_rule_update(self) -> str:
+        return f"{self.prefix}.cmd.rule.update"
+
+    @property
+    def cmd_rule_delete(self) -> str:
+        return f"{self.prefix}.cmd.rule.delete"
+
     # --- consumers and buckets -------------------------------------------------------------
     @property
     def downloader_consumer(self) -> str:

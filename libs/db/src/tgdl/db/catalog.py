@@ -1,5 +1,5 @@
 """The message catalog: looked up by the orchestrator, listed by the gateway, filled by
-the simulated Telegram's seed or by `tgdl sync`."""
+the catalog service (the simulated Telegram's seed, `tgdl sync`, watched chats)."""
 
 from __future__ import annotations
 
@@ -59,6 +59,17 @@ async def get_many(conn: asyncpg.Connection, ids: Sequence[int]) -> dict[int, Ca
 def chat_key_sql(column: str) -> str:
     """`column` as tgdl.contracts.config.chat_key() compares chats, in SQL."""
     return f"lower(regexp_replace(btrim({column}), '^@', ''))"
+async def entries_of(conn: asyncpg.Connection, where: str, *args: Any) -> list[CatalogEntry]:
+    """The rows `where` (an SQL condition over the catalog, with $n parameters) selects."""
+    rows = await conn.fetch(f"SELECT {_COLUMNS} FROM catalog WHERE {where}", *args)
+    return [_entry(r) for r in rows]
+
+
+async def newest_telegram_id(conn: asyncpg.Connection, chat: str) -> int | None:
+    """The newest message of a chat the catalog knows (stored, or read by a sync)."""
+    return await conn.fetchval(
+        "SELECT max(n) FROM (SELECT max(telegram_message_id) AS n FROM catalog WHERE chat = $1"
+        " UNION ALL SELECT newest_telegram_id FROM chat_sync WHERE chat = $1) AS marks", chat)
 
 
 @dataclass(frozen=True)

@@ -367,7 +367,8 @@ def batch_summary(batch: Row, files: Sequence[FileStatusBody]) -> BatchSummary:
         **status.model_dump(exclude={"files", "max_concurrent"}),
         kind=batch["kind"], created_at=batch["created_at"],
         finished_at=batch["finished_at"], max_concurrent=batch["max_concurrent"],
-        force=batch["force"], progress=progress, downloaded_size=done, total_size=total,
+        force=batch["force"], rule_id=batch.get("rule_id"), progress=progress,
+        downloaded_size=done, total_size=total,
         download_speed=sum(f.download_speed or 0 for f in files
                            if f.status is FileStatus.downloading),
     )
@@ -390,7 +391,7 @@ async def batch_within(conn: asyncpg.Connection | asyncpg.Pool, batch_id: str,
 def _batch_page_sql(where: str) -> str:
     return f"""
 SELECT b.batch_id, b.kind, b.status AS batch_status, b.total_files, b.max_concurrent,
-       b.force, b.created_at, b.finished_at,
+       b.force, b.created_at, b.finished_at, b.rule_id,
        f.message_id, f.status, f.total_size, f.file_path, f.relative_path,
        f.already_downloaded, f.same_file_as, f.error, f.detail, f.suggestion,
        {_JOB_SELECT}
@@ -420,7 +421,7 @@ async def batch_page(conn: asyncpg.Connection | asyncpg.Pool, offset: int, limit
         if r["batch_id"] not in batches:
             batch = {"batch_id": r["batch_id"], "status": r["batch_status"],
                      **{k: r[k] for k in ("kind", "total_files", "max_concurrent", "force",
-                                          "created_at", "finished_at")}}
+                                          "created_at", "finished_at", "rule_id")}}
             batches[r["batch_id"]] = (batch, [])
         if r["message_id"] is not None:
             batches[r["batch_id"]][1].append(file_status(r, split_job(r)))

@@ -5,6 +5,8 @@ Tables:
 - ``batches``, ``batch_files``, ``jobs``: the read model, written only by the projector.
 - ``projection_positions``: the last stream sequence the projector applied, per stream,
   updated in the same transaction as the read model.
+- ``watch_rules``, ``rule_starts``: watch rules and the messages each one started (in
+  which batch), written only by the catalog service.
 """
 
 from __future__ import annotations
@@ -119,6 +121,40 @@ MIGRATIONS: list[tuple[int, str]] = [
         """
         ALTER TABLE batch_files ADD COLUMN same_file_as BIGINT;
         ALTER TABLE jobs ADD COLUMN same_file_as BIGINT;
+        """,
+    ),
+    (
+        7,
+        # Watch rules (the catalog service's): `checked_through` is the newest Telegram
+        # message of the chat a rule has looked at; a message it starts is in
+        # `rule_starts` once (the primary key), with the batch id chosen before the
+        # start was sent, so a start cut short by a restart is sent again with the same
+        # id (`accepted` once the orchestrator answered). The read model shows which
+        # rule started a batch.
+        """
+        CREATE TABLE watch_rules (
+            rule_id         TEXT PRIMARY KEY,
+            chat            TEXT NOT NULL,
+            media_types     TEXT[] NOT NULL DEFAULT '{}',
+            min_size        BIGINT,
+            max_size        BIGINT,
+            caption_regex   TEXT,
+            name_template   TEXT,
+            enabled         BOOLEAN NOT NULL,
+            max_concurrent  INT NOT NULL,
+            checked_through BIGINT NOT NULL,
+            created_at      TIMESTAMPTZ NOT NULL DEFAULT now()
+        );
+        CREATE TABLE rule_starts (
+            rule_id     TEXT NOT NULL REFERENCES watch_rules ON DELETE CASCADE,
+            message_id  BIGINT NOT NULL,
+            batch_id    TEXT NOT NULL,
+            accepted    BOOLEAN NOT NULL DEFAULT false,
+            created_at  TIMESTAMPTZ NOT NULL DEFAULT now(),
+            PRIMARY KEY (rule_id, message_id)
+        );
+        CREATE INDEX rule_starts_pending ON rule_starts (batch_id) WHERE NOT accepted;
+        ALTER TABLE batches ADD COLUMN rule_id TEXT;
         """,
     ),
 ]

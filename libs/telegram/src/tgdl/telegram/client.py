@@ -33,13 +33,14 @@ class TelegramSettings(BaseSettings):
 # --- building a client -----------------------------------------------------------------------
 
 
-def client_options() -> dict[str, Any]:
-    """Options every client of the project is built with (see the module docstring)."""
+def client_options(updates: bool = False) -> dict[str, Any]:
+    """Options every client of the project is built with (see the module docstring);
+    only the catalog service's client asks for updates (new messages in watched chats)."""
     return {
         "flood_sleep_threshold": 0,
         "raise_last_call_error": True,
         "request_retries": 2,  # server hiccups; beyond that the worker's back-off decides
-        "receive_updates": False,  # nothing here reacts to updates
+        "receive_updates": updates,
     }
 
 
@@ -92,10 +93,11 @@ def write_session(path: Path, session: str) -> None:
 def build_client(
     settings: TelegramSettings,
     client_class: Callable[..., TelegramClient] = TelegramClient,
+    updates: bool = False,
 ) -> TelegramClient:
     api_id, api_hash = api_credentials(settings)
     session = StringSession(read_session(settings.session_file))
-    return client_class(session, api_id, api_hash, **client_options())
+    return client_class(session, api_id, api_hash, **client_options(updates))
 
 
 # --- login -----------------------------------------------------------------------------------

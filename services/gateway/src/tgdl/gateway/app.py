@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException
 from tgdl.contracts.api import ErrorBody
 from tgdl.db.connection import create_pool
 from tgdl.db.schema import verify_schema
-from tgdl.gateway import batches, health, messages, metrics, single, steering
+from tgdl.gateway import batches, health, messages, metrics, rules, single, steering
 from tgdl.gateway.commands import create_broker
 from tgdl.gateway.errors import install_error_handlers
 from tgdl.gateway.freshness import Freshness
@@ -78,6 +78,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         # Started during an outage (or before the servers), wait for them, saying so once;
         # told to stop meanwhile, start nothing and let the server exit.
         broker, orchestrator = create_broker(settings)
+        catalog = rules.declare(broker, settings)
         try:
             await until_reachable(
                 "PostgreSQL", lambda: verify_schema(settings.database_url, settings.db_schema),
@@ -100,7 +101,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
                     broker.connection.jetstream(), names.idempotency_bucket,
                     wait=settings.command_timeout + settings.projection_wait)
                 app.state.services = Services(settings, broker.connection, db, orchestrator,
-                                              freshness, idempotency, tokens)
+                                              freshness, idempotency, tokens, catalog)
                 yield
             finally:
                 watching.cancel()
@@ -112,7 +113,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
                   version="0.1.0", lifespan=lifespan, responses=ERROR_RESPONSES)
     install_error_handlers(app)
     metrics.install(app)  # GET /metrics and HTTP latency by route
-    for module in (batches, steering, single, messages, health):
+    for module in (batches, steering, single, messages, rules, health):
         app.include_router(module.router)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)

@@ -83,6 +83,7 @@ class Services:
     freshness: Freshness
     idempotency: Idempotency
     tokens: Tokens  # signs the /media/ links of answers when tokens are on
+    catalog: Any = None  # rules.CatalogClient: the watch rule commands
 
     async def view(self, chats: frozenset[str] | None, body: bytes) -> bytes:
         """A status body as this caller may see it: the files of chats it may not read

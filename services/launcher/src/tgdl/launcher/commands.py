@@ -110,19 +110,52 @@ async def login(env: Mapping[str, str], cwd: Path) -> int:
 
 
 async def sync(env: Mapping[str, str], cwd: Path, chat: str, limit: int | None) -> int:
-    from tgdl.launcher.account import AccountSettings, SyncError, sync_chat
+    """A running catalog service syncs the chat (it holds the account's session and
+    starts what its watch rules want of the new messages); without one, this command
+    syncs it through the account itself."""
+    from tgdl.catalog.settings import CatalogSettings
+    from tgdl.catalog.telethon_sync import SyncError, sync_chat
     from tgdl.telegram.client import TelegramSetupError
 
     async with servers_for(Home.from_env(env, cwd), env, say) as endpoints:
         settings = settings_from(
-            AccountSettings, env, nats_url=endpoints.nats_url,
+            CatalogSettings, env, nats_url=endpoints.nats_url,
             database_url=endpoints.database_url, session_file=_session_file(env, cwd),
         )
         await prepare(settings)  # the catalog table exists even before a first `tgdl run`
         try:
-            report = await sync_chat(settings, chat, limit)
+            result = await _sync_by_the_service(settings, chat, limit)
+            if result is None:
+                result = await sync_chat(settings, chat, limit)
         except (TelegramSetupError, SyncError) as exc:
             say(str(exc))
             return 1
-        say(f"Synced {chat}: {report}")
+        say(f"Synced {chat}: {result}")
     return 0
+
+
+SYNC_TIMEOUT = 3600.0  # a long history is read at Telegram's pace
+
+
+async def _sync_by_the_service(settings: CommonSettings, chat: str, limit: int | None):
+    """The catalog service's SyncResult; None when no catalog service is running."""
+    from nats.errors import NoRespondersError
+
+    from tgdl.bus.broker import connect as nats_connect
+    from tgdl.catalog.telethon_sync import SyncError
+    from tgdl.contracts.rules import CatalogReply, SyncChat, SyncResult
+
+    nc = await nats_connect(settings.nats_url, "tgdl-sync")
+    try:
+        body = SyncChat(chat=chat, limit=limit).model_dump_json().encode()
+        msg = await nc.request(settings.names.cmd_catalog_sync, body, timeout=SYNC_TIMEOUT)
+    except NoRespondersError:
+        return None
+    finally:
+        await nc.drain()
+    reply = CatalogReply.model_validate_json(msg.data)
+    if reply.rejected is not None:
+        raise SyncError(reply.rejected.detail)
+    assert isinstance(reply.ok, SyncResult)
+    say("(synced by the running catalog service)")
+    return reply.ok

@@ -23,7 +23,7 @@ HTTP_DEFAULT_PORT = 8000
 METRICS_DEFAULT_HOST = "127.0.0.1"  # as tgdl.runtime.metrics
 DEFAULT_DOWNLOADERS = 2
 S = TypeVar("S", bound=BaseSettings)
-SERVICES = ("gateway", "orchestrator", "projector")
+SERVICES = ("gateway", "orchestrator", "projector", "catalog")
 SIMULATOR = "simtelegram"
 
 
@@ -285,7 +285,7 @@ def service_env(base: Mapping[str, str], wiring: Wiring) -> dict[str, str]:
 # Which services may see each secret of the user's environment (or the launcher's: the
 # database URL holds the services' PostgreSQL password; downloaders never use it).
 SECRETS: dict[str, tuple[str, ...]] = {
-    "TGDL_API_ID": ("downloader",), "TGDL_API_HASH": ("downloader",),
+    "TGDL_API_ID": ("downloader", "catalog"), "TGDL_API_HASH": ("downloader", "catalog"),
     "TGDL_API_TOKEN": ("gateway",), "TGDL_API_TOKENS": ("gateway",),
     "TGDL_DATABASE_URL": ("gateway", "orchestrator", "projector"),
 }
@@ -298,7 +298,8 @@ def module_command(service: str, python: str = sys.executable) -> list[str]:
 def service_specs(
     base: Mapping[str, str], wiring: Wiring, downloaders: int, python: str = sys.executable
 ) -> list[ChildSpec]:
-    """gateway, orchestrator, projector and `downloaders` replicas named downloader-1..N."""
+    """gateway, orchestrator, projector, catalog and `downloaders` replicas named
+    downloader-1..N."""
     env = service_env(base, wiring)
 
     def own(service: str) -> dict[str, str]:

@@ -31,16 +31,15 @@ async def prepare(settings: CommonSettings) -> int:
 
 
 async def seed_from_simulator(sim_url: str, settings: CommonSettings) -> list[CatalogEntry]:
-    """Copy the simulated Telegram's messages into the catalog (idempotent)."""
-    from tgdl.simtelegram.client import fetch_catalog
+    """Copy the simulated Telegram's messages into the catalog (idempotent), as the
+    catalog service does, before any service starts: the first page already lists them."""
+    from tgdl.catalog.simulated import seed
 
-    entries = await fetch_catalog(sim_url)
     conn = await connect(settings.database_url, settings.db_schema)
     try:
-        await catalog.upsert(conn, entries)
+        return await seed(conn, sim_url)
     finally:
         await conn.close()
-    return entries
 
 
 async def media_examples(settings: CommonSettings, count: int = 5) -> list[CatalogEntry]:

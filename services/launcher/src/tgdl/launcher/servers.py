@@ -47,7 +47,7 @@ class Endpoints:
 
 # --- NATS users of the embedded server ------------------------------------------------------
 
-NATS_SERVICES = ("gateway", "orchestrator", "projector", "downloader")
+NATS_SERVICES = ("gateway", "orchestrator", "projector", "downloader", "catalog")
 
 
 def nats_users(home: Home, namespace: str) -> list[NatsUser]:

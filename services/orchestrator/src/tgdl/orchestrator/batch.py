@@ -107,6 +107,7 @@ class Start:
     already_downloading: list[int]
     at: datetime
     name_template: str | None = None
+    rule_id: str | None = None  # the watch rule that started it
 
 
 @dataclass(frozen=True)
@@ -188,6 +189,7 @@ def decide(cmd: Command, s: BatchState) -> list[BatchEvent]:
                 failed_to_start=cmd.failed_to_start,
                 already_downloading=cmd.already_downloading,
                 name_template=cmd.name_template,
+                rule_id=cmd.rule_id,
             )
             return [started, *_grant_or_finish(evolve(s, started), cmd.at)]
         case Finish() if (

@@ -35,7 +35,13 @@ from tgdl.contracts.commands import (
     StartBatch,
 )
 from tgdl.contracts.config import narrowed
-from tgdl.contracts.events import BatchCancelled, BatchEvent, BatchPaused, PermitGranted
+from tgdl.contracts.events import (
+    BatchCancelled,
+    BatchEvent,
+    BatchPaused,
+    BatchStarted,
+    PermitGranted,
+)
 from tgdl.contracts.jobs import DownloadOutcome
 from tgdl.contracts.paths import relative_path
 from tgdl.contracts.status import BatchKind
@@ -88,7 +94,11 @@ class Orchestrator:
         if len(ids) > limit:  # the one place this limit is checked
             return Rejection(reason=RejectReason.too_many_files,
                              detail=f"{len(ids)} message ids given; at most {limit} per batch")
-        batch_id = new_batch_id(cmd.kind)
+        if cmd.batch_id is not None:  # the caller's id: a start sent again is answered
+            started = await self._started(cmd.batch_id)
+            if started is not None:
+                return started
+        batch_id = cmd.batch_id or new_batch_id(cmd.kind)
         # One round trip for all of it: the catalog, the lease of every id, and listing
         # the batch before it exists (so a restart finds it; an unused listing is removed).
         try:
@@ -110,6 +120,9 @@ class Orchestrator:
         listed = True
         while True:
             if not listed:  # the id drawn was taken: draw another
+                if cmd.batch_id is not None:  # the same start, sent twice at once
+                    if (started := await self._started(cmd.batch_id)) is not None:
+                        return started
                 batch_id = new_batch_id(cmd.kind)
                 await self.ports.open_batches.add(batch_id)  # listed before it exists
             listed = False
@@ -120,6 +133,7 @@ class Orchestrator:
                 failed_to_start=triage.failed_to_start,
                 already_downloading=triage.already_downloading, at=self.ports.clock.now(),
                 name_template=template,
+                rule_id=cmd.rule_id,
             )
             try:
                 events, _, after = await self.repo.execute(batch_id, start)
@@ -145,6 +159,20 @@ class Orchestrator:
             already_downloaded=[d.message_id for d in triage.already_downloaded],
             already_downloading=triage.already_downloading,
             failed_to_start=triage.failed_to_start,
+        )
+
+    async def _started(self, batch_id: str) -> BatchAccepted | None:
+        """How the batch under this id was accepted, if it exists."""
+        events, _ = await self.repo.history(batch_id)
+        start = next((e for e in events if isinstance(e, BatchStarted)), None)
+        if start is None:
+            return None
+        return BatchAccepted(
+            batch_id=batch_id, requested_ids=start.requested_ids,
+            started=[e.message_id for e in start.to_download],
+            already_downloaded=[d.message_id for d in start.already_downloaded],
+            already_downloading=start.already_downloading,
+            failed_to_start=start.failed_to_start,
         )
 
     async def cancel_batch(self, cmd: CancelBatch) -> BatchCancelOutcome | Rejection:

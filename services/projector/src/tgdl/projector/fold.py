@@ -55,6 +55,7 @@ class BatchRow:
     created_at: datetime
     updated_at: datetime
     finished_at: datetime | None = None
+    rule_id: str | None = None  # the watch rule that started it
 
 
 @dataclass(frozen=True)
@@ -266,7 +267,7 @@ def _started(e: BatchStarted) -> InsertBatch:
     batch = BatchRow(
         batch_id=e.batch_id, kind=e.kind, max_concurrent=e.max_concurrent, force=e.force,
         total_files=len(e.requested_ids), status=OverallStatus.in_progress,
-        created_at=e.at, updated_at=e.at,
+        created_at=e.at, updated_at=e.at, rule_id=e.rule_id,
     )
     return InsertBatch(batch, files)
 

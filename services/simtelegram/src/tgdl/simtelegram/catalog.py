@@ -15,6 +15,8 @@ import random
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
 from tgdl.contracts.catalog import CatalogEntry, FileLocation, MediaKind
 
 DEMO_CHAT = "sim_demo"
@@ -70,6 +72,38 @@ class SimMessage:
             id=self.file_id, dc_id=self.dc_id, size=self.size,
         )
 
+
+class NewMessage(BaseModel):
+    """A message posted while the simulated Telegram runs (POST /chats/{chat}/messages)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    media_kind: MediaKind | None = None  # None: a text message
+    size: int | None = Field(default=None, ge=1, le=4 * 2**30)
+    file_name: str | None = Field(default=None, max_length=255)
+    mime_type: str | None = Field(default=None, max_length=255)
+    caption: str | None = Field(default=None, max_length=4096)
+
+    @model_validator(mode="after")
+    def _media_has_a_size(self) -> NewMessage:
+        if (self.media_kind is None) != (self.size is None):
+            raise ValueError("a media message has a size, a text message none")
+        return self
+
+    def message(self, message_id: int, chat: str) -> SimMessage:
+        return SimMessage(
+            message_id=message_id, chat=chat,
+            telegram_message_id=TELEGRAM_ID_OFFSET + message_id,
+            media_kind=self.media_kind, file_name=self.file_name,
+            mime_type=self.mime_type or _DEFAULT_MIME.get(self.media_kind),
+            size=self.size, date=datetime.now(UTC), caption=self.caption,
+            dc_id=2 if self.media_kind else None,
+        )
+
+
+_DEFAULT_MIME = {MediaKind.photo: "image/jpeg", MediaKind.video: "video/mp4",
+                 MediaKind.document: "application/octet-stream", MediaKind.audio: "audio/mpeg",
+                 MediaKind.voice: "audio/ogg", None: None}
 
 # Share of each kind in the catalog; None is a text message without media (~5%).
 _KIND_SHARES: dict[MediaKind | None, float] = {

@@ -93,3 +93,10 @@ async def until_serving(base_url: str, count: int, within: float = 5.0) -> dict[
             if time.monotonic() > deadline:
                 raise TimeoutError(f"serving stayed {snapshot['serving']}, expected {count}")
             await asyncio.sleep(0.02)
+
+
+async def post_message(base_url: str, chat: str, **fields: Any) -> CatalogEntry:
+    """Post a new message to a chat, e.g. ``post_message(url, "sim_demo",
+    media_kind="video", size=2_000_000, caption="match me")``; the entry as synced."""
+    return CatalogEntry.model_validate(
+        await _call("POST", base_url, f"/chats/{chat}/messages", fields))

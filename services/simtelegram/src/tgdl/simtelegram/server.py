@@ -7,7 +7,10 @@ Routes:
     GET  /chats/{chat}/messages/{tg_id}/content?offset=N[&limit=L]
                                                           its bytes from N (L of them at most)
     GET  /chats/{chat}/messages/{tg_id}/hashes?offset=N   SHA-256 of the 128 KiB ranges from N
-    GET  /catalog                                         every message as a sync saw it
+    GET  /catalog[?after=N]                               every message as a sync saw it
+                                                          (those with an id above N)
+    GET  /chats                                           each chat and its newest message
+    POST /chats/{chat}/messages                           post a new message to a chat
     GET  /stats, POST /stats/reset                        what is being served
     GET  /faults, POST /faults, DELETE /faults            injected faults
     GET  /healthz
@@ -32,7 +35,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from tgdl.simtelegram import content
-from tgdl.simtelegram.catalog import SimMessage, demo_catalog
+from tgdl.simtelegram.catalog import NewMessage, SimMessage, demo_catalog
 from tgdl.simtelegram.faults import FaultRequest, Faults
 from tgdl.simtelegram.settings import SimSettings
 from tgdl.simtelegram.stats import ServingStats
@@ -100,6 +103,14 @@ class Simulator:
     def latency(self) -> float:
         override = self.faults.latency
         return self.settings.latency if override is None else override
+
+    def post(self, chat: str, new: NewMessage) -> SimMessage:
+        message_id = max(self.by_id, default=0) + 1
+        message = new.message(message_id, chat)
+        self.catalog.append(message)
+        self.by_id[message_id] = message
+        self._by_address[(chat, message.telegram_message_id)] = message
+        return message
 
     def find(self, chat: str, tg_id: str) -> SimMessage | None:
         try:
@@ -312,7 +323,32 @@ async def message_hashes(request: Request) -> Response:
 
 
 async def catalog(request: Request) -> Response:
-    return JSONResponse([m.to_entry().model_dump(mode="json") for m in _sim(request).catalog])
+    after = _offset(request.query_params.get("after", "0"))
+    if after is None:
+        return _error(422, "invalid_after", detail="after must be an integer >= 0")
+    return JSONResponse([m.to_entry().model_dump(mode="json")
+                         for m in _sim(request).catalog if m.message_id > after])
+
+
+async def chats(request: Request) -> Response:
+    newest: dict[str, int] = {}
+    for m in _sim(request).catalog:
+        newest[m.chat] = max(newest.get(m.chat, 0), m.telegram_message_id)
+    return JSONResponse([{"chat": c, "newest_telegram_id": n} for c, n in newest.items()])
+
+
+async def post_message(request: Request) -> Response:
+    """A new message in a chat (a new chat if there is none of that name), as if someone
+    posted it: the catalog service finds it on its next sync."""
+    try:
+        body = NewMessage.model_validate(json.loads(await request.body()))
+    except json.JSONDecodeError:
+        return _error(422, "invalid_json", detail="the body must be a JSON object")
+    except ValidationError as exc:
+        details = exc.errors(include_url=False, include_context=False, include_input=False)
+        return _error(422, "invalid_message", detail=details)
+    message = _sim(request).post(request.path_params["chat"], body)
+    return JSONResponse(message.to_entry().model_dump(mode="json"), status_code=201)
 
 
 async def get_stats(request: Request) -> Response:
@@ -386,6 +422,8 @@ def create_app(
             Route("/chats/{chat}/messages/{tg_id}/content", message_content, methods=["GET"]),
             Route("/chats/{chat}/messages/{tg_id}/hashes", message_hashes, methods=["GET"]),
             Route("/catalog", catalog, methods=["GET"]),
+            Route("/chats", chats, methods=["GET"]),
+            Route("/chats/{chat}/messages", post_message, methods=["POST"]),
             Route("/stats", get_stats, methods=["GET"]),
             Route("/stats/reset", reset_stats, methods=["POST"]),
             Route("/faults", get_faults, methods=["GET"]),

@@ -1,15 +1,15 @@
-"""Syncing a chat's media into the catalog (`tgdl sync`).
+"""A chat's media into the catalog through a real account (Telethon).
 
 `sync_chat` reads a chat's history through the account (`tgdl.telegram`) and adds the
 messages that carry media to the catalog, allocating our own stable message ids; it
-continues where the previous sync stopped. `login` (`tgdl login`) lives with the account.
+continues where the previous sync stopped. `newest_message` is where a new watch rule
+starts looking. `login` (`tgdl login`) lives with the account in `tgdl.telegram`.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -18,6 +18,7 @@ from telethon.tl import types
 
 from tgdl.contracts.catalog import CatalogEntry
 from tgdl.contracts.config import CommonSettings
+from tgdl.contracts.rules import SyncResult
 from tgdl.db import catalog
 from tgdl.db.connection import connect
 from tgdl.telegram.client import TelegramSettings, TelegramSetupError, build_client
@@ -25,7 +26,7 @@ from tgdl.telegram.media import describe_media, location_of
 from tgdl.telegram.peers import PeerResolver, catalog_chat
 from tgdl.telegram.rpc import as_telegram_error
 
-log = logging.getLogger("tgdl.account")
+log = logging.getLogger("tgdl.catalog")
 
 PAGE = 100  # messages per write; Telethon fetches history 100 at a time too
 _ID_LOCK = "tgdl-catalog-message-ids"  # serializes id allocation between syncs
@@ -36,22 +37,6 @@ SYNC_FLOOD_SLEEP = 300
 
 class SyncError(RuntimeError):
     """The chat cannot be synced (unknown, no access); the message says why."""
-
-
-class AccountSettings(CommonSettings, TelegramSettings):
-    """Database and Telegram account settings (all from ``TGDL_*``)."""
-
-
-@dataclass(frozen=True)
-class SyncReport:
-    chat: str  # the chat as stored in the catalog
-    scanned: int  # messages read from Telegram in this run
-    added: int  # catalog rows that did not exist before
-    newest_telegram_id: int  # the newest message synced so far (next run starts after it)
-
-    def __str__(self) -> str:
-        return (f"{self.scanned} messages read, {self.added} added to the catalog as "
-                f"{self.chat!r}, newest message {self.newest_telegram_id}")
 
 
 # --- sync ------------------------------------------------------------------------------------
@@ -65,8 +50,8 @@ async def sync_chat(
     conn: asyncpg.Connection | None = None,
     *,
     page_wait: float | None = None,
-) -> SyncReport:
-    """Add the chat's media messages to the catalog (`settings`: AccountSettings, or
+) -> SyncResult:
+    """Add the chat's media messages to the catalog (`settings`: CatalogSettings, or
     TelegramSettings with the database taken from the environment).
 
     First sync with a `limit`: the newest `limit` messages. Otherwise every message newer
@@ -80,7 +65,7 @@ async def sync_chat(
         client = build_client(settings)
     own_conn = conn is None
     if conn is None:
-        # The database comes from AccountSettings, or from TGDL_* when only the Telegram
+        # The database comes from CatalogSettings, or from TGDL_* when only the Telegram
         # settings were given.
         db = settings if isinstance(settings, CommonSettings) else CommonSettings()
         conn = await connect(db.database_url, db.db_schema)
@@ -108,7 +93,7 @@ def _cannot_read(chat: str, exc: Exception) -> SyncError:
 async def _sync(
     client: TelegramClient, conn: asyncpg.Connection, chat: str, limit: int | None,
     page_wait: float | None,
-) -> SyncReport:
+) -> SyncResult:
     try:
         peer = await PeerResolver(client).input_peer(chat)
     except (ValueError, errors.RPCError) as exc:
@@ -146,7 +131,7 @@ async def _sync(
     if latest_only and scanned:
         await _store(conn, key, [], top)
     log.info("synced %s: %d messages read, %d added, newest %d", key, scanned, added, top)
-    return SyncReport(chat=key, scanned=scanned, added=added, newest_telegram_id=top)
+    return SyncResult(chat=key, scanned=scanned, added=added, newest_telegram_id=top)
 
 
 async def _store(
@@ -194,3 +179,14 @@ async def _store(
                 chat, newest,
             )
     return len(with_media) - len(known)
+
+
+async def newest_message(client: TelegramClient, chat: str) -> tuple[str, int]:
+    """The chat as the catalog names it and its newest message id (0: an empty chat);
+    SyncError when the account cannot read it."""
+    try:
+        peer = await PeerResolver(client).input_peer(chat)
+        latest = await client.get_messages(peer, limit=1)
+    except (ValueError, errors.RPCError) as exc:
+        raise _cannot_read(chat, exc) from exc
+    return catalog_chat(chat, peer), (latest[0].id if latest else 0)

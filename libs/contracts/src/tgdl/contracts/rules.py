@@ -1,0 +1,194 @@
+"""Watch rules and the catalog service's commands.
+
+A watch rule names a chat and a filter; the catalog service keeps that chat's catalog in
+sync and starts batches for the new media that match, by itself. The filter's one home
+is `RuleFilter.matches`. The HTTP bodies (`RuleCreate`, `RulePatch`, `WatchRule`) and
+the request/reply commands the gateway (or `tgdl sync`) sends to the catalog service
+live here; the gateway alone chooses status codes and wording.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from tgdl.contracts.catalog import CatalogEntry, MediaKind
+
+RULE_ID_PATTERN = r"^rule_[0-9a-f]{8}$"
+MAX_REGEX_LENGTH = 500
+MAX_TEMPLATE_LENGTH = 500
+
+
+class RuleFilter(BaseModel):
+    """Which media of the chat a rule starts: every field narrows (empty: any)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    chat: str = Field(min_length=1, max_length=200,
+                      description="chat username (e.g. @channel) or numeric id")
+    media_types: list[MediaKind] = Field(
+        default=[], description="photo, video, document, audio, voice; empty: any media")
+    min_size: int | None = Field(default=None, ge=0, description="bytes, inclusive")
+    max_size: int | None = Field(default=None, ge=0, description="bytes, inclusive")
+    caption_regex: str | None = Field(
+        default=None, max_length=MAX_REGEX_LENGTH,
+        description="a Python regular expression searched in the caption (a message "
+                    "without a caption has an empty one); `(?i)` ignores case")
+
+    @field_validator("chat")
+    @classmethod
+    def _chat(cls, chat: str) -> str:
+        chat = chat.strip()
+        if not chat or any(c.isspace() for c in chat):
+            raise ValueError("a chat is a username (@channel) or a numeric id, without spaces")
+        return chat
+
+    @field_validator("media_types")
+    @classmethod
+    def _unique(cls, kinds: list[MediaKind]) -> list[MediaKind]:
+        return list(dict.fromkeys(kinds))
+
+    @field_validator("caption_regex")
+    @classmethod
+    def _compiles(cls, pattern: str | None) -> str | None:
+        if pattern is None:
+            return None
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"caption_regex is not a valid regular expression: {exc}") \
+                from None
+        return pattern
+
+    @model_validator(mode="after")
+    def _size_range(self) -> RuleFilter:
+        if (self.min_size is not None and self.max_size is not None
+                and self.min_size > self.max_size):
+            raise ValueError("min_size must not exceed max_size")
+        return self
+
+    def matches(self, entry: CatalogEntry) -> bool:
+        """Whether a message of the rule's chat is one to download (the chat itself is
+        chosen by whoever lists the candidates)."""
+        if entry.media_kind is None:
+            return False
+        if self.media_types and entry.media_kind not in self.media_types:
+            return False
+        if self.min_size is not None and (entry.size is None or entry.size < self.min_size):
+            return False
+        if self.max_size is not None and (entry.size is None or entry.size > self.max_size):
+            return False
+        if self.caption_regex is not None:
+            return re.search(self.caption_regex, entry.caption or "") is not None
+        return True
+
+
+class RuleSettings(BaseModel):
+    """How the batches a rule starts are run."""
+
+    model_config = ConfigDict(frozen=True)
+
+    enabled: bool = Field(default=True, description="false: paused, nothing starts")
+    max_concurrent: int = Field(default=3, ge=1, le=5,
+                                description="max_concurrent of every batch it starts")
+    name_template: str | None = Field(
+        default=None, min_length=1, max_length=MAX_TEMPLATE_LENGTH,
+        description="how its files are named (as TGDL_NAME_TEMPLATE); none: the default")
+
+
+class RuleCreate(RuleFilter, RuleSettings):
+    """The body of POST /api/rules, and the command that creates the rule."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RulePatch(BaseModel):
+    """The body of PATCH /api/rules/{rule_id}: pause (false) or resume (true)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool
+
+
+class WatchRule(RuleFilter, RuleSettings):
+    """A stored rule, as listed."""
+
+    rule_id: str
+    created_at: datetime
+    batches_started: int = 0
+    files_started: int = 0
+    last_batch_id: str | None = None
+
+
+class RulePage(BaseModel):
+    rules: list[WatchRule]
+
+
+# --- commands to the catalog service ---------------------------------------------------------
+
+
+class CreateRule(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    rule: RuleCreate
+
+
+class UpdateRule(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    rule_id: str = Field(pattern=RULE_ID_PATTERN)
+    enabled: bool
+
+
+class DeleteRule(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    rule_id: str = Field(pattern=RULE_ID_PATTERN)
+
+
+class SyncChat(BaseModel):
+    """List a chat's new messages into the catalog (`tgdl sync`)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    chat: str = Field(min_length=1, max_length=200)
+    limit: int | None = Field(default=None, ge=1)  # the first sync: only the newest N
+
+
+class SyncResult(BaseModel):
+    type: Literal["SyncResult"] = "SyncResult"
+    chat: str  # as stored in the catalog
+    scanned: int  # messages read from Telegram in this run
+    added: int  # catalog rows that did not exist before
+    newest_telegram_id: int  # the newest message synced so far
+
+    def __str__(self) -> str:
+        return (f"{self.scanned} messages read, {self.added} added to the catalog as "
+                f"{self.chat!r}, newest message {self.newest_telegram_id}")
+
+
+class RuleResult(BaseModel):
+    type: Literal["RuleResult"] = "RuleResult"
+    rule: WatchRule
+
+
+class CatalogRejectReason(StrEnum):
+    invalid_command = "invalid_command"
+    unknown_chat = "unknown_chat"  # Telegram (or the simulated one) knows no such chat
+    rule_not_found = "rule_not_found"
+    sync_failed = "sync_failed"  # the chat could not be read; the detail says why
+    internal = "internal_error"
+
+
+class CatalogRejection(BaseModel):
+    reason: CatalogRejectReason
+    detail: str
+
+
+class CatalogReply(BaseModel):
+    ok: Annotated[SyncResult | RuleResult, Field(discriminator="type")] | None = None
+    rejected: CatalogRejection | None = None

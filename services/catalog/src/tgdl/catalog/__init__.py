@@ -1,0 +1,1 @@
+"""tgdl catalog service: chat sync, watch rules, Telegram's new messages."""

@@ -1,0 +1,3 @@
+from tgdl.catalog.app import main
+
+main()

@@ -1,0 +1,118 @@
+"""Where the catalog's messages come from, behind one small port: the simulated Telegram,
+or a real account through Telethon (whose new-message updates wake the service)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Protocol
+
+import asyncpg
+from telethon import TelegramClient, events
+
+from tgdl.catalog.settings import CatalogSettings
+from tgdl.catalog.simulated import SimulatedCatalog, UnknownChat
+from tgdl.catalog.telethon_sync import SyncError, newest_message, sync_chat
+from tgdl.contracts.rules import SyncResult
+from tgdl.telegram.client import build_client
+
+log = logging.getLogger("tgdl.catalog")
+
+__all__ = [
+    "SimulatedSource",
+    "Source",
+    "SyncError",
+    "TelethonSource",
+    "UnknownChat",
+    "source_for",
+]
+
+
+class Source(Protocol):
+    async def start(self, wake: Callable[[], None]) -> None:
+        """Connect; call `wake` when Telegram says a message arrived somewhere."""
+
+    async def close(self) -> None: ...
+
+    async def sync(self, conn: asyncpg.Connection, chat: str, limit: int | None
+                   ) -> SyncResult:
+        """A chat's new messages into the catalog; SyncError if it cannot be read."""
+
+    async def resolve(self, conn: asyncpg.Connection, chat: str) -> tuple[str, int]:
+        """The chat as the catalog names it and its newest message id; UnknownChat or
+        SyncError if there is no such chat for this account."""
+
+    async def refresh(self, conn: asyncpg.Connection, chats: list[str]) -> None:
+        """The new messages of these chats (the watched ones) into the catalog."""
+
+
+class SimulatedSource:
+    def __init__(self, sim_url: str) -> None:
+        self.sim = SimulatedCatalog(sim_url)
+
+    async def start(self, wake: Callable[[], None]) -> None:
+        pass  # it sends no updates: new messages are found on the sync interval
+
+    async def close(self) -> None:
+        pass
+
+    async def sync(self, conn: asyncpg.Connection, chat: str, limit: int | None
+                   ) -> SyncResult:
+        try:
+            return await self.sim.sync(conn, chat)
+        except UnknownChat as exc:
+            raise SyncError(f"Cannot sync {chat!r}: {exc}") from None
+
+    async def resolve(self, conn: asyncpg.Connection, chat: str) -> tuple[str, int]:
+        return await self.sim.resolve(chat)
+
+    async def refresh(self, conn: asyncpg.Connection, chats: list[str]) -> None:
+        await self.sim.refresh(conn)  # one cheap question covers every chat
+
+
+class TelethonSource:
+    def __init__(self, settings: CatalogSettings) -> None:
+        self.settings = settings
+        self.client: TelegramClient | None = None
+
+    async def start(self, wake: Callable[[], None]) -> None:
+        client = build_client(self.settings, updates=True)
+
+        async def on_new_message(event: events.NewMessage.Event) -> None:
+            if event.message.media is not None:
+                wake()  # the sync that follows stores it, as any sync would
+
+        client.add_event_handler(on_new_message, events.NewMessage())
+        await client.connect()
+        await client.get_me()  # updates flow once the account was asked something
+        self.client = client
+
+    async def close(self) -> None:
+        if self.client is not None:
+            await self.client.disconnect()
+
+    async def sync(self, conn: asyncpg.Connection, chat: str, limit: int | None
+                   ) -> SyncResult:
+        return await sync_chat(self.settings, chat, limit, client=self.client, conn=conn)
+
+    async def resolve(self, conn: asyncpg.Connection, chat: str) -> tuple[str, int]:
+        assert self.client is not None
+        key, newest = await newest_message(self.client, chat)
+        # A chat never synced is synced from here on, not from its first message.
+        await conn.execute(
+            "INSERT INTO chat_sync (chat, newest_telegram_id) VALUES ($1, $2)"
+            " ON CONFLICT (chat) DO NOTHING", key, newest)
+        return key, newest
+
+    async def refresh(self, conn: asyncpg.Connection, chats: list[str]) -> None:
+        for chat in chats:
+            try:
+                await self.sync(conn, chat, None)
+            except SyncError as exc:  # one unreadable chat does not stop the others
+                log.warning("%s", exc)
+
+
+def source_for(settings: CatalogSettings) -> Source:
+    if settings.telegram == "telethon":
+        return TelethonSource(settings)
+    return SimulatedSource(settings.sim_url)

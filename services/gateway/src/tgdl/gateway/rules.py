@@ -1,0 +1,165 @@
+"""Watch rules over HTTP: created, paused, resumed and deleted by the catalog service
+(request/reply commands), listed from PostgreSQL. A token limited to chats sees and
+touches only the rules of its chats (another's is 404, creating one is 403)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Request
+from faststream.nats import NatsBroker
+from faststream.nats.publisher.usecase import LogicPublisher
+from nats.errors import NoRespondersError
+from pydantic import BaseModel, ValidationError
+
+from tgdl.contracts.config import chat_key
+from tgdl.contracts.rules import (
+    RULE_ID_PATTERN,
+    CatalogRejectReason,
+    CatalogReply,
+    CreateRule,
+    DeleteRule,
+    RuleCreate,
+    RulePage,
+    RulePatch,
+    RuleResult,
+    UpdateRule,
+    WatchRule,
+)
+from tgdl.db import rules
+from tgdl.gateway.errors import NATS_OUTAGES, RETRY_AFTER, ApiError, nats_unavailable
+from tgdl.gateway.services import Services, caller_chats, services
+from tgdl.gateway.settings import GatewaySettings
+
+router = APIRouter(prefix="/api/rules", tags=["rules"])
+
+RuleId = Annotated[str, Path(pattern=RULE_ID_PATTERN, description="as returned at creation")]
+Svc = Annotated[Services, Depends(services)]
+
+# reason -> (HTTP status, error code in the body, suggestion)
+REJECTIONS: dict[CatalogRejectReason, tuple[int, str, str]] = {
+    CatalogRejectReason.invalid_command: (
+        422, "invalid_request", "Fix the field named in the detail and send the request again."),
+    CatalogRejectReason.unknown_chat: (
+        422, "unknown_chat",
+        "Check the chat's username or id; the account must be able to read it."),
+    CatalogRejectReason.rule_not_found: (
+        404, "rule_not_found", "Use a rule_id listed by GET /api/rules."),
+    CatalogRejectReason.sync_failed: (
+        502, "sync_failed", "Check the chat and the account, then retry."),
+    CatalogRejectReason.internal: (
+        502, "catalog_failed", "Retry in a moment; if it persists, check the catalog's logs."),
+}
+
+
+def catalog_unavailable(detail: str) -> ApiError:
+    return ApiError(503, "catalog_unavailable", detail,
+                    "Start the catalog service (`tgdl run` starts every service) and retry.",
+                    headers={"Retry-After": RETRY_AFTER})
+
+
+class CatalogClient:
+    """Sends commands to whichever catalog service replica answers first."""
+
+    def __init__(self, broker: NatsBroker, sends: dict[type[BaseModel], LogicPublisher],
+                 timeout: float) -> None:
+        self._broker = broker
+        self._sends = sends
+        self._timeout = timeout
+
+    async def call(self, command: BaseModel) -> WatchRule:
+        if not self._broker.connection.is_connected:
+            raise nats_unavailable()
+        publisher = self._sends[type(command)]
+        try:
+            msg = await publisher.request(command, timeout=self._timeout)
+        except NoRespondersError:
+            raise catalog_unavailable("no catalog service is listening on "
+                                      f"{publisher.subject.template}") from None
+        except NATS_OUTAGES:
+            raise nats_unavailable("the connection to NATS was lost during the request") \
+                from None
+        except TimeoutError:
+            if not self._broker.connection.is_connected:
+                raise nats_unavailable("the connection to NATS was lost during the request") \
+                    from None
+            raise catalog_unavailable(
+                f"the catalog service did not answer within {self._timeout:g} s") from None
+        try:
+            reply = CatalogReply.model_validate_json(msg.body)
+        except ValidationError:
+            reply = CatalogReply()
+        if reply.rejected is not None:
+            status, error, suggestion = REJECTIONS[reply.rejected.reason]
+            raise ApiError(status, error, reply.rejected.detail, suggestion)
+        if isinstance(reply.ok, RuleResult):
+            return reply.ok.rule
+        raise ApiError(502, "bad_gateway", "the catalog service sent a reply the gateway "
+                       "cannot read", "Check that the gateway and catalog run the same version.")
+
+
+def declare(broker: NatsBroker, settings: GatewaySettings) -> CatalogClient:
+    """The rule commands the gateway sends (documented for AsyncAPI; nothing connects)."""
+    names = settings.names
+    commands: dict[type[BaseModel], tuple[str, str, str]] = {
+        CreateRule: (names.cmd_rule_create, "createRule", "Create a watch rule"),
+        UpdateRule: (names.cmd_rule_update, "updateRule", "Pause or resume a watch rule"),
+        DeleteRule: (names.cmd_rule_delete, "deleteRule", "Delete a watch rule"),
+    }
+    sends = {
+        model: broker.publisher(subject, schema=model, title=title,
+                                description=f"{what}: request/reply, answered by the "
+                                            "catalog service with a CatalogReply")
+        for model, (subject, title, what) in commands.items()
+    }
+    return CatalogClient(broker, sends, settings.command_timeout)
+
+
+def _catalog(svc: Services) -> CatalogClient:
+    if svc.catalog is None:
+        raise catalog_unavailable("this gateway sends no rule commands")
+    return svc.catalog
+
+
+async def _visible_rule(svc: Services, request: Request, rule_id: str) -> None:
+    """Another chat's rule is as if it did not exist for a token limited to chats."""
+    chats = caller_chats(request)
+    async with svc.pool.acquire() as conn:
+        rule = await rules.get(conn, rule_id)
+    if rule is None or (chats is not None and chat_key(rule.chat) not in chats):
+        status, error, suggestion = REJECTIONS[CatalogRejectReason.rule_not_found]
+        raise ApiError(status, error, f"no watch rule {rule_id!r}", suggestion)
+
+
+@router.post("", status_code=201, response_model=WatchRule)
+async def create_rule(body: RuleCreate, svc: Svc, request: Request) -> WatchRule:
+    """Watch a chat: its new media that match start batches by themselves (at most the
+    batch limit of files each), as the catalog service finds them."""
+    chats = caller_chats(request)
+    if chats is not None and chat_key(body.chat) not in chats:
+        raise ApiError(403, "access_denied", f"this API token may not read {body.chat!r}",
+                       "Use a chat this token is limited to, or another token.")
+    return await _catalog(svc).call(CreateRule(rule=body))
+
+
+@router.get("", response_model=RulePage)
+async def list_rules(svc: Svc, request: Request) -> RulePage:
+    """Every watch rule (of the caller's chats), oldest first, with what it started."""
+    async with svc.pool.acquire() as conn:
+        return RulePage(rules=await rules.listed(conn, caller_chats(request)))
+
+
+@router.patch("/{rule_id}", response_model=WatchRule)
+async def update_rule(rule_id: RuleId, body: RulePatch, svc: Svc,
+                      request: Request) -> WatchRule:
+    """Pause (`enabled: false`: nothing starts) or resume a rule; on resume it starts
+    what arrived meanwhile."""
+    await _visible_rule(svc, request, rule_id)
+    return await _catalog(svc).call(UpdateRule(rule_id=rule_id, enabled=body.enabled))
+
+
+@router.delete("/{rule_id}", response_model=WatchRule)
+async def delete_rule(rule_id: RuleId, svc: Svc, request: Request) -> WatchRule:
+    """Stop watching; the batches it started go on."""
+    await _visible_rule(svc, request, rule_id)
+    return await _catalog(svc).call(DeleteRule(rule_id=rule_id))
