@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
+import os
+import sys
 
 import pytest
 from e2e_stack import Stack
@@ -109,3 +112,39 @@ async def test_a_rule_downloads_new_matching_media_pauses_and_survives_a_restart
     r = await stack.http.delete(f"/api/rules/{rule_id}")
     assert r.status_code == 200, r.text
     assert (await stack.http.get("/api/rules")).json()["rules"] == []
+
+
+async def tgdl(stack: Stack, *args: str) -> tuple[int, str, str]:
+    env = {**os.environ, "TGDL_URL": str(stack.http.base_url), "COLUMNS": "160"}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tgdl.launcher", *args, env=env, cwd=stack.workdir,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_watch_rules_and_unwatch_from_the_command_line(stack: Stack):
+    code, out, err = await tgdl(stack, "watch", CHAT, "--type", "video,document",
+                                "--min-size", "10MB", "--caption-matches", "^big")
+    assert code == 0, err
+    assert "watching sim_demo for video,document >= 10.0 MB caption ~ ^big" in out
+    rule_id = out.split(":")[0]
+
+    code, _, err = await tgdl(stack, "watch", CHAT, "--caption-matches", "(unclosed")
+    assert code == 2 and "caption_regex is not a valid regular expression" in err
+    code, _, err = await tgdl(stack, "watch", "no_such_chat")
+    assert code == 2 and "unknown_chat" in err
+
+    code, out, _ = await tgdl(stack, "rules")
+    assert code == 0 and rule_id in out and "on" in out
+    code, out, _ = await tgdl(stack, "rules", "pause", rule_id)
+    assert (code, out.strip()) == (0, f"{rule_id} paused")
+    code, out, _ = await tgdl(stack, "rules", "--json")
+    [rule] = json.loads(out)["rules"]
+    assert (rule["rule_id"], rule["enabled"], rule["min_size"]) == (rule_id, False, 10**7)
+
+    code, out, _ = await tgdl(stack, "unwatch", rule_id)
+    assert code == 0 and "no longer watched" in out
+    code, _, err = await tgdl(stack, "unwatch", rule_id)
+    assert code == 2 and "rule_not_found" in err

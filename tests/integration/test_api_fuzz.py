@@ -1,6 +1,7 @@
 """Schemathesis over the gateway's OpenAPI document, over real HTTP, with the gateway,
-the orchestrator and the projector running on real NATS and PostgreSQL: no request it can
-make gets a 5xx, and every answer matches the document."""
+the orchestrator, the projector and the catalog service (on a simulated Telegram) running
+on real NATS and PostgreSQL: no request it can make gets a 5xx, and every answer matches
+the document."""
 
 from __future__ import annotations
 
@@ -10,9 +11,14 @@ import sys
 from pathlib import Path
 
 import uvicorn
+from nats.errors import NoRespondersError
+from sim_helpers import running_sim
 from waiting import until
 
 from tgdl.bus.topology import QueuePolicy, ensure_topology
+from tgdl.catalog.app import serve as serve_catalog
+from tgdl.catalog.settings import CatalogSettings
+from tgdl.contracts.rules import DeleteRule
 from tgdl.db.schema import migrate_database
 from tgdl.gateway.app import create_app
 from tgdl.gateway.settings import GatewaySettings
@@ -41,12 +47,23 @@ async def test_no_request_gets_a_5xx_or_an_answer_outside_the_document(servers, 
         create_app(GatewaySettings(**common, http_port=port, command_timeout=3.0,
                                    projection_wait=0.2)),
         host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    sim = running_sim()
+    sim_url = await sim.__aenter__()
     tasks = [asyncio.create_task(orchestrator.run(stop)),
              asyncio.create_task(run_projector(ProjectorSettings(**common), stop)),
+             asyncio.create_task(serve_catalog(CatalogSettings(**common, sim_url=sim_url),
+                                               stop)),
              asyncio.create_task(server.serve())]
+
+    async def catalog_up():
+        with contextlib.suppress(NoRespondersError, TimeoutError):
+            body = DeleteRule(rule_id="rule_00000000").model_dump_json().encode()
+            return await nc.request(orchestrator_settings.names.cmd_rule_delete, body, 2)
+
     try:
         await until(lambda: server.started and hasattr(orchestrator, "orch"), 20,
                     what="services ready")
+        await until(catalog_up, 20, what="catalog service answering")
         run = await asyncio.create_subprocess_exec(
             str(ST), "run",
             f"http://127.0.0.1:{port}/openapi.json",
@@ -57,10 +74,11 @@ async def test_no_request_gets_a_5xx_or_an_answer_outside_the_document(servers, 
             "--suppress-health-check", "all",
             cwd=tmp_path,  # its example database stays out of the tree
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-        out, _ = await asyncio.wait_for(run.communicate(), 120)
+        out, _ = await asyncio.wait_for(run.communicate(), 300)
         assert run.returncode == 0, out.decode(errors="replace")[-20000:]
     finally:
         server.should_exit = True
         stop.set()
         with contextlib.suppress(Exception):
             await asyncio.gather(*tasks)
+        await sim.__aexit__(None, None, None)

@@ -633,3 +633,18 @@ async def test_a_start_limited_to_chats_refuses_the_others_as_access_denied(tmp_
     accepted = await w.orch.start_batch(StartBatch(message_ids=[1],
                                                    chats=["@C"]))
     assert accepted.started == [1]
+
+
+# a caller's own batch id (watch rules)
+
+
+async def test_a_start_sent_again_under_the_callers_batch_id_answers_the_same_batch(w):
+    first = await w.orch.start_batch(StartBatch(message_ids=[1, 2], batch_id="batch_rule0001",
+                                                rule_id="rule_0000abcd"))
+    again = await w.restarted().orch.start_batch(StartBatch(
+        message_ids=[1, 2], batch_id="batch_rule0001", rule_id="rule_0000abcd"))
+    assert isinstance(first, BatchAccepted) and again == first
+    assert first.batch_id == "batch_rule0001" and first.started == [1, 2]
+    [begun] = w.log.of_type("batch_rule0001", BatchStarted)
+    assert begun.rule_id == "rule_0000abcd"
+    assert w.jobs.published == ["batch_rule0001:1", "batch_rule0001:2"]  # once each

@@ -181,6 +181,7 @@ class CatalogRejectReason(StrEnum):
     unknown_chat = "unknown_chat"  # Telegram (or the simulated one) knows no such chat
     rule_not_found = "rule_not_found"
     sync_failed = "sync_failed"  # the chat could not be read; the detail says why
+    telegram_unavailable = "telegram_unavailable"  # Telegram (or the simulated one) is away
     internal = "internal_error"
 
 

@@ -92,6 +92,16 @@ async def watched_chats(conn: asyncpg.Connection) -> list[str]:
     return [r["chat"] for r in rows]
 
 
+async def with_news(conn: asyncpg.Connection) -> list[str]:
+    """The enabled rules whose chat has messages they have not looked at yet (one cheap
+    question per round, however many rules there are)."""
+    rows = await conn.fetch(
+        "SELECT rule_id FROM watch_rules r WHERE enabled AND EXISTS (SELECT 1 FROM catalog c"
+        " WHERE c.chat = r.chat AND c.telegram_message_id > r.checked_through)"
+        " ORDER BY created_at, rule_id")
+    return [r["rule_id"] for r in rows]
+
+
 @dataclass(frozen=True)
 class Start:
     """A batch a rule starts (or started before a restart cut its answer short)."""
@@ -112,13 +122,13 @@ async def claim(conn: asyncpg.Connection, rule_id: str, max_files: int,
             " FOR UPDATE", rule_id)
         if row is None or not row["enabled"]:
             return []
-        rule = await get(conn, rule_id)
-        assert rule is not None
         candidates = await entries_of(conn, "chat = $1 AND telegram_message_id > $2"
                                       " ORDER BY telegram_message_id",
                                       row["chat"], row["checked_through"])
         if not candidates:
             return []
+        rule = await get(conn, rule_id)
+        assert rule is not None
         matching = [e.message_id for e in candidates if rule.matches(e)]
         starts = [Start(rule, new_batch_id(), matching[i:i + max_files])
                   for i in range(0, len(matching), max_files)]

@@ -150,7 +150,7 @@ MIGRATIONS: list[tuple[int, str]] = [
             message_id  BIGINT NOT NULL,
             batch_id    TEXT NOT NULL,
             accepted    BOOLEAN NOT NULL DEFAULT false,
-            created_at  TIMESTAMPTZ NOT NULL DEFAULT now(),
+            created_at  TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp(),  -- in claim order
             PRIMARY KEY (rule_id, message_id)
         );
         CREATE INDEX rule_starts_pending ON rule_starts (batch_id) WHERE NOT accepted;

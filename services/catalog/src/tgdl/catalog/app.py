@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 import asyncpg
+import httpx
 from faststream import Context
 from faststream.middlewares import ExceptionMiddleware
 from faststream.nats import NatsBroker, NatsRouter
@@ -48,6 +49,9 @@ log = logging.getLogger("tgdl.catalog")
 CATALOG = "catalog"  # the broker context key of the running `Catalog`
 Cat = Annotated["Catalog", Context(CATALOG)]
 START_TIMEOUT = 10.0  # seconds an orchestrator has to answer a rule's start
+# What a source that cannot be reached raises (the simulated Telegram's HTTP, Telethon's
+# connection): the caller is told Telegram is away, not that the catalog failed.
+SOURCE_OUTAGES: tuple[type[Exception], ...] = (httpx.HTTPError, ConnectionError, OSError)
 
 
 def _rejected(reason: CatalogRejectReason, detail: str) -> CatalogReply:
@@ -83,6 +87,11 @@ class Catalog:
                      ) -> CatalogReply:
         try:
             return await handle()
+        except SOURCE_OUTAGES as exc:
+            log.warning("command on %s: Telegram unreachable (%s)", subject,
+                        type(exc).__name__)
+            return _rejected(CatalogRejectReason.telegram_unavailable,
+                             f"Telegram could not be reached ({type(exc).__name__})")
         except Exception:
             log.exception("command on %s failed", subject)
             return _rejected(CatalogRejectReason.internal,

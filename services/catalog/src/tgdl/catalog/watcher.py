@@ -52,11 +52,8 @@ class RuleRunner:
         async with self._lock, self._pool.acquire() as conn:
             for start in await rules.pending(conn):
                 started += await self._start(conn, start)
-            for rule in await rules.listed(conn):
-                if not rule.enabled:
-                    continue
-                for start in await rules.claim(conn, rule.rule_id, self._max_files,
-                                               new_batch_id):
+            for rule_id in await rules.with_news(conn):
+                for start in await rules.claim(conn, rule_id, self._max_files, new_batch_id):
                     started += await self._start(conn, start)
         return started
 

@@ -47,6 +47,9 @@ REJECTIONS: dict[CatalogRejectReason, tuple[int, str, str]] = {
         404, "rule_not_found", "Use a rule_id listed by GET /api/rules."),
     CatalogRejectReason.sync_failed: (
         502, "sync_failed", "Check the chat and the account, then retry."),
+    CatalogRejectReason.telegram_unavailable: (
+        503, "telegram_unavailable",
+        "Retry in a moment; check the catalog service's connection to Telegram."),
     CatalogRejectReason.internal: (
         502, "catalog_failed", "Retry in a moment; if it persists, check the catalog's logs."),
 }

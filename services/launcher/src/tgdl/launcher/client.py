@@ -1,4 +1,5 @@
-"""`tgdl download | status | cancel | batches | messages`: a running tgdl over its HTTP API.
+"""`tgdl download | status | cancel | batches | messages | watch | rules | unwatch`: a
+running tgdl over its HTTP API.
 
 These commands start nothing: they talk to a gateway (`--url`, else TGDL_URL, else the local
 one) and send TGDL_API_TOKEN as a bearer token when it is set. Every failure is one or two
@@ -178,6 +179,36 @@ def add_parsers(commands: Any) -> None:
     messages.add_argument("--limit", type=positive, default=50, metavar="N",
                           help="at most N rows (default 50, at most 200)")
     messages.add_argument("--offset", type=int, default=0, metavar="N")
+    _add_rule_parsers(commands, common)
+
+
+def _add_rule_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
+    watch = commands.add_parser(
+        "watch", parents=[common], help="watch a chat: its new matching media download "
+        "by themselves", description="Create a watch rule: the catalog service keeps the "
+        "chat in sync and starts batches (at most the batch limit each) for new messages "
+        "whose media match. Messages already there are not started.")
+    watch.add_argument("chat", help="chat username (e.g. @channel) or numeric id")
+    watch.add_argument("--type", metavar="TYPES",
+                       help="media types, comma-separated: photo,video,document,audio,voice")
+    watch.add_argument("--min-size", type=size, metavar="SIZE", help="e.g. 10MB")
+    watch.add_argument("--max-size", type=size, metavar="SIZE")
+    watch.add_argument("--caption-matches", metavar="REGEX",
+                       help="a regular expression searched in the caption ((?i): any case)")
+    watch.add_argument("--name-template", metavar="TEMPLATE",
+                       help="how its files are named (as TGDL_NAME_TEMPLATE)")
+    watch.add_argument("--max-concurrent", type=positive, default=3, metavar="N",
+                       help="files of each batch downloading at once (1-5, default 3)")
+    watch.add_argument("--paused", action="store_true", help="create it paused")
+    rules = commands.add_parser(
+        "rules", parents=[common], help="the watch rules; `rules pause|resume RULE_ID`",
+        description="List the watch rules with what each started, or pause (nothing "
+        "starts) or resume one (what arrived meanwhile starts).")
+    rules.add_argument("action", nargs="?", choices=("pause", "resume"))
+    rules.add_argument("rule", nargs="?", metavar="RULE_ID")
+    unwatch = commands.add_parser("unwatch", parents=[common],
+                                  help="delete a watch rule (its batches go on)")
+    unwatch.add_argument("rule", metavar="RULE_ID")
 
 
 # --- HTTP --------------------------------------------------------------------------------
@@ -399,7 +430,8 @@ def batches(api: Api, console: Console, args: argparse.Namespace) -> int:
     table = Table("batch", "kind", "started", "status", "progress", "files", "summary",
                   box=None, header_style="bold")
     for b in page["items"]:
-        table.add_row(b["batch_id"], b["kind"], b["created_at"][:19].replace("T", " "),
+        kind = f"{b['kind']} ({b['rule_id']})" if b.get("rule_id") else b["kind"]
+        table.add_row(b["batch_id"], kind, b["created_at"][:19].replace("T", " "),
                       b["overall_status"], f"{b['progress']}%",
                       f"{b['completed']}/{b['total_files']}", escape(b["summary"]))
     console.print(table)
@@ -435,9 +467,81 @@ def messages(api: Api, console: Console, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _rule_line(rule: dict[str, Any]) -> str:
+    what = ",".join(rule["media_types"]) or "any media"
+    if rule.get("min_size") is not None:
+        what += f" >= {human_size(rule['min_size'])}"
+    if rule.get("max_size") is not None:
+        what += f" <= {human_size(rule['max_size'])}"
+    if rule.get("caption_regex"):
+        what += f" caption ~ {rule['caption_regex']}"
+    return what
+
+
+def watch(api: Api, console: Console, args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"chat": args.chat, "max_concurrent": args.max_concurrent,
+                            "enabled": not args.paused}
+    if args.type:
+        body["media_types"] = [t.strip() for t in args.type.split(",") if t.strip()]
+    for name, value in (("min_size", args.min_size), ("max_size", args.max_size),
+                        ("caption_regex", args.caption_matches),
+                        ("name_template", args.name_template)):
+        if value is not None:
+            body[name] = value
+    rule = api.call("POST", "/api/rules", json=body)
+    if args.json:
+        _print_json(rule)
+    else:
+        console.print(f"{rule['rule_id']}: watching {rule['chat']} for {_rule_line(rule)}"
+                      f"{' (paused)' if not rule['enabled'] else ''}; `tgdl rules` lists "
+                      "what it started", highlight=False, markup=False, soft_wrap=True)
+    return EXIT_OK
+
+
+def rules(api: Api, console: Console, args: argparse.Namespace) -> int:
+    if args.action:
+        if not args.rule:
+            raise Failure(EXIT_REFUSED, "bad_arguments", f"`tgdl rules {args.action}` needs "
+                          "a RULE_ID (`tgdl rules` lists them)")
+        rule = api.call("PATCH", f"/api/rules/{args.rule}",
+                        json={"enabled": args.action == "resume"})
+        if args.json:
+            _print_json(rule)
+        else:
+            console.print(f"{rule['rule_id']} {args.action}d", highlight=False, markup=False)
+        return EXIT_OK
+    page = api.call("GET", "/api/rules")
+    if args.json:
+        _print_json(page)
+        return EXIT_OK
+    if not page["rules"]:
+        console.print("no watch rules: create one with `tgdl watch @chat --type video`",
+                      markup=False)
+        return EXIT_OK
+    table = Table("rule", "chat", "state", "matches", "batches", "files", "last batch",
+                  box=None, header_style="bold")
+    for r in page["rules"]:
+        table.add_row(r["rule_id"], escape(r["chat"]), "on" if r["enabled"] else "paused",
+                      escape(_rule_line(r)), str(r["batches_started"]),
+                      str(r["files_started"]), r.get("last_batch_id") or "")
+    console.print(table)
+    return EXIT_OK
+
+
+def unwatch(api: Api, console: Console, args: argparse.Namespace) -> int:
+    rule = api.call("DELETE", f"/api/rules/{args.rule}")
+    if args.json:
+        _print_json(rule)
+    else:
+        console.print(f"{rule['rule_id']} deleted: {rule['chat']} is no longer watched "
+                      "(the batches it started go on)", highlight=False, markup=False)
+    return EXIT_OK
+
+
 HANDLERS: dict[str, Handler] = {
     "download": download, "status": status, "cancel": cancel, "batches": batches,
     "messages": messages, "pause": pause, "resume": resume, "set": set_batch,
+    "watch": watch, "rules": rules, "unwatch": unwatch,
 }
 COMMANDS = tuple(HANDLERS)  # what `tgdl` hands to this module
 

@@ -198,7 +198,8 @@ function batchItem(b) {
   open.setAttribute("aria-label", `Open batch ${b.batch_id}, ${b.overall_status.replace("_", " ")}, ${b.progress}%`);
   open.onclick = () => openBatch(b.batch_id, true);
   const numbers = el("span", `${b.overall_status.replace("_", " ")} · ${b.progress}% · ${b.completed}/${b.total_files} files` +
-    (b.download_speed ? ` · ${speed(b.download_speed)}` : "") + ` · ${when(b.created_at)}`, `state-${b.overall_status}`);
+    (b.download_speed ? ` · ${speed(b.download_speed)}` : "") + ` · ${when(b.created_at)}` +
+    (b.rule_id ? ` · started by watch rule ${b.rule_id}` : ""), `state-${b.overall_status}`);
   li.append(open, bar(b.progress, `Progress of batch ${b.batch_id}`), numbers, el("span", b.summary, "summary"));
   return li;
 }
