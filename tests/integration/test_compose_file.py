@@ -111,7 +111,7 @@ def test_only_what_uses_the_database_logs_in_as_its_owner_role_no_superuser(
 ) -> None:
     services = compose["services"]
     superuser = services["postgres"]["environment"]["POSTGRES_USER"]
-    for name in ("setup", "seed-demo", "gateway", "orchestrator", "projector"):
+    for name in ("setup", "seed-demo", "gateway", "orchestrator", "projector", "catalog"):
         url = services[name]["environment"]["TGDL_DATABASE_URL"]
         login = re.fullmatch(r"postgresql://(\w+):\$\{TGDL_POSTGRES_PASSWORD:\?[^}]+\}"
                              r"@postgres:5432/tgdl", url)

@@ -52,7 +52,8 @@ def test_prometheus_scrapes_every_service_where_compose_runs_it():
     targets = [t.split(":") for t in jobs["tgdl-services"]["static_configs"][0]["targets"]]
     [downloaders] = jobs["tgdl-downloaders"]["dns_sd_configs"]
     targets += [[name, str(downloaders["port"])] for name in downloaders["names"]]
-    assert {name for name, _ in targets} == {"orchestrator", "projector", "downloader"}
+    assert {name for name, _ in targets} == {"orchestrator", "projector", "catalog",
+                                             "downloader"}
     for name, port in targets:
         assert name in compose
         env = override[name]["environment"]

@@ -156,7 +156,8 @@ async def test_a_rule_starts_new_matching_media_once_in_batches_of_the_limit(
         client, catalog, starts, sim_url, db):
     # created paused: what arrives meanwhile is started at the resume, all in one round
     rule = await create(client, media_types=["video", "document"], min_size=50_000,
-                        caption_regex="^keep", max_concurrent=4, name_template="{name}",
+                        caption_regex="^keep", max_concurrent=4,
+                        name_template="{message_id}_{name}",
                         enabled=False)
     post = sim_client.post_message
     matching = [(await post(sim_url, "sim_demo", media_kind=kind, size=size,
@@ -180,8 +181,7 @@ async def test_a_rule_starts_new_matching_media_once_in_batches_of_the_limit(
     assert {(s.rule_id, s.max_concurrent, tuple(s.chats or ())) for s in starts} == {
         (rule["rule_id"], 4, ("sim_demo",))}
     assert len({s.batch_id for s in starts}) == 2
-    if "name_template" in StartBatch.model_fields:
-        assert {s.name_template for s in starts} == {"{name}"}
+    assert {s.name_template for s in starts} == {"{message_id}_{name}"}
     [listed] = (await client.get("/api/rules", headers=ADMIN)).json()["rules"]
     assert (listed["batches_started"], listed["files_started"],
             listed["last_batch_id"]) == (2, 3, starts[-1].batch_id)

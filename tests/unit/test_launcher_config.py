@@ -207,13 +207,13 @@ def test_simulator_listens_on_loopback_at_the_chosen_port() -> None:
 def test_a_metrics_base_port_gives_each_process_the_next_port_in_a_fixed_order() -> None:
     is_free, any_free = _ports(set(range(9300, 9310)))
     ports = metrics_ports({"TGDL_METRICS_PORT": "9300"}, 3, is_free, any_free)
-    assert ports == {"orchestrator": 9300, "projector": 9301, "downloader-1": 9302,
-                     "downloader-2": 9303, "downloader-3": 9304}
+    assert ports == {"orchestrator": 9300, "projector": 9301, "catalog": 9302,
+                     "downloader-1": 9303, "downloader-2": 9304, "downloader-3": 9305}
 
 
 def test_a_busy_port_of_the_base_range_is_an_error_naming_it() -> None:
-    is_free, any_free = _ports({9300, 9301, 9303})
-    with pytest.raises(ConfigError, match="port 9302 for the metrics of downloader-1"):
+    is_free, any_free = _ports({9300, 9301, 9302, 9304})
+    with pytest.raises(ConfigError, match="port 9303 for the metrics of downloader-1"):
         metrics_ports({"TGDL_METRICS_PORT": "9300"}, 2, is_free, any_free)
 
 
@@ -225,15 +225,15 @@ def test_a_metrics_base_port_must_leave_room_for_every_process(raw: str) -> None
 
 
 def test_without_a_base_every_process_gets_a_distinct_free_port() -> None:
-    handed = iter([41000, 41000, 41001, 41002, 41003])  # the system may repeat itself
+    handed = iter([41000, 41000, 41001, 41002, 41003, 41004])  # the system may repeat
     ports = metrics_ports({}, 2, lambda port: False, lambda: next(handed))
-    assert ports == {"orchestrator": 41000, "projector": 41001, "downloader-1": 41002,
-                     "downloader-2": 41003}
+    assert ports == {"orchestrator": 41000, "projector": 41001, "catalog": 41002,
+                     "downloader-1": 41003, "downloader-2": 41004}
 
 
 def test_each_child_gets_only_its_own_metrics_port() -> None:
-    ports = {"orchestrator": 9300, "projector": 9301, "downloader-1": 9302,
-             "downloader-2": 9303}
+    ports = {"orchestrator": 9300, "projector": 9301, "catalog": 9302, "downloader-1": 9303,
+             "downloader-2": 9304}
     wiring = Wiring(**{**_wiring().__dict__, "metrics_ports": ports})
     specs = service_specs({"TGDL_METRICS_PORT": "9300"}, wiring, downloaders=2)
     given = {s.name: s.env.get("TGDL_METRICS_PORT") for s in specs}

@@ -54,6 +54,7 @@ def test_a_rule_matches_media_of_its_types_sizes_and_caption(rule, message, matc
     ({"chat": ""}, "chat"),
     ({"max_concurrent": 6}, "max_concurrent"),
     ({"name_template": ""}, "name_template"),
+    ({"name_template": "{chat}/{name}"}, "message_id"),  # two messages could share a path
     ({"surprise": 1}, "surprise"),
 ])
 def test_bad_rules_are_refused_with_what_is_wrong(body, says):

@@ -17,10 +17,10 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from tgdl.contracts.catalog import CatalogEntry, MediaKind
+from tgdl.contracts.paths import NameTemplate
 
 RULE_ID_PATTERN = r"^rule_[0-9a-f]{8}$"
 MAX_REGEX_LENGTH = 500
-MAX_TEMPLATE_LENGTH = 500
 
 
 class RuleFilter(BaseModel):
@@ -96,8 +96,16 @@ class RuleSettings(BaseModel):
     max_concurrent: int = Field(default=3, ge=1, le=5,
                                 description="max_concurrent of every batch it starts")
     name_template: str | None = Field(
-        default=None, min_length=1, max_length=MAX_TEMPLATE_LENGTH,
-        description="how its files are named (as TGDL_NAME_TEMPLATE); none: the default")
+        default=None, min_length=1, max_length=300,
+        description="where its batches' files go (as a start's name_template); none: "
+                    "TGDL_NAME_TEMPLATE")
+
+    @field_validator("name_template")
+    @classmethod
+    def _usable_template(cls, text: str | None) -> str | None:
+        if text is not None:  # refused now, as a start's would be, not at every start
+            NameTemplate.parse(text)  # a TemplateError says what is wrong with it
+        return text
 
 
 class RuleCreate(RuleFilter, RuleSettings):

@@ -24,6 +24,7 @@ from pydantic import ValidationError
 
 from tgdl.bus.broker import nats_broker
 from tgdl.bus.topology import verify_topology
+from tgdl.catalog import metrics
 from tgdl.catalog.settings import CatalogSettings
 from tgdl.catalog.sources import Source, SyncError, UnknownChat, source_for
 from tgdl.catalog.watcher import RuleRunner
@@ -143,7 +144,10 @@ class Catalog:
             self.wake.clear()
             try:
                 await self.round()
+                metrics.ROUNDS.labels("ok").inc()
+                metrics.LAST_ROUND.set_to_current_time()
             except Exception as exc:  # an outage of the source or PostgreSQL: next round
+                metrics.ROUNDS.labels("failed").inc()
                 log.warning("sync round failed (%s: %s); will try again",
                             type(exc).__name__, exc)
             waiting = [asyncio.create_task(stop.wait()), asyncio.create_task(self.wake.wait())]

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 
+from tgdl.catalog import metrics
 from tgdl.contracts.commands import CommandReply, RejectReason, StartBatch
 from tgdl.contracts.config import chat_key
 from tgdl.db import rules
@@ -31,12 +32,9 @@ def new_batch_id() -> str:
 def start_command(start: rules.Start) -> StartBatch:
     """The batch a rule starts: its id chosen beforehand (so sending it again is
     harmless), the rule's chat as the only one it may read."""
-    fields = {}
-    if start.rule.name_template and "name_template" in StartBatch.model_fields:
-        fields["name_template"] = start.rule.name_template
     return StartBatch(message_ids=start.message_ids, max_concurrent=start.rule.max_concurrent,
                       batch_id=start.batch_id, rule_id=start.rule.rule_id,
-                      chats=[chat_key(start.rule.chat)], **fields)
+                      chats=[chat_key(start.rule.chat)], name_template=start.rule.name_template)
 
 
 class RuleRunner:
@@ -61,17 +59,21 @@ class RuleRunner:
         try:
             reply = await self._send(start_command(start))
         except Exception as exc:  # no orchestrator yet, NATS away: the next round retries
+            metrics.START_RETRIES.inc()
             log.warning("rule %s: batch %s not started yet (%s); will retry",
                         start.rule.rule_id, start.batch_id, type(exc).__name__)
             return 0
         if reply.rejected is not None:
             if reply.rejected.reason in RETRY:
+                metrics.START_RETRIES.inc()
                 log.warning("rule %s: batch %s refused for now (%s); will retry",
                             start.rule.rule_id, start.batch_id, reply.rejected.detail)
                 return 0
             log.error("rule %s: batch %s of %s refused: %s", start.rule.rule_id,
                       start.batch_id, start.message_ids, reply.rejected.detail)
         else:
+            metrics.RULE_BATCHES.inc()
+            metrics.RULE_FILES.inc(len(start.message_ids))
             log.info("rule %s started batch %s with %d file(s)", start.rule.rule_id,
                      start.batch_id, len(start.message_ids))
         await rules.accepted(conn, start.batch_id)

@@ -143,7 +143,8 @@ def browser_url(host: str, port: int) -> str:
 def metered_processes(downloaders: int) -> list[str]:
     """The processes with a metrics port of their own, in the order of TGDL_METRICS_PORT's
     consecutive ports (the gateway serves /metrics on its HTTP port)."""
-    return ["orchestrator", "projector", *(f"downloader-{i}" for i in range(1, downloaders + 1))]
+    return ["orchestrator", "projector", "catalog",
+            *(f"downloader-{i}" for i in range(1, downloaders + 1))]
 
 
 def metrics_ports(
@@ -151,7 +152,8 @@ def metrics_ports(
     any_free: Callable[[], int],
 ) -> dict[str, int]:
     """A metrics port per process: TGDL_METRICS_PORT=P gives the orchestrator P, the
-    projector P+1 and downloader-i P+1+i (each must be free); unset, each a free port."""
+    projector P+1, the catalog P+2 and downloader-i P+2+i (each must be free); unset, each
+    a free port."""
     names = metered_processes(downloaders)
     raw = env.get("TGDL_METRICS_PORT", "").strip()
     if not raw:
@@ -173,7 +175,8 @@ def metrics_ports(
         if not is_free(port):
             raise ConfigError(f"port {port} for the metrics of {name} is in use; "
                               f"TGDL_METRICS_PORT={base} takes {base}-{base + len(names) - 1} "
-                              "(orchestrator, projector, downloader-1..N): choose another base")
+                              "(orchestrator, projector, catalog, downloader-1..N): choose another "
+                              "base")
     return ports
 
 
@@ -287,7 +290,7 @@ def service_env(base: Mapping[str, str], wiring: Wiring) -> dict[str, str]:
 SECRETS: dict[str, tuple[str, ...]] = {
     "TGDL_API_ID": ("downloader", "catalog"), "TGDL_API_HASH": ("downloader", "catalog"),
     "TGDL_API_TOKEN": ("gateway",), "TGDL_API_TOKENS": ("gateway",),
-    "TGDL_DATABASE_URL": ("gateway", "orchestrator", "projector"),
+    "TGDL_DATABASE_URL": ("gateway", "orchestrator", "projector", "catalog"),
 }
 
 
