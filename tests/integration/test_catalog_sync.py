@@ -6,13 +6,16 @@ from __future__ import annotations
 import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import asyncpg
 import pytest
 from fakes.telegram_server import MiB, TelegramServer, content, sha256
+from telethon import events
 from telethon.tl import functions, types
 
 from tgdl.catalog.settings import CatalogSettings
+from tgdl.catalog.sources import TelethonSource
 from tgdl.catalog.telethon_sync import SyncError, sync_chat
 from tgdl.contracts.catalog import CatalogEntry, MediaKind
 from tgdl.db.catalog import get_many
@@ -341,3 +344,57 @@ async def test_login_without_api_credentials_names_the_variables(tmp_path: Path)
     with pytest.raises(TelegramSetupError, match="TGDL_API_ID and TGDL_API_HASH"):
         await login(settings, ask=Prompts(), ask_secret=Prompts())
     assert not (tmp_path / "s").exists()
+
+
+# --- watch rules with an account ------------------------------------------------------------
+
+
+async def test_a_new_rule_starts_at_the_chats_newest_message_and_syncs_from_there(
+    server, client, db, settings
+):
+    news = server.add_channel("news")
+    server.post_document(news, content(3000, 1), file_name="old.pdf",
+                         mime_type="application/pdf")
+    newest = server.post_text(news, "the latest")
+    source = TelethonSource(settings)
+    source.client = client  # as start() connects it
+    await client.connect()
+    assert await source.resolve(db, "@News") == ("news", newest)
+    with pytest.raises(SyncError, match="does not know"):
+        await source.resolve(db, "no_such_channel")
+    # a chat never synced is synced from that mark on, not from its first message
+    later = server.post_document(news, content(4000, 2), file_name="new.pdf",
+                                 mime_type="application/pdf")
+    await source.refresh(db, ["news"])
+    assert [(r["chat"], r["telegram_message_id"]) for r in await rows(db)] == [("news", later)]
+
+
+async def test_telegrams_new_messages_with_media_wake_the_catalog_service(settings,
+                                                                          monkeypatch):
+    registered: list = []
+
+    class Client:
+        def add_event_handler(self, handler, event):
+            registered.append((handler, event))
+
+        async def connect(self):
+            pass
+
+        async def get_me(self):
+            pass
+
+    asked_for_updates: list[bool] = []
+
+    def build(settings, updates=False):
+        asked_for_updates.append(updates)
+        return Client()
+
+    monkeypatch.setattr("tgdl.catalog.sources.build_client", build)
+    woken: list[bool] = []
+    await TelethonSource(settings).start(lambda: woken.append(True))
+    [(handler, event)] = registered
+    assert asked_for_updates == [True] and isinstance(event, events.NewMessage)
+    await handler(SimpleNamespace(message=SimpleNamespace(media=None)))  # text: nothing new
+    assert woken == []
+    await handler(SimpleNamespace(message=SimpleNamespace(media=object())))
+    assert woken == [True]

@@ -3,16 +3,24 @@ a data folder with a running `tgdl run`."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 from pathlib import Path
 
 import pytest
+from nats.errors import NoRespondersError
+from sim_helpers import running_sim
+from waiting import until
 
+from tgdl.catalog.app import serve as serve_catalog
+from tgdl.catalog.settings import CatalogSettings
 from tgdl.contracts.subjects import Names
 from tgdl.db.connection import connect
 from tgdl.launcher import commands
 from tgdl.launcher.plan import Home
+from tgdl.launcher.prepare import prepare
 from tgdl.launcher.servers import HomeBusy, HomeLock, servers_for
 
 
@@ -86,3 +94,31 @@ async def test_the_data_folder_is_free_again_after_a_command(tmp_path):
     again = HomeLock(tmp_path / "run.lock")
     assert again.try_acquire()
     again.release()
+
+
+async def test_sync_asks_a_running_catalog_service_which_syncs_the_chat(
+        servers, isolation, nc, tmp_path, capsys):
+    env = _env(servers, isolation, tmp_path / "home")
+    async with running_sim() as sim_url:
+        settings = CatalogSettings(
+            nats_url=servers.nats_url, database_url=servers.database_url,
+            namespace=isolation.namespace, db_schema=isolation.schema, sim_url=sim_url)
+        await prepare(settings)
+        stop = asyncio.Event()
+        service = asyncio.create_task(serve_catalog(settings, stop))
+        try:
+            async def answering():
+                with contextlib.suppress(NoRespondersError, TimeoutError):
+                    return (await nc.request(settings.names.cmd_catalog_sync,
+                                             b'{"chat": "sim_demo"}', timeout=5)).data
+            await until(answering, 20, what="catalog service answering")
+            capsys.readouterr()
+            assert await commands.sync(env, tmp_path, "@SIM_demo", None) == 0
+            said = capsys.readouterr().out
+            assert "(synced by the running catalog service)" in said
+            assert "added to the catalog as 'sim_demo'" in said
+            assert await commands.sync(env, tmp_path, "no_such_chat", None) == 1
+            assert "no chat 'no_such_chat'" in capsys.readouterr().out
+        finally:
+            stop.set()
+            await service

@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sync = commands.add_parser(
         "sync", help="list a chat's messages into the catalog (needs `tgdl login`)",
+        description="A running catalog service (`tgdl run`) syncs the chat, over NATS; "
+        "without one, this command syncs it through the logged-in account itself.",
     )
     sync.add_argument("chat", help="chat username (e.g. @channel), invite link or numeric id")
     sync.add_argument("--limit", type=int, default=None, metavar="N",
