@@ -394,6 +394,9 @@ class Worker:
         assert self.files is not None
         own = str(relative_path(job.entry, job.name_template))
         mine = FileRecord(job_id=job.job_id, message_id=job.entry.message_id)
+        # Most files are nobody else's: take the record in one round trip, else look.
+        if (created := await self.files.claim(key, mine, None)) is not None:
+            return mine, created
         seen: int | None = None
         since = time.monotonic()
         waited_for: str | None = None
