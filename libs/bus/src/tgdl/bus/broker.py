@@ -7,6 +7,7 @@ one place that says when the connection goes and comes back.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -115,7 +116,10 @@ class Broker(NatsBroker):
             await super().stop(exc_type, exc_val, exc_tb)
         except (nats.errors.ConnectionReconnectingError, nats.errors.ConnectionClosedError):
             if self._connection is not None:
-                await self._connection.close()
+                # Closing flushes what was published while reconnecting; with the server
+                # gone the socket may fail under it, and the client is closed all the same.
+                with contextlib.suppress(OSError):
+                    await self._connection.close()
                 self._connection = None
             self.config.disconnect()
 
