@@ -418,6 +418,10 @@ class Worker:
                             link_or_copy, self.s.media_root / source, final)
                     except FileNotFoundError:
                         continue  # removed just now: the record is stale, look again
+                    except OSError as exc:  # e.g. a full disk while copying
+                        return self._outcome(job, OutcomeStatus.failed, Failure.of(
+                            ErrorCode.storage, f"could not link or copy the same file "
+                            f"(message {other}'s) to this message's path: {exc}"))
                     await asyncio.to_thread(discard_part, final)  # an earlier attempt's
                     log.info("message %d: the same file as message %d (%s)",
                              job.entry.message_id, other, how)
