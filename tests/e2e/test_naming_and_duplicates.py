@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path, PurePosixPath
@@ -164,3 +165,37 @@ async def test_the_cli_downloads_with_a_template_and_refuses_a_bad_one(stack: St
         assert path.name.startswith(f"{f['message_id']}_")
     bad = await asyncio.to_thread(tgdl, "download", str(ids[0]), "--name-template", "{name}")
     assert bad.returncode != 0 and "{message_id}" in bad.stdout + bad.stderr
+
+
+async def test_the_page_starts_a_batch_with_a_template_and_shows_why_one_is_refused(
+        stack: Stack):
+    from test_web_page import CHROMIUM, async_playwright, expect
+
+    if CHROMIUM is None:
+        pytest.skip("no chromium found")
+    m = stack.media_ids(1)[0]
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = await browser.new_page(viewport={"width": 1280, "height": 900})
+            await page.goto(str(stack.http.base_url))
+            bar = page.get_by_role("region", name="Download the selected messages")
+            box = page.locator(f'#messages tr[data-id="{m}"] input[type=checkbox]')
+
+            await box.check()
+            await bar.get_by_label("File names").fill("{chat}/{name}")
+            await bar.get_by_role("button", name="Start download of 1").click()
+            await expect(page.locator("#notice")).to_contain_text("{message_id}")
+
+            await bar.get_by_label("File names").fill("{chat}/{kind}/{message_id}_{name}")
+            await bar.get_by_role("button", name="Start download of 1").click()
+            await expect(page.locator("#batch-id")).to_have_text(re.compile("^batch_"))
+            batch_id = await page.locator("#batch-id").text_content()
+        finally:
+            await browser.close()
+    body = await stack.until_finished(batch_id)
+    [f] = body["files"]
+    message = next(x for x in stack.sim_messages() if x.message_id == m)
+    rel = NameTemplate.parse("{chat}/{kind}/{message_id}_{name}").render(message.to_entry())
+    assert rel.parts[0] == "sim_demo" and (stack.media_root / rel).is_file()
+    assert f["download_url"] == f"/media/{rel}"

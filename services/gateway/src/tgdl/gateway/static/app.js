@@ -163,10 +163,13 @@ async function startBatch() {
   if (!state.selected.size) { notice("Select at least one message.", "error"); return; }
   $("start").disabled = true;
   try {
-    const started = await api("POST", "/api/media/batch-download", {
+    const body = {
       message_ids: [...state.selected], force: $("force").checked,
       max_concurrent: Number($("max-concurrent").value),
-    });
+    };
+    const template = $("name-template").value.trim();
+    if (template) body.name_template = template;  // empty: the service's TGDL_NAME_TEMPLATE
+    const started = await api("POST", "/api/media/batch-download", body);
     const refused = started.failed_to_start.map((f) => `#${f.message_id}: ${f.detail}`).join("; ");
     notice(started.message + (refused ? `. Not started: ${refused}` : ""), refused ? "error" : "info");
     state.selected.clear(); showSelected(); loadMessages();
