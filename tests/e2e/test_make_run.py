@@ -69,13 +69,14 @@ def scrape_every_process(listed: Path, output: str, log: Path) -> None:
     every port answers, and the process behind it is the one named."""
     targets = json.loads(listed.read_text())
     replicas = [t["labels"]["replica"] for t in targets]
-    assert replicas == ["gateway", "orchestrator", "projector", "downloader-1",
+    assert replicas == ["gateway", "orchestrator", "projector", "catalog", "downloader-1",
                         "downloader-2"]
     addresses = [t["targets"][0] for t in targets]
     assert len(set(addresses)) == len(addresses), addresses
     own = {"gateway": "tgdl_http_request_duration_seconds",
            "orchestrator": "tgdl_orchestrator_permits_granted",
            "projector": "tgdl_projector_messages_applied",
+           "catalog": "tgdl_catalog_rule_batches_started",
            "downloader": "tgdl_downloader_downloads_completed"}
     for target in targets:
         url = f"http://{target['targets'][0]}/metrics"
@@ -139,8 +140,8 @@ def test_tgdl_run_serves_the_demo_and_stops_cleanly_on_ctrl_c(tmp_path: Path) ->
         assert f"open {base}/" in output
         assert "Using the simulated Telegram (" in output
         assert sorted(service_modules(descendants)) == [
-            "tgdl.downloader", "tgdl.downloader", "tgdl.gateway", "tgdl.orchestrator",
-            "tgdl.projector", "tgdl.simtelegram",
+            "tgdl.catalog", "tgdl.downloader", "tgdl.downloader", "tgdl.gateway",
+            "tgdl.orchestrator", "tgdl.projector", "tgdl.simtelegram",
         ]  # each service its own OS process, two downloader replicas by default
         scrape_every_process(home / "metrics-targets.json", output, log)
 
