@@ -367,6 +367,7 @@ async def test_a_new_rule_starts_at_the_chats_newest_message_and_syncs_from_ther
                                  mime_type="application/pdf")
     await source.refresh(db, ["news"])
     assert [(r["chat"], r["telegram_message_id"]) for r in await rows(db)] == [("news", later)]
+    assert source.watching == {news.marked_id}  # whose new messages wake the service
 
 
 async def test_telegrams_new_messages_with_media_wake_the_catalog_service(settings,
@@ -391,10 +392,19 @@ async def test_telegrams_new_messages_with_media_wake_the_catalog_service(settin
 
     monkeypatch.setattr("tgdl.catalog.sources.build_client", build)
     woken: list[bool] = []
-    await TelethonSource(settings).start(lambda: woken.append(True))
+    source = TelethonSource(settings)
+    await source.start(lambda: woken.append(True))
     [(handler, event)] = registered
     assert asked_for_updates == [True] and isinstance(event, events.NewMessage)
-    await handler(SimpleNamespace(message=SimpleNamespace(media=None)))  # text: nothing new
+
+    def new(chat_id: int, media: object | None) -> SimpleNamespace:
+        return SimpleNamespace(chat_id=chat_id, message=SimpleNamespace(media=media))
+    await handler(new(-100111, None))  # text: nothing to download
     assert woken == []
-    await handler(SimpleNamespace(message=SimpleNamespace(media=object())))
+    await handler(new(-100111, object()))  # before the first round: any chat's media
     assert woken == [True]
+    source.watching = {-100222}  # the first round found the watched chats' ids
+    await handler(new(-100111, object()))  # a chat nobody watches
+    assert woken == [True]
+    await handler(new(-100222, object()))
+    assert woken == [True, True]

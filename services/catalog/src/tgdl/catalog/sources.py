@@ -8,13 +8,14 @@ from collections.abc import Callable
 from typing import Protocol
 
 import asyncpg
-from telethon import TelegramClient, events
+from telethon import TelegramClient, errors, events, utils
 
 from tgdl.catalog.settings import CatalogSettings
 from tgdl.catalog.simulated import SimulatedCatalog, UnknownChat
 from tgdl.catalog.telethon_sync import SyncError, newest_message, sync_chat
 from tgdl.contracts.rules import SyncResult
 from tgdl.telegram.client import build_client
+from tgdl.telegram.peers import PeerResolver
 
 log = logging.getLogger("tgdl.catalog")
 
@@ -74,12 +75,17 @@ class TelethonSource:
     def __init__(self, settings: CatalogSettings) -> None:
         self.settings = settings
         self.client: TelegramClient | None = None
+        self._peer_ids: dict[str, int] = {}  # watched chat -> Telegram's (marked) id
+        # The watched chats' ids, known after the first round (until then any chat's
+        # media wakes the service): a busy chat nobody watches costs no sync.
+        self.watching: set[int] | None = None
 
     async def start(self, wake: Callable[[], None]) -> None:
         client = build_client(self.settings, updates=True)
 
         async def on_new_message(event: events.NewMessage.Event) -> None:
-            if event.message.media is not None:
+            if event.message.media is not None and (
+                    self.watching is None or event.chat_id in self.watching):
                 wake()  # the sync that follows stores it, as any sync would
 
         client.add_event_handler(on_new_message, events.NewMessage())
@@ -108,8 +114,14 @@ class TelethonSource:
         for chat in chats:
             try:
                 await self.sync(conn, chat, None)
+                if chat not in self._peer_ids:
+                    peer = await PeerResolver(self.client).input_peer(chat)
+                    self._peer_ids[chat] = utils.get_peer_id(peer)
             except SyncError as exc:  # one unreadable chat does not stop the others
                 log.warning("%s", exc)
+            except (ValueError, errors.RPCError) as exc:  # its updates wake nobody then
+                log.warning("cannot follow %r's updates: %s", chat, exc)
+        self.watching = {self._peer_ids[c] for c in chats if c in self._peer_ids}
 
 
 def source_for(settings: CatalogSettings) -> Source:
