@@ -9,7 +9,9 @@ import asyncio
 import hashlib
 import json
 import os
+import shutil
 import sys
+from pathlib import Path
 
 import pytest
 from e2e_stack import Stack
@@ -148,3 +150,48 @@ async def test_watch_rules_and_unwatch_from_the_command_line(stack: Stack):
     assert code == 0 and "no longer watched" in out
     code, _, err = await tgdl(stack, "unwatch", rule_id)
     assert code == 2 and "rule_not_found" in err
+
+
+CHROMIUM = next((p for p in (os.environ.get("TGDL_CHROMIUM"), "/usr/bin/chromium",
+                             shutil.which("chromium")) if p and Path(p).exists()), None)
+
+
+@pytest.mark.stack(sync_interval=0.3)
+async def test_watch_a_chat_from_the_page_and_see_what_its_rule_started(stack: Stack):
+    playwright = pytest.importorskip("playwright.async_api", reason="playwright is missing")
+    if CHROMIUM is None:
+        pytest.skip("no chromium found (/usr/bin/chromium, or set TGDL_CHROMIUM)")
+    expect = playwright.expect
+    async with playwright.async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = await browser.new_page(viewport={"width": 1280, "height": 900})
+            await page.goto(str(stack.http.base_url))
+            await page.get_by_label("Watch chat").fill(CHAT)
+            await page.get_by_role("checkbox", name="watch video", exact=True).check()
+            await page.get_by_label("Smallest file").fill("100kB")
+            await page.get_by_label("Caption matches").fill("^page")
+            await page.get_by_role("button", name="Watch", exact=True).click()
+            await expect(page.locator("#notice")).to_contain_text(f"Watching {CHAT} (rule_")
+            rules = page.locator("#rules li")
+            await expect(rules).to_have_count(1)
+            await expect(rules).to_contain_text(
+                f"{CHAT}: video from 100 kB, caption matching ^page")
+            rule_id = await rules.first.get_attribute("data-rule")
+
+            wanted = await post(stack, "video", 200_000, "page: watched")
+            await until_started(stack, rule_id, [wanted])
+            await page.reload()
+            await expect(page.locator("#batches li").first).to_contain_text(
+                f"started by watch rule {rule_id}")
+            await expect(rules).to_contain_text("started 1 batches, 1 files")
+
+            await page.get_by_role("button", name=f"Pause watch rule {rule_id}").click()
+            await expect(rules).to_contain_text("paused")
+            await page.get_by_role("button", name=f"Delete watch rule {rule_id}").click()
+            await expect(rules).to_have_text(["No watch rules yet."])
+            await page.get_by_label("Watch chat").fill("no_such_chat")
+            await page.get_by_role("button", name="Watch", exact=True).click()
+            await expect(page.locator("#notice")).to_contain_text("no chat 'no_such_chat'")
+        finally:
+            await browser.close()

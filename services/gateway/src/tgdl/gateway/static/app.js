@@ -327,6 +327,54 @@ async function cancelBatch() {
   } catch (err) { notice(err.message, "error"); $("cancel").disabled = false; }
 }
 
+// --- watch rules --------------------------------------------------------------------------
+function ruleWhat(r) {
+  let what = r.media_types.length ? r.media_types.join(", ") : "any media";
+  if (r.min_size !== null) what += ` from ${size(r.min_size)}`;
+  if (r.max_size !== null) what += ` up to ${size(r.max_size)}`;
+  if (r.caption_regex) what += `, caption matching ${r.caption_regex}`;
+  return what;
+}
+function ruleItem(r) {
+  const li = el("li"); li.dataset.rule = r.rule_id;
+  const toggle = el("button", r.enabled ? "Pause" : "Resume"); toggle.type = "button";
+  toggle.setAttribute("aria-label", `${r.enabled ? "Pause" : "Resume"} watch rule ${r.rule_id}`);
+  toggle.onclick = () => changeRule("PATCH", r.rule_id, { enabled: !r.enabled });
+  const remove = el("button", "Delete", "danger"); remove.type = "button";
+  remove.setAttribute("aria-label", `Delete watch rule ${r.rule_id}`);
+  remove.onclick = () => changeRule("DELETE", r.rule_id);
+  const actions = el("span"); actions.append(toggle, " ", remove);
+  li.append(el("code", r.rule_id), el("span", `${r.chat}: ${ruleWhat(r)}`), actions,
+    el("span", `${r.enabled ? "watching" : "paused"} · started ${r.batches_started} batches, ${r.files_started} files` +
+      (r.last_batch_id ? ` · latest ${r.last_batch_id}` : ""), "summary"));
+  return li;
+}
+async function loadRules() {
+  try {
+    const page = await api("GET", "/api/rules");
+    $("rules").replaceChildren(...page.rules.map(ruleItem));
+    if (!page.rules.length) $("rules").append(el("li", "No watch rules yet.", "muted"));
+  } catch (err) { notice(err.message, "error"); }
+}
+async function changeRule(method, id, body) {
+  try { await api(method, `/api/rules/${encodeURIComponent(id)}`, body); } catch (err) { notice(err.message, "error"); }
+  loadRules();
+}
+async function createRule(event) {
+  event.preventDefault();
+  try {
+    const body = { chat: $("r-chat").value.trim(),
+                   media_types: [...document.querySelectorAll("#r-types input:checked")].map((b) => b.value) };
+    const min = parseSize($("r-min").value, "Smallest file"); if (min !== null) body.min_size = min;
+    const max = parseSize($("r-max").value, "Largest file"); if (max !== null) body.max_size = max;
+    if ($("r-caption").value) body.caption_regex = $("r-caption").value;
+    const rule = await api("POST", "/api/rules", body);
+    notice(`Watching ${rule.chat} (${rule.rule_id}): its new matching media download by themselves`, "info");
+    $("rule-form").reset();
+  } catch (err) { notice(err.message, "error"); }
+  loadRules();
+}
+
 // --- wiring -------------------------------------------------------------------------------
 $("filters").onsubmit = applyFilters;
 $("f-clear").onclick = () => { $("filters").reset(); applyFilters(); };
@@ -343,6 +391,7 @@ $("next").onclick = () => { state.offset += PAGE; loadMessages(); };
 $("batches-newer").onclick = () => { state.batchesOffset = Math.max(0, state.batchesOffset - BATCH_PAGE); loadBatches(); };
 $("batches-older").onclick = () => { state.batchesOffset += BATCH_PAGE; loadBatches(); };
 $("start").onclick = startBatch;
+$("rule-form").onsubmit = createRule;
 $("cancel").onclick = cancelBatch;
 $("close-batch").onclick = () => {
   stopFollowing(); state.batchId = null; $("batch").hidden = true; history.replaceState(null, "", location.pathname);
@@ -355,5 +404,6 @@ state.query = filterQuery();
 showSelected();
 loadMessages();
 loadBatches();
+loadRules();
 const opened = /^#batch=(.+)$/.exec(location.hash);
 if (opened) openBatch(decodeURIComponent(opened[1]), false);
