@@ -190,6 +190,7 @@ class CatalogRejectReason(StrEnum):
     rule_not_found = "rule_not_found"
     sync_failed = "sync_failed"  # the chat could not be read; the detail says why
     telegram_unavailable = "telegram_unavailable"  # Telegram (or the simulated one) is away
+    database_unavailable = "database_unavailable"  # PostgreSQL did not answer
     internal = "internal_error"
 
 

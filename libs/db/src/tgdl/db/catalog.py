@@ -65,13 +65,6 @@ async def entries_of(conn: asyncpg.Connection, where: str, *args: Any) -> list[C
     return [_entry(r) for r in rows]
 
 
-async def newest_telegram_id(conn: asyncpg.Connection, chat: str) -> int | None:
-    """The newest message of a chat the catalog knows (stored, or read by a sync)."""
-    return await conn.fetchval(
-        "SELECT max(n) FROM (SELECT max(telegram_message_id) AS n FROM catalog WHERE chat = $1"
-        " UNION ALL SELECT newest_telegram_id FROM chat_sync WHERE chat = $1) AS marks", chat)
-
-
 @dataclass(frozen=True)
 class MessageFilter:
     """What the message list may be narrowed to; every field is optional (None: any)."""

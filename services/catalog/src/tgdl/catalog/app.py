@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated
 
 import asyncpg
@@ -53,6 +53,26 @@ START_TIMEOUT = 10.0  # seconds an orchestrator has to answer a rule's start
 # What a source that cannot be reached raises (the simulated Telegram's HTTP, Telethon's
 # connection): the caller is told Telegram is away, not that the catalog failed.
 SOURCE_OUTAGES: tuple[type[Exception], ...] = (httpx.HTTPError, ConnectionError, OSError)
+# What a lost PostgreSQL raises (a refused socket is an OSError too: asked first).
+DB_OUTAGES: tuple[type[Exception], ...] = (
+    asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+    asyncpg.exceptions.OperatorInterventionError, asyncpg.TooManyConnectionsError)
+
+
+class _DatabaseDown(Exception):
+    """PostgreSQL did not give a connection."""
+
+
+@contextlib.asynccontextmanager
+async def _connection(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
+    try:
+        conn = await pool.acquire(timeout=5)
+    except (*DB_OUTAGES, OSError, TimeoutError) as exc:
+        raise _DatabaseDown(type(exc).__name__) from exc
+    try:
+        yield conn
+    finally:
+        await pool.release(conn)
 
 
 def _rejected(reason: CatalogRejectReason, detail: str) -> CatalogReply:
@@ -88,6 +108,10 @@ class Catalog:
                      ) -> CatalogReply:
         try:
             return await handle()
+        except (_DatabaseDown, *DB_OUTAGES) as exc:
+            log.warning("command on %s: PostgreSQL unreachable (%s)", subject, exc)
+            return _rejected(CatalogRejectReason.database_unavailable,
+                             "PostgreSQL could not be reached")
         except SOURCE_OUTAGES as exc:
             log.warning("command on %s: Telegram unreachable (%s)", subject,
                         type(exc).__name__)
@@ -100,7 +124,7 @@ class Catalog:
 
     async def sync(self, cmd: SyncChat) -> CatalogReply:
         try:
-            async with self.pool.acquire() as conn:
+            async with _connection(self.pool) as conn:
                 result = await self.source.sync(conn, cmd.chat, cmd.limit)
         except SyncError as exc:
             return _rejected(CatalogRejectReason.sync_failed, str(exc))
@@ -109,7 +133,7 @@ class Catalog:
 
     async def create_rule(self, cmd: CreateRule) -> CatalogReply:
         try:
-            async with self.pool.acquire() as conn:
+            async with _connection(self.pool) as conn:
                 chat, newest = await self.source.resolve(conn, cmd.rule.chat)
                 rule = await rules.create(conn, cmd.rule, chat, newest)
         except (UnknownChat, SyncError) as exc:
@@ -119,7 +143,7 @@ class Catalog:
         return CatalogReply(ok=RuleResult(rule=rule))
 
     async def update_rule(self, cmd: UpdateRule) -> CatalogReply:
-        async with self.pool.acquire() as conn:
+        async with _connection(self.pool) as conn:
             rule = await rules.set_enabled(conn, cmd.rule_id, cmd.enabled)
         if rule is not None:
             log.info("watch rule %s %s", rule.rule_id, "resumed" if rule.enabled else "paused")
@@ -127,7 +151,7 @@ class Catalog:
         return _found(rule, cmd.rule_id)
 
     async def delete_rule(self, cmd: DeleteRule) -> CatalogReply:
-        async with self.pool.acquire() as conn:
+        async with _connection(self.pool) as conn:
             rule = await rules.delete(conn, cmd.rule_id)
         if rule is not None:
             log.info("watch rule %s deleted", rule.rule_id)
@@ -135,7 +159,7 @@ class Catalog:
 
     async def round(self) -> None:
         """The watched chats' new messages into the catalog, then the rules' starts."""
-        async with self.pool.acquire() as conn:
+        async with _connection(self.pool) as conn:
             await self.source.refresh(conn, await rules.watched_chats(conn))
         await self.runner.run_once()
 

@@ -50,6 +50,9 @@ REJECTIONS: dict[CatalogRejectReason, tuple[int, str, str]] = {
     CatalogRejectReason.telegram_unavailable: (
         503, "telegram_unavailable",
         "Retry in a moment; check the catalog service's connection to Telegram."),
+    CatalogRejectReason.database_unavailable: (
+        503, "database_unavailable",
+        "Retry in a moment; check that PostgreSQL is running and reachable (GET /healthz)."),
     CatalogRejectReason.internal: (
         502, "catalog_failed", "Retry in a moment; if it persists, check the catalog's logs."),
 }

@@ -1,0 +1,46 @@
+"""What the catalog service answers when what it needs is away: PostgreSQL or Telegram
+down is said as such (the gateway makes them 503s naming it), never a generic failure."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tgdl.catalog.app import Catalog
+from tgdl.catalog.settings import CatalogSettings
+from tgdl.contracts.rules import CatalogRejectReason, SyncChat
+from tgdl.gateway.rules import REJECTIONS
+
+
+class DeadPool:
+    async def acquire(self, **options):  # as asyncpg.Pool.acquire(timeout=...)
+        raise ConnectionRefusedError("PostgreSQL is not listening")
+
+
+class DeadSource:
+    async def sync(self, conn, chat, limit):
+        raise httpx.ConnectError("the simulated Telegram is not listening")
+
+
+class OpenPool:
+    async def acquire(self, **options):  # as asyncpg.Pool.acquire(timeout=...)
+        return object()
+
+    async def release(self, conn) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("pool", "reason", "status", "error"), [
+    (DeadPool(), CatalogRejectReason.database_unavailable, 503, "database_unavailable"),
+    (OpenPool(), CatalogRejectReason.telegram_unavailable, 503, "telegram_unavailable"),
+])
+async def test_an_outage_is_answered_naming_what_is_down(pool, reason, status, error):
+    catalog = Catalog(CatalogSettings.model_construct(), pool, DeadSource(), runner=None)
+    reply = await catalog.answer("sync", lambda: catalog.sync(SyncChat(chat="news")))
+    assert reply.ok is None and reply.rejected is not None
+    assert reply.rejected.reason is reason
+    assert REJECTIONS[reason][:2] == (status, error)
+
+
+def test_every_rejection_has_its_http_answer():
+    assert set(REJECTIONS) == set(CatalogRejectReason)
