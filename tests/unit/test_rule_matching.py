@@ -47,6 +47,7 @@ def test_a_rule_matches_media_of_its_types_sizes_and_caption(rule, message, matc
 
 @pytest.mark.parametrize(("body", "says"), [
     ({"caption_regex": "(unclosed"}, "caption_regex is not a valid regular expression"),
+    ({"caption_regex": r"(a)\1"}, "without backreferences"),  # RE2 has none
     ({"min_size": 10, "max_size": 5}, "min_size must not exceed max_size"),
     ({"media_types": ["sticker"]}, "media_types"),
     ({"min_size": -1}, "min_size"),
@@ -61,6 +62,15 @@ def test_bad_rules_are_refused_with_what_is_wrong(body, says):
     with pytest.raises(ValidationError) as raised:
         RuleCreate.model_validate({"chat": "news", **body})
     assert says in str(raised.value)
+
+
+@pytest.mark.timeout(10)
+def test_a_catastrophic_caption_pattern_matches_in_linear_time():
+    """Python's `re` backtracks for about 2**40 steps on this pattern and caption (hours);
+    RE2 answers at once, so the test's timeout is only a guard."""
+    rule = RuleFilter(chat="news", caption_regex=r"^(a+)+$")
+    assert rule.matches(entry(caption="a" * 40 + "b")) is False
+    assert rule.matches(entry(caption="a" * 4000)) is True
 
 
 def test_duplicate_media_types_collapse():

@@ -9,11 +9,12 @@ live here; the gateway alone chooses status codes and wording.
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 from enum import StrEnum
+from functools import lru_cache
 from typing import Annotated, Literal
 
+import re2
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from tgdl.contracts.catalog import CatalogEntry, MediaKind
@@ -21,6 +22,17 @@ from tgdl.contracts.paths import NameTemplate
 
 RULE_ID_PATTERN = r"^rule_[0-9a-f]{8}$"
 MAX_REGEX_LENGTH = 500
+
+
+@lru_cache(maxsize=256)
+def caption_pattern(pattern: str) -> re2._Regexp:
+    """A rule's caption pattern, compiled by RE2: matching takes time linear in the
+    caption whatever the pattern (Python's `re` can backtrack for minutes on a pattern such
+    as `(a+)+$`, and anyone who may create a rule chooses the pattern). RE2 has no
+    backreferences or lookaround; such a pattern is refused when the rule is created."""
+    options = re2.Options()
+    options.log_errors = False  # the refusal is the caller's answer, not a log line
+    return re2.compile(pattern, options)
 
 
 class RuleFilter(BaseModel):
@@ -36,8 +48,9 @@ class RuleFilter(BaseModel):
     max_size: int | None = Field(default=None, ge=0, description="bytes, inclusive")
     caption_regex: str | None = Field(
         default=None, max_length=MAX_REGEX_LENGTH,
-        description="a Python regular expression searched in the caption (a message "
-                    "without a caption has an empty one); `(?i)` ignores case")
+        description="a regular expression (RE2 syntax: no backreferences or lookaround) "
+                    "searched in the caption (a message without a caption has an empty "
+                    "one); `(?i)` ignores case")
 
     @field_validator("chat")
     @classmethod
@@ -58,10 +71,12 @@ class RuleFilter(BaseModel):
         if pattern is None:
             return None
         try:
-            re.compile(pattern)
-        except re.error as exc:
-            raise ValueError(f"caption_regex is not a valid regular expression: {exc}") \
-                from None
+            caption_pattern(pattern)
+        except re2.error as exc:
+            reason = exc.args[0].decode(errors="replace") if exc.args else "invalid"
+            raise ValueError(
+                f"caption_regex is not a valid regular expression (RE2 syntax, without "
+                f"backreferences or lookaround): {reason}") from None
         return pattern
 
     @model_validator(mode="after")
@@ -83,7 +98,7 @@ class RuleFilter(BaseModel):
         if self.max_size is not None and (entry.size is None or entry.size > self.max_size):
             return False
         if self.caption_regex is not None:
-            return re.search(self.caption_regex, entry.caption or "") is not None
+            return caption_pattern(self.caption_regex).search(entry.caption or "") is not None
         return True
 
 
