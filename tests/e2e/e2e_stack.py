@@ -139,9 +139,9 @@ class Stack:
 
     # --- the HTTP API -------------------------------------------------------------------
     async def start_batch(self, ids: list[int], max_concurrent: int = 3,
-                          force: bool = False) -> dict[str, Any]:
+                          force: bool = False, **extra) -> dict[str, Any]:
         r = await self.http.post("/api/media/batch-download", json={
-            "message_ids": ids, "max_concurrent": max_concurrent, "force": force})
+            "message_ids": ids, "max_concurrent": max_concurrent, "force": force, **extra})
         assert r.status_code == 200, r.text
         return r.json()
 

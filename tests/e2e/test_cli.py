@@ -181,10 +181,21 @@ async def test_pause_set_and_resume_steer_a_running_batch(stack):
 
     changed = await tgdl(stack, "set", batch_id, "--max-concurrent", "3", "--json")
     assert changed.code == 0 and changed.json()["batch_id"] == batch_id
+    raised = await tgdl(stack, "priority", batch_id, "high")
+    assert raised.code == 0 and "priority changed from normal to high" in raised.out, raised
     resumed = await tgdl(stack, "resume", batch_id)
     assert resumed.code == 0, resumed.out + resumed.err
     final = await stack.until_finished(batch_id)
     assert final["overall_status"] == "completed" and final["max_concurrent"] == 3
+    assert final["priority"] == "high"
+    listed = await tgdl(stack, "batches")
+    assert "high" in listed.out, listed.out
+
+    low = await tgdl(stack, "download", str(stack.media_ids(5)[4]), "--priority", "low",
+                     "--json")
+    assert low.code == 0 and low.json()["priority"] == "low", low.out + low.err
+    lower = await tgdl(stack, "set", low.json()["batch_id"], "--priority", "normal")
+    assert lower.code == 0 and "already finished" in lower.out, lower.out + lower.err
 
     unknown = await tgdl(stack, "pause", "batch_nope")
     assert unknown.code == 2 and "batch_not_found" in unknown.err

@@ -16,19 +16,29 @@ from tgdl.simtelegram.content import expected_sha256
 pytestmark = pytest.mark.e2e
 
 
+def some_parts_on_disk(stack: Stack, files: int):
+    """A condition: `files` downloads each have a finished part recorded in their sidecar."""
+    async def check():
+        sidecars = list(stack.media_root.rglob(f"*{PARTS_SUFFIX}"))
+        return len(sidecars) == files and all(
+            len(p.read_text().splitlines()) > 1 for p in sidecars)
+    return check
+
+
 async def post(stack: Stack, path: str, expect: int = 200, **kw) -> dict:
     r = await stack.http.request(kw.pop("method", "POST"), path, **kw)
     assert r.status_code == expect, r.text
     return r.json()
 
 
-@pytest.mark.stack(sim_bandwidth=400_000)  # a few seconds per file: paused mid-way
+@pytest.mark.stack(sim_bandwidth=400_000, parts_per_file=1)  # seconds per file
 async def test_pause_keeps_parts_through_a_restart_and_resume_completes_exact_files(
         stack: Stack):
     ids = stack.media_ids(4, min_size=1_500_000)
     started = await stack.start_batch(ids, max_concurrent=2)
     b = started["batch_id"]
     await stack.until_serving(2)
+    await until(some_parts_on_disk(stack, 2), 20, what="a part of each file on disk")
 
     paused = await post(stack, f"/api/media/batch-pause/{b}")
     assert (paused["status"], paused["paused_downloads"], paused["total_files"]) == (
@@ -40,6 +50,13 @@ async def test_pause_keeps_parts_through_a_restart_and_resume_completes_exact_fi
         return body if body.get("overall_status") == "paused" else None
     body = await until(shown_paused, 10, what="status paused")
     assert [f["status"] for f in body["files"]] == ["paused", "paused", "pending", "pending"]
+
+    async def kept_bytes_shown():  # once the stopped jobs report what their .part kept
+        body = await stack.status(b)
+        return body if all(f.get("downloaded_size") for f in body["files"][:2]) else None
+    body = await until(kept_bytes_shown, 10, what="paused files showing their bytes")
+    for f in body["files"][:2]:
+        assert 0 < f["downloaded_size"] <= f["total_size"] and f["progress"] > 0
     assert (body["paused"], body["pending"], body["finished"]) == (2, 2, False)
     assert body["summary"].startswith("Paused: ")
     kept = [p for p in stack.media_root.rglob("*.part") if not p.name.endswith(PARTS_SUFFIX)]
@@ -87,9 +104,9 @@ async def test_steering_answers_unknown_batches_and_bad_limits_clearly(stack: St
                                 {"max_concurrent": 2})):
         answer = await post(stack, path, 404, method=method, json=body)
         assert answer["error"] == "batch_not_found"
-    for bad in (0, 6, "three"):
-        await post(stack, "/api/media/batch/batch_nothere", 422, method="PATCH",
-                   json={"max_concurrent": bad})
+    for bad in ({"max_concurrent": 0}, {"max_concurrent": 6}, {"max_concurrent": "three"},
+                {"priority": "urgent"}, {}):
+        await post(stack, "/api/media/batch/batch_nothere", 422, method="PATCH", json=bad)
     ids = stack.media_ids(3)
     b = (await stack.start_batch(ids, max_concurrent=1))["batch_id"]
     raised = await post(stack, f"/api/media/batch/{b}", method="PATCH",
@@ -97,3 +114,57 @@ async def test_steering_answers_unknown_batches_and_bad_limits_clearly(stack: St
     assert raised["status"] == "changed" and len(raised["started_downloads"]) == 2
     assert (await post(stack, f"/api/media/batch-resume/{b}"))["status"] == "not_paused"
     assert (await stack.until_finished(b))["overall_status"] == "completed"
+
+
+@pytest.mark.stack(sim_bandwidth=400_000, parts_per_file=1)
+async def test_priority_at_start_changed_later_and_shown_in_status_and_list(stack: Stack):
+    ids = stack.media_ids(3, min_size=1_500_000)
+    b = (await stack.start_batch(ids, max_concurrent=1, priority="low"))["batch_id"]
+    assert (await stack.status(b))["priority"] == "low"
+    changed = await post(stack, f"/api/media/batch/{b}", method="PATCH",
+                         json={"priority": "high"})
+    assert (changed["status"], changed["priority"], changed["previous_priority"],
+            changed["max_concurrent"]) == ("changed", "high", "low", 1)
+    same = await post(stack, f"/api/media/batch/{b}", method="PATCH", json={"priority": "high"})
+    assert same["status"] == "unchanged"
+
+    async def projected():
+        return (await stack.status(b)).get("priority") == "high"
+    await until(projected, 10, what="the new priority in the status")
+    listed = (await stack.http.get("/api/media/batches")).json()["items"]
+    assert next(i for i in listed if i["batch_id"] == b)["priority"] == "high"
+    final = await stack.until_finished(b, within=90)
+    assert final["overall_status"] == "completed"
+    late = await post(stack, f"/api/media/batch/{b}", method="PATCH", json={"priority": "low"})
+    assert late["status"] == "already_finished"
+
+
+@pytest.mark.stack(sim_bandwidth=400_000, parts_per_file=1)
+async def test_a_single_download_pauses_and_resumes_by_message_id(stack: Stack):
+    (m,) = stack.media_ids(1, min_size=1_500_000)
+    assert (await post(stack, f"/api/media/pause/{m}"))["status"] == "not_downloading"
+    started = await post(stack, f"/api/media/download/{m}", json={"priority": "high"})
+    d = started["download_id"]
+    assert (await stack.status(d))["priority"] == "high"
+    await until(some_parts_on_disk(stack, 1), 20, what="a part on disk")
+    paused = await post(stack, f"/api/media/pause/{m}")
+    assert (paused["status"], paused["download_id"]) == ("paused", d)
+    await stack.until_serving(0, within=1.5)
+
+    async def shown_paused():
+        body = (await stack.http.get(f"/api/media/status/{m}")).json()
+        return body if body["status"] == "paused" and body.get("downloaded_size") else None
+    body = await until(shown_paused, 10, what="the single download paused with its bytes")
+    assert body["download_id"] == d and body["progress"] > 0
+    assert (await post(stack, f"/api/media/pause/{m}"))["status"] == "already_paused"
+
+    resumed = await post(stack, f"/api/media/resume/{m}")
+    assert (resumed["status"], resumed["download_id"]) == ("resumed", d)
+    assert (await post(stack, f"/api/media/resume/{m}"))["status"] == "not_paused"
+    final = await stack.until_finished(d, within=60)
+    assert final["overall_status"] == "completed"
+    f = final["files"][0]
+    size = next(x.size for x in stack.sim_messages() if x.message_id == m)
+    assert hashlib.sha256(Path(f["file_path"]).read_bytes()).hexdigest() == \
+        expected_sha256(m, size)
+    assert (await post(stack, f"/api/media/resume/{m}"))["status"] == "not_downloading"

@@ -26,6 +26,7 @@ from tgdl.contracts.events import (
     FileCompleted,
     JobDispatched,
     PermitGranted,
+    PriorityChanged,
 )
 from tgdl.contracts.jobs import DownloadOutcome, DownloadProgress
 from tgdl.db.connection import connect
@@ -166,7 +167,7 @@ async def test_batches_are_projected_with_live_per_file_state(projector, feed, j
         "finished": False,
         "summary": "1 of 5 files completed, 1 downloading, 1 paused by a Telegram rate "
                    "limit, 1 waiting for its turn, 1 failed",
-        "max_concurrent": 2,
+        "max_concurrent": 2, "priority": "normal",
     }
     assert files[1] == {"message_id": 1, "status": "downloading", "progress": 45,
                         "downloaded_size": 450, "total_size": 1000, "download_speed": 100,
@@ -307,17 +308,21 @@ async def test_a_paused_and_resumed_batch_is_projected_and_rebuilt_the_same(
     await start_two_batches(feed)
     await feed.events("b1", ConcurrencyChanged(batch_id="b1", at=at(3), max_concurrent=3,
                                                previous=2),
+                      PriorityChanged(batch_id="b1", at=at(3), priority="high",
+                                      previous="normal"),
                       BatchPaused(batch_id="b1", at=at(4), stopped=[1, 2]))
-    # the job of file 2 stopped for the pause, addressed to nobody (file 1 goes on for s1)
+    # the job of file 2 stopped for the pause, addressed to nobody (file 1 goes on for s1),
+    # with the bytes its .part kept
     stopped = DownloadOutcome(job_id="b1:2", message_id=2, status="cancelled", parties=[],
-                              at=at(5))
+                              at=at(5), downloaded_size=300)
     await js.publish(settings.names.file_done(2), stopped.model_dump_json().encode())
     await catch_up(js, db, settings.names)
     status = await batch_status(db, "b1")
-    assert (status.overall_status, status.finished, status.max_concurrent) == (
-        "paused", False, 3)
+    assert (status.overall_status, status.finished, status.max_concurrent,
+            status.priority) == ("paused", False, 3, "high")
     assert [f.status for f in status.files] == [
         "paused", "paused", "pending", "completed", "failed"]
+    assert (status.files[1].downloaded_size, status.files[1].progress) == (300, 30)
     paused_rows = await dump(db)
 
     await feed.events("b1", BatchResumed(batch_id="b1", at=at(6), resumed=[1, 2]),

@@ -27,13 +27,22 @@ from tgdl.contracts.commands import (
     CommandReply,
     ConcurrencyOutcome,
     PauseBatch,
+    PriorityOutcome,
     ResumeBatch,
     SetConcurrency,
+    SetPriority,
     StartBatch,
 )
-from tgdl.contracts.events import BatchFinished, BatchPaused, FileCompleted, PermitGranted
+from tgdl.contracts.events import (
+    BatchFinished,
+    BatchPaused,
+    FileCompleted,
+    PermitGranted,
+    PriorityChanged,
+)
 from tgdl.contracts.jobs import DownloadOutcome
 from tgdl.contracts.paths import relative_path
+from tgdl.contracts.status import Priority
 from tgdl.contracts.subjects import Names
 from tgdl.db import catalog as catalog_db
 from tgdl.db.connection import connect as db_connect
@@ -54,12 +63,13 @@ SIM = SimSettings(bandwidth=1_000_000, latency=0.0, count=30, min_size=3 * 2**20
                   max_size=6 * 2**20)
 
 
-@pytest.fixture
-async def stack(servers, isolation, nc) -> AsyncIterator[dict]:
+@contextlib.asynccontextmanager
+async def running_stack(servers, isolation, nc, sim: SimSettings = SIM,
+                        **overrides) -> AsyncIterator[dict]:
     common = dict(nats_url=servers.nats_url, database_url=servers.database_url,
                   namespace=isolation.namespace, db_schema=isolation.schema,
-                  media_root=isolation.media_root, ack_wait=3.0)
-    async with running_sim(SIM) as sim_url:
+                  media_root=isolation.media_root, ack_wait=3.0, **overrides)
+    async with running_sim(sim) as sim_url:
         conn = await db_connect(servers.database_url, isolation.schema)
         await migrate(conn, isolation.schema)
         entries = await sim_client.fetch_catalog(sim_url)
@@ -92,6 +102,12 @@ async def stack(servers, isolation, nc) -> AsyncIterator[dict]:
         finally:
             stop.set()
             await asyncio.gather(*tasks)
+
+
+@pytest.fixture
+async def stack(servers, isolation, nc) -> AsyncIterator[dict]:
+    async with running_stack(servers, isolation, nc) as running:
+        yield running
 
 
 async def command(nc, subject: str, body, expect):
@@ -154,6 +170,9 @@ async def test_pause_stops_downloads_keeping_their_parts_and_resume_fetches_only
         assert part_path(final[m]).exists(), "the pause discarded the partial file"
         assert 0 < kept[m] < running[m].size
         assert not final[m].exists()
+        # the stopped job's outcome says what it kept (the status shows it while paused)
+        done = await nc.jetstream().get_last_msg(names.outcomes_stream, names.file_done(m))
+        assert DownloadOutcome.model_validate_json(done.data).downloaded_size == kept[m]
     events = await events_of(stack, b)
     assert isinstance(events[-1], BatchPaused)  # nothing granted since
     assert files[2].message_id not in at_pause["bytes_sent_by_id"]
@@ -299,3 +318,55 @@ async def test_a_lease_left_for_a_pause_keeps_the_part_and_a_rejoined_job_cannot
     await leases.leave(7, "b")
     ended = await leases.end(stopping)
     assert ended is not None and ended.parties == []
+
+
+# Small files at 1 MB/s: each takes about a second and a half, one at a time under a cap
+# of 1, so a batch started while one downloads is queued before the rest of the first.
+SMALL = SimSettings(bandwidth=1_000_000, latency=0.0, count=20, min_size=2**20 + 1,
+                    max_size=2 * 2**20)
+
+
+async def test_under_the_global_cap_a_later_high_batch_goes_before_the_rest_of_a_low_one(
+        servers, isolation, nc):
+    async with running_stack(servers, isolation, nc, sim=SMALL, global_cap=1) as stack:
+        names: Names = stack["names"]
+        low_ids = [e.message_id for e in stack["entries"][:4]]
+        high_ids = [e.message_id for e in stack["entries"][4:6]]
+        low = await command(nc, names.cmd_batch_start, StartBatch(
+            message_ids=low_ids, max_concurrent=2, priority=Priority.low), BatchAccepted)
+        await sim_client.until_serving(stack["sim_url"], 1, within=10)  # the first low file
+        high = await command(nc, names.cmd_batch_start, StartBatch(
+            message_ids=high_ids, max_concurrent=2, priority=Priority.high), BatchAccepted)
+        ended = [*await until_finished(stack, low.batch_id),
+                 *await until_finished(stack, high.batch_id)]
+        stats = await sim_client.stats(stack["sim_url"])
+        assert stats["max_serving"] == 1  # the cap held
+        order = [e.message_id for e in sorted(
+            (e for e in ended if isinstance(e, FileCompleted)), key=lambda e: e.at)]
+        first_low = order[0]
+        assert first_low in low_ids  # it had started before the high batch came
+        assert order[1:3] == high_ids  # then the high batch, before the rest of the low one
+        assert sorted(order[3:]) == sorted(set(low_ids) - {first_low})  # low still finishes
+
+
+async def test_a_waiting_batch_raised_to_high_overtakes_one_queued_before_it(
+        servers, isolation, nc):
+    async with running_stack(servers, isolation, nc, sim=SMALL, global_cap=1) as stack:
+        names: Names = stack["names"]
+        first = [e.message_id for e in stack["entries"][:3]]
+        later = [e.message_id for e in stack["entries"][3:5]]
+        a = await command(nc, names.cmd_batch_start,
+                          StartBatch(message_ids=first, max_concurrent=3), BatchAccepted)
+        await sim_client.until_serving(stack["sim_url"], 1, within=10)
+        b = await command(nc, names.cmd_batch_start,
+                          StartBatch(message_ids=later, max_concurrent=2), BatchAccepted)
+        changed = await command(nc, names.cmd_batch_priority, SetPriority(
+            batch_id=b.batch_id, priority=Priority.high), PriorityOutcome)
+        assert (changed.previous, changed.priority) == (Priority.normal, Priority.high)
+        ended = [*await until_finished(stack, a.batch_id),
+                 *await until_finished(stack, b.batch_id)]
+        order = [e.message_id for e in sorted(
+            (e for e in ended if isinstance(e, FileCompleted)), key=lambda e: e.at)]
+        assert order[0] == first[0] and order[1:3] == later and order[3:] == first[1:]
+        assert any(isinstance(e, PriorityChanged) for e in await events_of(stack, b.batch_id))
+        assert not list(stack["media"].rglob("*.part"))

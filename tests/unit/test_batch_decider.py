@@ -22,7 +22,9 @@ from tgdl.contracts.events import (
     FileFailed,
     JobDispatched,
     PermitGranted,
+    PriorityChanged,
 )
+from tgdl.contracts.status import Priority
 from tgdl.orchestrator.batch import (
     BatchState,
     Cancel,
@@ -33,6 +35,7 @@ from tgdl.orchestrator.batch import (
     Reconcile,
     Resume,
     SetMaxConcurrent,
+    SetPriority,
     Start,
     decide,
     fold,
@@ -196,6 +199,10 @@ def limit(n: int) -> SetMaxConcurrent:
     return SetMaxConcurrent(max_concurrent=n, at=AT)
 
 
+def priority(p: str) -> SetPriority:
+    return SetPriority(priority=Priority(p), at=AT)
+
+
 # (what was done before, command) -> the events it appends
 STEERING = [
     ("pause stops the running files", (), PAUSE, [("BatchPaused", None)]),
@@ -218,6 +225,14 @@ STEERING = [
     ("lowering it stops nothing", (), limit(1), [("ConcurrencyChanged", None)]),
     ("the same limit appends nothing", (), limit(2), []),
     ("a finished batch keeps its limit", (CANCEL,), limit(4), []),
+    ("a new priority is recorded and grants nothing", (), priority("high"),
+     [("PriorityChanged", None)]),
+    ("the same priority appends nothing", (), priority("normal"), []),
+    ("a paused batch may change priority, still granting nothing", (PAUSE,),
+     priority("low"), [("PriorityChanged", None)]),
+    ("a finished batch keeps its priority", (CANCEL,), priority("high"), []),
+    ("a finished batch keeps its priority too", (done(1), done(2), done(3), done(4), done(5)),
+     priority("low"), []),
 ]
 
 
@@ -326,3 +341,23 @@ def test_a_pruned_batch_is_as_if_it_never_existed():
     state = fold([BatchPruned(batch_id="b", at=AT)])
     assert not state.exists
     assert decide(Cancel(at=AT), state) == []  # the orchestrator answers batch_not_found
+
+
+def test_priority_is_chosen_at_start_and_changes_later_with_what_it_was():
+    cmd = start([1, 2])
+    cmd = Start(**{**cmd.__dict__, "priority": Priority.low})
+    events, s = run(initial_state, cmd)
+    assert events[0].priority == Priority.low and s.priority == Priority.low
+    events, s = run(s, priority("high"))
+    assert events == [PriorityChanged(batch_id="b", at=AT, priority=Priority.high,
+                                      previous=Priority.low)]
+    assert s.priority == Priority.high
+    assert s.running == [1, 2]  # permits are the batch's own: nothing stops or starts
+
+
+def test_a_log_written_before_priorities_reads_as_normal():
+    old = BatchStarted.model_validate_json(
+        '{"batch_id": "b", "at": "2026-01-01T00:00:00Z", "kind": "batch", "max_concurrent": 1,'
+        ' "force": false, "requested_ids": [1], "to_download": [], "already_downloaded": [],'
+        ' "failed_to_start": []}')
+    assert fold([old]).priority == Priority.normal

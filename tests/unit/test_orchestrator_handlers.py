@@ -29,10 +29,12 @@ from tgdl.contracts.commands import (
     CancelSingle,
     ConcurrencyOutcome,
     PauseBatch,
+    PriorityOutcome,
     Rejection,
     RejectReason,
     ResumeBatch,
     SetConcurrency,
+    SetPriority,
     StartBatch,
 )
 from tgdl.contracts.errors import ErrorCode
@@ -48,7 +50,7 @@ from tgdl.contracts.events import (
     PermitGranted,
 )
 from tgdl.contracts.jobs import DownloadJob, DownloadOutcome, Lease
-from tgdl.contracts.status import BatchKind, OutcomeStatus
+from tgdl.contracts.status import BatchKind, OutcomeStatus, Priority
 from tgdl.orchestrator.batch import fold
 from tgdl.orchestrator.handlers import Orchestrator
 from tgdl.orchestrator.ports import Ports
@@ -153,6 +155,12 @@ class FakeJobs:
         self.seq += 1
         self.queue[self.seq] = job
         self.published.append(job.job_id)
+
+    async def reprioritize(self, message_ids, priority, raise_only=False) -> None:
+        for seq, job in self.queue.items():  # queued here means: not started
+            if job.entry.message_id in message_ids and not (
+                    raise_only and priority.rank >= job.priority.rank):
+                self.queue[seq] = job.model_copy(update={"priority": priority})
 
     async def end(self, outcome: DownloadOutcome) -> DownloadOutcome | None:
         lease = self.leases.leases.get(outcome.message_id)
@@ -648,3 +656,31 @@ async def test_a_start_sent_again_under_the_callers_batch_id_answers_the_same_ba
     [begun] = w.log.of_type("batch_rule0001", BatchStarted)
     assert begun.rule_id == "rule_0000abcd"
     assert w.jobs.published == ["batch_rule0001:1", "batch_rule0001:2"]  # once each
+
+
+async def test_a_batch_starts_at_its_priority_and_its_waiting_jobs_follow_a_change(w):
+    batch = await start(w, [1, 2, 3], max_concurrent=2, priority=Priority.low)
+    assert [j.priority for j in w.jobs.queue.values()] == [Priority.low, Priority.low]
+    outcome = await w.orch.set_priority(SetPriority(batch_id=batch, priority=Priority.high))
+    assert isinstance(outcome, PriorityOutcome)
+    assert (outcome.priority, outcome.previous) == (Priority.high, Priority.low)
+    assert [j.priority for j in w.jobs.queue.values()] == [Priority.high, Priority.high]
+    await w.end_job(f"{batch}:1")  # the next grant goes at the new priority
+    assert w.jobs.queue[w.jobs.seq_of(f"{batch}:3")].priority == Priority.high
+
+
+async def test_a_batch_joining_a_waiting_job_raises_it_to_its_own_priority(w):
+    await start(w, [1], max_concurrent=1, priority=Priority.low)
+    await start(w, [1], max_concurrent=1, priority=Priority.high)
+    assert [j.priority for j in w.jobs.queue.values()] == [Priority.high]
+    await start(w, [1], max_concurrent=1, priority=Priority.normal)  # never lowers it
+    assert [j.priority for j in w.jobs.queue.values()] == [Priority.high]
+
+
+async def test_the_priority_of_an_unknown_or_finished_batch(w):
+    refused = await w.orch.set_priority(SetPriority(batch_id="nope", priority=Priority.high))
+    assert isinstance(refused, Rejection) and refused.reason == RejectReason.batch_not_found
+    batch = await start(w, [1], max_concurrent=1)
+    await w.end_job(f"{batch}:1")
+    done = await w.orch.set_priority(SetPriority(batch_id=batch, priority=Priority.high))
+    assert done.already_finished and done.priority == Priority.normal

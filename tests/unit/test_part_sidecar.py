@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from tgdl.downloader.files import PartFile, SizeMismatch, discard_part, part_path, parts_path
+from tgdl.downloader.files import (
+    PartFile,
+    SizeMismatch,
+    discard_part,
+    kept_bytes,
+    part_path,
+    parts_path,
+)
 
 P = 4096  # a small part size keeps the files small
 
@@ -71,3 +78,17 @@ def test_a_part_of_the_wrong_length_is_refused(tmp_path: Path):
     with pytest.raises(SizeMismatch):
         file.commit()  # parts are missing
     file.close()
+
+
+def test_a_stopped_download_keeps_the_bytes_of_its_recorded_parts(tmp_path: Path):
+    final = tmp_path / "f.bin"
+    data = bytes(range(256)) * 40  # parts of 4096, 4096, 2048
+    file = opened(final, len(data))
+    for index in (2, 0):  # the short last part and the first
+        offset, length = file.span(index)
+        file.write(index, data[offset:offset + length])
+    file.close()
+    assert kept_bytes(final, len(data), P) == 4096 + 2048
+    parts_path(final).unlink()  # a .part without its sidecar is not trusted
+    assert kept_bytes(final, len(data), P) == 0
+    assert kept_bytes(tmp_path / "never.bin", 10, P) == 0

@@ -21,6 +21,7 @@ from tgdl.contracts.events import (
     FileFailed,
     JobDispatched,
     PermitGranted,
+    PriorityChanged,
 )
 from tgdl.contracts.jobs import DownloadOutcome, DownloadProgress
 from tgdl.projector.fold import (
@@ -265,6 +266,23 @@ def test_a_new_max_concurrent_is_recorded_on_the_batch():
     changes = fold_event(ConcurrencyChanged(batch_id="b", at=AT, max_concurrent=5,
                                             previous=2))
     assert changes == [UpdateBatch("b", {"max_concurrent": 5, "updated_at": AT})]
+
+
+def test_the_priority_is_recorded_at_start_and_when_it_changes():
+    started = BatchStarted(batch_id="b", at=AT, kind="batch", max_concurrent=2, force=False,
+                           requested_ids=[1], to_download=[entry(1)], already_downloaded=[],
+                           failed_to_start=[], priority="low")
+    assert fold_event(started)[0].batch.priority == "low"
+    changes = fold_event(PriorityChanged(batch_id="b", at=AT, priority="high",
+                                         previous="low"))
+    assert changes == [UpdateBatch("b", {"priority": "high", "updated_at": AT})]
+
+
+def test_a_job_stopped_by_a_pause_keeps_the_bytes_its_outcome_reports():
+    stopped = outcome("cancelled").model_copy(update={"downloaded_size": 300})
+    row = merge_all([*fold_progress(progress(done=250)), *fold_outcome(stopped)])
+    assert (row.state, row.downloaded_size) == ("cancelled", 300)
+    assert merge_all(fold_outcome(outcome("cancelled"))).downloaded_size == 0
 
 
 def test_a_transaction_writes_each_batch_and_file_row_once():

@@ -186,8 +186,9 @@ def test_a_paused_batch_shows_its_stopped_files_paused_and_says_so():
     files = [
         file_status(file_row(1, "completed", relative_path="p/1"), None),
         # its job ended as cancelled when the pause stopped it: the file is paused, not
-        # cancelled, and shows nothing live
-        file_status(file_row(2, "paused"), job_row("cancelled", error="cancelled")),
+        # cancelled, shows the bytes its .part kept and nothing live
+        file_status(file_row(2, "paused"), job_row("cancelled", error="cancelled",
+                                                   downloaded_size=300)),
         file_status(file_row(3, "paused"), None),
         file_status(file_row(4, "pending"), None),
     ]
@@ -199,6 +200,9 @@ def test_a_paused_batch_shows_its_stopped_files_paused_and_says_so():
     assert status.summary == ("Paused: 1 of 4 files completed, 2 paused, "
                               "1 waiting for its turn")
     assert status_body(status)["files"][1] == {"message_id": 2, "status": "paused",
+                                               "progress": 30, "downloaded_size": 300,
+                                               "total_size": 1000}
+    assert status_body(status)["files"][2] == {"message_id": 3, "status": "paused",
                                                "progress": 0, "total_size": 1000}
 
 

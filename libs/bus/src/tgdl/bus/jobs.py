@@ -13,14 +13,19 @@ through `end`, so an outcome is always published the same way (deduplicated by
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from pydantic import BaseModel
 
 from tgdl.bus.leases import Acquired, Leases
 from tgdl.contracts.jobs import DownloadJob, DownloadOutcome, Lease
+from tgdl.contracts.status import Priority
 from tgdl.contracts.subjects import Names
+
+if TYPE_CHECKING:
+    from tgdl.bus.admission import Admission
 
 
 @dataclass(frozen=True)
@@ -94,10 +99,14 @@ class JobLostTooOften(RuntimeError):
 class JobLifecycle:
     MAX_REQUEUES = 8
 
-    def __init__(self, leases: Leases, publisher: StreamPublisher, names: Names) -> None:
+    def __init__(self, leases: Leases, publisher: StreamPublisher, names: Names,
+                 admission: Admission | None = None) -> None:
         self.leases = leases
         self._publisher = publisher
         self._names = names
+        # Orchestrators queue through the waiting room (priorities under the global cap);
+        # without one, a job goes straight into the queue (tools and tests).
+        self.admission = admission
 
     # --- the orchestrator's side ---------------------------------------------------------
 
@@ -107,7 +116,23 @@ class JobLifecycle:
         return await self.leases.acquire(message_id, job_id, party, force)
 
     async def publish_job(self, job: DownloadJob) -> None:
-        """Queue the job once. ``Nats-Msg-Id`` drops a re-publish; if the copy it matched
+        """Queue the job once, through the waiting room when there is one."""
+        if self.admission is None:
+            await self._queue(job)
+            return
+        ack = await self.admission.enqueue(job)
+        if ack.duplicate and not await self._publisher.stored(self._names.waiting_stream,
+                                                              ack.seq):
+            await self._queue(job)  # admitted before: still queued, or it ran (see _queue)
+        await self.admission.try_admit()
+
+    async def reprioritize(self, message_ids: Sequence[int], priority: Priority,
+                           raise_only: bool = False) -> None:
+        if self.admission is not None:
+            await self.admission.reprioritize(message_ids, priority, raise_only)
+
+    async def _queue(self, job: DownloadJob) -> None:
+        """Into the queue once. ``Nats-Msg-Id`` drops a re-publish; if the copy it matched
         already ran and was acknowledged, the lease just taken would have no job behind
         it, so the job is queued again under the next numbered id (itself deduplicated)."""
         stream = self._names.jobs_stream

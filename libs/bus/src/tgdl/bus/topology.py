@@ -87,6 +87,12 @@ def stream_configs(names: Names, policy: QueuePolicy) -> list[StreamConfig]:
                      retention=RetentionPolicy.WORK_QUEUE, max_msgs=policy.jobs_max_msgs,
                      max_msg_size=MAX_SMALL_BYTES, discard=DiscardPolicy.NEW,
                      duplicate_window=policy.duplicate_window, **kept),
+        # granted jobs waiting for room under the global cap (see tgdl.bus.admission);
+        # admitted ones are deleted, so it holds what waits, like the queue itself
+        StreamConfig(name=names.waiting_stream, subjects=[names.waiting_jobs()],
+                     retention=RetentionPolicy.LIMITS, max_msgs=policy.jobs_max_msgs,
+                     max_msg_size=MAX_SMALL_BYTES, discard=DiscardPolicy.NEW,
+                     duplicate_window=policy.duplicate_window, **kept),
         StreamConfig(name=names.outcomes_stream, subjects=[names.all_file_done],
                      retention=RetentionPolicy.LIMITS, max_age=policy.events_max_age,
                      max_msgs=policy.outcomes_max_msgs, max_msg_size=MAX_SMALL_BYTES,

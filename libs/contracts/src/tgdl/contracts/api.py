@@ -6,11 +6,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tgdl.contracts.commands import BatchRequest, StartBatch
 from tgdl.contracts.errors import FileFailure
-from tgdl.contracts.status import BatchKind, FileStatus, OverallStatus
+from tgdl.contracts.status import BatchKind, FileStatus, OverallStatus, Priority
 
 
 class BatchDownloadRequest(BatchRequest):
@@ -79,6 +79,7 @@ class BatchStatusResponse(BaseModel):
     finished: bool = False
     summary: str = ""
     max_concurrent: int | None = None
+    priority: Priority | None = None
     files: list[FileStatusBody]
 
 
@@ -115,24 +116,34 @@ class BatchSettingsRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_concurrent: int = Field(ge=1, le=5)
+    max_concurrent: int | None = Field(default=None, ge=1, le=5)
+    priority: Priority | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> BatchSettingsRequest:
+        if self.max_concurrent is None and self.priority is None:
+            raise ValueError("give max_concurrent (1-5), priority (high, normal, low) or both")
+        return self
 
 
 class BatchSettingsResponse(BaseModel):
-    # "changed": the next permits follow the new value (running files go on);
-    # "unchanged": it already was; "already_finished": a finished batch keeps its value
+    # "changed": the next permits follow the new values (running files go on);
+    # "unchanged": they already were; "already_finished": a finished batch keeps them
     status: Literal["changed", "unchanged", "already_finished"]
     message: str
     batch_id: str
     max_concurrent: int
     previous_max_concurrent: int
     started_downloads: list[int]  # granted at once because the limit was raised
+    priority: Priority | None = None
+    previous_priority: Priority | None = None
 
 
 class SingleDownloadRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     force: bool = False
+    priority: Priority = Priority.normal
 
 
 class SingleDownloadResponse(BaseModel):
@@ -143,6 +154,16 @@ class SingleDownloadResponse(BaseModel):
     file_path: str | None = None
     download_url: str | None = None
     error: StartFailure | None = None
+
+
+class SinglePauseResponse(BaseModel):
+    message_id: int
+    # "paused"/"resumed": the single-file download of the message stopped (keeping its
+    # .part) or goes on; "not_downloading": no single-file download of it is under way;
+    # otherwise what the batch routes answer for its one-file batch
+    status: Literal["paused", "already_paused", "resumed", "not_paused", "not_downloading"]
+    message: str
+    download_id: str | None = None
 
 
 class SingleCancelResponse(BaseModel):
@@ -195,6 +216,7 @@ class BatchSummary(BaseModel):
     max_concurrent: int
     force: bool
     rule_id: str | None = None  # the watch rule that started it (None: started by hand)
+    priority: Priority = Priority.normal
     progress: int  # percent of the batch's files done, by bytes where known
     downloaded_size: int  # bytes on disk of completed and running files
     total_size: int | None = None  # bytes of every file, None while some size is unknown

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from tgdl.contracts.errors import FileFailure
 from tgdl.contracts.paths import NameTemplate
-from tgdl.contracts.status import BatchKind
+from tgdl.contracts.status import BatchKind, Priority
 
 BATCH_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"  # batch ids go into NATS subjects
 MAX_MESSAGE_ID = 2**63 - 1  # PostgreSQL bigint: a larger id is refused, not failed on
@@ -31,6 +31,8 @@ class BatchRequest(BaseModel):
     message_ids: list[int] = Field(min_length=1)
     force: bool = False
     max_concurrent: int = Field(default=3, ge=1, le=5)
+    # Under the global cap, higher goes first across batches (low is never starved).
+    priority: Priority = Priority.normal
     # Where this batch's files go (see tgdl.contracts.paths); None: the service's
     # TGDL_NAME_TEMPLATE. Fixed for the batch when it starts.
     name_template: str | None = Field(default=None, max_length=300)
@@ -104,6 +106,15 @@ class SetConcurrency(BaseModel):
     max_concurrent: int = Field(ge=1, le=5)
 
 
+class SetPriority(BaseModel):
+    """Change the priority of a batch under way; its jobs not yet started move with it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    batch_id: str = Field(pattern=BATCH_ID_PATTERN)
+    priority: Priority
+
+
 # --- answers -------------------------------------------------------------------------------
 
 
@@ -161,6 +172,14 @@ class ConcurrencyOutcome(BaseModel):
     already_finished: bool = False  # a finished batch keeps its last value
 
 
+class PriorityOutcome(BaseModel):
+    type: Literal["PriorityOutcome"] = "PriorityOutcome"
+    batch_id: str
+    priority: Priority  # in force now
+    previous: Priority
+    already_finished: bool = False  # a finished batch keeps its last value
+
+
 class RejectReason(StrEnum):
     invalid_command = "invalid_command"  # the body is not a valid command
     too_many_files = "too_many_files"  # more ids than `max_batch_ids`
@@ -176,7 +195,7 @@ class Rejection(BaseModel):
 
 CommandResult = Annotated[
     BatchAccepted | BatchCancelOutcome | SingleCancelOutcome | BatchPauseOutcome
-    | BatchResumeOutcome | ConcurrencyOutcome,
+    | BatchResumeOutcome | ConcurrencyOutcome | PriorityOutcome,
     Field(discriminator="type"),
 ]
 

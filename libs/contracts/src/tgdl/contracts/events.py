@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from tgdl.contracts.catalog import CatalogEntry
 from tgdl.contracts.errors import Failure, FileFailure
-from tgdl.contracts.status import BatchKind
+from tgdl.contracts.status import BatchKind, Priority
 from tgdl.contracts.versioning import Versioned, nest_failure
 
 
@@ -50,6 +50,7 @@ class BatchStarted(_Event):
     # The watch rule that started it. Added with a default, so older events read as they
     # are (no new version): they were all started by hand.
     rule_id: str | None = None
+    priority: Priority = Priority.normal  # logs from before priorities existed: normal
 
 
 class PermitGranted(_Event):
@@ -121,6 +122,15 @@ class ConcurrencyChanged(_Event):
     previous: int
 
 
+class PriorityChanged(_Event):
+    """From now on the batch's jobs go at `priority` under the global cap; those still
+    waiting for a downloader move with it, running ones go on."""
+
+    type: Literal["PriorityChanged"] = "PriorityChanged"
+    priority: Priority
+    previous: Priority
+
+
 class BatchFinished(_Event):
     type: Literal["BatchFinished"] = "BatchFinished"
     overall_status: Literal["completed", "failed"]
@@ -145,6 +155,7 @@ BatchEvent = Annotated[
     | BatchPaused
     | BatchResumed
     | ConcurrencyChanged
+    | PriorityChanged
     | BatchFinished
     | BatchPruned,
     Field(discriminator="type"),

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict
 
 from tgdl.contracts.catalog import CatalogEntry
 from tgdl.contracts.errors import Failure
-from tgdl.contracts.status import JobState, OutcomeStatus
+from tgdl.contracts.status import JobState, OutcomeStatus, Priority
 from tgdl.contracts.versioning import Versioned, nest_failure
 
 
@@ -25,6 +25,7 @@ class DownloadJob(BaseModel):
     # The requesting batch's naming template (None: the default layout): where the file
     # goes under the media root, see tgdl.contracts.paths.relative_path.
     name_template: str | None = None
+    priority: Priority = Priority.normal  # where it waits for room under the global cap
 
 
 # The states a running job reports (a subset of JobState).
@@ -79,6 +80,8 @@ class DownloadOutcome(Versioned):
     # links are impossible, copied ("copy") to this message's path.
     same_file_as: int | None = None
     link: Literal["hard_link", "copy"] | None = None
+    # Cancelled for a pause: the bytes its .part file keeps for the resume.
+    downloaded_size: int | None = None
 
 
 class FileRecord(BaseModel):

@@ -11,6 +11,22 @@ class BatchKind(StrEnum):
     single = "single"  # the single-file API: a one-file batch
 
 
+class Priority(StrEnum):
+    """Which jobs go first under the global cap (see `tgdl.bus.admission` for the rule)."""
+
+    high = "high"
+    normal = "normal"
+    low = "low"
+
+    @property
+    def rank(self) -> int:
+        """0 goes first."""
+        return PRIORITY_ORDER.index(self)
+
+
+PRIORITY_ORDER = (Priority.high, Priority.normal, Priority.low)
+
+
 class FileStatus(StrEnum):
     """One file of a batch, as clients see it."""
 

@@ -42,6 +42,11 @@ class Names:
         return f"{self._upper}_JOBS"
 
     @property
+    def waiting_stream(self) -> str:
+        """Granted jobs waiting for room under the global cap, by priority."""
+        return f"{self._upper}_WAITING"
+
+    @property
     def outcomes_stream(self) -> str:
         """How each download job ended (completed / failed / cancelled)."""
         return f"{self._upper}_OUTCOMES"
@@ -67,6 +72,15 @@ class Names:
     @property
     def download_jobs(self) -> str:
         return f"{self.prefix}.job.download"
+
+    def waiting_job(self, priority: str, message_id: int | str) -> str:
+        return f"{self.prefix}.job.waiting.{token(priority)}.{token(message_id)}"
+
+    def waiting_jobs(self, priority: str = "*", message_id: int | str = "*") -> str:
+        """A filter: the waiting jobs of a priority, of a message, or (default) all."""
+        p = priority if priority == "*" else token(priority)
+        m = message_id if message_id == "*" else token(message_id)
+        return f"{self.prefix}.job.waiting.{p}.{m}"
 
     def file_progress(self, message_id: int | str) -> str:
         return f"{self.prefix}.file.{token(message_id)}.progress"
@@ -106,6 +120,10 @@ class Names:
     @property
     def cmd_batch_concurrency(self) -> str:
         return f"{self.prefix}.cmd.batch.concurrency"
+
+    @property
+    def cmd_batch_priority(self) -> str:
+        return f"{self.prefix}.cmd.batch.priority"
 
     @property
     def cmd_single_cancel(self) -> str:

@@ -96,8 +96,10 @@ def file_status(file: Row, job: Row | None) -> FileStatusBody:
         return FileStatusBody(message_id=m, status=status, total_size=file["total_size"],
                               error=file["error"], detail=file["detail"],
                               suggestion=file["suggestion"])
-    if status is FileStatus.paused:  # its job was stopped for the pause: nothing live
-        return FileStatusBody(message_id=m, status=status, total_size=file["total_size"])
+    if status is FileStatus.paused:  # its job was stopped: what its .part keeps, nothing live
+        kept = job["downloaded_size"] if job is not None else None
+        return FileStatusBody(message_id=m, status=status, total_size=file["total_size"],
+                              downloaded_size=kept, progress=_percent(kept, file["total_size"]))
     if status is FileStatus.pending or job is None or job["state"] == JobState.queued:
         shown = FileStatus.pending if status is FileStatus.pending else FileStatus.queued
         return FileStatusBody(message_id=m, status=shown, total_size=file["total_size"])
@@ -186,6 +188,7 @@ def batch_status_of(batch: Row, files: Sequence[FileStatusBody]) -> BatchStatusR
         finished=overall in FINISHED_BATCH_STATUSES,
         summary=summary_sentence(overall, total, counts),
         max_concurrent=batch["max_concurrent"],
+        priority=batch.get("priority"),
         files=list(files),
     )
 
@@ -240,7 +243,7 @@ def split_job(row: Row) -> Row | None:
 # --- SQL ---------------------------------------------------------------------------------
 
 _BATCH_SQL = f"""
-SELECT b.batch_id, b.status AS batch_status, b.total_files, b.max_concurrent,
+SELECT b.batch_id, b.status AS batch_status, b.total_files, b.max_concurrent, b.priority,
        f.message_id, f.status, f.total_size, f.file_path, f.relative_path,
        f.already_downloaded, f.same_file_as, f.error, f.detail, f.suggestion,
        {_JOB_SELECT}
@@ -259,7 +262,8 @@ async def batch_status(conn: asyncpg.Connection | asyncpg.Pool,
         return None
     first = rows[0]
     batch = {"batch_id": first["batch_id"], "status": first["batch_status"],
-             "total_files": first["total_files"], "max_concurrent": first["max_concurrent"]}
+             "total_files": first["total_files"], "max_concurrent": first["max_concurrent"],
+             "priority": first["priority"]}
     files = [file_status(r, split_job(r)) for r in rows if r["message_id"] is not None]
     return batch_status_of(batch, files)
 
@@ -304,6 +308,12 @@ async def message_status(conn: asyncpg.Connection | asyncpg.Pool,
     return MessageDownloadStatus(**body.model_dump(), download_id=single)
 
 
+async def single_request(conn: asyncpg.Connection | asyncpg.Pool,
+                         message_id: int) -> str | None:
+    """The newest single-file request (one-file batch) of the message, if any."""
+    return await conn.fetchval(_SINGLE_REQUEST, message_id)
+
+
 async def message_page(conn: asyncpg.Connection, offset: int, limit: int,
                        media_only: bool = False,
                        where: catalog.MessageFilter | None = None) -> MessagePage:
@@ -341,7 +351,7 @@ async def message_page(conn: asyncpg.Connection, offset: int, limit: int,
 def _bytes_done(f: FileStatusBody) -> int:
     if f.status is FileStatus.completed:
         return f.total_size or 0
-    if f.status in (FileStatus.downloading, FileStatus.waiting):
+    if f.status in (FileStatus.downloading, FileStatus.waiting, FileStatus.paused):
         return f.downloaded_size or 0
     return 0
 
@@ -364,10 +374,11 @@ def batch_summary(batch: Row, files: Sequence[FileStatusBody]) -> BatchSummary:
     else:
         progress = 0
     return BatchSummary(
-        **status.model_dump(exclude={"files", "max_concurrent"}),
+        **status.model_dump(exclude={"files", "max_concurrent", "priority"}),
         kind=batch["kind"], created_at=batch["created_at"],
         finished_at=batch["finished_at"], max_concurrent=batch["max_concurrent"],
-        force=batch["force"], rule_id=batch.get("rule_id"), progress=progress,
+        force=batch["force"], rule_id=batch.get("rule_id"),
+        priority=batch["priority"], progress=progress,
         downloaded_size=done, total_size=total,
         download_speed=sum(f.download_speed or 0 for f in files
                            if f.status is FileStatus.downloading),
@@ -391,7 +402,7 @@ async def batch_within(conn: asyncpg.Connection | asyncpg.Pool, batch_id: str,
 def _batch_page_sql(where: str) -> str:
     return f"""
 SELECT b.batch_id, b.kind, b.status AS batch_status, b.total_files, b.max_concurrent,
-       b.force, b.created_at, b.finished_at, b.rule_id,
+       b.force, b.priority, b.created_at, b.finished_at, b.rule_id,
        f.message_id, f.status, f.total_size, f.file_path, f.relative_path,
        f.already_downloaded, f.same_file_as, f.error, f.detail, f.suggestion,
        {_JOB_SELECT}
@@ -421,7 +432,7 @@ async def batch_page(conn: asyncpg.Connection | asyncpg.Pool, offset: int, limit
         if r["batch_id"] not in batches:
             batch = {"batch_id": r["batch_id"], "status": r["batch_status"],
                      **{k: r[k] for k in ("kind", "total_files", "max_concurrent", "force",
-                                          "created_at", "finished_at", "rule_id")}}
+                                          "priority", "created_at", "finished_at", "rule_id")}}
             batches[r["batch_id"]] = (batch, [])
         if r["message_id"] is not None:
             batches[r["batch_id"]][1].append(file_status(r, split_job(r)))

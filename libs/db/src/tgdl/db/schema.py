@@ -157,6 +157,11 @@ MIGRATIONS: list[tuple[int, str]] = [
         ALTER TABLE batches ADD COLUMN rule_id TEXT;
         """,
     ),
+    (
+        8,
+        # Which line a batch's jobs wait in under the global cap (high, normal, low).
+        "ALTER TABLE batches ADD COLUMN priority TEXT NOT NULL DEFAULT 'normal';",
+    ),
 ]
 
 READ_MODEL_TABLES = ("batch_files", "batches", "jobs", "projection_positions")

@@ -188,6 +188,16 @@ def recorded_parts(final: Path) -> set[int]:
     return {int(i) for line in lines if (i := line.removesuffix("v")).isdigit()}
 
 
+def kept_bytes(final: Path, size: int | None, part_size: int) -> int:
+    """The bytes a stopped download keeps for its resume: the finished parts its sidecar
+    lists (a .part without one is not trusted, so it keeps none)."""
+    if not size:
+        return 0
+    count = -(-size // part_size)
+    return sum(min(part_size, size - i * part_size) for i in recorded_parts(final)
+               if i < count)
+
+
 class PartFile:
     """A preallocated .part file filled part by part, in any order.
 

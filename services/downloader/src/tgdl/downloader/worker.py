@@ -40,6 +40,7 @@ from tgdl.downloader.files import (
     discard_part,
     free_bytes,
     is_complete,
+    kept_bytes,
     link_or_copy,
     part_path,
     store_whole,
@@ -258,7 +259,9 @@ class Worker:
         if not lease.parties:  # cancelled while queued: a cancel leaves no bytes behind
             if not lease.keep_part:
                 discard_part(self.s.media_root / relative_path(job.entry, job.name_template))
-            await self._end(msg, self._outcome(job, OutcomeStatus.cancelled))
+                await self._end(msg, self._outcome(job, OutcomeStatus.cancelled))
+            else:
+                await self._end(msg, self._paused(job))
             return
 
         if lease.force and not job.force:  # a forcing request joined before we started
@@ -336,6 +339,14 @@ class Worker:
             same_file_as=same_file_as if completed else None,
             link=link if completed else None,
         )
+
+    def _paused(self, job: DownloadJob) -> DownloadOutcome:
+        """Stopped for a pause: the outcome says how many bytes wait on disk."""
+        kept = kept_bytes(self.s.media_root / relative_path(job.entry, job.name_template),
+                          job.entry.size, PART_SIZE)
+        return self._outcome(job, OutcomeStatus.cancelled, Failure.of(
+            ErrorCode.cancelled, "paused: the .part file is kept for the resume")
+        ).model_copy(update={"downloaded_size": kept})
 
     # --- the download -----------------------------------------------------------------------
 
@@ -457,8 +468,7 @@ class Worker:
 
     def _cancelled(self, job: DownloadJob, running: Running, final: Path) -> DownloadOutcome:
         if running.keep_part:
-            return self._outcome(job, OutcomeStatus.cancelled, Failure.of(
-                ErrorCode.cancelled, "paused: the .part file is kept for the resume"))
+            return self._paused(job)
         discard_part(final)
         return self._outcome(job, OutcomeStatus.cancelled, Failure.of(
             ErrorCode.cancelled, "every request for this file was cancelled"))

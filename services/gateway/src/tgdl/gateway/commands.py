@@ -20,6 +20,7 @@ from tgdl.contracts.commands import (
     RejectReason,
     ResumeBatch,
     SetConcurrency,
+    SetPriority,
     StartBatch,
 )
 from tgdl.gateway.errors import NATS_OUTAGES, RETRY_AFTER, ApiError, nats_unavailable
@@ -71,6 +72,7 @@ def create_broker(settings: GatewaySettings) -> tuple[NatsBroker, OrchestratorCl
         ResumeBatch: (names.cmd_batch_resume, "resumeBatch", "Resume a paused batch"),
         SetConcurrency: (names.cmd_batch_concurrency, "setConcurrency",
                          "Change a batch's max_concurrent"),
+        SetPriority: (names.cmd_batch_priority, "setPriority", "Change a batch's priority"),
     }
     sends = {
         model: broker.publisher(subject, schema=model, title=title,

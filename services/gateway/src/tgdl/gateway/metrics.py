@@ -100,7 +100,8 @@ def families(counts: dict[str, Any] | None, js: dict[str, Any] | None,
         yield from _read_model_families(counts)
     if js is not None:
         queue = GaugeMetricFamily("tgdl_jobs_queue_depth",
-                                  "Download jobs waiting for a downloader")
+                                  "Download jobs waiting for a downloader (in the queue "
+                                  "or for room under the global cap)")
         queue.add_metric([], js["pending"])
         yield queue
         unacked = GaugeMetricFamily("tgdl_jobs_unacknowledged",
@@ -198,7 +199,10 @@ async def _jetstream(svc: Services) -> dict[str, Any]:
     streams = {}
     for stream in (names.events_stream, names.outcomes_stream, names.progress_stream):
         streams[stream] = (await js.stream_info(stream)).state.last_seq
-    return {"pending": consumer.num_pending or 0, "ack_pending": consumer.num_ack_pending or 0,
+    # jobs waiting for room under the global cap (tgdl.bus.admission) wait for a downloader too
+    waiting_room = (await js.stream_info(names.waiting_stream)).state.messages or 0
+    return {"pending": (consumer.num_pending or 0) + waiting_room,
+            "ack_pending": consumer.num_ack_pending or 0,
             "waiting": consumer.num_waiting or 0, "streams": streams}
 
 

@@ -13,15 +13,20 @@ from tgdl.contracts.api import (
     SingleCancelResponse,
     SingleDownloadRequest,
     SingleDownloadResponse,
+    SinglePauseResponse,
 )
 from tgdl.contracts.commands import (
     MAX_MESSAGE_ID,
+    BatchPauseOutcome,
+    BatchResumeOutcome,
     CancelSingle,
+    PauseBatch,
+    ResumeBatch,
     SingleCancelOutcome,
     StartBatch,
 )
 from tgdl.contracts.errors import ErrorCode
-from tgdl.contracts.status import BatchKind
+from tgdl.contracts.status import BatchKind, Priority
 from tgdl.db import readmodel
 from tgdl.gateway.batches import limited, start
 from tgdl.gateway.errors import ApiError
@@ -50,8 +55,10 @@ async def download(message_id: MessageId, svc: Svc, request: Request,
                    body: Annotated[SingleDownloadRequest | None, Body()] = None,
                    ) -> SingleDownloadResponse:
     force = body.force if body else False
+    priority = body.priority if body else Priority.normal
     batch = await start(svc, limited(request, StartBatch(
-        kind=BatchKind.single, message_ids=[message_id], max_concurrent=1, force=force)))
+        kind=BatchKind.single, message_ids=[message_id], max_concurrent=1, force=force,
+        priority=priority)))
     if batch.failed_to_start:
         failure = batch.failed_to_start[0]
         # An ErrorBody like every error, plus the fields of the single-file answer.
@@ -102,3 +109,51 @@ async def cancel(message_id: MessageId, svc: Svc, request: Request) -> SingleCan
             message=f"No single-file download of message {message_id} is running")
     return SingleCancelResponse(message_id=message_id, status="cancelled",
                                 message=f"Download of message {message_id} cancelled")
+
+
+async def _single_request(svc: Services, request: Request, message_id: int) -> str | None:
+    """The newest single-file request of the message (its one-file batch), if any the
+    caller may see."""
+    if not await svc.message_visible(request, message_id):
+        return None  # another chat's download, for a token limited to chats: none
+    return await readmodel.single_request(svc.pool, message_id)
+
+
+@router.post("/pause/{message_id}", response_model=SinglePauseResponse,
+             response_model_exclude_none=True)
+async def pause(message_id: MessageId, svc: Svc, request: Request) -> SinglePauseResponse:
+    """Pause the single-file download of the message: the batch pause of its one-file
+    batch (its .part file stays; a batch that also wants the file keeps downloading it)."""
+    batch_id = await _single_request(svc, request, message_id)
+    done = (await svc.orchestrator.call(PauseBatch(batch_id=batch_id), BatchPauseOutcome)
+            if batch_id else None)
+    if done is None or done.already_finished:
+        return SinglePauseResponse(
+            message_id=message_id, status="not_downloading", download_id=batch_id,
+            message=f"No single-file download of message {message_id} is under way")
+    if done.already_paused:
+        return SinglePauseResponse(message_id=message_id, status="already_paused",
+                                   download_id=batch_id,
+                                   message=f"Download of message {message_id} was already paused")
+    return SinglePauseResponse(message_id=message_id, status="paused", download_id=batch_id,
+                               message=f"Download of message {message_id} paused; its "
+                                       "partial file is kept")
+
+
+@router.post("/resume/{message_id}", response_model=SinglePauseResponse,
+             response_model_exclude_none=True)
+async def resume(message_id: MessageId, svc: Svc, request: Request) -> SinglePauseResponse:
+    """Resume the paused single-file download of the message from its bytes on disk."""
+    batch_id = await _single_request(svc, request, message_id)
+    done = (await svc.orchestrator.call(ResumeBatch(batch_id=batch_id), BatchResumeOutcome)
+            if batch_id else None)
+    if done is None or done.already_finished:
+        return SinglePauseResponse(
+            message_id=message_id, status="not_downloading", download_id=batch_id,
+            message=f"No single-file download of message {message_id} is under way")
+    if done.not_paused:
+        return SinglePauseResponse(message_id=message_id, status="not_paused",
+                                   download_id=batch_id,
+                                   message=f"Download of message {message_id} was not paused")
+    return SinglePauseResponse(message_id=message_id, status="resumed", download_id=batch_id,
+                               message=f"Download of message {message_id} resumed")

@@ -1,5 +1,6 @@
-"""Steering a batch under way: pause, resume, and a new max_concurrent. The orchestrator
-decides (the rules live in its batch decider); this module only words the answers."""
+"""Steering a batch under way: pause, resume, a new max_concurrent or priority. The
+orchestrator decides (the rules live in its batch decider); this module only words the
+answers."""
 
 from __future__ import annotations
 
@@ -19,9 +20,12 @@ from tgdl.contracts.commands import (
     BatchResumeOutcome,
     ConcurrencyOutcome,
     PauseBatch,
+    PriorityOutcome,
     ResumeBatch,
     SetConcurrency,
+    SetPriority,
 )
+from tgdl.db import readmodel
 from tgdl.gateway.batches import batch_not_found
 from tgdl.gateway.services import Services, services
 
@@ -76,26 +80,51 @@ async def batch_resume(batch_id: BatchId, svc: Svc, request: Request) -> BatchRe
                                total_files=done.total_files)
 
 
-@router.patch("/batch/{batch_id}", response_model=BatchSettingsResponse)
+@router.patch("/batch/{batch_id}", response_model=BatchSettingsResponse,
+              response_model_exclude_none=True)
 async def batch_settings(batch_id: BatchId, body: BatchSettingsRequest,
                          svc: Svc, request: Request) -> BatchSettingsResponse:
-    """Change max_concurrent (1-5) of a batch under way: raising it starts more downloads
-    at once; lowering it lets running downloads finish and starts fewer after them."""
+    """Change max_concurrent (1-5) and/or priority (high, normal, low) of a batch under
+    way. Raising max_concurrent starts more downloads at once; lowering it lets running
+    downloads finish and starts fewer after them. A new priority moves the batch's
+    downloads that have not started yet; running ones go on."""
     await visible(svc, request, batch_id)
-    done = await svc.orchestrator.call(
-        SetConcurrency(batch_id=batch_id, max_concurrent=body.max_concurrent),
-        ConcurrencyOutcome)
-    if done.already_finished:
+    limit = priority = None
+    if body.max_concurrent is not None:
+        limit = await svc.orchestrator.call(
+            SetConcurrency(batch_id=batch_id, max_concurrent=body.max_concurrent),
+            ConcurrencyOutcome)
+    if body.priority is not None:
+        priority = await svc.orchestrator.call(
+            SetPriority(batch_id=batch_id, priority=body.priority), PriorityOutcome)
+    changes = []
+    if limit is not None and limit.max_concurrent != limit.previous:
+        change = f"max_concurrent changed from {limit.previous} to {limit.max_concurrent}"
+        if limit.granted:
+            change += f", {_files(len(limit.granted))} started"
+        changes.append(change)
+    if priority is not None and priority.priority != priority.previous:
+        changes.append(f"priority changed from {priority.previous} to {priority.priority}")
+    finished = (limit or priority).already_finished  # type: ignore[union-attr]
+    if finished:
         status = "already_finished"
-        message = f"Batch had already finished; max_concurrent stays {done.max_concurrent}"
-    elif done.max_concurrent == done.previous:
-        status, message = "unchanged", f"max_concurrent already was {done.max_concurrent}"
+        message = (f"Batch had already finished; max_concurrent stays {limit.max_concurrent}"
+                   if limit else f"Batch had already finished; priority stays "
+                   f"{priority.priority}")  # type: ignore[union-attr]
+    elif changes:
+        status, message = "changed", "; ".join(changes)
     else:
-        status = "changed"
-        message = f"max_concurrent changed from {done.previous} to {done.max_concurrent}"
-        if done.granted:
-            message += f", {_files(len(done.granted))} started"
-    return BatchSettingsResponse(status=status, message=message, batch_id=batch_id,
-                                 max_concurrent=done.max_concurrent,
-                                 previous_max_concurrent=done.previous,
-                                 started_downloads=done.granted)
+        kept = [f"max_concurrent already was {limit.max_concurrent}"] if limit else []
+        kept += [f"priority already was {priority.priority}"] if priority else []
+        status, message = "unchanged", "; ".join(kept)
+    if limit is None:  # only the priority was asked about: say what the limit is
+        current = await readmodel.batch_status(svc.pool, batch_id)
+        n = current.max_concurrent if current and current.max_concurrent else 0
+        limit = ConcurrencyOutcome(batch_id=batch_id, max_concurrent=n, previous=n,
+                                   granted=[])
+    return BatchSettingsResponse(
+        status=status, message=message, batch_id=batch_id,
+        max_concurrent=limit.max_concurrent, previous_max_concurrent=limit.previous,
+        started_downloads=limit.granted,
+        priority=priority.priority if priority else None,
+        previous_priority=priority.previous if priority else None)

@@ -84,6 +84,8 @@ _TEMPLATES = {
     _NAMES.all_batch_events: _NAMES.batch_events("{batch_id}"),
 }
 PARAMETERS = {
+    "priority": {"description": "The line a granted job waits in for room under the "
+                 "global cap: high, normal or low.", "enum": ["high", "normal", "low"]},
     "message_id": {"description": "The message id users pass to the HTTP API "
                                   "(see GET /api/messages).", "examples": ["42"]},
     "batch_id": {"description": "A batch id as returned by POST /api/media/batch-download.",
@@ -116,11 +118,13 @@ CHANNELS = {
     _NAMES.cmd_rule_create: "createRule",
     _NAMES.cmd_rule_update: "updateRule",
     _NAMES.cmd_rule_delete: "deleteRule",
+    _NAMES.cmd_batch_priority: "setPriority",
+    _NAMES.waiting_job("{priority}", "{message_id}"): "waitingJobs",
     _NAMES.download_jobs: "downloadJobs",
     _NAMES.max_deliveries_advisory(): "jobOutOfDeliveries",
 }
 COMMANDS = ("startBatch", "cancelBatch", "cancelSingle", "pauseBatch", "resumeBatch",
-            "setConcurrency")  # request/reply: CommandReply
+            "setConcurrency", "setPriority")  # request/reply: CommandReply
 CATALOG_COMMANDS = ("syncChat", "createRule", "updateRule", "deleteRule")  # CatalogReply
 
 

@@ -1,5 +1,5 @@
-"""`tgdl download | status | cancel | batches | messages | watch | rules | unwatch`: a
-running tgdl over its HTTP API.
+"""`tgdl download | status | cancel | pause | resume | set | priority | batches | messages |
+watch | rules | unwatch`: a running tgdl over its HTTP API.
 
 These commands start nothing: they talk to a gateway (`--url`, else TGDL_URL, else the local
 one) and send TGDL_API_TOKEN as a bearer token when it is set. Every failure is one or two
@@ -30,6 +30,7 @@ from tgdl.launcher.progress import LineView, LiveView, View, human_size, human_t
 DEFAULT_URL = "http://127.0.0.1:8000"
 POLL_SECONDS = 1.0  # status polling when the event stream is not available
 MAX_RANGE = 10_000  # ids one range may expand to; the server bounds a batch far lower
+PRIORITIES = ("high", "normal", "low")
 
 # Exit codes (documented in `tgdl download --help`).
 EXIT_OK = 0  # every file completed (or, for other commands, the request succeeded)
@@ -130,6 +131,9 @@ def add_parsers(commands: Any) -> None:
                           help="where this batch's files go under the media root, e.g. "
                                "'{chat}/{kind}s/{date:%%Y-%%m}/{message_id}_{name}' "
                                "(default: the service's TGDL_NAME_TEMPLATE)")
+    download.add_argument("--priority", choices=PRIORITIES, default="normal",
+                          help="under the global cap, higher goes first across batches "
+                               "(default normal; low still gets its turn)")
 
     status = commands.add_parser(
         "status", parents=[common], formatter_class=raw, epilog=EXIT_HELP,
@@ -149,11 +153,19 @@ def add_parsers(commands: Any) -> None:
         "resume", parents=[common], help="resume a paused batch from the bytes on disk")
     resume.add_argument("batch", help="the batch id")
     settings = commands.add_parser(
-        "set", parents=[common], help="change a running batch: files downloading at once")
+        "set", parents=[common],
+        help="change a running batch: files downloading at once, priority")
     settings.add_argument("batch", help="the batch id")
-    settings.add_argument("--max-concurrent", type=positive, required=True, metavar="N",
+    settings.add_argument("--max-concurrent", type=positive, metavar="N",
                           help="1-5; raising it starts more files at once, lowering it "
                                "interrupts none")
+    settings.add_argument("--priority", choices=PRIORITIES,
+                          help="moves the batch's files that have not started yet")
+    priority = commands.add_parser(
+        "priority", parents=[common],
+        help="change a batch's priority: its files not started yet move with it")
+    priority.add_argument("batch", help="the batch id")
+    priority.add_argument("priority", choices=PRIORITIES)
 
     batches = commands.add_parser("batches", parents=[common],
                                   help="recent batches, newest first, with their progress")
@@ -347,7 +359,7 @@ def interrupted(api: Api, console: Console, batch_id: str, as_json: bool) -> int
 
 def download(api: Api, console: Console, args: argparse.Namespace) -> int:
     body = {"message_ids": args.ids, "max_concurrent": args.max_concurrent,
-            "force": args.force}
+            "force": args.force, "priority": args.priority}
     if args.name_template is not None:
         body["name_template"] = args.name_template
     started = api.call("POST", "/api/media/batch-download", json=body)
@@ -375,7 +387,8 @@ def status(api: Api, console: Console, args: argparse.Namespace) -> int:
     if args.json:
         _print_json(body)
         return EXIT_OK
-    console.print(f"{body['batch_id']}: {body['overall_status']}: {body['summary']}",
+    priority = f" ({body['priority']} priority)" if body.get("priority") else ""
+    console.print(f"{body['batch_id']}{priority}: {body['overall_status']}: {body['summary']}",
                   highlight=False, markup=False)
     table = Table("id", "status", "progress", "size", "speed", "time left", "file / reason",
                   box=None, header_style="bold")
@@ -415,7 +428,10 @@ cancel = _steer("POST", "/api/media/batch-cancel/{batch}")
 pause = _steer("POST", "/api/media/batch-pause/{batch}")
 resume = _steer("POST", "/api/media/batch-resume/{batch}")
 set_batch = _steer("PATCH", "/api/media/batch/{batch}",
-                   lambda args: {"max_concurrent": args.max_concurrent})
+                   lambda args: {k: v for k, v in (("max_concurrent", args.max_concurrent),
+                                                   ("priority", args.priority)) if v})
+priority = _steer("PATCH", "/api/media/batch/{batch}",
+                  lambda args: {"priority": args.priority})
 
 
 def batches(api: Api, console: Console, args: argparse.Namespace) -> int:
@@ -427,12 +443,12 @@ def batches(api: Api, console: Console, args: argparse.Namespace) -> int:
     if not page["items"]:
         console.print("no batches yet: start one with `tgdl download 1 2 3`", markup=False)
         return EXIT_OK
-    table = Table("batch", "kind", "started", "status", "progress", "files", "summary",
-                  box=None, header_style="bold")
+    table = Table("batch", "kind", "started", "status", "priority", "progress", "files",
+                  "summary", box=None, header_style="bold")
     for b in page["items"]:
         kind = f"{b['kind']} ({b['rule_id']})" if b.get("rule_id") else b["kind"]
         table.add_row(b["batch_id"], kind, b["created_at"][:19].replace("T", " "),
-                      b["overall_status"], f"{b['progress']}%",
+                      b["overall_status"], b.get("priority", "normal"), f"{b['progress']}%",
                       f"{b['completed']}/{b['total_files']}", escape(b["summary"]))
     console.print(table)
     shown = len(page["items"])
@@ -542,6 +558,7 @@ HANDLERS: dict[str, Handler] = {
     "download": download, "status": status, "cancel": cancel, "batches": batches,
     "messages": messages, "pause": pause, "resume": resume, "set": set_batch,
     "watch": watch, "rules": rules, "unwatch": unwatch,
+    "priority": priority,
 }
 COMMANDS = tuple(HANDLERS)  # what `tgdl` hands to this module
 

@@ -19,6 +19,7 @@ from faststream.middlewares import ExceptionMiddleware
 from faststream.nats import JStream, NatsBroker, NatsRouter, PullSub
 from pydantic import BaseModel, ValidationError
 
+from tgdl.bus.admission import Admission, admit_forever
 from tgdl.bus.broker import LoopContext, nats_broker
 from tgdl.bus.broker import Message as NatsMessage
 from tgdl.bus.eventlog import EventLog, LogFull
@@ -36,6 +37,7 @@ from tgdl.contracts.commands import (
     RejectReason,
     ResumeBatch,
     SetConcurrency,
+    SetPriority,
     SingleCancelOutcome,
     StartBatch,
 )
@@ -55,6 +57,9 @@ log = logging.getLogger("tgdl.orchestrator")
 
 ORCHESTRATOR = "orchestrator"  # the broker context key of the running `Orchestrator`
 Orch = Annotated[Orchestrator, LoopContext(ORCHESTRATOR)]
+ADMISSION = "admission"
+Admit = Annotated[Admission, LoopContext(ADMISSION)]
+ADMIT_INTERVAL = 0.2  # seconds: the admission's tick (see tgdl.bus.admission)
 COMMAND_WORKERS = 16  # commands answered at once (each waits on NATS and PostgreSQL)
 
 
@@ -174,6 +179,12 @@ def create_broker(settings: OrchestratorSettings) -> NatsBroker:
     async def set_concurrency(cmd: SetConcurrency, orch: Orch) -> CommandReply:
         return await _answer(names.cmd_batch_concurrency, lambda: orch.set_concurrency(cmd))
 
+    @command(names.cmd_batch_priority, "SetPriority",
+             "Change a batch's priority (high, normal, low): its jobs not yet started "
+             "move with it under the global cap")
+    async def set_priority(cmd: SetPriority, orch: Orch) -> CommandReply:
+        return await _answer(names.cmd_batch_priority, lambda: orch.set_priority(cmd))
+
     streams = NatsRouter(middlewares=[ExceptionMiddleware(handlers={
         ValidationError: _unreadable})])
     heartbeat = max(0.2, settings.outcome_ack_wait / 4)  # well inside the consumer's ack wait
@@ -184,9 +195,11 @@ def create_broker(settings: OrchestratorSettings) -> NatsBroker:
                         pull_sub=PullSub(batch_size=32, timeout=0.5),
                         ack_policy=AckPolicy.MANUAL, title="DownloadOutcome",
                         description="How each download job ended: release its permits.")
-    async def on_outcome(outcome: DownloadOutcome, msg: NatsMessage, orch: Orch) -> None:
+    async def on_outcome(outcome: DownloadOutcome, msg: NatsMessage, orch: Orch,
+                         admission: Admit) -> None:
         await _ack_after(msg, lambda: orch.on_outcome(outcome), f"outcome of {outcome.job_id}",
                          heartbeat)
+        await admission.try_admit()  # a slot was freed
 
     @streams.subscriber(names.max_deliveries_advisory(),
                         stream=JStream(names.advisories_stream, declare=False),
@@ -206,10 +219,17 @@ def create_broker(settings: OrchestratorSettings) -> NatsBroker:
     # jobs and given-up outcomes through these publishers; events are appended by the
     # event log (expected-sequence appends on the JetStream context), declared here so
     # the AsyncAPI document shows them.
+    broker.publisher(names.waiting_job("{priority}", "{message_id}"),
+                     stream=JStream(names.waiting_stream, declare=False),
+                     schema=DownloadJob, title="WaitingJob",
+                     description="A granted job waiting for room under the global cap, "
+                                 "in its priority's line (high, normal, low); Nats-Msg-Id "
+                                 "is the job id.")
     broker.publisher(names.download_jobs, stream=JStream(names.jobs_stream, declare=False),
                      schema=DownloadJob, title="DownloadJob",
-                     description="One message to download, because of a PermitGranted "
-                                 "event; Nats-Msg-Id is the job id.")
+                     description="One message to download, admitted from the waiting "
+                                 "jobs best first while the queue has room under the "
+                                 "global cap; Nats-Msg-Id is the job id.")
     broker.publisher(names.batch_events("{batch_id}"),
                      stream=JStream(names.events_stream, declare=False), schema=BatchEvent,
                      title="BatchEvent",
@@ -257,9 +277,10 @@ class OrchestratorService:
             await verify_topology(js, names)
             pool = await create_pool(s.database_url, s.db_schema)
             leases = await Leases.open(js, names)
+            admission = Admission(js, names, s.priority_aging)
             orch = Orchestrator(s, Ports(
                 log=EventLog(js, names),
-                jobs=JobLifecycle(leases, BrokerPublisher(broker), names),
+                jobs=JobLifecycle(leases, BrokerPublisher(broker), names, admission),
                 leases=leases,
                 queued_jobs=JobStream(js, names),
                 open_batches=await OpenBatches.open(js, names),
@@ -269,14 +290,17 @@ class OrchestratorService:
             metrics.GLOBAL_CAP.set(s.global_cap)
             log.info("recovered %d open batches", await orch.recover())
             broker.context.set_global(ORCHESTRATOR, orch)
+            broker.context.set_global(ADMISSION, admission)
             await broker.start()
             self.orch = orch
-            sweeper = asyncio.create_task(sweep_forever(orch, s.sweep_interval, stop))
+            loops = [asyncio.create_task(sweep_forever(orch, s.sweep_interval, stop)),
+                     asyncio.create_task(admit_forever(admission, ADMIT_INTERVAL, stop))]
             try:
                 await stop.wait()
             finally:
-                sweeper.cancel()
-                await asyncio.gather(sweeper, return_exceptions=True)
+                for loop in loops:
+                    loop.cancel()
+                await asyncio.gather(*loops, return_exceptions=True)
         finally:
             await broker.stop()
             if pool is not None:

@@ -5,6 +5,8 @@ permits never exceed ``max_concurrent``, a file is granted once, cancel stops wh
 pending or running and keeps what completed, and the batch finishes exactly once. A
 paused batch grants nothing: its running files give their permits back (and keep their
 bytes on disk) until it is resumed; a new `max_concurrent` applies to the next grants.
+A new priority applies to the batch's jobs that have not started (where they wait, and in
+what order, is the admission's business: `tgdl.bus.admission`).
 """
 
 from __future__ import annotations
@@ -31,8 +33,9 @@ from tgdl.contracts.events import (
     FileFailed,
     JobDispatched,
     PermitGranted,
+    PriorityChanged,
 )
-from tgdl.contracts.status import BatchKind, OutcomeStatus
+from tgdl.contracts.status import BatchKind, OutcomeStatus, Priority
 
 
 class FileState(StrEnum):
@@ -52,6 +55,7 @@ class BatchState:
     kind: BatchKind = BatchKind.batch
     max_concurrent: int = 0
     force: bool = False
+    priority: Priority = Priority.normal
     order: tuple[int, ...] = ()  # files to download, in grant order
     entries: Mapping[int, CatalogEntry] = field(default_factory=lambda: MappingProxyType({}))
     files: Mapping[int, FileState] = field(default_factory=lambda: MappingProxyType({}))
@@ -108,6 +112,7 @@ class Start:
     at: datetime
     name_template: str | None = None
     rule_id: str | None = None  # the watch rule that started it
+    priority: Priority = Priority.normal
 
 
 @dataclass(frozen=True)
@@ -157,13 +162,20 @@ class SetMaxConcurrent:
 
 
 @dataclass(frozen=True)
+class SetPriority:
+    priority: Priority
+    at: datetime
+
+
+@dataclass(frozen=True)
 class Reconcile:
     """Grant free permits and finish if done (after a crash between two appends)."""
 
     at: datetime
 
 
-Command = Start | Finish | MarkDispatched | Cancel | Pause | Resume | SetMaxConcurrent | Reconcile
+Command = (Start | Finish | MarkDispatched | Cancel | Pause | Resume | SetMaxConcurrent
+           | SetPriority | Reconcile)
 
 
 def job_id_for(batch_id: str, message_id: int, grant: int = 1) -> str:
@@ -190,6 +202,7 @@ def decide(cmd: Command, s: BatchState) -> list[BatchEvent]:
                 already_downloading=cmd.already_downloading,
                 name_template=cmd.name_template,
                 rule_id=cmd.rule_id,
+                priority=cmd.priority,
             )
             return [started, *_grant_or_finish(evolve(s, started), cmd.at)]
         case Finish() if (
@@ -227,6 +240,11 @@ def decide(cmd: Command, s: BatchState) -> list[BatchEvent]:
                                          max_concurrent=cmd.max_concurrent,
                                          previous=s.max_concurrent)
             return [changed, *_grant_or_finish(evolve(s, changed), cmd.at)]
+        case SetPriority() if s.exists and not s.closed and cmd.priority != s.priority:
+            # no grant changes: the permits are the batch's own, the priority orders its
+            # jobs against other batches' (a paused batch's next jobs will follow it)
+            return [PriorityChanged(batch_id=s.batch_id, at=cmd.at, priority=cmd.priority,
+                                    previous=s.priority)]
         case Reconcile() if s.exists and not s.closed:
             return _grant_or_finish(s, cmd.at)
     return []
@@ -307,6 +325,7 @@ def evolve(s: BatchState, e: BatchEvent) -> BatchState:
                 kind=e.kind,
                 max_concurrent=e.max_concurrent,
                 force=e.force,
+                priority=e.priority,
                 order=order,
                 entries=MappingProxyType({x.message_id: x for x in e.to_download}),
                 files=MappingProxyType(dict.fromkeys(order, FileState.pending)),
@@ -341,6 +360,8 @@ def evolve(s: BatchState, e: BatchEvent) -> BatchState:
             return replace(s, paused=False, paused_files=())
         case ConcurrencyChanged(max_concurrent=n):
             return replace(s, max_concurrent=n)
+        case PriorityChanged(priority=p):
+            return replace(s, priority=p)
         case BatchFinished():
             return replace(s, closed=True)
         case BatchPruned():

@@ -20,6 +20,7 @@ from tgdl.orchestrator.react import (
     EndJob,
     Key,
     LeaveLease,
+    Reprioritize,
     Unlist,
     after_dispatch,
     react_all,
@@ -59,6 +60,8 @@ class Executor:
                         together.append(effects[i])  # type: ignore[arg-type]
                         i += 1
                     await _all(self._dispatch(d) for d in together)
+                case Reprioritize(message_ids=ids, priority=p, raise_only=raise_only):
+                    await self.ports.jobs.reprioritize(ids, p, raise_only)
                 case LeaveLease(message_id=m, batch_id=batch_id, keep_part=keep):
                     await self.ports.leases.leave(m, batch_id, keep_part=keep)
                 case Unlist(batch_id=batch_id):
@@ -77,7 +80,7 @@ class Executor:
             if not acquired.attached:
                 await self.ports.jobs.publish_job(
                     DownloadJob(job_id=d.job_id, entry=d.entry, force=d.force,
-                                name_template=d.name_template))
+                                name_template=d.name_template, priority=d.priority))
                 metrics.JOBS_PUBLISHED.inc()
             events, _, after = await self.repo.execute(d.batch_id, MarkDispatched(
                 message_id=m, job_id=acquired.job_id, attached=acquired.attached,

@@ -27,10 +27,12 @@ from tgdl.contracts.commands import (
     CancelSingle,
     ConcurrencyOutcome,
     PauseBatch,
+    PriorityOutcome,
     Rejection,
     RejectReason,
     ResumeBatch,
     SetConcurrency,
+    SetPriority,
     SingleCancelOutcome,
     StartBatch,
 )
@@ -55,6 +57,7 @@ from tgdl.orchestrator.batch import (
     Start,
     fold,
 )
+from tgdl.orchestrator.batch import SetPriority as ChangePriority
 from tgdl.orchestrator.executor import Executor
 from tgdl.orchestrator.ports import Ports
 from tgdl.orchestrator.react import (
@@ -134,6 +137,7 @@ class Orchestrator:
                 already_downloading=triage.already_downloading, at=self.ports.clock.now(),
                 name_template=template,
                 rule_id=cmd.rule_id,
+                priority=cmd.priority,
             )
             try:
                 events, _, after = await self.repo.execute(batch_id, start)
@@ -217,6 +221,14 @@ class Orchestrator:
         return ConcurrencyOutcome(batch_id=cmd.batch_id, max_concurrent=after.max_concurrent,
                                   previous=before.max_concurrent, granted=_granted(events),
                                   already_finished=before.closed)
+
+    async def set_priority(self, cmd: SetPriority) -> PriorityOutcome | Rejection:
+        _, before, after = await self.executor.decide(
+            cmd.batch_id, ChangePriority(cmd.priority, at=self.ports.clock.now()))
+        if not before.exists:
+            return _not_found(cmd.batch_id)
+        return PriorityOutcome(batch_id=cmd.batch_id, priority=after.priority,
+                               previous=before.priority, already_finished=before.closed)
 
     async def cancel_single(self, cmd: CancelSingle) -> SingleCancelOutcome:
         """Cancel the single-file requests waiting for the message; batches keep it."""

@@ -16,6 +16,7 @@ from tgdl.bus.leases import Acquired
 from tgdl.contracts.catalog import CatalogEntry
 from tgdl.contracts.events import BatchEvent
 from tgdl.contracts.jobs import DownloadJob, DownloadOutcome, Lease
+from tgdl.contracts.status import Priority
 
 
 class BatchLog(Protocol):
@@ -38,6 +39,9 @@ class Jobs(Protocol):
                       force: bool = False) -> Acquired: ...
 
     async def publish_job(self, job: DownloadJob) -> None: ...
+
+    async def reprioritize(self, message_ids: Sequence[int], priority: Priority,
+                           raise_only: bool = False) -> None: ...
 
     async def end(self, outcome: DownloadOutcome) -> DownloadOutcome | None: ...
 

@@ -19,10 +19,12 @@ from tgdl.contracts.events import (
     BatchEvent,
     BatchFinished,
     BatchPaused,
+    JobDispatched,
     PermitGranted,
+    PriorityChanged,
 )
 from tgdl.contracts.jobs import DownloadJob, DownloadOutcome
-from tgdl.contracts.status import OutcomeStatus
+from tgdl.contracts.status import OutcomeStatus, Priority
 from tgdl.orchestrator.batch import (
     BatchState,
     Command,
@@ -54,6 +56,17 @@ class Dispatch:
     job_id: str
     force: bool
     name_template: str | None = None  # the batch's, fixed at its start
+    priority: Priority = Priority.normal
+
+
+@dataclass(frozen=True)
+class Reprioritize:
+    """The jobs of these messages that still wait for room under the global cap wait at
+    `priority` from now on (`raise_only`: unless they already wait higher)."""
+
+    message_ids: tuple[int, ...]
+    priority: Priority
+    raise_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -87,7 +100,7 @@ class DropQueuedJob:
     seq: int
 
 
-Effect = Decide | Dispatch | LeaveLease | Unlist | EndJob | DropQueuedJob
+Effect = Decide | Dispatch | Reprioritize | LeaveLease | Unlist | EndJob | DropQueuedJob
 Key = tuple[str, int]  # (batch_id, message_id)
 
 
@@ -99,7 +112,12 @@ def react(event: BatchEvent, state: BatchState) -> list[Effect]:
     match event:
         case PermitGranted(message_id=m, job_id=job_id) if m in state.entries:
             return [Dispatch(event.batch_id, state.entries[m], job_id, state.force,
-                             state.name_template)]
+                             state.name_template, state.priority)]
+        case PriorityChanged(priority=p) if state.running:
+            return [Reprioritize(tuple(state.running), p)]
+        case JobDispatched(message_id=m, attached=True) if state.priority != Priority.low:
+            # joined another request's job: it must not wait behind this batch's priority
+            return [Reprioritize((m,), state.priority, raise_only=True)]
         case BatchCancelled(stopped=stopped):
             # a stopped file with a job had a permit: its lease lists this batch
             return [*(LeaveLease(m, event.batch_id) for m in stopped if m in state.jobs),
@@ -122,7 +140,7 @@ def _discard_paused(state: BatchState) -> list[Effect]:
     assert state.batch_id is not None
     return [Dispatch(state.batch_id, state.entries[m],
                      job_id_for(state.batch_id, m, state.grants.get(m, 0) + 1), state.force,
-                     state.name_template)
+                     state.name_template, state.priority)
             for m in state.paused_files]
 
 
@@ -164,7 +182,7 @@ def resume(state: BatchState, at: datetime, only: Collection[int] | None = None)
     assert state.batch_id is not None
     dispatches: list[Effect] = [
         Dispatch(state.batch_id, state.entries[m], state.jobs[m], state.force,
-                 state.name_template)
+                 state.name_template, state.priority)
         for m in state.undispatched if only is None or m in only
     ]
     return [*dispatches, Decide(state.batch_id, Reconcile(at=at))]

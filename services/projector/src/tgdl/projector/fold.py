@@ -30,6 +30,7 @@ from tgdl.contracts.events import (
     FileFailed,
     JobDispatched,
     PermitGranted,
+    PriorityChanged,
 )
 from tgdl.contracts.jobs import DownloadOutcome, DownloadProgress
 from tgdl.contracts.paths import relative_path
@@ -56,6 +57,7 @@ class BatchRow:
     updated_at: datetime
     finished_at: datetime | None = None
     rule_id: str | None = None  # the watch rule that started it
+    priority: str = "normal"
 
 
 @dataclass(frozen=True)
@@ -163,7 +165,8 @@ class ApplyOutcome:
             message_id=o.message_id,
             state=JobState(o.status),
             updated_at=o.at,
-            downloaded_size=(o.size or 0) if completed else 0,
+            # a job stopped by a pause says how many bytes its .part kept
+            downloaded_size=(o.size or 0) if completed else (o.downloaded_size or 0),
             total_size=o.size if completed else None,
             file_path=o.file_path,
             relative_path=o.relative_path,
@@ -267,7 +270,7 @@ def _started(e: BatchStarted) -> InsertBatch:
     batch = BatchRow(
         batch_id=e.batch_id, kind=e.kind, max_concurrent=e.max_concurrent, force=e.force,
         total_files=len(e.requested_ids), status=OverallStatus.in_progress,
-        created_at=e.at, updated_at=e.at, rule_id=e.rule_id,
+        created_at=e.at, updated_at=e.at, rule_id=e.rule_id, priority=e.priority,
     )
     return InsertBatch(batch, files)
 
@@ -312,6 +315,8 @@ def fold_event(event: BatchEvent) -> list[Change]:
                     UpdateBatch(b, {"status": OverallStatus.in_progress, "updated_at": at})]
         case ConcurrencyChanged(max_concurrent=n):
             return [UpdateBatch(b, {"max_concurrent": n, "updated_at": at})]
+        case PriorityChanged(priority=p):
+            return [UpdateBatch(b, {"priority": p.value, "updated_at": at})]
         case BatchFinished(overall_status=status):
             return [UpdateBatch(b, {"status": OverallStatus(status), "finished_at": at,
                                     "updated_at": at})]
