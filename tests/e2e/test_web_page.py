@@ -152,6 +152,61 @@ async def test_filter_select_start_watch_and_cancel_in_a_browser(stack: Stack, b
     assert (out / "web-page.png").stat().st_size > 10_000
 
 
+# A few seconds per file, one part at a time: a pause lands with files part-way.
+@pytest.mark.stack(sim_bandwidth=400_000, parts_per_file=1)
+async def test_pause_resume_limit_and_priority_from_the_batch_view(stack: Stack, browser,
+                                                                   tmp_path):
+    out = shots(tmp_path)
+    page = await browser.new_page(viewport={"width": 1280, "height": 900})
+    await page.goto(str(stack.http.base_url))
+    ids = stack.media_ids(3, min_size=1_500_000)
+    await page.get_by_label("Min size").fill("1.5MB")
+    await page.get_by_role("button", name="Apply filters").click()
+    for m in ids:  # the first three of the big files
+        await page.locator(f"#messages tr[data-id='{m}'] input[type=checkbox]").check()
+    bar = page.get_by_role("region", name="Download the selected messages")
+    await bar.get_by_label("Max concurrent").fill("1")
+    await bar.get_by_label("Priority").select_option("low")
+    await bar.get_by_role("button", name="Start download of 3").click()
+    await expect(page.locator("#batch-h")).to_be_focused()
+    batch_id = await page.locator("#batch-id").text_content()
+    steer = page.get_by_role("group", name="Steer this batch")
+    await expect(steer.get_by_label("Priority")).to_have_value("low")
+    await expect(page.locator("#files tr[data-status=downloading]")).to_have_count(
+        1, timeout=SLOW)
+
+    # Pause from the keyboard: the batch shows paused, its file keeps its bytes.
+    toggle = steer.get_by_role("button", name="Pause batch")
+    await toggle.focus()
+    await page.keyboard.press("Enter")
+    await expect(page.locator("#batch-state")).to_have_text("· paused", timeout=SLOW)
+    await expect(page.locator("#notice")).to_contain_text("Batch paused")
+    resume = steer.get_by_role("button", name="Resume batch")
+    await expect(resume).to_be_enabled()
+    await expect(resume).to_be_focused()  # the same button: focus stays on it
+    await expect(page.locator("#files tr[data-status=paused]")).to_have_count(1)
+    await stack.until_serving(0, within=2)  # the running file stopped
+
+    # A new limit and priority while paused, announced in the notice.
+    await steer.get_by_label("Max concurrent").select_option("3")
+    await expect(page.locator("#notice")).to_contain_text("max_concurrent changed from 1 to 3")
+    await steer.get_by_label("Priority").select_option("high")
+    await expect(page.locator("#notice")).to_contain_text("priority changed from low to high")
+    item = page.locator(f"#batches li[data-batch={batch_id}]")
+    await expect(item).to_contain_text("high priority", timeout=SLOW)
+    await page.locator("#batch").screenshot(path=out / "web-page-paused.png")
+
+    await resume.click()
+    await expect(page.locator("#notice")).to_contain_text("Batch resumed")
+    await expect(page.locator("#files tr[data-status=completed]")).to_have_count(
+        3, timeout=SLOW * 2)
+    await expect(page.locator("#batch-state")).to_have_text("· completed")
+    await expect(steer.get_by_role("button", name="Pause batch")).to_be_disabled()
+    await expect(steer.get_by_label("Max concurrent")).to_have_value("3")
+    status = await stack.status(batch_id)
+    assert (status["priority"], status["max_concurrent"]) == ("high", 3)
+
+
 @pytest.mark.stack(api_token="e2e-page-token")
 async def test_with_a_token_the_page_asks_once_and_its_links_open_signed(stack: Stack, browser):
     page = await browser.new_page(viewport={"width": 1280, "height": 900})

@@ -5,6 +5,7 @@ const state = {
   offset: 0, total: 0, batchLimit: 50, query: "", names: new Map(),
   selected: new Set(), batchesOffset: 0, batchesTimer: null,
   batchId: null, source: null, poller: null, ticker: null, snapshot: null, receivedAt: 0,
+  steering: false,
 };
 
 // --- formatting: decimal units, as the CLI and disks count --------------------------------
@@ -165,7 +166,7 @@ async function startBatch() {
   try {
     const body = {
       message_ids: [...state.selected], force: $("force").checked,
-      max_concurrent: Number($("max-concurrent").value),
+      max_concurrent: Number($("max-concurrent").value), priority: $("priority").value,
     };
     const template = $("name-template").value.trim();
     if (template) body.name_template = template;  // empty: the service's TGDL_NAME_TEMPLATE
@@ -201,6 +202,7 @@ function batchItem(b) {
   open.setAttribute("aria-label", `Open batch ${b.batch_id}, ${b.overall_status.replace("_", " ")}, ${b.progress}%`);
   open.onclick = () => openBatch(b.batch_id, true);
   const numbers = el("span", `${b.overall_status.replace("_", " ")} · ${b.progress}% · ${b.completed}/${b.total_files} files` +
+    (b.priority && b.priority !== "normal" ? ` · ${b.priority} priority` : "") +
     (b.download_speed ? ` · ${speed(b.download_speed)}` : "") + ` · ${when(b.created_at)}` +
     (b.rule_id ? ` · started by watch rule ${b.rule_id}` : ""), `state-${b.overall_status}`);
   li.append(open, bar(b.progress, `Progress of batch ${b.batch_id}`), numbers, el("span", b.summary, "summary"));
@@ -245,7 +247,7 @@ function totals(files) {
   let done = 0, total = 0, rate = 0, known = true;
   for (const f of files) {
     if (f.status === "completed") done += f.total_size || 0;
-    else if (f.status === "downloading" || f.status === "waiting") done += f.downloaded_size || 0;
+    else if (["downloading", "waiting", "paused"].includes(f.status)) done += f.downloaded_size || 0;
     if (f.status === "downloading") rate += f.download_speed || 0;
     if (f.total_size === null || f.total_size === undefined) known = false; else total += f.total_size;
   }
@@ -267,6 +269,7 @@ function render(status) {
     (rate && !status.finished ? ` · ${speed(rate)}` : "") + eta;
   $("summary").textContent = status.summary;
   $("cancel").disabled = status.finished;
+  showSteering(status);
   $("files").replaceChildren(...status.files.map(fileRow));
   if (status.finished) {
     stopFollowing();
@@ -300,8 +303,8 @@ function fileRow(f) {
   } else if (f.same_file_as) {
     details.append(el("span", `same file as #${f.same_file_as}: linked, not downloaded again`, "muted"));
   } else if (f.already_downloaded) details.append(el("span", "already downloaded", "muted"));
-  const label = { pending: "waiting for its turn", queued: "queued", waiting: "paused (rate limit)" }[f.status] || f.status;
-  const running = f.status === "downloading" || f.status === "waiting";
+  const label = { pending: "waiting for its turn", queued: "queued", waiting: "waiting (rate limit)" }[f.status] || f.status;
+  const running = ["downloading", "waiting", "paused"].includes(f.status) && f.downloaded_size;
   const amount = running && f.total_size ? `${size(f.downloaded_size || 0)} / ${size(f.total_size)}` : size(f.total_size);
   tr.append(file, el("td", label, `state-${f.status}`), progressCell, el("td", amount, "num"),
     el("td", f.status === "downloading" ? speed(f.download_speed) : "", "num"),
@@ -315,6 +318,38 @@ function tick() {  // rate-limit waits count down between snapshots
     const left = Math.max(0, Number(span.dataset.waitSeconds) - (Date.now() - state.receivedAt) / 1000);
     span.textContent = left > 0 ? `Telegram rate limit: resumes in ${duration(left)}` : "Telegram rate limit: resuming";
   });
+}
+
+// Pause/resume, max_concurrent and priority of the open batch. One toggle button, so the
+// focus stays where it was; the selects follow the batch unless being changed.
+function showSteering(status) {
+  const paused = status.overall_status === "paused";
+  const toggle = $("pause-resume");
+  toggle.textContent = paused ? "Resume batch" : "Pause batch";
+  toggle.disabled = status.finished;
+  for (const [id, value] of [["batch-max-concurrent", status.max_concurrent], ["batch-priority", status.priority]]) {
+    const select = $(id);
+    select.disabled = status.finished;
+    if (value !== undefined && value !== null && document.activeElement !== select) select.value = String(value);
+  }
+}
+
+async function steer(method, path, body) {
+  // (never disabled while a request runs: a disabled button would lose the focus)
+  if (!state.batchId || state.steering) return;
+  const id = encodeURIComponent(state.batchId);
+  state.steering = true; $("pause-resume").setAttribute("aria-busy", "true");
+  try {
+    notice((await api(method, path.replace("{id}", id), body)).message, "info");
+    if (!state.source && !state.poller) poll(state.batchId);
+    loadBatches();
+  } catch (err) { notice(err.message, "error"); }
+  finally { state.steering = false; $("pause-resume").removeAttribute("aria-busy"); }
+}
+
+async function pauseOrResume() {
+  const paused = state.snapshot && state.snapshot.overall_status === "paused";
+  await steer("POST", paused ? "/api/media/batch-resume/{id}" : "/api/media/batch-pause/{id}");
 }
 
 async function cancelBatch() {
@@ -393,6 +428,9 @@ $("batches-older").onclick = () => { state.batchesOffset += BATCH_PAGE; loadBatc
 $("start").onclick = startBatch;
 $("rule-form").onsubmit = createRule;
 $("cancel").onclick = cancelBatch;
+$("pause-resume").onclick = pauseOrResume;
+$("batch-max-concurrent").onchange = () => steer("PATCH", "/api/media/batch/{id}", { max_concurrent: Number($("batch-max-concurrent").value) });
+$("batch-priority").onchange = () => steer("PATCH", "/api/media/batch/{id}", { priority: $("batch-priority").value });
 $("close-batch").onclick = () => {
   stopFollowing(); state.batchId = null; $("batch").hidden = true; history.replaceState(null, "", location.pathname);
   document.querySelectorAll("#batches li").forEach((li) => li.classList.remove("current"));
