@@ -14,9 +14,10 @@ from tgdl.contracts.events import (
     FileCompleted,
     JobDispatched,
     PermitGranted,
+    PriorityChanged,
 )
 from tgdl.contracts.jobs import DownloadJob, DownloadOutcome
-from tgdl.contracts.status import OutcomeStatus
+from tgdl.contracts.status import OutcomeStatus, Priority
 from tgdl.orchestrator.batch import Finish, Reconcile, fold
 from tgdl.orchestrator.react import (
     Decide,
@@ -24,6 +25,7 @@ from tgdl.orchestrator.react import (
     DropQueuedJob,
     EndJob,
     LeaveLease,
+    Reprioritize,
     Unlist,
     after_dispatch,
     give_up,
@@ -129,3 +131,24 @@ def test_giving_up_on_a_job_ends_it_as_worker_lost_and_drops_its_message():
     assert end.outcome.status is OutcomeStatus.failed and end.outcome.message_id == 1
     assert end.outcome.failure.error is ErrorCode.worker_lost
     assert "6 times" in end.outcome.failure.detail
+
+
+def test_a_new_priority_moves_the_batchs_own_waiting_jobs_and_only_raises_joined_ones():
+    joined = JobDispatched(batch_id="b", at=AT, message_id=2, job_id="other:2", attached=True)
+    events = [*history("b", [1, 2, 3], [1, 2], [1]), joined]
+    low = PriorityChanged(batch_id="b", at=AT, priority=Priority.low, previous=Priority.normal)
+    assert react(low, fold([*events, low])) == [
+        Reprioritize((1,), Priority.low), Reprioritize((2,), Priority.low, raise_only=True)]
+    # joining a job raises it to the batch's priority (a low batch never needs to)
+    high = [*events[:-1], PriorityChanged(batch_id="b", at=AT, priority=Priority.high,
+                                          previous=Priority.normal), joined]
+    assert react(joined, fold(high)) == [Reprioritize((2,), Priority.high, raise_only=True)]
+    assert react(joined, fold([*events[:-1], low, joined])) == []
+
+
+def test_a_permit_dispatches_at_the_batchs_priority():
+    events = [*history("b", [1, 2], []), PriorityChanged(
+        batch_id="b", at=AT, priority=Priority.high, previous=Priority.normal),
+        PermitGranted(batch_id="b", at=AT, message_id=1, job_id="b:1")]
+    (dispatch,) = react(events[-1], fold(events))
+    assert dispatch.priority == Priority.high

@@ -114,7 +114,12 @@ def react(event: BatchEvent, state: BatchState) -> list[Effect]:
             return [Dispatch(event.batch_id, state.entries[m], job_id, state.force,
                              state.name_template, state.priority)]
         case PriorityChanged(priority=p) if state.running:
-            return [Reprioritize(tuple(state.running), p)]
+            # its own jobs follow it; a job it joined (another batch's) is only ever raised
+            own = tuple(m for m in state.running
+                        if state.jobs.get(m, "").startswith(f"{event.batch_id}:"))
+            joined = tuple(m for m in state.running if m not in own)
+            return [*([Reprioritize(own, p)] if own else []),
+                    *([Reprioritize(joined, p, raise_only=True)] if joined else [])]
         case JobDispatched(message_id=m, attached=True) if state.priority != Priority.low:
             # joined another request's job: it must not wait behind this batch's priority
             return [Reprioritize((m,), state.priority, raise_only=True)]
