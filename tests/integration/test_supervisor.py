@@ -11,7 +11,7 @@ import psutil
 import pytest
 from waiting import until
 
-from tgdl.launcher.console import PrefixedOutput
+from tgdl.launcher.console import JsonOutput, PrefixedOutput
 from tgdl.launcher.supervisor import SUPERVISOR_NAME, Backoff, ChildSpec, Supervisor
 
 FAST = Backoff(first=0.05, factor=2, limit=0.2, stable_after=30)
@@ -205,6 +205,22 @@ def test_plain_output_is_prefixed_text() -> None:
         "downloader-1  | ready\n"
         "tgdl          | gateway restarted\n"
     )
+
+
+def test_json_output_passes_json_lines_and_wraps_the_rest() -> None:
+    import io
+    import json
+
+    stream = io.StringIO()
+    out = JsonOutput(stream)
+    out.line("gateway", '{"service": "gateway", "message": "ready"}')
+    out.line("downloader-1", "Traceback (most recent call last):")
+    out.say("gateway restarted")
+    lines = [json.loads(x) for x in stream.getvalue().splitlines()]
+    assert lines[0] == {"service": "gateway", "message": "ready"}
+    assert [(x["service"], x["message"]) for x in lines[1:]] == [
+        ("downloader-1", "Traceback (most recent call last):"),
+        ("tgdl", "gateway restarted")]
 
 
 LAUNCHER = """

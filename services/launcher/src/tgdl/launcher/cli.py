@@ -146,10 +146,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "asyncapi":
             return _asyncapi(args.write, args.check)
         if args.command == "run":
-            from tgdl.launcher.console import PrefixedOutput
+            from tgdl.launcher.console import output_for
             from tgdl.launcher.runner import run
 
-            return asyncio.run(run(os.environ, Path.cwd(), PrefixedOutput()))
+            return asyncio.run(run(os.environ, Path.cwd(), output_for()))
         return asyncio.run(_dispatch(args))
     except KeyboardInterrupt:
         return 130

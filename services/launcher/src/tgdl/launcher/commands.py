@@ -81,10 +81,10 @@ async def seed_demo(env: Mapping[str, str], cwd: Path) -> int:
         if sim_url:
             entries = await seed_from_simulator(sim_url, settings)
         else:
-            from tgdl.launcher.console import PrefixedOutput
+            from tgdl.launcher.console import output_for
 
             stop = StopRequest(say)
-            supervisor = Supervisor(PrefixedOutput())
+            supervisor = Supervisor(output_for())
             try:
                 sim_url = await start_simulator(supervisor, env, stop)
                 entries = await seed_from_simulator(sim_url, settings) if sim_url else []

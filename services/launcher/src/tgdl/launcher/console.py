@@ -1,10 +1,13 @@
 """Output of `tgdl run`: every line prefixed with the name of the process that wrote it,
-in colour on a terminal (rich) and plain text otherwise (logs, pipes, CI)."""
+in colour on a terminal (rich) and plain text otherwise (logs, pipes, CI); with
+`TGDL_LOG_FORMAT=json`, one JSON object per line instead, for log collectors."""
 
 from __future__ import annotations
 
+import json
 import sys
 import zlib
+from datetime import UTC, datetime
 from typing import TextIO
 
 from rich.console import Console
@@ -46,3 +49,45 @@ class PrefixedOutput:
     def say(self, text: str) -> None:
         """A line from the launcher itself."""
         self.line(SUPERVISOR_NAME, text)
+
+
+class JsonOutput:
+    """A `LineSink` for `TGDL_LOG_FORMAT=json`: the services' lines are JSON objects
+    already and pass through as they are (they name their service); anything else (the
+    launcher's own lines, a child's stray output such as a traceback) becomes one, with
+    the writing process as its service, so every line stays one JSON object."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self._stream = stream or sys.stdout
+
+    def line(self, name: str, text: str) -> None:
+        if not _is_json_object(text):
+            text = json.dumps({
+                "time": datetime.now(UTC).isoformat(timespec="milliseconds").replace(
+                    "+00:00", "Z"),
+                "level": "info", "service": name, "logger": "output", "message": text,
+            }, ensure_ascii=False)
+        self._stream.write(text + "\n")
+        self._stream.flush()
+
+    def say(self, text: str) -> None:
+        self.line(SUPERVISOR_NAME, text)
+
+
+def _is_json_object(text: str) -> bool:
+    if not text.startswith("{"):
+        return False
+    try:
+        return isinstance(json.loads(text), dict)
+    except ValueError:
+        return False
+
+
+Output = PrefixedOutput | JsonOutput
+
+
+def output_for(env: dict[str, str] | None = None) -> Output:
+    """What `tgdl run` writes its children's output with."""
+    from tgdl.runtime.jsonlog import json_logs
+
+    return JsonOutput() if json_logs(env) else PrefixedOutput()

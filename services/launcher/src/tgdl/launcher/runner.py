@@ -19,7 +19,7 @@ import httpx
 from pydantic import ValidationError
 
 from tgdl.contracts.config import CommonSettings
-from tgdl.launcher.console import PrefixedOutput
+from tgdl.launcher.console import Output
 from tgdl.launcher.embedded import free_port
 from tgdl.launcher.lifeline import become_subreaper
 from tgdl.launcher.plan import (
@@ -129,7 +129,7 @@ async def start_simulator(
     return None
 
 
-async def run(env: Mapping[str, str], cwd: Path, out: PrefixedOutput) -> int:
+async def run(env: Mapping[str, str], cwd: Path, out: Output) -> int:
     try:
         home = Home.from_env(env, cwd)
         downloaders = downloader_count(env)
@@ -185,7 +185,7 @@ async def _run_services(
     downloaders: int,
     supervisor: Supervisor,
     stop: StopRequest,
-    out: PrefixedOutput,
+    out: Output,
     service_nats_urls: Mapping[str, str],
     home: Home,
     metered: tuple[str, Mapping[str, int]],
