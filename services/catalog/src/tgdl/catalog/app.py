@@ -17,12 +17,11 @@ from typing import Annotated
 
 import asyncpg
 import httpx
-from faststream import Context
 from faststream.middlewares import ExceptionMiddleware
 from faststream.nats import NatsBroker, NatsRouter
 from pydantic import ValidationError
 
-from tgdl.bus.broker import nats_broker
+from tgdl.bus.broker import LoopContext, nats_broker
 from tgdl.bus.topology import verify_topology
 from tgdl.catalog import metrics
 from tgdl.catalog.settings import CatalogSettings
@@ -48,7 +47,7 @@ from tgdl.runtime import run_service, until_reachable
 log = logging.getLogger("tgdl.catalog")
 
 CATALOG = "catalog"  # the broker context key of the running `Catalog`
-Cat = Annotated["Catalog", Context(CATALOG)]
+Cat = Annotated["Catalog", LoopContext(CATALOG)]  # resolved on the loop, not a thread
 START_TIMEOUT = 10.0  # seconds an orchestrator has to answer a rule's start
 # What a source that cannot be reached raises (the simulated Telegram's HTTP, Telethon's
 # connection): the caller is told Telegram is away, not that the catalog failed.
