@@ -78,8 +78,10 @@ async def running_stack(servers, isolation, nc, sim: SimSettings = SIM,
         settings = OrchestratorSettings(**common)
         await ensure_topology(nc.jetstream(), settings.names, QueuePolicy.of(settings))
         stop = asyncio.Event()
-        orchestrator = OrchestratorService(settings)
-        tasks = [asyncio.create_task(orchestrator.run(stop))]
+        orchestrator = {"service": OrchestratorService(settings), "stop": asyncio.Event()}
+        orchestrator["task"] = asyncio.create_task(
+            orchestrator["service"].run(orchestrator["stop"]))
+        tasks = []
         for i in range(2):
             tasks.append(asyncio.create_task(serve_downloader(
                 # one part in flight per file: a pause always finds some parts on disk
@@ -92,16 +94,29 @@ async def running_stack(servers, isolation, nc, sim: SimSettings = SIM,
             with contextlib.suppress(Exception):
                 info = await nc.jetstream().consumer_info(names.jobs_stream,
                                                           names.downloader_consumer)
-                return info.num_waiting >= 2 and hasattr(orchestrator, "orch")
+                return info.num_waiting >= 2 and hasattr(orchestrator["service"], "orch")
         await until(ready, what="services ready")
+
+        async def restart_orchestrator() -> None:
+            """Stop the orchestrator and start a new one on the same streams."""
+            orchestrator["stop"].set()
+            await orchestrator["task"]
+            orchestrator.update(service=OrchestratorService(settings), stop=asyncio.Event())
+            orchestrator["task"] = asyncio.create_task(
+                orchestrator["service"].run(orchestrator["stop"]))
+            await until(lambda: hasattr(orchestrator["service"], "orch"),
+                        what="new orchestrator ready")
+
         healthy = [e for e in entries if e.media_kind and e.chat == "sim_demo"]
         try:
             yield {"sim_url": sim_url, "names": names, "entries": healthy,
                    "media": isolation.media_root, "log": EventLog(nc.jetstream(), names),
-                   "leases": await Leases.open(nc.jetstream(), names)}
+                   "leases": await Leases.open(nc.jetstream(), names),
+                   "restart_orchestrator": restart_orchestrator}
         finally:
             stop.set()
-            await asyncio.gather(*tasks)
+            orchestrator["stop"].set()
+            await asyncio.gather(orchestrator["task"], *tasks)
 
 
 @pytest.fixture
@@ -347,6 +362,31 @@ async def test_under_the_global_cap_a_later_high_batch_goes_before_the_rest_of_a
         assert first_low in low_ids  # it had started before the high batch came
         assert order[1:3] == high_ids  # then the high batch, before the rest of the low one
         assert sorted(order[3:]) == sorted(set(low_ids) - {first_low})  # low still finishes
+
+
+async def test_jobs_waiting_for_the_global_cap_survive_an_orchestrator_restart_in_order(
+        servers, isolation, nc):
+    # The waiting room is a stream: the jobs granted before a restart wait there, and the
+    # new orchestrator admits them best first (high before the rest of the low batch).
+    async with running_stack(servers, isolation, nc, sim=SMALL, global_cap=1) as stack:
+        names: Names = stack["names"]
+        low_ids = [e.message_id for e in stack["entries"][:4]]
+        high_ids = [e.message_id for e in stack["entries"][4:6]]
+        low = await command(nc, names.cmd_batch_start, StartBatch(
+            message_ids=low_ids, max_concurrent=2, priority=Priority.low), BatchAccepted)
+        await sim_client.until_serving(stack["sim_url"], 1, within=10)
+        high = await command(nc, names.cmd_batch_start, StartBatch(
+            message_ids=high_ids, max_concurrent=2, priority=Priority.high), BatchAccepted)
+        waiting = await nc.jetstream().stream_info(names.waiting_stream)
+        assert waiting.state.messages >= 2  # granted, not yet admitted under the cap of 1
+        await stack["restart_orchestrator"]()
+        ended = [*await until_finished(stack, low.batch_id),
+                 *await until_finished(stack, high.batch_id)]
+        order = [e.message_id for e in sorted(
+            (e for e in ended if isinstance(e, FileCompleted)), key=lambda e: e.at)]
+        assert order[0] in low_ids and order[1:3] == high_ids
+        assert sorted(order[3:]) == sorted(set(low_ids) - {order[0]})
+        assert (await sim_client.stats(stack["sim_url"]))["max_serving"] == 1
 
 
 async def test_a_waiting_batch_raised_to_high_overtakes_one_queued_before_it(
