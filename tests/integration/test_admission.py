@@ -8,6 +8,8 @@ import pytest
 from nats.js.errors import NotFoundError
 
 from tgdl.bus.admission import Admission
+from tgdl.bus.jobs import JetStreamPublisher, JobLifecycle
+from tgdl.bus.leases import Leases
 from tgdl.bus.topology import QueuePolicy, ensure_topology
 from tgdl.contracts.catalog import CatalogEntry, MediaKind
 from tgdl.contracts.jobs import DownloadJob
@@ -88,3 +90,17 @@ async def test_a_job_queued_twice_enters_the_queue_once(room):
     await admission.enqueue(job(1, "normal"))  # a retried dispatch: same job id
     await admission.admit()
     assert await queued_ids(js, names) == [1]
+
+
+async def test_a_job_skips_the_waiting_room_only_when_nobody_waits_and_there_is_room(room):
+    js, names, admission, _ = room
+    jobs = JobLifecycle(await Leases.open(js, names), JetStreamPublisher(js), names, admission)
+    await jobs.publish_job(job(1, "low"))  # room, nobody waiting: straight in
+    await jobs.publish_job(job(2, "low"))
+    assert await queued_ids(js, names) == [1, 2]
+    assert (await js.stream_info(names.waiting_stream)).state.last_seq == 0  # never used
+    await jobs.publish_job(job(3, "low"))  # the cap is full: it waits
+    assert await queued_ids(js, names) == [1, 2]
+    await js.purge_stream(names.jobs_stream)  # both ended: room again, but 3 waits
+    await jobs.publish_job(job(4, "high"))  # so 4 goes through the waiting room, best first
+    assert await queued_ids(js, names) == [4, 3]

@@ -116,9 +116,12 @@ class JobLifecycle:
         return await self.leases.acquire(message_id, job_id, party, force)
 
     async def publish_job(self, job: DownloadJob) -> None:
-        """Queue the job once, through the waiting room when there is one."""
+        """Queue the job once, through the waiting room when there is one and someone
+        waits in it or the queue is full."""
         if self.admission is None:
             await self._queue(job)
+            return
+        if await self.admission.straight_in(lambda: self._queue(job)):
             return
         ack = await self.admission.enqueue(job)
         if ack.duplicate and not await self._publisher.stored(self._names.waiting_stream,
