@@ -269,6 +269,25 @@ async def test_an_unreadable_reply_is_a_502(client, orchestrator_answers):
     assert_error_body(response, 502, "bad_gateway")
 
 
+@pytest.mark.parametrize(("subject", "url", "body", "error", "service"), [
+    ("cmd_batch_start", "/api/media/batch-download", {"message_ids": [1]},
+     "orchestrator_unavailable", "the orchestrator"),
+    ("cmd_rule_create", "/api/rules", {"chat": "chan"}, "catalog_unavailable",
+     "the catalog service"),
+])
+async def test_a_service_that_hears_but_never_answers_is_a_503_naming_it(
+        client, nc, settings, subject, url, body, error, service):
+    sub = await nc.subscribe(getattr(settings.names, subject))  # takes it, says nothing
+    await nc.flush()
+    try:
+        response = await client.post(url, json=body)
+    finally:
+        await sub.unsubscribe()
+    answer = assert_error_body(response, 503, error)
+    assert answer["detail"] == f"{service} did not answer within 2 s"
+    assert int(response.headers["Retry-After"]) > 0
+
+
 async def test_the_gateway_refuses_to_start_on_an_unmigrated_schema(servers):
     settings = GatewaySettings(nats_url=servers.nats_url, database_url=servers.database_url,
                                db_schema="never_migrated")

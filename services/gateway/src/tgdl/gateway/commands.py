@@ -1,10 +1,12 @@
-"""Commands to the orchestrator as NATS request/reply. Its answer is a domain result or
-a rejection with a reason; this module alone decides what a rejection means in HTTP
-(status code, error code, what to do)."""
+"""Commands to the orchestrator (and, through the same client, to the catalog service)
+as NATS request/reply. An answer is a domain result or a rejection with a reason; this
+module alone decides what a rejection, a silence or an outage means in HTTP (status
+code, error code, what to do)."""
 
 from __future__ import annotations
 
-from typing import TypeVar
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 from faststream.nats import NatsBroker
 from faststream.nats.publisher.usecase import LogicPublisher
@@ -53,7 +55,7 @@ def orchestrator_unavailable(detail: str) -> ApiError:
                     headers={"Retry-After": RETRY_AFTER})
 
 
-def create_broker(settings: GatewaySettings) -> tuple[NatsBroker, OrchestratorClient]:
+def create_broker(settings: GatewaySettings) -> tuple[NatsBroker, CommandClient]:
     """The gateway's NATS side: the commands it sends (documented for AsyncAPI; nothing
     connects here). Status comes from PostgreSQL and live snapshots are subscribed per
     request (see `batches`), so it declares no subscriber."""
@@ -80,17 +82,29 @@ def create_broker(settings: GatewaySettings) -> tuple[NatsBroker, OrchestratorCl
                                             "orchestrator with a CommandReply")
         for model, (subject, title, what) in commands.items()
     }
-    return broker, OrchestratorClient(broker, sends, settings.command_timeout)
+    return broker, CommandClient(broker, sends, settings.command_timeout,
+                                 service="orchestrator", unavailable=orchestrator_unavailable,
+                                 reply=CommandReply, rejections=REJECTIONS)
 
 
-class OrchestratorClient:
-    """Sends commands to whichever orchestrator replica answers first."""
+class CommandClient:
+    """Sends one service's commands to whichever of its replicas answers first, and
+    alone decides what its answer, or its silence, means in HTTP: nobody listening or
+    no answer in time is the service's own 503, a lost NATS connection is NATS's 503, a
+    rejection is the row of `rejections` for its reason, and a reply this gateway
+    cannot read is a 502."""
 
     def __init__(self, broker: NatsBroker, sends: dict[type[BaseModel], LogicPublisher],
-                 timeout: float) -> None:
+                 timeout: float, *, service: str, unavailable: Callable[[str], ApiError],
+                 reply: type[BaseModel],
+                 rejections: Mapping[Any, tuple[int, str, str]]) -> None:
         self._broker = broker
         self._sends = sends
         self._timeout = timeout
+        self._service = service  # as in "no orchestrator is listening"
+        self._unavailable = unavailable
+        self._reply = reply  # a model with an `ok` result and a `rejected` reason
+        self._rejections = rejections
 
     async def call(self, command: BaseModel, expect: type[Result]) -> Result:
         if not self._broker.connection.is_connected:
@@ -100,26 +114,27 @@ class OrchestratorClient:
         try:
             msg = await publisher.request(command, timeout=self._timeout)
         except NoRespondersError:
-            raise orchestrator_unavailable(f"no orchestrator is listening on {subject}") from None
+            raise self._unavailable(f"no {self._service} is listening on {subject}") from None
         except NATS_OUTAGES:
             raise nats_unavailable("the connection to NATS was lost during the request") \
                 from None
         except TimeoutError:
             # A request sent while the connection drops waits in the client's buffer and
-            # times out: that is NATS being down, not the orchestrator.
+            # times out: that is NATS being down, not the service.
             if not self._broker.connection.is_connected:
                 raise nats_unavailable("the connection to NATS was lost during the request") \
                     from None
-            raise orchestrator_unavailable(
-                f"the orchestrator did not answer within {self._timeout:g} s") from None
+            raise self._unavailable(
+                f"the {self._service} did not answer within {self._timeout:g} s") from None
         try:
-            reply = CommandReply.model_validate_json(msg.body)
+            reply: Any = self._reply.model_validate_json(msg.body)
         except ValidationError:
-            reply = CommandReply()
+            reply = self._reply()
         if reply.rejected is not None:
-            status, error, suggestion = REJECTIONS[reply.rejected.reason]
+            status, error, suggestion = self._rejections[reply.rejected.reason]
             raise ApiError(status, error, reply.rejected.detail, suggestion)
         if isinstance(reply.ok, expect):
             return reply.ok
-        raise ApiError(502, "bad_gateway", "the orchestrator sent a reply the gateway cannot read",
-                       "Check that the gateway and orchestrator run the same version.")
+        raise ApiError(502, "bad_gateway",
+                       f"the {self._service} sent a reply the gateway cannot read",
+                       f"Check that the gateway and {self._service} run the same version.")

@@ -8,9 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Request
 from faststream.nats import NatsBroker
-from faststream.nats.publisher.usecase import LogicPublisher
-from nats.errors import NoRespondersError
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from tgdl.contracts.config import chat_key
 from tgdl.contracts.rules import (
@@ -27,7 +25,8 @@ from tgdl.contracts.rules import (
     WatchRule,
 )
 from tgdl.db import rules
-from tgdl.gateway.errors import NATS_OUTAGES, RETRY_AFTER, ApiError, nats_unavailable
+from tgdl.gateway.commands import CommandClient
+from tgdl.gateway.errors import RETRY_AFTER, ApiError
 from tgdl.gateway.services import Services, caller_chats, services
 from tgdl.gateway.settings import GatewaySettings
 
@@ -64,47 +63,7 @@ def catalog_unavailable(detail: str) -> ApiError:
                     headers={"Retry-After": RETRY_AFTER})
 
 
-class CatalogClient:
-    """Sends commands to whichever catalog service replica answers first."""
-
-    def __init__(self, broker: NatsBroker, sends: dict[type[BaseModel], LogicPublisher],
-                 timeout: float) -> None:
-        self._broker = broker
-        self._sends = sends
-        self._timeout = timeout
-
-    async def call(self, command: BaseModel) -> WatchRule:
-        if not self._broker.connection.is_connected:
-            raise nats_unavailable()
-        publisher = self._sends[type(command)]
-        try:
-            msg = await publisher.request(command, timeout=self._timeout)
-        except NoRespondersError:
-            raise catalog_unavailable("no catalog service is listening on "
-                                      f"{publisher.subject.template}") from None
-        except NATS_OUTAGES:
-            raise nats_unavailable("the connection to NATS was lost during the request") \
-                from None
-        except TimeoutError:
-            if not self._broker.connection.is_connected:
-                raise nats_unavailable("the connection to NATS was lost during the request") \
-                    from None
-            raise catalog_unavailable(
-                f"the catalog service did not answer within {self._timeout:g} s") from None
-        try:
-            reply = CatalogReply.model_validate_json(msg.body)
-        except ValidationError:
-            reply = CatalogReply()
-        if reply.rejected is not None:
-            status, error, suggestion = REJECTIONS[reply.rejected.reason]
-            raise ApiError(status, error, reply.rejected.detail, suggestion)
-        if isinstance(reply.ok, RuleResult):
-            return reply.ok.rule
-        raise ApiError(502, "bad_gateway", "the catalog service sent a reply the gateway "
-                       "cannot read", "Check that the gateway and catalog run the same version.")
-
-
-def declare(broker: NatsBroker, settings: GatewaySettings) -> CatalogClient:
+def declare(broker: NatsBroker, settings: GatewaySettings) -> CommandClient:
     """The rule commands the gateway sends (documented for AsyncAPI; nothing connects)."""
     names = settings.names
     commands: dict[type[BaseModel], tuple[str, str, str]] = {
@@ -118,13 +77,16 @@ def declare(broker: NatsBroker, settings: GatewaySettings) -> CatalogClient:
                                             "catalog service with a CatalogReply")
         for model, (subject, title, what) in commands.items()
     }
-    return CatalogClient(broker, sends, settings.command_timeout)
+    return CommandClient(broker, sends, settings.command_timeout, service="catalog service",
+                         unavailable=catalog_unavailable, reply=CatalogReply,
+                         rejections=REJECTIONS)
 
 
-def _catalog(svc: Services) -> CatalogClient:
+async def _changed(svc: Services, command: BaseModel) -> WatchRule:
+    """The rule as the catalog service left it after `command`."""
     if svc.catalog is None:
         raise catalog_unavailable("this gateway sends no rule commands")
-    return svc.catalog
+    return (await svc.catalog.call(command, RuleResult)).rule
 
 
 async def _visible_rule(svc: Services, request: Request, rule_id: str) -> None:
@@ -145,7 +107,7 @@ async def create_rule(body: RuleCreate, svc: Svc, request: Request) -> WatchRule
     if chats is not None and chat_key(body.chat) not in chats:
         raise ApiError(403, "access_denied", f"this API token may not read {body.chat!r}",
                        "Use a chat this token is limited to, or another token.")
-    return await _catalog(svc).call(CreateRule(rule=body))
+    return await _changed(svc, CreateRule(rule=body))
 
 
 @router.get("", response_model=RulePage)
@@ -161,11 +123,11 @@ async def update_rule(rule_id: RuleId, body: RulePatch, svc: Svc,
     """Pause (`enabled: false`: nothing starts) or resume a rule; on resume it starts
     what arrived meanwhile."""
     await _visible_rule(svc, request, rule_id)
-    return await _catalog(svc).call(UpdateRule(rule_id=rule_id, enabled=body.enabled))
+    return await _changed(svc, UpdateRule(rule_id=rule_id, enabled=body.enabled))
 
 
 @router.delete("/{rule_id}", response_model=WatchRule)
 async def delete_rule(rule_id: RuleId, svc: Svc, request: Request) -> WatchRule:
     """Stop watching; the batches it started go on."""
     await _visible_rule(svc, request, rule_id)
-    return await _catalog(svc).call(DeleteRule(rule_id=rule_id))
+    return await _changed(svc, DeleteRule(rule_id=rule_id))

@@ -15,7 +15,7 @@ from nats.aio.client import Client as NATS
 
 from tgdl.contracts.config import chat_key, narrowed
 from tgdl.db import readmodel
-from tgdl.gateway.commands import OrchestratorClient
+from tgdl.gateway.commands import CommandClient
 from tgdl.gateway.errors import database_unavailable
 from tgdl.gateway.freshness import Freshness
 from tgdl.gateway.idempotency import Idempotency
@@ -79,11 +79,11 @@ class Services:
     settings: GatewaySettings
     nc: NATS
     pool: Database
-    orchestrator: OrchestratorClient
+    orchestrator: CommandClient
     freshness: Freshness
     idempotency: Idempotency
     tokens: Tokens  # signs the /media/ links of answers when tokens are on
-    catalog: Any = None  # rules.CatalogClient: the watch rule commands
+    catalog: CommandClient | None = None  # the watch rule commands
 
     async def view(self, chats: frozenset[str] | None, body: bytes) -> bytes:
         """A status body as this caller may see it: the files of chats it may not read
