@@ -149,6 +149,7 @@ async def test_a_single_download_pauses_and_resumes_by_message_id(stack: Stack):
     await until(some_parts_on_disk(stack, 1), 20, what="a part on disk")
     paused = await post(stack, f"/api/media/pause/{m}")
     assert (paused["status"], paused["download_id"]) == ("paused", d)
+    assert paused["message"] == f"Download of message {m} paused; its partial file is kept"
     await stack.until_serving(0, within=1.5)
 
     async def shown_paused():
@@ -156,11 +157,16 @@ async def test_a_single_download_pauses_and_resumes_by_message_id(stack: Stack):
         return body if body["status"] == "paused" and body.get("downloaded_size") else None
     body = await until(shown_paused, 10, what="the single download paused with its bytes")
     assert body["download_id"] == d and body["progress"] > 0
-    assert (await post(stack, f"/api/media/pause/{m}"))["status"] == "already_paused"
+    again = await post(stack, f"/api/media/pause/{m}")
+    assert (again["status"], again["message"]) == (
+        "already_paused", f"Download of message {m} was already paused")
 
     resumed = await post(stack, f"/api/media/resume/{m}")
-    assert (resumed["status"], resumed["download_id"]) == ("resumed", d)
-    assert (await post(stack, f"/api/media/resume/{m}"))["status"] == "not_paused"
+    assert (resumed["status"], resumed["download_id"], resumed["message"]) == (
+        "resumed", d, f"Download of message {m} resumed")
+    again = await post(stack, f"/api/media/resume/{m}")
+    assert (again["status"], again["message"]) == (
+        "not_paused", f"Download of message {m} was not paused")
     final = await stack.until_finished(d, within=60)
     assert final["overall_status"] == "completed"
     f = final["files"][0]

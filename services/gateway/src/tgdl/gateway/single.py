@@ -4,6 +4,7 @@ rule with every batch."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Path, Request
@@ -111,12 +112,41 @@ async def cancel(message_id: MessageId, svc: Svc, request: Request) -> SingleCan
                                 message=f"Download of message {message_id} cancelled")
 
 
-async def _single_request(svc: Services, request: Request, message_id: int) -> str | None:
-    """The newest single-file request of the message (its one-file batch), if any the
-    caller may see."""
-    if not await svc.message_visible(request, message_id):
-        return None  # another chat's download, for a token limited to chats: none
-    return await readmodel.single_request(svc.pool, message_id)
+@dataclass(frozen=True)
+class _Steer:
+    """Pause or resume of a message's one-file batch, answered as the batch routes answer
+    ("Download of message N" and what it says)."""
+
+    command: type[PauseBatch] | type[ResumeBatch]
+    outcome: type[BatchPauseOutcome] | type[BatchResumeOutcome]
+    unchanged: str  # the outcome's flag, and the status, when the batch already was so
+    unchanged_says: str
+    changed: str
+    changed_says: str
+
+
+_PAUSE = _Steer(PauseBatch, BatchPauseOutcome, "already_paused", "was already paused",
+                "paused", "paused; its partial file is kept")
+_RESUME = _Steer(ResumeBatch, BatchResumeOutcome, "not_paused", "was not paused",
+                 "resumed", "resumed")
+
+
+async def _steer(steer: _Steer, svc: Services, request: Request,
+                 message_id: int) -> SinglePauseResponse:
+    """Steers the newest single-file request of the message (its one-file batch), if any
+    the caller may see (another chat's, for a token limited to chats, is none)."""
+    batch_id = (await readmodel.single_request(svc.pool, message_id)
+                if await svc.message_visible(request, message_id) else None)
+    done = (await svc.orchestrator.call(steer.command(batch_id=batch_id), steer.outcome)
+            if batch_id else None)
+    if done is None or done.already_finished:
+        return SinglePauseResponse(
+            message_id=message_id, status="not_downloading", download_id=batch_id,
+            message=f"No single-file download of message {message_id} is under way")
+    status, says = ((steer.unchanged, steer.unchanged_says) if getattr(done, steer.unchanged)
+                    else (steer.changed, steer.changed_says))
+    return SinglePauseResponse(message_id=message_id, status=status, download_id=batch_id,
+                               message=f"Download of message {message_id} {says}")
 
 
 @router.post("/pause/{message_id}", response_model=SinglePauseResponse,
@@ -124,36 +154,11 @@ async def _single_request(svc: Services, request: Request, message_id: int) -> s
 async def pause(message_id: MessageId, svc: Svc, request: Request) -> SinglePauseResponse:
     """Pause the single-file download of the message: the batch pause of its one-file
     batch (its .part file stays; a batch that also wants the file keeps downloading it)."""
-    batch_id = await _single_request(svc, request, message_id)
-    done = (await svc.orchestrator.call(PauseBatch(batch_id=batch_id), BatchPauseOutcome)
-            if batch_id else None)
-    if done is None or done.already_finished:
-        return SinglePauseResponse(
-            message_id=message_id, status="not_downloading", download_id=batch_id,
-            message=f"No single-file download of message {message_id} is under way")
-    if done.already_paused:
-        return SinglePauseResponse(message_id=message_id, status="already_paused",
-                                   download_id=batch_id,
-                                   message=f"Download of message {message_id} was already paused")
-    return SinglePauseResponse(message_id=message_id, status="paused", download_id=batch_id,
-                               message=f"Download of message {message_id} paused; its "
-                                       "partial file is kept")
+    return await _steer(_PAUSE, svc, request, message_id)
 
 
 @router.post("/resume/{message_id}", response_model=SinglePauseResponse,
              response_model_exclude_none=True)
 async def resume(message_id: MessageId, svc: Svc, request: Request) -> SinglePauseResponse:
     """Resume the paused single-file download of the message from its bytes on disk."""
-    batch_id = await _single_request(svc, request, message_id)
-    done = (await svc.orchestrator.call(ResumeBatch(batch_id=batch_id), BatchResumeOutcome)
-            if batch_id else None)
-    if done is None or done.already_finished:
-        return SinglePauseResponse(
-            message_id=message_id, status="not_downloading", download_id=batch_id,
-            message=f"No single-file download of message {message_id} is under way")
-    if done.not_paused:
-        return SinglePauseResponse(message_id=message_id, status="not_paused",
-                                   download_id=batch_id,
-                                   message=f"Download of message {message_id} was not paused")
-    return SinglePauseResponse(message_id=message_id, status="resumed", download_id=batch_id,
-                               message=f"Download of message {message_id} resumed")
+    return await _steer(_RESUME, svc, request, message_id)
