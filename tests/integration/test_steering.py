@@ -341,72 +341,74 @@ SMALL = SimSettings(bandwidth=1_000_000, latency=0.0, count=20, min_size=2**20 +
                     max_size=2 * 2**20)
 
 
+@pytest.fixture
+async def capped(servers, isolation, nc) -> AsyncIterator[dict]:
+    """The stack with small files and a global cap of 1 download at a time."""
+    async with running_stack(servers, isolation, nc, sim=SMALL, global_cap=1) as running:
+        yield running
+
+
+async def completion_order(stack, *batch_ids: str) -> list[int]:
+    """The message ids of the batches' completed files, in the order they completed."""
+    ended = [e for b in batch_ids for e in await until_finished(stack, b)]
+    return [e.message_id for e in sorted(
+        (e for e in ended if isinstance(e, FileCompleted)), key=lambda e: e.at)]
+
+
+async def low_then_high(stack, nc, meanwhile=None) -> list[int]:
+    """Under the global cap of 1, a low batch of four files and, once its first file
+    downloads, a high batch of two; then `meanwhile()`. Returns the order their files
+    completed, checked to be that first low file, then the high batch (before the rest
+    of the low one), then the rest of the low batch (it still finishes)."""
+    names: Names = stack["names"]
+    low_ids = [e.message_id for e in stack["entries"][:4]]
+    high_ids = [e.message_id for e in stack["entries"][4:6]]
+    low = await command(nc, names.cmd_batch_start, StartBatch(
+        message_ids=low_ids, max_concurrent=2, priority=Priority.low), BatchAccepted)
+    await sim_client.until_serving(stack["sim_url"], 1, within=10)  # the first low file
+    high = await command(nc, names.cmd_batch_start, StartBatch(
+        message_ids=high_ids, max_concurrent=2, priority=Priority.high), BatchAccepted)
+    if meanwhile is not None:
+        await meanwhile()
+    order = await completion_order(stack, low.batch_id, high.batch_id)
+    assert order[0] in low_ids  # it had started before the high batch came
+    assert order[1:3] == high_ids
+    assert sorted(order[3:]) == sorted(set(low_ids) - {order[0]})
+    return order
+
+
 async def test_under_the_global_cap_a_later_high_batch_goes_before_the_rest_of_a_low_one(
-        servers, isolation, nc):
-    async with running_stack(servers, isolation, nc, sim=SMALL, global_cap=1) as stack:
-        names: Names = stack["names"]
-        low_ids = [e.message_id for e in stack["entries"][:4]]
-        high_ids = [e.message_id for e in stack["entries"][4:6]]
-        low = await command(nc, names.cmd_batch_start, StartBatch(
-            message_ids=low_ids, max_concurrent=2, priority=Priority.low), BatchAccepted)
-        await sim_client.until_serving(stack["sim_url"], 1, within=10)  # the first low file
-        high = await command(nc, names.cmd_batch_start, StartBatch(
-            message_ids=high_ids, max_concurrent=2, priority=Priority.high), BatchAccepted)
-        ended = [*await until_finished(stack, low.batch_id),
-                 *await until_finished(stack, high.batch_id)]
-        stats = await sim_client.stats(stack["sim_url"])
-        assert stats["max_serving"] == 1  # the cap held
-        order = [e.message_id for e in sorted(
-            (e for e in ended if isinstance(e, FileCompleted)), key=lambda e: e.at)]
-        first_low = order[0]
-        assert first_low in low_ids  # it had started before the high batch came
-        assert order[1:3] == high_ids  # then the high batch, before the rest of the low one
-        assert sorted(order[3:]) == sorted(set(low_ids) - {first_low})  # low still finishes
+        capped, nc):
+    await low_then_high(capped, nc)
+    assert (await sim_client.stats(capped["sim_url"]))["max_serving"] == 1  # the cap held
 
 
 async def test_jobs_waiting_for_the_global_cap_survive_an_orchestrator_restart_in_order(
-        servers, isolation, nc):
+        capped, nc):
     # The waiting room is a stream: the jobs granted before a restart wait there, and the
     # new orchestrator admits them best first (high before the rest of the low batch).
-    async with running_stack(servers, isolation, nc, sim=SMALL, global_cap=1) as stack:
-        names: Names = stack["names"]
-        low_ids = [e.message_id for e in stack["entries"][:4]]
-        high_ids = [e.message_id for e in stack["entries"][4:6]]
-        low = await command(nc, names.cmd_batch_start, StartBatch(
-            message_ids=low_ids, max_concurrent=2, priority=Priority.low), BatchAccepted)
-        await sim_client.until_serving(stack["sim_url"], 1, within=10)
-        high = await command(nc, names.cmd_batch_start, StartBatch(
-            message_ids=high_ids, max_concurrent=2, priority=Priority.high), BatchAccepted)
-        waiting = await nc.jetstream().stream_info(names.waiting_stream)
+    async def restart() -> None:
+        waiting = await nc.jetstream().stream_info(capped["names"].waiting_stream)
         assert waiting.state.messages >= 2  # granted, not yet admitted under the cap of 1
-        await stack["restart_orchestrator"]()
-        ended = [*await until_finished(stack, low.batch_id),
-                 *await until_finished(stack, high.batch_id)]
-        order = [e.message_id for e in sorted(
-            (e for e in ended if isinstance(e, FileCompleted)), key=lambda e: e.at)]
-        assert order[0] in low_ids and order[1:3] == high_ids
-        assert sorted(order[3:]) == sorted(set(low_ids) - {order[0]})
-        assert (await sim_client.stats(stack["sim_url"]))["max_serving"] == 1
+        await capped["restart_orchestrator"]()
+
+    await low_then_high(capped, nc, meanwhile=restart)
+    assert (await sim_client.stats(capped["sim_url"]))["max_serving"] == 1
 
 
-async def test_a_waiting_batch_raised_to_high_overtakes_one_queued_before_it(
-        servers, isolation, nc):
-    async with running_stack(servers, isolation, nc, sim=SMALL, global_cap=1) as stack:
-        names: Names = stack["names"]
-        first = [e.message_id for e in stack["entries"][:3]]
-        later = [e.message_id for e in stack["entries"][3:5]]
-        a = await command(nc, names.cmd_batch_start,
-                          StartBatch(message_ids=first, max_concurrent=3), BatchAccepted)
-        await sim_client.until_serving(stack["sim_url"], 1, within=10)
-        b = await command(nc, names.cmd_batch_start,
-                          StartBatch(message_ids=later, max_concurrent=2), BatchAccepted)
-        changed = await command(nc, names.cmd_batch_priority, SetPriority(
-            batch_id=b.batch_id, priority=Priority.high), PriorityOutcome)
-        assert (changed.previous, changed.priority) == (Priority.normal, Priority.high)
-        ended = [*await until_finished(stack, a.batch_id),
-                 *await until_finished(stack, b.batch_id)]
-        order = [e.message_id for e in sorted(
-            (e for e in ended if isinstance(e, FileCompleted)), key=lambda e: e.at)]
-        assert order[0] == first[0] and order[1:3] == later and order[3:] == first[1:]
-        assert any(isinstance(e, PriorityChanged) for e in await events_of(stack, b.batch_id))
-        assert not list(stack["media"].rglob("*.part"))
+async def test_a_waiting_batch_raised_to_high_overtakes_one_queued_before_it(capped, nc):
+    names: Names = capped["names"]
+    first = [e.message_id for e in capped["entries"][:3]]
+    later = [e.message_id for e in capped["entries"][3:5]]
+    a = await command(nc, names.cmd_batch_start,
+                      StartBatch(message_ids=first, max_concurrent=3), BatchAccepted)
+    await sim_client.until_serving(capped["sim_url"], 1, within=10)
+    b = await command(nc, names.cmd_batch_start,
+                      StartBatch(message_ids=later, max_concurrent=2), BatchAccepted)
+    changed = await command(nc, names.cmd_batch_priority, SetPriority(
+        batch_id=b.batch_id, priority=Priority.high), PriorityOutcome)
+    assert (changed.previous, changed.priority) == (Priority.normal, Priority.high)
+    order = await completion_order(capped, a.batch_id, b.batch_id)
+    assert order[0] == first[0] and order[1:3] == later and order[3:] == first[1:]
+    assert any(isinstance(e, PriorityChanged) for e in await events_of(capped, b.batch_id))
+    assert not list(capped["media"].rglob("*.part"))
