@@ -46,7 +46,7 @@ from tgdl.bus.eventlog import EventLog
 from tgdl.contracts.catalog import MediaKind
 from tgdl.contracts.commands import CommandReply, StartBatch
 from tgdl.contracts.config import CommonSettings
-from tgdl.contracts.events import BatchFinished, FileCompleted
+from tgdl.contracts.events import BatchFinished, FileCompleted, types_in
 from tgdl.contracts.subjects import Names
 from tgdl.db import catalog as catalog_db
 from tgdl.db.connection import connect as db_connect
@@ -142,7 +142,7 @@ class Pipeline:
     async def on_event(self, msg: Msg) -> None:
         """Every batch event as it is appended (a core subscription on the stream's
         subjects): the moment BatchFinished exists, without polling the log."""
-        if (msg.headers or {}).get("Tgdl-Event-Type") == BatchFinished.__name__:
+        if BatchFinished.__name__ in types_in(msg.headers):
             # The subject is the batch events subject of some id: strip the prefix.
             batch_id = msg.subject.removeprefix(self.names.batch_events("x")[:-1])
             self._finished_at.setdefault(batch_id, time.perf_counter())

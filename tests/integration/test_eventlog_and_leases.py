@@ -9,7 +9,14 @@ import pytest
 from tgdl.bus.eventlog import ConcurrentAppend, EventLog
 from tgdl.bus.leases import Leases, Rejoined
 from tgdl.bus.topology import QueuePolicy, ensure_topology
-from tgdl.contracts.events import BatchCancelled, PermitGranted
+from tgdl.contracts.events import (
+    BatchCancelled,
+    BatchFinished,
+    FileCompleted,
+    PermitGranted,
+    dump_event,
+    types_in,
+)
 from tgdl.contracts.jobs import DownloadOutcome
 from tgdl.contracts.subjects import Names
 
@@ -38,6 +45,35 @@ async def test_append_rejects_a_stale_expected_sequence(js, isolation):
     assert [e.message_id for e in events] == [1, 2]
     assert last == seq
     assert await log.load("missing") == ([], 0)
+
+
+async def test_one_decision_is_one_message_read_back_in_order(js, isolation):
+    names = Names(isolation.namespace)
+    log = EventLog(js, names)
+    granted = PermitGranted(batch_id="b", at=NOW, message_id=1, job_id="b:1")
+    seq = await log.append("b", [granted], 0)
+    decision = [
+        FileCompleted(batch_id="b", at=NOW, message_id=1, job_id="b:1", file_path="/m/1",
+                      relative_path="1", size=3),
+        granted.model_copy(update={"message_id": 2, "job_id": "b:2"}),
+        BatchFinished(batch_id="b", at=NOW, overall_status="completed", completed=1,
+                      failed=0),
+    ]
+    last = await log.append("b", decision, seq)
+
+    assert last == seq + 1  # one publish (one fsync, one round trip) for the decision
+    stored = await js.get_last_msg(names.events_stream, names.batch_events("b"))
+    assert types_in(stored.headers) == ["FileCompleted", "PermitGranted", "BatchFinished"]
+    # a log written one event per message by an older release reads on after it
+    old = await js.publish(names.batch_events("b"), dump_event(
+        BatchCancelled(batch_id="b", at=NOW, stopped=[])), stream=names.events_stream)
+    events, at = await log.load("b")
+    assert events == [granted, *decision, BatchCancelled(batch_id="b", at=NOW, stopped=[])]
+    assert at == old.seq
+    # and a decision is checked against the log as a whole: appended by nobody else
+    with pytest.raises(ConcurrentAppend):
+        await log.append("b", decision, last)
+    assert (await log.load("b"))[0] == events
 
 
 async def test_one_lease_per_message_and_every_party_is_told(js, isolation):

@@ -10,7 +10,7 @@ import nats
 
 from tgdl.contracts.catalog import CatalogEntry, MediaKind
 from tgdl.contracts.config import CommonSettings
-from tgdl.contracts.events import BatchFinished, BatchPruned, BatchStarted, parse_event
+from tgdl.contracts.events import BatchFinished, BatchPruned, BatchStarted, parse_events
 from tgdl.db.connection import connect
 from tgdl.launcher.prepare import prepare
 from tgdl.launcher.prune import prune
@@ -53,8 +53,8 @@ async def test_prune_forgets_only_batches_finished_before_the_age(servers, isola
         assert info.state.subjects == {names.batch_events("recent"): 2,
                                        names.batch_events("open"): 1,
                                        names.batch_events("old"): 1}
-        marker = parse_event((await js.get_last_msg(names.events_stream,
-                                                    names.batch_events("old"))).data)
+        [marker] = parse_events((await js.get_last_msg(names.events_stream,
+                                                       names.batch_events("old"))).data)
         assert isinstance(marker, BatchPruned)
         await apply_changes(conn, fold_event(marker))
 

@@ -65,7 +65,9 @@ def test_payload_schemas_are_the_models_own(committed, model):
 
 def test_the_event_channel_carries_every_event_type(committed):
     message = committed["components"]["messages"]["batchEvents"]
-    union = committed["components"]["schemas"][message["payload"]["$ref"].rsplit("/", 1)[1]]
+    payload = committed["components"]["schemas"][message["payload"]["$ref"].rsplit("/", 1)[1]]
+    assert payload["type"] == "array"  # one message: what one decision appended
+    union = payload["items"]
     documented = {r["$ref"].rsplit("/", 1)[1] for r in union["oneOf"]}
     expected = {r["$ref"].rsplit("/", 1)[1]
                 for r in batch_event_adapter.json_schema()["oneOf"]}

@@ -14,7 +14,9 @@ from tgdl.contracts.events import (
     FileFailed,
     PermitGranted,
     dump_event,
+    dump_events,
     parse_event,
+    parse_events,
 )
 from tgdl.contracts.jobs import DownloadOutcome, Lease
 from tgdl.contracts.status import BatchKind, OutcomeStatus
@@ -82,3 +84,18 @@ def test_an_event_from_a_newer_release_is_refused_not_misread():
     newer["v"] = 99
     with pytest.raises(ValueError, match="v"):
         parse_event(json.dumps(newer))
+
+
+def test_a_message_of_one_event_from_before_decisions_were_grouped_reads_as_one():
+    assert parse_events(V1_FAILED) == [parse_event(V1_FAILED)]
+    assert parse_events(V1_FAILED.encode()) == [parse_event(V1_FAILED)]
+
+
+def test_a_decision_round_trips_in_order_and_upcasts_each_event():
+    decision = [parse_event(V1_STARTED), parse_event(V1_FAILED)]
+    body = dump_events(decision)
+    assert json.loads(body)[0]["type"] == "BatchStarted"
+    assert parse_events(body) == decision
+    # an array written with version 1 bodies inside is upcast event by event
+    old_inside = "[" + V1_STARTED + "," + V1_FAILED + "]"
+    assert parse_events(old_inside) == decision

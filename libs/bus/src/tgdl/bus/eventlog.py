@@ -1,5 +1,9 @@
 """The per-batch event log: one JetStream subject per batch, appended with optimistic
-concurrency (`Nats-Expected-Last-Subject-Sequence`), replayed to rebuild a batch."""
+concurrency (`Nats-Expected-Last-Subject-Sequence`), replayed to rebuild a batch.
+
+What one decision produces is appended as one message (`dump_events`): one fsynced
+publish and one round trip however many events, and a decision is stored whole or not
+at all, so no reader ever sees half of one."""
 
 from __future__ import annotations
 
@@ -9,7 +13,13 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import APIError, NotFoundError
 
-from tgdl.contracts.events import BatchEvent, dump_event, parse_event
+from tgdl.contracts.events import (
+    EVENT_TYPES_HEADER,
+    BatchEvent,
+    dump_events,
+    event_types,
+    parse_events,
+)
 from tgdl.contracts.subjects import Names
 
 WRONG_LAST_SEQUENCE = 10071  # JetStream's err_code for a failed expected-sequence check
@@ -34,30 +44,28 @@ class EventLog:
     async def append(
         self, batch_id: str, events: Sequence[BatchEvent], expected_last_seq: int
     ) -> int:
-        """Append in order; the first publish checks nobody wrote since `expected_last_seq`
-        (the *stream* sequence of the subject's last message, 0 for a new batch).
-        Returns the stream sequence of the last event appended."""
-        subject = self._names.batch_events(batch_id)
-        last = expected_last_seq
-        for event in events:
-            try:
-                ack = await self._js.publish(
-                    subject,
-                    dump_event(event),
-                    stream=self._names.events_stream,
-                    headers={
-                        "Nats-Expected-Last-Subject-Sequence": str(last),
-                        "Tgdl-Event-Type": event.type,
-                    },
-                )
-            except APIError as exc:
-                if exc.err_code == WRONG_LAST_SEQUENCE:
-                    raise ConcurrentAppend(batch_id) from exc
-                if exc.err_code == STORE_FULL:
-                    raise LogFull(str(exc.description)) from exc
-                raise
-            last = ack.seq
-        return last
+        """Append one decision's events as one message, provided nobody wrote since
+        `expected_last_seq` (the *stream* sequence of the subject's last message, 0 for a
+        new batch). Returns the stream sequence of the message."""
+        if not events:
+            return expected_last_seq
+        try:
+            ack = await self._js.publish(
+                self._names.batch_events(batch_id),
+                dump_events(events),
+                stream=self._names.events_stream,
+                headers={
+                    "Nats-Expected-Last-Subject-Sequence": str(expected_last_seq),
+                    EVENT_TYPES_HEADER: event_types(events),
+                },
+            )
+        except APIError as exc:
+            if exc.err_code == WRONG_LAST_SEQUENCE:
+                raise ConcurrentAppend(batch_id) from exc
+            if exc.err_code == STORE_FULL:
+                raise LogFull(str(exc.description)) from exc
+            raise
+        return ack.seq
 
     async def last_seq(self, batch_id: str) -> int:
         """Stream sequence of the batch's last event (0: no such batch)."""
@@ -102,7 +110,8 @@ class EventLog:
                     return
                 for msg in msgs:
                     seq = msg.metadata.sequence.stream
-                    yield seq, parse_event(msg.data)
+                    for event in parse_events(msg.data):
+                        yield seq, event
                     if seq >= until_seq:
                         return
         finally:

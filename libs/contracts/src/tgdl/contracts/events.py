@@ -1,11 +1,13 @@
 """Events of a batch's log (subject `Names.batch_events(batch_id)`): what happened, never
 what should happen. Frozen and versioned (``v``; see `versioning`): the log is kept for
 30 days, so every release reads the events older releases wrote. The ``type`` tag makes
-the union self-describing on the wire. These are stored facts, not HTTP bodies: nothing
-here depends on the API models."""
+the union self-describing on the wire. A log message holds what one decision appended
+(`dump_events`, `parse_events`). These are stored facts, not HTTP bodies: nothing here
+depends on the API models."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Annotated, ClassVar, Literal
 
@@ -163,9 +165,41 @@ BatchEvent = Annotated[
 batch_event_adapter: TypeAdapter[BatchEvent] = TypeAdapter(BatchEvent)
 
 
+decision_adapter: TypeAdapter[list[BatchEvent]] = TypeAdapter(list[BatchEvent])
+
+# The header naming the event types a message holds, in order, comma-separated: a
+# reader can pick messages (e.g. a batch's end) without parsing bodies.
+EVENT_TYPES_HEADER = "Tgdl-Event-Type"
+
+
 def parse_event(data: bytes | str) -> BatchEvent:
     return batch_event_adapter.validate_json(data)
 
 
 def dump_event(event: BatchEvent) -> bytes:
     return event.model_dump_json().encode()
+
+
+def parse_events(data: bytes | str) -> list[BatchEvent]:
+    """The events of one message of a batch's log, in order. A message holds what one
+    decision appended, as a JSON array; releases before that wrote one event per
+    message, as a bare object, which reads as a decision of one event."""
+    text = data.decode() if isinstance(data, bytes) else data
+    if text.lstrip().startswith("["):
+        return decision_adapter.validate_json(text)
+    return [batch_event_adapter.validate_json(text)]
+
+
+def dump_events(events: Sequence[BatchEvent]) -> bytes:
+    """One decision's events as one message body (see `parse_events`)."""
+    return decision_adapter.dump_json(list(events))
+
+
+def event_types(events: Sequence[BatchEvent]) -> str:
+    """The `EVENT_TYPES_HEADER` value for a message holding `events`."""
+    return ",".join(e.type for e in events)
+
+
+def types_in(headers: Mapping[str, str] | None) -> list[str]:
+    """The event types a message's headers say it holds."""
+    return (headers or {}).get(EVENT_TYPES_HEADER, "").split(",")

@@ -231,10 +231,13 @@ def create_broker(settings: OrchestratorSettings) -> NatsBroker:
                                  "jobs best first while the queue has room under the "
                                  "global cap; Nats-Msg-Id is the job id.")
     broker.publisher(names.batch_events("{batch_id}"),
-                     stream=JStream(names.events_stream, declare=False), schema=BatchEvent,
-                     title="BatchEvent",
-                     description="A batch's event log, appended with "
-                                 "Nats-Expected-Last-Subject-Sequence.")
+                     stream=JStream(names.events_stream, declare=False),
+                     schema=list[BatchEvent], title="BatchEvents",
+                     description="A batch's event log: each message holds what one "
+                                 "decision appended (a JSON array of events, in order; "
+                                 "a bare event object in logs written by older releases), "
+                                 "appended with Nats-Expected-Last-Subject-Sequence; the "
+                                 "Tgdl-Event-Type header lists their types.")
     broker.publisher(names.file_done("{message_id}"),
                      stream=JStream(names.outcomes_stream, declare=False),
                      schema=DownloadOutcome, title="DownloadOutcome (job given up)",

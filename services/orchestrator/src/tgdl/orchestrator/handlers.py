@@ -141,16 +141,10 @@ class Orchestrator:
             )
             try:
                 events, _, after = await self.repo.execute(batch_id, start)
-            except LogFull as exc:
-                if not await self.ports.log.last_seq(batch_id):  # nothing of it was stored
-                    await self.ports.open_batches.remove(batch_id)
-                    return Rejection(reason=RejectReason.storage_full,
-                                     detail=f"no room for a new batch log ({exc})")
-                # Its start was stored, not all its grants: it stays listed, so recovery
-                # grants them once there is room again.
-                log.warning("batch %s started, but its log filled up: %s", batch_id, exc)
-                events = (await self.repo.history(batch_id))[0]  # what was stored
-                after = (await self.repo.reload(batch_id))[0]
+            except LogFull as exc:  # the start and its grants are one message: none stored
+                await self.ports.open_batches.remove(batch_id)
+                return Rejection(reason=RejectReason.storage_full,
+                                 detail=f"no room for a new batch log ({exc})")
             try:
                 await self.executor.carry_out(react_all(events, after))
             except LogFull:  # the batch exists; the sweep dispatches once there is room

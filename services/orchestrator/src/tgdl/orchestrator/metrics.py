@@ -22,6 +22,9 @@ from tgdl.contracts.events import (
 
 APPENDED = Counter("tgdl_orchestrator_events_appended",
                    "Batch events this orchestrator decided and appended, by type", ["type"])
+APPENDS = Counter("tgdl_orchestrator_appends",
+                  "Messages appended to batch logs: one per decision, holding its events "
+                  "(each an fsynced publish)")
 CONFLICTS = Counter("tgdl_orchestrator_append_conflicts",
                     "Appends refused because another replica wrote the batch first (the "
                     "command is decided again)")
@@ -55,6 +58,8 @@ _held: dict[str, int] = {}  # batch id -> permits, for the total
 
 
 def count_appended(events: Iterable[BatchEvent]) -> None:
+    """One decision's events, appended as one message."""
+    APPENDS.inc()
     for event in events:
         APPENDED.labels(event.type).inc()
         match event:

@@ -47,7 +47,7 @@ def create_broker(settings: ProjectorSettings) -> NatsBroker:
 
     @reads(names.batch_events("{batch_id}"), names.events_stream, "batch-events",
            "Every batch's event log, the source of truth (read from the stored position).")
-    async def batch_events(event: BatchEvent) -> None: ...
+    async def batch_events(events: list[BatchEvent]) -> None: ...
 
     @reads(names.file_done("{message_id}"), names.outcomes_stream, "file-done",
            "How each download job ended.")

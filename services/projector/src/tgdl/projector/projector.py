@@ -25,7 +25,7 @@ from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from pydantic import ValidationError
 
-from tgdl.contracts.events import parse_event
+from tgdl.contracts.events import parse_events
 from tgdl.contracts.jobs import DownloadOutcome, DownloadProgress
 from tgdl.db.connection import connect as db_connect
 from tgdl.db.connection import create_pool
@@ -297,7 +297,7 @@ class Projector:
         n = self.names
         try:
             if d.stream == n.events_stream:
-                return fold_event(parse_event(d.data))
+                return [c for e in parse_events(d.data) for c in fold_event(e)]
             if d.stream == n.outcomes_stream:
                 return fold_outcome(DownloadOutcome.model_validate_json(d.data))
             return fold_progress(DownloadProgress.model_validate_json(d.data))
