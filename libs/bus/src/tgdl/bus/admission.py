@@ -121,9 +121,9 @@ class Admission:
         names = self._names
         async with self._lock:
             waiting, info = await asyncio.gather(
-                self._js.stream_info(names.waiting_stream),
+                self._head(names.waiting_jobs()),
                 self._js.consumer_info(names.jobs_stream, names.downloader_consumer))
-            if waiting.state.messages or _room(info) <= 0:
+            if waiting is not None or _room(info) <= 0:
                 return False
             await queue()
             return True
@@ -151,6 +151,10 @@ class Admission:
 
     async def _admit_once(self) -> None:
         names = self._names
+        # Mostly nothing waits (every file's outcome and the tick come here): one read
+        # says so, before asking the queue for its room.
+        if await self._head(names.waiting_jobs()) is None:
+            return
         room = _room(await self._js.consumer_info(names.jobs_stream, names.downloader_consumer))
         while room > 0:
             heads = await asyncio.gather(*(self._head(names.waiting_jobs(p))
