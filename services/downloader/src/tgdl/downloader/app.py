@@ -4,6 +4,7 @@ publishers, and the Telegram adapter. Nothing else lives here; the work is in `w
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -164,6 +165,22 @@ async def serve(settings: DownloaderSettings, stop: asyncio.Event,
         await broker.stop()
 
 
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter (malloc.h)
+
+
+def keep_parts_off_the_heap() -> bool:
+    """Part bodies are 1 MiB. glibc serves such blocks with their own mapping, but once
+    one is freed it raises its threshold above them, and later parts land on the heap,
+    where what they free stays resident between parts. A fixed threshold keeps each
+    body its own mapping, given back to the system when freed (in `make bench`, 6 MB
+    less at the peak of a large file). False where the C library is not glibc."""
+    try:
+        return ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, 128 * 1024) == 1
+    except (OSError, AttributeError):
+        return False
+
+
 def main() -> None:
     settings = DownloaderSettings()
+    keep_parts_off_the_heap()
     run_service("downloader", lambda stop: serve(settings, stop))
