@@ -42,6 +42,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from simproc import CHAT
 from stack import (
@@ -321,6 +322,35 @@ async def status_reader(s: Stack, live: list[str], done: asyncio.Event,
             raise RuntimeError(f"batch-status {r.status_code}: {r.text[:200]}")
 
 
+STATUS_ROUTE = "/api/media/batch-status/{batch_id}"
+
+
+async def gateway_status_buckets(s: Stack) -> dict[float, float]:
+    """The gateway's own histogram of batch-status answers (time to the response's first
+    byte, measured inside the gateway): cumulative count per upper bound in seconds."""
+    text = (await s.http.get("/metrics")).text
+    buckets: dict[float, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if (sample.name == "tgdl_http_request_duration_seconds_bucket"
+                    and sample.labels.get("route") == STATUS_ROUTE
+                    and sample.labels.get("method") == "GET"):
+                bound = float(sample.labels["le"])
+                buckets[bound] = buckets.get(bound, 0.0) + sample.value
+    return buckets
+
+
+def bucket_quantile(before: dict[float, float], after: dict[float, float],
+                    q: float) -> float | None:
+    """The upper bound of the histogram bucket holding quantile `q` of what was observed
+    between two scrapes (an upper bound of the quantile, at the buckets' resolution)."""
+    counts = {b: after[b] - before.get(b, 0.0) for b in sorted(after)}
+    total = counts.get(float("inf"), 0.0)
+    if not total:
+        return None
+    return next(b for b, n in counts.items() if n >= q * total)
+
+
 async def start_and_finish(s: Stack, ids: list[int], live: list[str]) -> tuple[Started, float]:
     started = await s.start(ids, 5)
     live.append(started.batch_id)
@@ -342,7 +372,7 @@ async def at_scale(srv: Servers, full: bool, readers: int = 8) -> list[Scenario]
             done = asyncio.Event()
             tasks = [asyncio.create_task(status_reader(s, live, done, latencies, i))
                      for i in range(readers)]
-            before = s.cpu()
+            before, served_before = s.cpu(), await gateway_status_buckets(s)
             try:
                 runs = await asyncio.gather(*(start_and_finish(s, c, live)
                                               for c in chunks(ids, per_batch)))
@@ -351,6 +381,7 @@ async def at_scale(srv: Servers, full: bool, readers: int = 8) -> list[Scenario]
                 await asyncio.gather(*tasks)
             wall = max(f for _, f in runs) - min(st.at for st, _ in runs)
             cpus[(replicas, cap)] = busy(before, s.cpu(), wall)
+            served = await gateway_status_buckets(s)
             for st, _ in runs:
                 await s.check(st)
         rate = len(ids) / wall
@@ -361,7 +392,15 @@ async def at_scale(srv: Servers, full: bool, readers: int = 8) -> list[Scenario]
                      "cpu_all_processes": round(ours(cpus[(replicas, cap)]), 2),
                      "status_reads": len(latencies),
                      "status_p50_ms": round(pct(latencies, 0.5) * 1000, 1),
-                     "status_p99_ms": round(pct(latencies, 0.99) * 1000, 1)})
+                     "status_p99_ms": round(pct(latencies, 0.99) * 1000, 1),
+                     # the same reads as the gateway timed them itself (bucket bounds)
+                     "gateway_status_p50_le_ms": _ms(bucket_quantile(served_before, served,
+                                                                     0.5)),
+                     "gateway_status_p99_le_ms": _ms(bucket_quantile(served_before, served,
+                                                                     0.99)),
+                     # every process's CPU per file: what two cores can carry
+                     "cpu_ms_per_file": round(
+                         ours(cpus[(replicas, cap)]) * wall / len(ids) * 1000, 1)})
         console.print(f"  at scale: {replicas} replicas, cap {cap}: {rate:.0f} files/s")
     last = next(r for r in rows if r["replicas"] == 4 and r["global_cap"] == 8)
     targets = [Target("files/s end to end with 4 replicas", last["files_per_s"], "", ">=", 300),
@@ -370,6 +409,10 @@ async def at_scale(srv: Servers, full: bool, readers: int = 8) -> list[Scenario]
     return [Scenario("at_scale", f"Throughput at scale: 40 concurrent batches of {per_batch} "
                      f"tiny files, instant Telegram, {readers} status readers",
                      {"rows": rows}, targets, cpus[(4, 8)], last["wall_s"])]
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 1)
 
 
 # --- 6. memory ---------------------------------------------------------------------------

@@ -31,6 +31,10 @@ def _cpu_line(sc: Any) -> str:
     return line + "."
 
 
+def _le(ms: float | None) -> str:
+    return "-" if ms is None else ("> 10 s" if ms == float("inf") else f"<= {ms:g} ms")
+
+
 def _targets(found: dict) -> str:
     rows = [[t.what, f"{t.value:.3g}{t.unit}", f"{t.op} {t.goal:g}{t.unit}",
              "meets" if t.meets else "**misses**"]
@@ -71,15 +75,25 @@ def _section(key: str, sc: Any) -> str:
              f"{f['http_p95_ms']} ms"]])
     if key == "at_scale":
         return _table(["replicas", "global cap", "files", "wall", "files/s",
-                       "slot time per file", "CPU, all processes", "status reads",
-                       "status p50", "status p99"],
+                       "slot time per file", "CPU, all processes", "CPU per file",
+                       "status reads", "status p50", "status p99", "gateway's own p50",
+                       "gateway's own p99"],
                       [[r["replicas"], r["global_cap"], r["files"], f"{r['wall_s']:.1f} s",
                         f"**{r['files_per_s']}**", f"{r['slot_ms_per_file']} ms",
-                        f"{r['cpu_all_processes']:.0%}", r["status_reads"],
-                        f"{r['status_p50_ms']} ms", f"**{r['status_p99_ms']} ms**"]
+                        f"{r['cpu_all_processes']:.0%}", f"{r.get('cpu_ms_per_file', '-')} ms",
+                        r["status_reads"],
+                        f"{r['status_p50_ms']} ms", f"**{r['status_p99_ms']} ms**",
+                        _le(r.get("gateway_status_p50_le_ms")),
+                        _le(r.get("gateway_status_p99_le_ms"))]
                        for r in f["rows"]]) + (
             "\n\nSlot time per file: the global cap / files per second (Little's law), the "
-            "time each file holds one of the cap's download slots if they are always full.")
+            "time each file holds one of the cap's download slots if they are always full. "
+            "CPU per file: every process's CPU (the bench's own included) over the files "
+            "done; two cores carry at most 2 000 ms of it a second. Status p50/p99 as the "
+            "readers saw them; the gateway's own: the same reads timed inside the gateway "
+            "(its histogram, to a bucket's bound), without the wait for a core before the "
+            "request is read and after the answer is sent, in the gateway and in the "
+            "readers' process.")
     if key == "cost_growth":
         return _table(["files", "batches", "wall", "ms per file"],
                       [[r["files"], r["batches"], f"{r['wall_s']:.1f} s",
@@ -120,14 +134,14 @@ BOUNDS = {
     "seed_small": (
         "Round trips and per-file orchestration. The seed's loop makes one request per file "
         "(50 ms of latency, then up to 50 ms of bytes at 4 MB/s) on 5 lanes, and neither fsyncs "
-        "nor renames. Every request tgdl's downloader makes before the content (asking "
-        "Telegram for the message when the catalog holds no file location) adds another "
-        "50 ms, and each file crosses a chain of sequential hops: the job published on "
-        "JetStream (fsync), the downloader's pull, the file fsynced and renamed, the outcome "
-        "published (fsync), the orchestrator appending `FileCompleted` and the next "
-        "`PermitGranted` with an expected sequence (fsync each), and the next job. A permit "
-        "is free again only after that chain, so every hop is on the critical path of the "
-        "next file of the lane."),
+        "nor renames. tgdl's downloader makes one request per small file too (the file's "
+        "location is kept at sync time; the range hashes are asked for alongside), and each "
+        "file crosses a chain of sequential hops: the job published on JetStream (fsync), "
+        "the downloader's pull and its claim of the lease, the file fsynced and renamed, the "
+        "outcome published (fsync), the orchestrator appending `FileCompleted` and the next "
+        "`PermitGranted` as one message (one decision, one fsynced append), and the next "
+        "job. A permit is free again only after that chain, so every hop is on the critical "
+        "path of the next file of the lane."),
     "seed_medium": (
         "Bandwidth. Each file here takes 0.3-2 s of bytes at one connection's pace; tgdl fetches "
         "a file's 1 MiB parts over 2-4 connections at once (by size), so it beats a loop that "
@@ -155,10 +169,14 @@ BOUNDS = {
         "fixed rows, so the figure falls as files get longer."),
     "overhead": (
         "Sequential hops, each a process's CPU plus an fsync: the start command, `BatchStarted` "
-        "and `PermitGranted` appended (expected-sequence appends, fsynced), the job published "
-        "(fsync), the downloader's pull and its two requests to the simulated Telegram, the "
-        "file written, fsynced and renamed, the outcome published (fsync), and `FileCompleted` "
-        "and `BatchFinished` appended. nats-server here fsyncs an awaited publish in about "
+        "with its `PermitGranted` appended as one message (an expected-sequence append, "
+        "fsynced), the lease taken, the job published (fsync), the downloader's pull, its "
+        "claim of the lease and of the file's record, its two requests to the simulated "
+        "Telegram (side by side), the file written, fsynced and renamed, the lease ended and "
+        "the outcome published (fsync), and `FileCompleted` with `BatchFinished` appended as "
+        "one message; each append used to be one per event, two more fsynced round trips "
+        "per one-file batch (27.5 ms then, same machine). nats-server here fsyncs an "
+        "awaited publish in about "
         "0.35 ms (2.9 k/s one at a time), so the fsyncs account for a few ms; the rest is "
         "Python in the orchestrator and the downloader (see the CPU table), and the wait of "
         "a pull consumer between fetches. Each handler argument taken from FastStream's "
@@ -178,14 +196,21 @@ BOUNDS = {
         "to the simulated Telegram, the write, fsync and rename, and the outcome published "
         "(fsync) before the ack. Under 40 batches that time is several times the one-file "
         "overhead above, because every hop queues behind the other files' hops in "
-        "nats-server and in each process's event loop. The status reads are indexed "
-        "queries (batch_files by its primary key, jobs by theirs) and the freshness check "
-        "only reads positions sampled once a second, never waits for the projector; the "
-        "gateway answered each request after a thread round trip (FastAPI ran its "
-        "synchronous services dependency in a worker thread, a fifth of its busy samples), "
-        "now on the event loop. What is left is queueing for the two cores: the gateway and "
-        "PostgreSQL share them with the pipeline, the readers and, on a shared machine, "
-        "other work (the machine column)."),
+        "nats-server and in each process's event loop, and the cores are full: the CPU "
+        "column is the two cores, so files/s is 2 000 ms over the CPU per file. About 15 "
+        "JetStream operations carry a file (the lease written four times, the file's record "
+        "twice, the job, two appends, the outcome, two acks, the admission's reads) plus "
+        "their deliveries to every replica watching the leases, which is nats-server's "
+        "share; each downloader's is mostly its two HTTP requests to the simulated Telegram "
+        "(httpx) and FastStream's handling of the job. 300 files/s on two cores would need "
+        "at most 6.7 ms of CPU per file, all processes together: a pipeline of one job per "
+        "file through durable streams does not get there; jobs carrying many small files "
+        "each would. The status reads are indexed queries (batch_files by its primary key, "
+        "jobs by theirs) and the freshness check only reads positions sampled once a "
+        "second, never waits for the projector; the gateway answers on its event loop, no "
+        "thread round trip. What the readers see beyond the gateway's own timing is the wait "
+        "for a core in the gateway and in the readers' process (the `bench` column), on two "
+        "cores the pipeline keeps busy."),
     "memory": (
         "The interpreter and its imports (the idle figure: FastStream with pydantic and "
         "fast_depends, pydantic-settings, httpx, nats-py; Telethon is imported only by the "
@@ -198,7 +223,9 @@ BOUNDS = {
         "collections (a probe collecting every 50 ms flattened it, which named the cause); "
         "bodies now stream into a buffer of their own "
         "(tests/integration/test_downloader_memory.py bounds the ratio with the real "
-        "process)."),
+        "process). The downloader fixes glibc's mmap threshold at 128 KiB: with the sliding "
+        "default, once a 1 MiB body was freed later ones came from the heap, where freed "
+        "memory stays resident (80-82 MB at the peak before, same machine)."),
 }
 
 
@@ -214,11 +241,14 @@ def _measured_bounds(key: str, sc: Any) -> str:
                    else "so in this run the cap is not what bounds it: the time each file "
                    "holds its slot grew with the slots, which is the processes' CPU and "
                    "the hops queueing")
+        per_file = low.get("cpu_ms_per_file")
+        cost = (f", {per_file} ms of CPU per file (at most {2000 / per_file:.0f} files/s on "
+                "two cores)" if per_file else "")
         return (f"In this run, 4 replicas did {low['files_per_s']} files/s under a cap of 8 "
                 f"and {high['files_per_s']} under 16, {verdict}; the processes together "
-                f"used {low['cpu_all_processes']:.2f} cores of the machine's two, which "
-                "other work on the machine shares. The simulated Telegram is one of those "
-                "processes (section 8 shows where its CPU goes).")
+                f"used {low['cpu_all_processes']:.2f} cores of the machine's two{cost}, "
+                "which other work on the machine shares. The simulated Telegram is one of "
+                "those processes (section 8 shows where its CPU goes).")
     if key == "memory":
         return (f"Idle, before any download, the downloader holds {f['idle_mb']} MB (87 MB "
                 "while it imported Telethon with the simulated adapter too); the rest of a "
@@ -284,11 +314,16 @@ def markdown(found: dict, run: dict) -> str:
         "",
         "## Where a target is missed, and what would move it",
         "",
-        "- *Small files against the seed, overhead, throughput at scale*: the per-file path. "
-        "The CPU table shows which process is busiest, and the py-spy profile (section 8) "
-        "which code in it. What moves it: one request to Telegram per file (the file's "
-        "location stored at sync time), the events of one decision appended together, "
-        "fewer KV round trips, no progress messages for files that finish within one part.",
+        "- *Overhead and throughput at scale*: the per-file path. Done: one request to "
+        "Telegram per file (the file's location stored at sync time), the events of one "
+        "decision appended as one message, no progress messages for files of one part, one "
+        "read for the admission when nobody waits. The CPU table shows which process is "
+        "busiest, section 4 the CPU per file, and the py-spy profile (section 8) which code "
+        "in each. What would move it further: fewer JetStream writes per file (the lease's "
+        "claim and end in one write, the file's record only for files that have forwards), "
+        "a leaner HTTP client than httpx towards the simulated Telegram, and for throughput, "
+        "jobs that carry many small files each (one job, one lease pass, one outcome for a "
+        "run of photos).",
         "- *Everything with an instant Telegram*: the simulated Telegram computes every "
         "byte and every range hash it serves on the same two cores (section 8); against "
         "real Telegram that CPU is someone else's, so these figures are pessimistic by "
@@ -303,9 +338,11 @@ def markdown(found: dict, run: dict) -> str:
         "- *Memory*: the idle process is imports; a peak above it is the parts in flight "
         "(16 MiB for a large file by design). Fewer requests per connection on an unpaced "
         "connection, or parts written in pieces as they arrive, would lower it.",
-        "- *Status latency under load*: with the gateway's thread round trip gone, a read is "
-        "one indexed query and a JSON body; what is left is waiting for a core, shared with "
-        "the pipeline and, in section 4's CPU line, with the machine's other work.",
+        "- *Status latency under load*: a read is one indexed query and a JSON body; the "
+        "gateway's own timing (section 4) is a fraction of what the readers see, the rest "
+        "being the wait for a core, which the pipeline keeps busy. Running the downloaders "
+        "at a lower CPU priority (nice 10) was tried: p99 210 -> 168 ms for 10% fewer files "
+        "a second, so it was left out; a gateway on cores of its own would meet it.",
         "",
         "Run it: `make bench` (about 2 minutes for these scenarios; it installs "
         "`benchmarks/requirements.lock` for the chart), `make bench ARGS=--full` for the "
