@@ -37,6 +37,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from nats.js import JetStreamContext
+from nats.js.api import RawStreamMsg
 from nats.js.errors import NotFoundError
 
 from tgdl.bus.jobs import Ack
@@ -156,10 +157,15 @@ class Admission:
         if await self._head(names.waiting_jobs()) is None:
             return
         room = _room(await self._js.consumer_info(names.jobs_stream, names.downloader_consumer))
+        heads: dict[Priority, RawStreamMsg | None] = {}
+        moved = list(PRIORITY_ORDER)  # the lines whose head must be read (again)
         while room > 0:
-            heads = await asyncio.gather(*(self._head(names.waiting_jobs(p))
-                                           for p in PRIORITY_ORDER))
-            by_seq = {raw.seq: raw for raw in heads if raw is not None}
+            # Only the line a job left is read again: a job that joins any line meanwhile
+            # sets `_again`, and the next pass reads them all.
+            for p, raw in zip(moved, await asyncio.gather(
+                    *(self._head(names.waiting_jobs(p)) for p in moved)), strict=True):
+                heads[p] = raw
+            by_seq = {raw.seq: raw for raw in heads.values() if raw is not None}
             pick = choose((Waiting(raw.seq, Priority(raw.subject.split(".")[-2]), _since(raw))
                            for raw in by_seq.values()), self._clock(), self._aging)
             if pick is None:
@@ -169,6 +175,7 @@ class Admission:
             await self._js.publish(names.download_jobs, raw.data or b"",
                                    stream=names.jobs_stream, headers={MSG_ID: msg_id})
             await self._delete(raw.seq)
+            moved = [pick.priority]
             room -= 1
 
     async def _head(self, subject: str):
