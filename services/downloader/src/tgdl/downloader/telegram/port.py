@@ -114,8 +114,12 @@ class SharedFile:
             return None
         found, position = [], offset
         while position < end:
-            found.append((position, *self._hashes[position]))
-            position += self._hashes[position][0]
+            # Handed over once: a part's ranges are not needed again unless it is
+            # fetched again, which asks anew; kept, they grew with the file (16 384 for
+            # 2 GiB).
+            size, digest = self._hashes.pop(position)
+            found.append((position, size, digest))
+            position += size
         return found
 
 
