@@ -30,23 +30,23 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
 import nats
 from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
 from rich import box
 from rich.console import Console
 from rich.table import Table
+from stack import BatchEnds
 
 from tgdl.bus.eventlog import EventLog
 from tgdl.contracts.catalog import MediaKind
 from tgdl.contracts.commands import CommandReply, StartBatch
 from tgdl.contracts.config import CommonSettings
-from tgdl.contracts.events import BatchFinished, FileCompleted, types_in
+from tgdl.contracts.events import BatchFinished, FileCompleted
 from tgdl.contracts.subjects import Names
 from tgdl.db import catalog as catalog_db
 from tgdl.db.connection import connect as db_connect
@@ -133,20 +133,7 @@ class Pipeline:
     sim_url: str
     pool: asyncpg.Pool
     sizes: dict[int, int]
-    _finished_at: dict[str, float] = field(default_factory=dict)
-    _finished: dict[str, asyncio.Event] = field(default_factory=dict)
-
-    def _finish_event(self, batch_id: str) -> asyncio.Event:
-        return self._finished.setdefault(batch_id, asyncio.Event())
-
-    async def on_event(self, msg: Msg) -> None:
-        """Every batch event as it is appended (a core subscription on the stream's
-        subjects): the moment BatchFinished exists, without polling the log."""
-        if BatchFinished.__name__ in types_in(msg.headers):
-            # The subject is the batch events subject of some id: strip the prefix.
-            batch_id = msg.subject.removeprefix(self.names.batch_events("x")[:-1])
-            self._finished_at.setdefault(batch_id, time.perf_counter())
-            self._finish_event(batch_id).set()
+    ends: BatchEnds
 
     async def run_batch(self, ids: Sequence[int], max_concurrent: int) -> BatchRun:
         started = time.perf_counter()
@@ -157,8 +144,7 @@ class Pipeline:
         if reply.ok is None or not hasattr(reply.ok, "batch_id"):
             raise RuntimeError(f"start refused: {reply.rejected}")
         batch_id = reply.ok.batch_id
-        await asyncio.wait_for(self._finish_event(batch_id).wait(), BATCH_TIMEOUT)
-        finished = self._finished_at[batch_id]
+        finished = await self.ends.wait(batch_id)
         visible = await self._until_visible(batch_id)
         await self._check(batch_id, ids)
         return BatchRun(batch_id, len(ids), sum(self.sizes[i] for i in ids),
@@ -239,8 +225,9 @@ async def pipeline(servers: Servers, sim: SimSettings, sizes: Sequence[int],
             pool = await create_pool(servers.database_url, f"b_{token}", max_size=2)
             cleanup.push_async_callback(pool.close)
             bench = Pipeline(nc, names, sim_url, pool,
-                             {m.message_id: m.size or 0 for m in catalog})
-            await nc.subscribe(names.all_batch_events, cb=bench.on_event)
+                             {m.message_id: m.size or 0 for m in catalog},
+                             BatchEnds(names, BATCH_TIMEOUT))
+            await nc.subscribe(names.all_batch_events, cb=bench.ends.on_event)
             await nc.flush()
             stop = asyncio.Event()
             orchestrator = OrchestratorService(OrchestratorSettings(**common))

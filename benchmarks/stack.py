@@ -185,6 +185,32 @@ class Started:
 
 
 @dataclass
+class BatchEnds:
+    """When each batch's `BatchFinished` was appended, seen on a core subscription to the
+    events' subjects (`on_event`): the moment it exists, without polling the log."""
+
+    names: Names
+    within: float = BATCH_TIMEOUT  # seconds: a stuck batch ends the run instead of hanging
+    _at: dict[str, float] = field(default_factory=dict)
+    _seen: dict[str, asyncio.Event] = field(default_factory=dict)
+
+    def _event(self, batch_id: str) -> asyncio.Event:
+        return self._seen.setdefault(batch_id, asyncio.Event())
+
+    async def on_event(self, msg: Msg) -> None:
+        if BatchFinished.__name__ in types_in(msg.headers):
+            # The subject is the batch events subject of some id: strip the prefix.
+            batch_id = msg.subject.removeprefix(self.names.batch_events("x")[:-1])
+            self._at.setdefault(batch_id, time.perf_counter())
+            self._event(batch_id).set()
+
+    async def wait(self, batch_id: str) -> float:
+        """perf_counter when the batch's BatchFinished was appended."""
+        await asyncio.wait_for(self._event(batch_id).wait(), self.within)
+        return self._at[batch_id]
+
+
+@dataclass
 class Stack:
     servers: Servers
     folder: Path
@@ -197,20 +223,9 @@ class Stack:
     nc: NATS
     http: httpx.AsyncClient
     procs: dict[str, Proc] = field(default_factory=dict)
-    _finished_at: dict[str, float] = field(default_factory=dict)
-    _finished: dict[str, asyncio.Event] = field(default_factory=dict)
+    ends: BatchEnds | None = None
 
     # --- driving batches ---------------------------------------------------------------
-    def _finish(self, batch_id: str) -> asyncio.Event:
-        return self._finished.setdefault(batch_id, asyncio.Event())
-
-    async def _on_event(self, msg: Msg) -> None:
-        """Every batch event as it is appended: BatchFinished is seen without polling."""
-        if BatchFinished.__name__ in types_in(msg.headers):
-            # The subject is the batch events subject of some id: strip the prefix.
-            batch_id = msg.subject.removeprefix(self.names.batch_events("x")[:-1])
-            self._finished_at.setdefault(batch_id, time.perf_counter())
-            self._finish(batch_id).set()
 
     async def start(self, ids: Sequence[int], max_concurrent: int) -> Started:
         """Through the HTTP API, as a user's client."""
@@ -235,8 +250,8 @@ class Stack:
 
     async def finished(self, started: Started) -> float:
         """perf_counter when BatchFinished was appended (seen on the stream)."""
-        await asyncio.wait_for(self._finish(started.batch_id).wait(), BATCH_TIMEOUT)
-        return self._finished_at[started.batch_id]
+        assert self.ends is not None
+        return await self.ends.wait(started.batch_id)
 
     async def check(self, started: Started) -> list:
         """The log ends with BatchFinished, every file completed at its size on disk;
@@ -392,7 +407,8 @@ async def stack(servers: Servers, sizes: Sequence[int], sim: Sim | None = None,
         try:
             s = Stack(servers, folder, env, Names(f"b{token}"), f"b_{token}", media, sim_url,
                       list(sizes), nc, http, procs)
-            await nc.subscribe(s.names.all_batch_events, cb=s._on_event)
+            s.ends = BatchEnds(s.names)
+            await nc.subscribe(s.names.all_batch_events, cb=s.ends.on_event)
             await nc.flush()
             await _ready(s, downloaders)
             yield s
