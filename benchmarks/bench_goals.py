@@ -168,7 +168,7 @@ async def against_seed(srv: Servers, full: bool) -> list[Scenario]:
     small = sizes_between(50, 10 * KiB, 200 * KiB, seed=7)
     medium = sizes_between(20, 1 * MiB, 8 * MiB, seed=8)
     # fresh files each round, who goes first alternating; the best of four damps the
-    # run-to-run spread of the small files (1.0-1.2 x the seed in single rounds)
+    # spread of the small files between runs (0.98-1.21 x the seed with the best of two)
     rounds = 4
     per_round = len(small) + len(medium)
     work = {"small": (small, 0), "medium": (medium, len(small))}
