@@ -328,7 +328,7 @@ def markdown(found: dict, run: dict) -> str:
         "read for the admission when nobody waits. The CPU table shows which process is "
         "busiest, section 4 the CPU per file, and the py-spy profile (section 8) which code "
         "in each. What would move it further: fewer JetStream writes per file (the lease's "
-        "claim and end in one write, the file's record only for files that have forwards), "
+        "end and release in one write, the file's record only for files that have forwards), "
         "a leaner HTTP client than httpx towards the simulated Telegram, and for throughput, "
         "jobs that carry many small files each (one job, one lease pass, one outcome for a "
         "run of photos).",

@@ -223,7 +223,10 @@ class Stack:
     nc: NATS
     http: httpx.AsyncClient
     procs: dict[str, Proc] = field(default_factory=dict)
-    ends: BatchEnds | None = None
+    ends: BatchEnds = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.ends = BatchEnds(self.names)
 
     # --- driving batches ---------------------------------------------------------------
 
@@ -250,7 +253,6 @@ class Stack:
 
     async def finished(self, started: Started) -> float:
         """perf_counter when BatchFinished was appended (seen on the stream)."""
-        assert self.ends is not None
         return await self.ends.wait(started.batch_id)
 
     async def check(self, started: Started) -> list:
@@ -407,7 +409,6 @@ async def stack(servers: Servers, sizes: Sequence[int], sim: Sim | None = None,
         try:
             s = Stack(servers, folder, env, Names(f"b{token}"), f"b_{token}", media, sim_url,
                       list(sizes), nc, http, procs)
-            s.ends = BatchEnds(s.names)
             await nc.subscribe(s.names.all_batch_events, cb=s.ends.on_event)
             await nc.flush()
             await _ready(s, downloaders)
