@@ -15,6 +15,7 @@ from sim_helpers import running_sim
 from waiting import until
 
 from tgdl.bus.leases import Leases
+from tgdl.bus.samefile import FileRecords
 from tgdl.bus.topology import QueuePolicy, ensure_topology
 from tgdl.contracts.catalog import CatalogEntry
 from tgdl.contracts.jobs import DownloadJob, DownloadOutcome, DownloadProgress
@@ -285,3 +286,26 @@ async def test_no_room_on_the_disk_fails_the_file_with_the_numbers(downloader):
     assert done.status == "failed" and done.failure.error == "storage_error"
     assert "bytes free" in done.failure.detail and str(2**62) in done.failure.detail
     assert not list(d.settings.media_root.rglob("*.part"))  # nothing was started
+
+
+async def test_the_files_record_names_a_finished_file_and_none_is_left_by_a_job_not_run(
+        downloader):
+    """The file's record is claimed beside the lease; a job that turns out not to run (it
+    was cancelled while queued) must not leave it behind, or a forward of the same file
+    would wait for a download that never happens."""
+    d = downloader
+    records = await FileRecords.open(d.js, d.names)
+    done_entry, skipped = d.healthy(2)
+    d.start()
+    await d.queue(done_entry, "b1:1")
+    assert (await d.outcome("b1:1")).status == "completed"
+    record = await until(lambda: records.get(done_entry.location.file_key),
+                         what="the finished file's record")
+    assert record[0].relative_path == str(relative_path(done_entry))
+    await d.leases.acquire(skipped.message_id, "b1:2", "b1")
+    await d.leases.leave(skipped.message_id, "b1")  # cancelled before a replica took it
+    await d.publish(DownloadJob(job_id="b1:2", entry=skipped).model_dump_json().encode(),
+                    "b1:2")
+    assert (await d.outcome("b1:2")).status == "cancelled"
+    assert await until(lambda: _is_none(records.get(skipped.location.file_key)),
+                       what="no record left for the file that was not fetched")

@@ -104,6 +104,9 @@ class Running:
     # writes against it without reading it first.
     seen: tuple[Lease, int] | None = None
     copy: int | None = None  # the job message (stream sequence) this run claimed the lease as
+    early: EarlyClaim | None = None  # the file's record, claimed beside the lease
+    # Completing the file's record, written beside the job's end (see Worker.handle).
+    recording: asyncio.Task | None = None
 
     def fence(self) -> None:
         """Right before the final rename: the lease, as last seen, still names this job
@@ -111,6 +114,33 @@ class Running:
         lease = self.seen[0] if self.seen else None
         if lease is None or lease.job_id != self.job.job_id or lease.claimed_by != self.copy:
             raise Retry(0.0, "the lease names another run of this file now: not renaming")
+
+
+class EarlyClaim:
+    """The file's record claimed at the same time as the lease, not after it: one round
+    trip less before a file's first byte. The download takes the result; when nothing
+    takes it (the lease was another copy's, the job was cancelled while queued), a record
+    it created is released again, so no job waits for a download that never runs."""
+
+    def __init__(self, files: FileRecords, key: str, job: DownloadJob) -> None:
+        self._files = files
+        self._key = key
+        self._job_id = job.job_id
+        mine = FileRecord(job_id=job.job_id, message_id=job.entry.message_id)
+        self._task = asyncio.create_task(files.claim(key, mine, None))
+        self._taken = False
+
+    async def take(self) -> int | None:
+        """The created record's revision, or None if a record was there already."""
+        self._taken = True
+        return await self._task
+
+    async def drop(self) -> None:
+        if self._taken:
+            return
+        with contextlib.suppress(Exception):  # a record left behind only delays a sibling
+            if await self._task is not None:
+                await self._files.release(self._key, self._job_id)
 
 
 def _now() -> datetime:
@@ -238,10 +268,9 @@ class Worker:
     async def handle(self, job: DownloadJob, msg: JobMessage) -> None:
         m = job.entry.message_id
         meta = msg.raw_message.metadata
-        attempt = meta.num_delivered
         if m in self.running:
             return  # this job is already running here; that run answers for the message
-        current = self._seen_lease(m, job.job_id) if attempt == 1 else None
+        current = self._seen_lease(m, job.job_id) if meta.num_delivered == 1 else None
         if current is None:
             current = await self.leases.get(m)
         if current is None or current[0].job_id != job.job_id:
@@ -251,10 +280,28 @@ class Worker:
             await self.jobs.hand_over(current[0].outcome)
             await self._done(msg, current[0].outcome)
             return
-        claimed = await self.jobs.claim(m, job.job_id, meta.sequence.stream, current)
-        if claimed is None:
-            await msg.ack()  # another copy of this job holds the lease: it does the work
-            return
+        early = self._claim_file_early(job)
+        try:
+            claimed = await self.jobs.claim(m, job.job_id, meta.sequence.stream, current)
+            if claimed is None:
+                await msg.ack()  # another copy of this job holds the lease: it does the work
+                return
+            await self._claimed(job, msg, claimed, early)
+        finally:
+            if early is not None:
+                await early.drop()
+
+    def _claim_file_early(self, job: DownloadJob) -> EarlyClaim | None:
+        location = job.entry.location
+        if self.files is None or location is None or not self.s.chat_allowed(job.entry.chat):
+            return None
+        return EarlyClaim(self.files, location.file_key, job)
+
+    async def _claimed(self, job: DownloadJob, msg: JobMessage, claimed: tuple[Lease, int],
+                       early: EarlyClaim | None) -> None:
+        """Run the job whose lease this copy just claimed."""
+        m = job.entry.message_id
+        attempt = msg.raw_message.metadata.num_delivered
         lease = claimed[0]
         if not lease.parties:  # cancelled while queued: a cancel leaves no bytes behind
             if not lease.keep_part:
@@ -266,7 +313,7 @@ class Worker:
 
         if lease.force and not job.force:  # a forcing request joined before we started
             job = job.model_copy(update={"force": True})
-        running = Running(job, seen=claimed, copy=claimed[0].claimed_by)
+        running = Running(job, seen=claimed, copy=claimed[0].claimed_by, early=early)
         self.running[m] = running
         metrics.STARTED.inc()
         heartbeat = asyncio.create_task(self._heartbeat(msg))
@@ -280,7 +327,10 @@ class Worker:
         finally:
             heartbeat.cancel()
             self.running.pop(m, None)
-        await self._end(msg, outcome, running.seen)
+        if running.recording is None:
+            await self._end(msg, outcome, running.seen)
+        else:  # the record and the outcome are independent writes: one round trip for both
+            await asyncio.gather(self._end(msg, outcome, running.seen), running.recording)
 
     def _seen_lease(self, message_id: int, job_id: str) -> tuple[Lease, int] | None:
         """The job's own lease as the watcher saw it, if it did. Possibly stale, which is
@@ -390,13 +440,20 @@ class Worker:
         finally:
             holding.cancel()
             await asyncio.gather(holding, return_exceptions=True)
-            with contextlib.suppress(Exception):  # a lost record only costs a re-download
-                if outcome is not None and outcome.status == OutcomeStatus.completed:
-                    await self.files.complete(key, FileRecord(
-                        job_id=job.job_id, message_id=job.entry.message_id,
-                        relative_path=outcome.relative_path, size=outcome.size))
-                else:
+            if outcome is not None and outcome.status == OutcomeStatus.completed:
+                running.recording = asyncio.create_task(self._record_complete(
+                    key, job, outcome))
+            else:
+                with contextlib.suppress(Exception):  # a lost record only delays a sibling
                     await self.files.release(key, job.job_id)
+
+    async def _record_complete(self, key: str, job: DownloadJob,
+                               outcome: DownloadOutcome) -> None:
+        assert self.files is not None
+        with contextlib.suppress(Exception):  # a lost record only costs a re-download
+            await self.files.complete(key, FileRecord(
+                job_id=job.job_id, message_id=job.entry.message_id,
+                relative_path=outcome.relative_path, size=outcome.size))
 
     async def _same_file(self, job: DownloadJob, running: Running, final: Path, key: str
                          ) -> DownloadOutcome | tuple[FileRecord, int]:
@@ -405,8 +462,10 @@ class Worker:
         assert self.files is not None
         own = str(relative_path(job.entry, job.name_template))
         mine = FileRecord(job_id=job.job_id, message_id=job.entry.message_id)
-        # Most files are nobody else's: take the record in one round trip, else look.
-        if (created := await self.files.claim(key, mine, None)) is not None:
+        # Most files are nobody else's: the record taken beside the lease, else look.
+        created = await (running.early.take() if running.early is not None
+                         else self.files.claim(key, mine, None))
+        if created is not None:
             return mine, created
         seen: int | None = None
         since = time.monotonic()
