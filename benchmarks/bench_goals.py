@@ -36,6 +36,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -57,6 +58,8 @@ from stack import (
     servers,
     stack,
 )
+
+from tgdl.contracts.events import EVENT_TYPES_HEADER
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results.json"
@@ -256,9 +259,69 @@ async def against_ideal(srv: Servers, full: bool) -> list[Scenario]:
 # --- 3 and 5. overhead; cost growth ------------------------------------------------------
 
 
+TRACED = 15  # one-file batches followed step by step after the measured ones
+
+
+async def hop_timeline(s: Stack, ids: Sequence[int]) -> list[dict]:
+    """When each step of a one-file batch is first seen on NATS, in ms after its start
+    (median over one batch per id, started through the NATS command): where the overhead
+    goes. Traced apart from the measured batches, since watching every KV write and ack
+    adds deliveries of its own."""
+    n = s.names
+    steps = {n.cmd_batch_start: "start command", n.download_jobs: "job queued"}
+
+    def step(msg) -> str | None:
+        subject, headers = msg.subject, msg.headers or {}
+        if subject in steps:
+            return steps[subject]
+        if subject.startswith(f"$KV.{n.leases_bucket}."):
+            return "lease deleted" if headers.get("KV-Operation") else "lease written"
+        if subject.startswith(f"$KV.{n.files_bucket}."):
+            return "file's record written"
+        if subject.startswith(f"$JS.ACK.{n.jobs_stream}."):
+            return "job acknowledged"
+        if headers.get(EVENT_TYPES_HEADER):
+            return "appended: " + headers[EVENT_TYPES_HEADER].replace(",", ", ")
+        if subject.endswith(".done"):
+            return "outcome published"
+        return None
+
+    seen: list[tuple[float, str]] = []
+
+    async def on(msg) -> None:
+        if (what := step(msg)) is not None:
+            seen.append((time.perf_counter(), what))
+    subs = [await s.nc.subscribe(subject, cb=on) for subject in (
+        n.cmd_batch_start, n.all_batch_events, n.download_jobs, n.all_file_done,
+        f"$KV.{n.leases_bucket}.>", f"$KV.{n.files_bucket}.>", f"$JS.ACK.{n.jobs_stream}.>")]
+    timeline: dict[str, list[float]] = {}
+    try:
+        for m in ids:
+            seen.clear()
+            st = await s.start_command([m], 1)
+            await s.finished(st)
+            # the lease released and the job acknowledged come after BatchFinished, and
+            # must not be counted in the next batch
+            for _ in range(200):
+                if {"lease deleted", "job acknowledged"} <= {what for _, what in seen}:
+                    break
+                await asyncio.sleep(0.005)
+            counts: Counter[str] = Counter()
+            for at, what in seen:
+                counts[what] += 1
+                key = what if counts[what] == 1 else f"{what} ({counts[what]})"
+                timeline.setdefault(key, []).append((at - st.at) * 1000)
+    finally:
+        for sub in subs:
+            await sub.unsubscribe()
+    rows = [{"step": k, "median_ms": round(statistics.median(v), 2), "batches": len(v)}
+            for k, v in timeline.items() if len(v) * 2 > len(ids)]  # not a stray once
+    return sorted(rows, key=lambda r: r["median_ms"])
+
+
 async def overhead_and_growth(srv: Servers, full: bool, singles: int = 30) -> list[Scenario]:
     steps = [10, 100, 1000] + ([10_000] if full else [])
-    sizes = [TINY] * (1 + 2 * singles + sum(steps))
+    sizes = [TINY] * (1 + 2 * singles + TRACED + sum(steps))
     async with stack(srv, sizes, INSTANT) as s:
         await s.finished(await s.start_command([1], 1))  # warm-up
         by_command: list[float] = []
@@ -270,17 +333,20 @@ async def overhead_and_growth(srv: Servers, full: bool, singles: int = 30) -> li
             st = await s.start([m + 1], 1)
             by_http.append(await s.finished(st) - st.at)
         cpu = busy(before, s.cpu(), time.perf_counter() - t0)
+        first = 2 + 2 * singles
+        hops = await hop_timeline(s, range(first, first + TRACED))
+        first += TRACED
         over = Scenario(
             "overhead", "Overhead: one-file batches, instant Telegram, start -> BatchFinished",
             {"batches": singles, "file_bytes": TINY,
              "command_median_ms": round(statistics.median(by_command) * 1000, 1),
              "command_p95_ms": round(pct(by_command, 0.95) * 1000, 1),
              "http_median_ms": round(statistics.median(by_http) * 1000, 1),
-             "http_p95_ms": round(pct(by_http, 0.95) * 1000, 1)},
+             "http_p95_ms": round(pct(by_http, 0.95) * 1000, 1),
+             "traced_batches": TRACED, "hops": hops},
             [Target("one-file batch start -> BatchFinished, median",
                     statistics.median(by_command) * 1000, " ms", "<=", 10)],
             cpu, time.perf_counter() - t0)
-        first = 2 + 2 * singles
         per_file, rows = {}, []
         growth_cpu: dict[str, float] = {}
         for n in steps:

@@ -72,7 +72,7 @@ def _section(key: str, sc: Any) -> str:
             ["NATS command (orchestrator)", f["batches"], f"**{f['command_median_ms']} ms**",
              f"{f['command_p95_ms']} ms"],
             ["HTTP API (gateway)", f["batches"], f"{f['http_median_ms']} ms",
-             f"{f['http_p95_ms']} ms"]])
+             f"{f['http_p95_ms']} ms"]]) + _hops(f)
     if key == "at_scale":
         return _table(["replicas", "global cap", "files", "wall", "files/s",
                        "slot time per file", "CPU, all processes", "CPU per file",
@@ -130,6 +130,21 @@ def _section(key: str, sc: Any) -> str:
     return ""
 
 
+def _hops(f: dict) -> str:
+    """The traced one-file batches: each step as first seen on NATS, and the gap to the
+    step before (where the time goes)."""
+    if not f.get("hops"):
+        return ""
+    rows, before = [], 0.0
+    for h in f["hops"]:
+        rows.append([h["step"], f"{h['median_ms']:.1f} ms", f"+{h['median_ms'] - before:.1f}"])
+        before = h["median_ms"]
+    return (f"\n\nWhere it goes: {f['traced_batches']} more one-file batches, each step as "
+            "the bench first saw it on NATS (median ms after the start command was sent; "
+            "the bench watching every write and ack adds a little of its own):\n\n"
+            + _table(["step", "seen at", "gap"], rows))
+
+
 BOUNDS = {
     "seed_small": (
         "Round trips and per-file orchestration. The seed's loop makes one request per file "
@@ -176,12 +191,13 @@ BOUNDS = {
         "Sequential hops, each a process's CPU plus an fsync: the start command, `BatchStarted` "
         "with its `PermitGranted` appended as one message (an expected-sequence append, "
         "fsynced), the lease taken, the job published (fsync), the downloader's pull, its "
-        "claim of the lease and of the file's record, its two requests to the simulated "
-        "Telegram (side by side), the file written, fsynced and renamed, the lease ended and "
-        "the outcome published (fsync), and `FileCompleted` with `BatchFinished` appended as "
-        "one message; each append used to be one per event, two more fsynced round trips "
-        "per one-file batch (27.5 ms then, same machine). nats-server here fsyncs an "
-        "awaited publish in about "
+        "claim of the lease (the file's record claimed beside it), its two requests to the "
+        "simulated Telegram (side by side), the file written, fsynced and renamed, the lease "
+        "ended (the file's record completed beside it) and the outcome published (fsync), "
+        "and `FileCompleted` with `BatchFinished` appended as one message (the table above "
+        "shows each step as it happened); each append used to be one per event, two more "
+        "fsynced round trips per one-file batch (27.5 ms then, same machine). nats-server "
+        "here fsyncs an awaited publish in about "
         "0.35 ms (2.9 k/s one at a time), so the fsyncs account for a few ms; the rest is "
         "Python in the orchestrator and the downloader (see the CPU table), and the wait of "
         "a pull consumer between fetches. Each handler argument taken from FastStream's "

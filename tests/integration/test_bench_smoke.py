@@ -19,16 +19,25 @@ import stack  # noqa: E402
 
 async def test_bench_drives_a_tiny_deployment_and_writes_its_report(servers, tmp_path):
     srv = stack.Servers(servers.nats_url, servers.database_url, tmp_path, None, None)
-    async with stack.stack(srv, [10_000, 20_000, 30_000], stack.INSTANT, downloaders=1) as s:
+    async with stack.stack(srv, [10_000, 20_000, 30_000, 10_000], stack.INSTANT,
+                           downloaders=1) as s:
         _, (started,), (events,) = await bench_goals.run_batches(s, [[1, 2]], 2)
         await s.until_visible(started)
         await bench_goals.seed_loop(s.sim_url, [3], tmp_path / "seed", 5)
+        hops = [h["step"] for h in await bench_goals.hop_timeline(s, [4])]
         writes = await s.row_writes()
         cpu = s.cpu()
     assert stack.file_seconds(events) > 0
     assert sum(writes.values()) > 0
     assert {"orchestrator", "projector", "gateway", "downloader-1"} <= cpu.keys()
     assert not (tmp_path / "seed").exists()  # the seed's files are removed after timing
+    # the one-file batch's steps, each seen on NATS (in causal order where one needs another)
+    assert {"start command", "appended: BatchStarted, PermitGranted", "lease written",
+            "job queued", "file's record written", "outcome published",
+            "appended: FileCompleted, BatchFinished", "lease deleted",
+            "job acknowledged"} <= set(hops)
+    assert hops.index("start command") < hops.index("job queued") < hops.index(
+        "outcome published") < hops.index("appended: FileCompleted, BatchFinished")
 
     target = bench_goals.Target("tgdl / seed, tiny", 1.5, "", "<=", 1.1)
     scenario = bench_goals.Scenario(
