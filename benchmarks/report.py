@@ -272,12 +272,32 @@ def _measured_bounds(key: str, sc: Any) -> str:
                 f"and {high['files_per_s']} under 16, {verdict}; the processes together "
                 f"used {low['cpu_all_processes']:.2f} cores of the machine's two{cost}, "
                 "which other work on the machine shares. The simulated Telegram is one of "
-                "those processes (section 8 shows where its CPU goes).")
+                "those processes (section 8 shows where its CPU goes)." + _per_file(sc, low))
     if key == "memory":
         return (f"Idle, before any download, the downloader holds {f['idle_mb']} MB (87 MB "
                 "while it imported Telethon with the simulated adapter too); the rest of a "
                 "peak is the parts in flight, 16 MiB by design for a large file.")
     return ""
+
+
+def _per_file(sc: Any, row: dict) -> str:
+    """Each process's CPU per file at scale, and what the goal would ask of each."""
+    goal = next((t.goal for t in sc.targets if t.what.startswith("files/s")), None)
+    if not goal or not sc.cpu:
+        return ""
+    per_file = {k: v * row["wall_s"] / row["files"] * 1000 for k, v in sc.cpu.items()
+                if k != MACHINE}
+    downloaders = sum(v for k, v in per_file.items() if k.startswith("downloader"))
+    named = sorted(((v, k) for k, v in per_file.items() if not k.startswith("downloader")),
+                   reverse=True)
+    parts = [f"{k} {v:.1f}" for v, k in named if v >= 0.5]
+    parts.insert(next((i for i, (v, _) in enumerate(named) if v < downloaders), len(named)),
+                 f"the downloaders together {downloaders:.1f}")
+    nats = per_file.get("nats-server", 0.0)
+    return (f" Per file, in ms of CPU: {', '.join(parts)} (the gateway's and the bench's "
+            f"are mostly the status reads). At {goal:g} files/s, nats-server "
+            f"alone would need {nats * goal / 1000:.1f} cores for the JetStream operations "
+            f"of the files, and the downloaders {downloaders * goal / 1000:.1f}.")
 
 
 def _sharing(run: dict) -> str:
