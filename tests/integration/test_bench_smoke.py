@@ -57,3 +57,18 @@ def test_bench_chart_draws_what_ran_and_says_what_did_not(tmp_path):
         [bench_goals.Target("downloader peak RSS", 95.0, " MB", "<=", 80)])
     bench_goals.chart({"memory": scenario}, tmp_path / "bench.png")
     assert (tmp_path / "bench.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bench_report_says_what_the_throughput_goal_would_ask_of_each_process():
+    rows = [{"replicas": 4, "global_cap": cap, "files": 2000, "wall_s": 40.0,
+             "files_per_s": 50.0, "cpu_all_processes": 1.9, "cpu_ms_per_file": 38.0}
+            for cap in (8, 16)]
+    scenario = bench_goals.Scenario(
+        "at_scale", "Throughput at scale", {"rows": rows},
+        [bench_goals.Target("files/s end to end with 4 replicas", 50.0, "", ">=", 300)],
+        {"nats-server": 0.45, "downloader-1": 0.2, "downloader-2": 0.1, "gateway": 0.3})
+    text = report._measured_bounds("at_scale", scenario)
+    # 0.45 of a core over 40 s for 2000 files: 9 ms a file; 300 a second: 2.7 cores
+    assert "nats-server 9.0, gateway 6.0, the downloaders together 6.0" in text
+    assert "nats-server alone would need 2.7 cores" in text
+    assert "the downloaders 1.8" in text
