@@ -273,6 +273,19 @@ def _measured_bounds(key: str, sc: Any) -> str:
                 f"used {low['cpu_all_processes']:.2f} cores of the machine's two{cost}, "
                 "which other work on the machine shares. The simulated Telegram is one of "
                 "those processes (section 8 shows where its CPU goes)." + _per_file(sc, low))
+    if key == "write_amplification" and "progress_rows" in f:
+        goal = next((t.goal for t in sc.targets), 1.5)
+        seconds = f["file_seconds"] / f["files"]  # a file's time downloading, on average
+        progress = f["progress_rows"] / f["file_seconds"]
+        room = goal * seconds - f["progress_rows"] / f["files"]
+        return (f"Of the {f['row_writes']} rows, {f['progress_rows']} were progress "
+                f"({progress:.2f} per file-second; at most one per second per file by "
+                f"design); the other {f['fixed_rows_per_file']} per file are written whatever "
+                f"its length. A file here downloads for {seconds:.1f} s on average, so "
+                f"{goal:g} rows per file-second leaves {room:.1f} rows per file besides its "
+                f"progress, against {f['fixed_rows_per_file']} written: a file's row inserted, "
+                "queued and completed, its job's row dispatched and ended, and the positions "
+                "stored with them are already more.")
     if key == "memory":
         return (f"Idle, before any download, the downloader holds {f['idle_mb']} MB (87 MB "
                 "while it imported Telethon with the simulated adapter too); the rest of a "

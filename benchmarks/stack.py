@@ -32,6 +32,7 @@ import nats
 import psutil
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from prometheus_client.parser import text_string_to_metric_families
 
 from tgdl.bus.eventlog import EventLog
 from tgdl.contracts.commands import CommandReply, StartBatch
@@ -222,6 +223,7 @@ class Stack:
     sizes: list[int]  # message i has sizes[i - 1] bytes
     nc: NATS
     http: httpx.AsyncClient
+    projector_metrics: str  # the projector's Prometheus endpoint
     procs: dict[str, Proc] = field(default_factory=dict)
     ends: BatchEnds = field(init=False)
 
@@ -309,6 +311,13 @@ class Stack:
         finally:
             await conn.close()
 
+    async def progress_rows(self) -> int:
+        """Job rows the projector has written from progress reports so far."""
+        text = (await self.http.get(self.projector_metrics)).text
+        return sum(int(sample.value) for family in text_string_to_metric_families(text)
+                   if family.name == "tgdl_projector_progress_rows"
+                   for sample in family.samples if sample.name.endswith("_total"))
+
     async def settled_row_writes(self, within: float = 15.0) -> dict[str, int]:
         """row_writes once it has stopped moving (two equal reads 1.2 s apart)."""
         deadline = time.monotonic() + within
@@ -381,7 +390,7 @@ async def stack(servers: Servers, sizes: Sequence[int], sim: Sim | None = None,
     media = folder / "media"
     media.mkdir(parents=True)
     (folder / "sizes.json").write_text(json.dumps(list(sizes)))
-    sim_port, http_port = free_port(), free_port()
+    sim_port, http_port, projector_metrics = free_port(), free_port(), free_port()
     sim_url = f"http://127.0.0.1:{sim_port}"
     env = _service_env(servers, token, media, sim_url, http_port, extra or {})
     procs: dict[str, Proc] = {}
@@ -399,7 +408,9 @@ async def stack(servers: Servers, sizes: Sequence[int], sim: Sim | None = None,
         finally:
             await conn.close()
         for name in ("orchestrator", "projector", "gateway"):
-            procs[name] = spawn(name, ["-m", f"tgdl.{name}"], env, folder)
+            procs[name] = spawn(name, ["-m", f"tgdl.{name}"], {**env, **(
+                {"TGDL_METRICS_PORT": str(projector_metrics)} if name == "projector" else {})},
+                folder)
         for i in range(1, downloaders + 1):
             procs[f"downloader-{i}"] = spawn(f"downloader-{i}", ["-m", "tgdl.downloader"],
                                              {**env, "TGDL_REPLICA": f"downloader-{i}"},
@@ -408,7 +419,8 @@ async def stack(servers: Servers, sizes: Sequence[int], sim: Sim | None = None,
         http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{http_port}", timeout=30)
         try:
             s = Stack(servers, folder, env, Names(f"b{token}"), f"b_{token}", media, sim_url,
-                      list(sizes), nc, http, procs)
+                      list(sizes), nc, http, f"http://127.0.0.1:{projector_metrics}/metrics",
+                      procs)
             await nc.subscribe(s.names.all_batch_events, cb=s.ends.on_event)
             await nc.flush()
             await _ready(s, downloaders)

@@ -72,3 +72,17 @@ def test_bench_report_says_what_the_throughput_goal_would_ask_of_each_process():
     assert "nats-server 9.0, gateway 6.0, the downloaders together 6.0" in text
     assert "nats-server alone would need 2.7 cores" in text
     assert "the downloaders 1.8" in text
+
+
+def test_bench_report_splits_the_rows_into_progress_and_fixed_ones():
+    scenario = bench_goals.Scenario(
+        "write_amplification", "Write amplification", {
+            "row_writes": 500, "files": 50, "file_seconds": 200.0, "by_table": {"jobs": 500},
+            "writes_per_file": 10.0, "writes_per_file_second": 2.5, "progress_rows": 150,
+            "fixed_rows_per_file": 7.0},
+        [bench_goals.Target("read-model rows written per file-second", 2.5, "", "<=", 1.5)])
+    text = report._measured_bounds("write_amplification", scenario)
+    # 4 s a file: 1.5 a second is 6 rows, 3 of them progress: 3 left for 7 fixed ones
+    assert "150 were progress (0.75 per file-second" in text
+    assert "downloads for 4.0 s on average" in text
+    assert "leaves 3.0 rows per file besides its progress, against 7.0 written" in text
