@@ -462,7 +462,7 @@ async def at_scale(srv: Servers, full: bool, readers: int = 8) -> list[Scenario]
                      # Little's law: the time each file holds one of the cap's slots
                      "slot_ms_per_file": round(cap / rate * 1000, 1),
                      "cpu_all_processes": round(ours(cpus[(replicas, cap)]), 2),
-                     "status_reads": len(latencies),
+                     "readers": readers, "status_reads": len(latencies),
                      "status_p50_ms": round(pct(latencies, 0.5) * 1000, 1),
                      "status_p99_ms": round(pct(latencies, 0.99) * 1000, 1),
                      # the same reads as the gateway timed them itself (bucket bounds)

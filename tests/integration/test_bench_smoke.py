@@ -61,8 +61,8 @@ def test_bench_chart_draws_what_ran_and_says_what_did_not(tmp_path):
 
 def test_bench_report_says_what_the_throughput_goal_would_ask_of_each_process():
     rows = [{"replicas": 4, "global_cap": cap, "files": 2000, "wall_s": 40.0,
-             "files_per_s": 50.0, "cpu_all_processes": 1.9, "cpu_ms_per_file": 38.0}
-            for cap in (8, 16)]
+             "files_per_s": 50.0, "cpu_all_processes": 1.9, "cpu_ms_per_file": 38.0,
+             "readers": 8, "status_reads": 6000, "status_p50_ms": 50.0} for cap in (8, 16)]
     scenario = bench_goals.Scenario(
         "at_scale", "Throughput at scale", {"rows": rows},
         [bench_goals.Target("files/s end to end with 4 replicas", 50.0, "", ">=", 300)],
@@ -72,6 +72,9 @@ def test_bench_report_says_what_the_throughput_goal_would_ask_of_each_process():
     assert "nats-server 9.0, gateway 6.0, the downloaders together 6.0" in text
     assert "nats-server alone would need 2.7 cores" in text
     assert "the downloaders 1.8" in text
+    # 0.3 of a core over 40 s for 6000 reads: 2 ms each; 8 of them at 30%: 53 ms
+    assert "Each status read cost the gateway 2.0 ms of CPU" in text
+    assert "8 reads take about 53 ms" in text
 
 
 def test_bench_report_splits_the_rows_into_progress_and_fixed_ones():
