@@ -11,6 +11,7 @@ import errno
 import fcntl
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -287,14 +288,31 @@ class PartFile:
 
     def write(self, index: int, data: bytes, verified: bool = False) -> None:
         """Store part `index` durably, then record it (blocking: run it in a thread)."""
-        assert self._fd is not None and self._log is not None
         offset, length = self.span(index)
         if len(data) != length:
             raise SizeMismatch(length, len(data))
-        view = memoryview(data)
-        while view:
-            written = os.pwrite(self._fd, view, offset)
-            view, offset = view[written:], offset + written
+        self.put(offset, [data])
+        self.record(index, verified)
+
+    def put(self, offset: int, buffers: Sequence[bytes | bytearray | memoryview]) -> None:
+        """Write `buffers` at `offset`, a piece of a part as it arrives (blocking). Not
+        durable and not recorded: until `record`, a resume fetches the part again."""
+        assert self._fd is not None
+        views = [view for b in buffers if (view := memoryview(b).cast("B"))]
+        end = offset + sum(len(view) for view in views)
+        if end > self.size:
+            raise SizeMismatch(self.size, end)
+        while views:
+            written = os.pwritev(self._fd, views, offset)
+            offset += written
+            while views and written >= len(views[0]):
+                written -= len(views.pop(0))
+            if written:
+                views[0] = views[0][written:]
+
+    def record(self, index: int, verified: bool = False) -> None:
+        """Part `index` is all written: make its bytes durable, then record it (blocking)."""
+        assert self._fd is not None and self._log is not None
         os.fdatasync(self._fd)
         os.write(self._log, f"{index}{'v' if verified else ''}\n".encode())
         os.fsync(self._log)

@@ -19,7 +19,7 @@ from typing import TypeVar
 from tgdl.contracts.errors import ErrorCode
 from tgdl.downloader.files import PartFile
 from tgdl.downloader.metrics import PARTS_REFETCHED
-from tgdl.downloader.telegram.port import PartSource, PermanentError
+from tgdl.downloader.telegram.port import PartSource, PermanentError, Range
 
 log = logging.getLogger("tgdl.downloader")
 A = TypeVar("A")
@@ -90,7 +90,140 @@ async def fetch_checked(source: PartSource, offset: int, length: int,
         PARTS_REFETCHED.inc()
         log.warning("part at %d does not match Telegram's hashes (fetch %d of %d)",
                     offset, attempt, MAX_MISMATCHES)
-    raise PermanentError.of(
+    raise _corrupted(offset)
+
+
+# A part goes to disk piece by piece as it arrives: each of Telegram's hashed ranges
+# (128 KiB) once it matches, or, for a file without hashes, what has come once it is
+# this much. A part in flight holds about one piece, not 1 MiB.
+PIECE_BYTES = 128 * 1024
+Piece = tuple[int, list[memoryview], bytes | None]  # (offset, its bytes, SHA-256 to match)
+
+
+class _Arrived:
+    """The bytes of a part received and not yet written, as they came (never joined)."""
+
+    def __init__(self) -> None:
+        self.chunks: deque[memoryview] = deque()
+        self.size = 0
+
+    def add(self, chunk: bytes) -> None:
+        if chunk:
+            self.chunks.append(memoryview(chunk).cast("B"))
+            self.size += len(chunk)
+
+    def take(self, n: int) -> list[memoryview]:
+        """The next `n` bytes (at most `size`)."""
+        taken: list[memoryview] = []
+        self.size -= n
+        while n > 0:
+            head = self.chunks[0]
+            if len(head) <= n:
+                taken.append(self.chunks.popleft())
+                n -= len(head)
+            else:
+                taken.append(head[:n])
+                self.chunks[0] = head[n:]
+                n = 0
+        return taken
+
+
+def _check_and_put(file: PartFile, pieces: list[Piece]) -> bool:
+    """Write each piece that matches its hash, in order; False at the first that does
+    not, which is not written (blocking: run it in a thread)."""
+    for offset, views, digest in pieces:
+        if digest is not None:
+            sha = hashlib.sha256()
+            for view in views:
+                sha.update(view)
+            if sha.digest() != digest:
+                return False
+        file.put(offset, views)
+    return True
+
+
+async def _in_thread(writes: set[asyncio.Future], fn: Callable[..., A], *args) -> A:
+    """`fn(*args)` in a thread, shielded: a write once begun completes before the file
+    may be closed (`fetch_parts` waits for every one in `writes`)."""
+    task = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    writes.add(task)
+    task.add_done_callback(writes.discard)
+    return await asyncio.shield(task)
+
+
+async def _stream_part(source: PartSource, file: PartFile, offset: int, length: int,
+                       writes: set[asyncio.Future]) -> bool | None:
+    """Fetch one part into `file` piece by piece as it arrives, each piece written only
+    once it matches Telegram's hash of its range (Telegram's hashes are asked for at the
+    same time; pieces wait for them in memory). Returns whether the part was checked,
+    None when a piece did not match (the part is not whole on disk then)."""
+    hashes = asyncio.ensure_future(source.hashes(offset, length))
+    arrived = _Arrived()
+    position = offset  # the first byte not yet written
+    ranges: deque[Range] | None = None
+
+    def ready(end: bool) -> list[Piece]:
+        nonlocal position
+        pieces: list[Piece] = []
+        if ranges is None:  # no hashes for this file: pieces as they fill up
+            if arrived.size >= PIECE_BYTES or (end and arrived.size):
+                size = arrived.size
+                pieces.append((position, arrived.take(size), None))
+                position += size
+        else:
+            # the file's last range may be announced longer than what is left of it
+            while ranges and ranges[0][0] == position and (
+                    size := min(ranges[0][1], offset + length - position)) <= arrived.size:
+                pieces.append((position, arrived.take(size), ranges.popleft()[2]))
+                position += size
+        return pieces
+
+    try:
+        unchecked = True  # until the hashes are in
+        async with contextlib.aclosing(source.pieces(offset, length)) as stream:
+            async for chunk in stream:
+                arrived.add(chunk)
+                if unchecked and hashes.done():
+                    unchecked, found = False, hashes.result()
+                    ranges = None if found is None else deque(found)
+                if not unchecked and (pieces := ready(end=False)):
+                    if not await _in_thread(writes, _check_and_put, file, pieces):
+                        return None
+        if unchecked:
+            found = await hashes
+            ranges = None if found is None else deque(found)
+        if pieces := ready(end=True):
+            if not await _in_thread(writes, _check_and_put, file, pieces):
+                return None
+        if ranges or arrived.size or position != offset + length:
+            return None  # ranges that do not line up with the bytes: not checkable
+        return ranges is not None
+    finally:
+        if not hashes.done():
+            hashes.cancel()
+        await asyncio.gather(hashes, return_exceptions=True)
+
+
+async def fetch_part(source: PartSource, file: PartFile, index: int, stats: PartStats,
+                     writes: set[asyncio.Future]) -> int:
+    """Part `index` of `file`, written as it arrives and checked against Telegram's
+    hashes where it has them (fetched again when they do not match), then made durable
+    and recorded; returns its length."""
+    offset, length = file.span(index)
+    for attempt in range(1, MAX_MISMATCHES + 1):
+        verified = await _stream_part(source, file, offset, length, writes)
+        if verified is not None:
+            await _in_thread(writes, file.record, index, verified)
+            return length
+        stats.refetched += 1
+        PARTS_REFETCHED.inc()
+        log.warning("part at %d does not match Telegram's hashes (fetch %d of %d)",
+                    offset, attempt, MAX_MISMATCHES)
+    raise _corrupted(offset)
+
+
+def _corrupted(offset: int) -> PermanentError:
+    return PermanentError.of(
         ErrorCode.retries_exhausted,
         f"the bytes at {offset} failed Telegram's SHA-256 check {MAX_MISMATCHES} times "
         "in a row: Telegram keeps sending a corrupted range")
@@ -103,25 +236,17 @@ async def fetch_parts(
     on_part: Callable[[int], Awaitable[None]],
     stats: PartStats | None = None,
 ) -> None:
-    """Fetch every part `file` is missing, `width` at a time, each checked against
-    Telegram's hashes where it has them and stored (durably) as soon as it passes;
-    `on_part(nbytes)` after each. The first failure stops the other parts and is raised;
-    parts already stored stay stored."""
+    """Fetch every part `file` is missing, `width` at a time, each written as it
+    arrives (checked against Telegram's hashes where it has them) and recorded once
+    whole and durable; `on_part(nbytes)` after each. The first failure stops the other
+    parts and is raised; parts already recorded stay recorded."""
     todo = deque(file.missing())
     writes: set[asyncio.Future] = set()
     stats = stats if stats is not None else PartStats()
 
     async def worker() -> None:
         while todo:
-            index = todo.popleft()
-            data, verified = await fetch_checked(source, *file.span(index), stats)
-            length = len(data)
-            # Shielded: a write once begun completes before the file may be closed.
-            write = asyncio.ensure_future(asyncio.to_thread(file.write, index, data, verified))
-            writes.add(write)
-            await asyncio.shield(write)
-            del data
-            await on_part(length)
+            await on_part(await fetch_part(source, file, todo.popleft(), stats, writes))
 
     workers = [asyncio.create_task(worker()) for _ in range(min(width, len(todo)))]
     try:

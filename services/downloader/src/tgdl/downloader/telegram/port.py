@@ -52,6 +52,12 @@ class PartSource(Protocol):
         the account's pool; raises FloodWait, TransientError or PermanentError."""
         ...
 
+    def pieces(self, offset: int, length: int) -> AsyncIterator[bytes]:
+        """The same bytes as `read`, in order, as they arrive (chunks of any size): a
+        part goes to disk while it comes in instead of being held whole. Close the
+        iterator (`contextlib.aclosing`) to give its connection back early."""
+        ...
+
     async def hashes(self, offset: int, length: int) -> list[tuple[int, int, bytes]] | None:
         """Telegram's SHA-256 of the ranges covering `[offset, offset + length)`, as
         (offset, length, digest), or None when it publishes none for this file."""
@@ -73,6 +79,14 @@ class SharedFile:
         self._refreshing = asyncio.Lock()
         self._hashes: dict[int, tuple[int, bytes]] = {}  # range offset -> (length, sha256)
         self._no_hashes = False
+
+    async def read(self, offset: int, length: int) -> bytes:
+        raise NotImplementedError
+
+    async def pieces(self, offset: int, length: int) -> AsyncIterator[bytes]:
+        """`PartSource.pieces` for an adapter whose parts arrive whole (one MTProto
+        answer): the part in one piece."""
+        yield await self.read(offset, length)
 
     @staticmethod
     def check_part(offset: int, length: int) -> None:

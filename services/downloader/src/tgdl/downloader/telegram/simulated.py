@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from urllib.parse import quote
 
 import httpx
@@ -194,26 +194,24 @@ class SimulatedTelegram:
         finally:
             self._open_streams -= 1
 
+    @asynccontextmanager
     async def _range(self, media: RemoteMedia, offset: int, length: int
-                     ) -> tuple[int, bytearray]:
-        """The status and body of the answer for one part, the body gathered as it
-        streams in (one buffer grown in place, no joined copy). Not kept on an httpx
-        response: one sits in a reference cycle (with its stream) that only the cyclic
-        garbage collector breaks, so a part's body kept on it outlived the part, and a
-        downloader's memory grew with the size of the file."""
+                     ) -> AsyncIterator[httpx.Response]:
+        """The streaming answer for one part, on one of the account's connections. Its
+        body is read chunk by chunk and kept nowhere: an httpx response sits in a
+        reference cycle (with its stream) that only the cyclic garbage collector breaks,
+        so a part's body kept on it outlived the part, and a downloader's memory grew
+        with the size of the file."""
         url = f"{_message_path(media.entry)}/content"
-        body = bytearray()
         async with self._lanes.lane() as lane:
             try:
                 async with self._http().stream(
                     "GET", url, params={"offset": offset, "limit": length},
                     headers={CONNECTION_HEADER: f"{self._name}-{lane}"},
                 ) as streamed:
-                    async for chunk in streamed.aiter_bytes():
-                        body += chunk
+                    yield streamed
             except httpx.TransportError as exc:
                 raise TransientError(f"part at {offset} interrupted: {exc!r}") from exc
-        return streamed.status_code, body
 
     async def _hashes(self, media: RemoteMedia, offset: int) -> list[dict]:
         # Not a pool connection: a few hundred bytes, not worth a slot a part could use
@@ -238,17 +236,31 @@ class _SimulatedFile(SharedFile):
         self._media = media
 
     async def read(self, offset: int, length: int) -> bytearray:  # bytes-like, not copied
+        body = bytearray()
+        async with aclosing(self.pieces(offset, length)) as pieces:
+            async for chunk in pieces:
+                body += chunk
+        return body
+
+    async def pieces(self, offset: int, length: int) -> AsyncIterator[bytes]:
+        """The part's bytes as they stream in."""
         self.check_part(offset, length)
         while True:
             generation = self._generation
-            status, body = await self._port._range(self._media, offset, length)
-            if status == 200:
-                if len(body) != length:
-                    raise TransientError(f"part at {offset}: {len(body)} of {length} bytes")
-                return body
-            response = httpx.Response(status, content=bytes(body))
-            if _error_of(response)[0] != _REFERENCE_EXPIRED:
-                raise _failure(response, self._media.entry)
+            async with self._port._range(self._media, offset, length) as response:
+                if response.status_code == 200:
+                    received = 0
+                    async for chunk in response.aiter_bytes():
+                        received += len(chunk)
+                        if received > length:
+                            break
+                        yield chunk
+                    if received != length:
+                        raise TransientError(f"part at {offset}: {received} of {length} bytes")
+                    return
+                await response.aread()
+                if _error_of(response)[0] != _REFERENCE_EXPIRED:
+                    raise _failure(response, self._media.entry)
             await self.refresh_once(generation, self._refresh, _REFERENCE_EXPIRED)
 
     async def _refresh(self) -> None:
