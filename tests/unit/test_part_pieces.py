@@ -70,16 +70,18 @@ class Written(PartFile):
                    if part_offset <= offset < part_offset + PART_SIZE)
 
 
+async def nothing(nbytes: int) -> None:
+    pass
+
+
 async def fetch(tmp_path: Path, data: bytes, **telegram) -> tuple[Written, Telegram,
                                                                     PartStats]:
+    """The parts of `data`, 4 at a time, into f.bin (committed only if all went well)."""
     file = Written(tmp_path / "f.bin", len(data))
-    source = Telegram(data, file, **telegram)
-    stats = PartStats()
+    source, stats = Telegram(data, file, **telegram), PartStats()
     file.open()
     try:
-        async def stored(nbytes: int) -> None:
-            pass
-        await fetch_parts(source, file, 4, stored, stats)
+        await fetch_parts(source, file, 4, nothing, stats)
         file.commit()
     finally:
         file.close()
@@ -111,14 +113,11 @@ async def test_a_piece_that_fails_its_hash_is_never_written_nor_its_part_recorde
     data = content(SIZE)
     bad = PART_SIZE + 3 * RANGE + 10  # in the fourth range of part 1, every time
     file = Written(tmp_path / "f.bin", len(data))
-    source = Telegram(data, file, corrupt_at=bad)
-    stats = PartStats()
+    source, stats = Telegram(data, file, corrupt_at=bad), PartStats()
     file.open()
     try:
-        async def stored(nbytes: int) -> None:
-            pass
         with pytest.raises(PermanentError):
-            await fetch_parts(source, file, 4, stored, stats)
+            await fetch_parts(source, file, 4, nothing, stats)
     finally:
         file.close()
 
