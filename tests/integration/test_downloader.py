@@ -309,3 +309,50 @@ async def test_the_files_record_names_a_finished_file_and_none_is_left_by_a_job_
     assert (await d.outcome("b1:2")).status == "cancelled"
     assert await until(lambda: _is_none(records.get(skipped.location.file_key)),
                        what="no record left for the file that was not fetched")
+
+
+class Recording(SimulatedTelegram):
+    """The simulated Telegram as one replica sees it: the messages it asked parts of;
+    the parts of message `held` wait until `release` is set."""
+
+    def __init__(self, base_url: str, held: int | None = None, **options) -> None:
+        super().__init__(base_url, **options)
+        self.asked: set[int] = set()
+        self.held = held
+        self.release = asyncio.Event()
+
+    @contextlib.asynccontextmanager
+    async def _range(self, media, offset, length):
+        self.asked.add(media.entry.message_id)
+        if media.entry.message_id == self.held:
+            await self.release.wait()
+        async with super()._range(media, offset, length) as response:
+            yield response
+
+
+async def test_a_replica_whose_connections_are_full_leaves_the_next_job_to_another(downloader):
+    d = downloader
+    large = next(e for e in d.healthy(30) if e.size > PART_SIZE)  # 2 parts: 2 requests
+    small = next(e for e in d.healthy(30) if e.size < PART_SIZE)
+    # One connection carrying 2 requests: the large file fills it; 4 slots stay free.
+    pool = {"connections_per_dc": 1, "requests_per_connection": 2, "slots": 4}
+    first = Recording(d.settings.sim_url, held=large.message_id, connections=1)
+    d.start(port=first, **pool)
+    await d.queue(large, "b1:large")
+    await until(lambda: large.message_id in first.asked, what="the large file asked for")
+    await d.queue(small, "b1:small")
+    second = Recording(d.settings.sim_url, connections=1)
+    stop_second = asyncio.Event()
+    settings = d.settings.model_copy(update={"replica": "downloader-2", **pool})
+    serving = asyncio.create_task(serve(settings, stop_second, port=second))
+    try:
+        # Queued while the first replica had free slots but no free request: the second
+        # replica, started after, takes it.
+        assert (await d.outcome("b1:small")).status == "completed"
+        assert small.message_id in second.asked and small.message_id not in first.asked
+    finally:
+        first.release.set()
+        stop_second.set()
+        await serving
+    assert (await d.outcome("b1:large")).status == "completed"
+    assert sha_of(d, large) == expected_sha256(large.message_id, large.size)

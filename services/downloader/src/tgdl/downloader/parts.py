@@ -54,6 +54,12 @@ def parts_for(size: int, setting: int = 0) -> int:
     return next((n for limit, n in _BY_SIZE if size < limit), MAX_PARTS)
 
 
+def requests_for(size: int, setting: int, depth: int) -> int:
+    """Requests one file keeps asking for at once (the `width` of `fetch_parts`): its
+    parts in flight, each with `depth` requests (as many as one connection carries)."""
+    return parts_for(size, setting) * depth
+
+
 async def _both(first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:
     """Both at once (the hashes' round trip hides behind the part's); if one fails, the
     other is cancelled and the failure raised."""
@@ -205,13 +211,19 @@ async def _stream_part(source: PartSource, file: PartFile, offset: int, length: 
 
 
 async def fetch_part(source: PartSource, file: PartFile, index: int, stats: PartStats,
-                     writes: set[asyncio.Future]) -> int:
+                     writes: set[asyncio.Future],
+                     asked: Callable[[int], None] = lambda change: None) -> int:
     """Part `index` of `file`, written as it arrives and checked against Telegram's
     hashes where it has them (fetched again when they do not match), then made durable
-    and recorded; returns its length."""
+    and recorded; returns its length. `asked(1)` as it is asked for, `asked(-1)` once it
+    has arrived."""
     offset, length = file.span(index)
     for attempt in range(1, MAX_MISMATCHES + 1):
-        verified = await _stream_part(source, file, offset, length, writes)
+        asked(1)
+        try:
+            verified = await _stream_part(source, file, offset, length, writes)
+        finally:
+            asked(-1)
         if verified is not None:
             await _in_thread(writes, file.record, index, verified)
             return length
@@ -235,18 +247,28 @@ async def fetch_parts(
     width: int,
     on_part: Callable[[int], Awaitable[None]],
     stats: PartStats | None = None,
+    asking: Callable[[int], None] | None = None,
 ) -> None:
     """Fetch every part `file` is missing, `width` at a time, each written as it
     arrives (checked against Telegram's hashes where it has them) and recorded once
-    whole and durable; `on_part(nbytes)` after each. The first failure stops the other
-    parts and is raised; parts already recorded stay recorded."""
+    whole and durable; `on_part(nbytes)` after each; `asking(n)` whenever the number of
+    parts asked for and not yet arrived changes (a part being made durable holds no
+    connection). The first failure stops the other parts and is raised; parts already
+    recorded stay recorded."""
     todo = deque(file.missing())
     writes: set[asyncio.Future] = set()
     stats = stats if stats is not None else PartStats()
+    asked = 0
+
+    def ask(change: int) -> None:
+        nonlocal asked
+        asked += change
+        if asking is not None:
+            asking(asked)
 
     async def worker() -> None:
         while todo:
-            await on_part(await fetch_part(source, file, todo.popleft(), stats, writes))
+            await on_part(await fetch_part(source, file, todo.popleft(), stats, writes, ask))
 
     workers = [asyncio.create_task(worker()) for _ in range(min(width, len(todo)))]
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -47,7 +48,8 @@ from tgdl.downloader.files import (
 )
 from tgdl.downloader.flood import FloodGate
 from tgdl.downloader.meter import Meter
-from tgdl.downloader.parts import PartStats, fetch_checked, fetch_parts, parts_for
+from tgdl.downloader.parts import PartStats, fetch_checked, fetch_parts, requests_for
+from tgdl.downloader.room import Room, wanted
 from tgdl.downloader.samefile import Fetch, LinkTo, WaitFor, choose
 from tgdl.downloader.settings import DownloaderSettings
 from tgdl.downloader.telegram.port import (
@@ -107,6 +109,8 @@ class Running:
     early: EarlyClaim | None = None  # the file's record, claimed beside the lease
     # Completing the file's record, written beside the job's end (see Worker.handle).
     recording: asyncio.Task | None = None
+    # Tells the replica's `Room` how many part requests this job wants now.
+    wants: Callable[[int], None] = lambda requests: None
 
     def fence(self) -> None:
         """Right before the final rename: the lease, as last seen, still names this job
@@ -149,9 +153,10 @@ def _now() -> datetime:
 
 class Worker:
     """Runs up to `settings.slots` jobs at once. `take` starts a job and returns once a
-    slot is free for the next one, so the consumer in front of it fetches a job only when
-    it can start it at once: a fetched job never waits unheartbeated (JetStream would
-    hand it to another replica meanwhile, and both would write the same .part file)."""
+    slot is free for the next one and the connections have room for it (`Room`), so the
+    consumer in front of it fetches a job only when it can start it at once: a fetched
+    job never waits unheartbeated (JetStream would hand it to another replica meanwhile,
+    and both would write the same .part file)."""
 
     def __init__(
         self,
@@ -173,6 +178,7 @@ class Worker:
         self.files = files
         self.running: dict[int, Running] = {}
         self._slots = asyncio.Semaphore(settings.slots)
+        self.room = Room(settings.connections_per_dc * settings.requests_per_connection)
         self._stopping = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
         self._watcher = None
@@ -190,27 +196,39 @@ class Worker:
         await self._slots.acquire()
 
     async def take(self, job: DownloadJob, msg: JobMessage) -> None:
-        """Start `job` in the slot held for it; return once the next slot is held (or the
-        worker is stopping)."""
+        """Start `job` in the slot held for it; return once the next slot is held and the
+        connections have room (or the worker is stopping)."""
         if self._stopping.is_set():
             await msg.nack()  # fetched as we stop: straight back to the queue
             return
+        s = self.s
+        self.room.want(msg, wanted(job.entry.size, s.parts_per_file,
+                                   s.requests_per_connection, self.room.capacity))
         task = asyncio.create_task(self._guarded(job, msg))
         self._tasks.add(task)
-        task.add_done_callback(self._finished)
-        slot = asyncio.create_task(self._slots.acquire())
+        task.add_done_callback(lambda done: self._finished(done, msg))
+        ready = asyncio.create_task(self._next_ready())
         stopping = asyncio.create_task(self._stopping.wait())
         try:
-            await asyncio.wait({slot, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({ready, stopping}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             stopping.cancel()
-            if not slot.done():
-                slot.cancel()
-                # acquired just as it was cancelled: nobody will use that slot now
-                await asyncio.gather(slot, return_exceptions=True)
+            if not ready.done():
+                ready.cancel()
+                await asyncio.gather(ready, return_exceptions=True)
 
-    def _finished(self, task: asyncio.Task) -> None:
+    async def _next_ready(self) -> None:
+        """Hold the next slot, then wait for room on the connections."""
+        await self._slots.acquire()
+        try:
+            await self.room.wait()
+        except asyncio.CancelledError:
+            self._slots.release()  # stopping: nobody will use that slot now
+            raise
+
+    def _finished(self, task: asyncio.Task, msg: JobMessage) -> None:
         self._tasks.discard(task)
+        self.room.drop(msg)
         self._slots.release()
 
     async def stop(self) -> None:
@@ -313,7 +331,8 @@ class Worker:
 
         if lease.force and not job.force:  # a forcing request joined before we started
             job = job.model_copy(update={"force": True})
-        running = Running(job, seen=claimed, copy=claimed[0].claimed_by, early=early)
+        running = Running(job, seen=claimed, copy=claimed[0].claimed_by, early=early,
+                          wants=functools.partial(self.room.want, msg))
         self.running[m] = running
         metrics.STARTED.inc()
         heartbeat = asyncio.create_task(self._heartbeat(msg))
@@ -503,6 +522,7 @@ class Worker:
                         return mine, claimed
                 case WaitFor(job_id=holder):
                     waited_for = holder
+                    running.wants(0)  # another job fetches it: leave the connections to others
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(running.stop.wait(), timeout=SAME_FILE_POLL)
                     if running.stop.is_set():
@@ -620,16 +640,18 @@ class Worker:
                 if self.flood.remaining() > 0:  # another replica hit a flood wait
                     raise _AccountWaiting()
 
-            width = parts_for(media.size, self.s.parts_per_file) * self.s.requests_per_connection
+            width = requests_for(media.size, self.s.parts_per_file,
+                                 self.s.requests_per_connection)
             stats = PartStats()
 
             async def fetch() -> None:
                 async with self.port.parts(media) as source:
-                    await fetch_parts(source, file, width, stored, stats)
+                    await fetch_parts(source, file, width, stored, stats, running.wants)
 
             try:
                 await self._interruptible(running, fetch())
             finally:
+                running.wants(0)
                 if stats.refetched:
                     log.warning("message %d: %d part(s) fetched again after failing "
                                 "Telegram's hashes", media.entry.message_id, stats.refetched)
@@ -656,6 +678,7 @@ class Worker:
         try:
             data, verified = await self._interruptible(running, fetch())
         finally:
+            running.wants(0)
             if stats.refetched:
                 log.warning("message %d fetched again after failing Telegram's hashes",
                             media.entry.message_id)
