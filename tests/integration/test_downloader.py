@@ -334,8 +334,11 @@ async def test_a_replica_whose_connections_are_full_leaves_the_next_job_to_anoth
     d = downloader
     large = next(e for e in d.healthy(30) if e.size > PART_SIZE)  # 2 parts: 2 requests
     small = next(e for e in d.healthy(30) if e.size < PART_SIZE)
-    # One connection carrying 2 requests: the large file fills it; 4 slots stay free.
-    pool = {"connections_per_dc": 1, "requests_per_connection": 2, "slots": 4}
+    # One connection carrying 2 requests: the large file fills it; 4 slots stay free. The
+    # first replica would take the next job anyway after its patience: longer than this
+    # test.
+    pool = {"connections_per_dc": 1, "requests_per_connection": 2, "slots": 4,
+            "room_patience": 60.0}
     first = Recording(d.settings.sim_url, held=large.message_id, connections=1)
     d.start(port=first, **pool)
     await d.queue(large, "b1:large")
@@ -356,3 +359,22 @@ async def test_a_replica_whose_connections_are_full_leaves_the_next_job_to_anoth
         await serving
     assert (await d.outcome("b1:large")).status == "completed"
     assert sha_of(d, large) == expected_sha256(large.message_id, large.size)
+
+
+async def test_a_lone_replica_whose_connections_are_full_still_takes_a_small_file(downloader):
+    """No other replica has room: after its patience the replica takes the next job
+    anyway, so a small file does not wait for a large one to end."""
+    d = downloader
+    large = next(e for e in d.healthy(30) if e.size > PART_SIZE)
+    small = next(e for e in d.healthy(30) if e.size < PART_SIZE)
+    only = Recording(d.settings.sim_url, held=large.message_id, connections=1)
+    d.start(port=only, connections_per_dc=1, requests_per_connection=2, slots=4,
+            room_patience=0.2)
+    await d.queue(large, "b1:large")
+    await until(lambda: large.message_id in only.asked, what="the large file asked for")
+    await d.queue(small, "b1:small")
+    try:
+        assert (await d.outcome("b1:small")).status == "completed"  # the large one held
+    finally:
+        only.release.set()
+    assert (await d.outcome("b1:large")).status == "completed"

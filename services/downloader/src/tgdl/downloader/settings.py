@@ -22,6 +22,10 @@ class DownloaderSettings(CommonSettings):
     # Each connection carries this many part requests at once, which hides the round trip
     # between two parts; a file has parts_per_file x this many requests in flight.
     requests_per_connection: int = Field(default=2, ge=1, le=8)
+    # How long a replica whose connections are full leaves the next job to a replica with
+    # room before it takes the job anyway (its requests then share the connections): files
+    # spread by free connections, and a small file never waits for a large one to end.
+    room_patience: float = Field(default=1.0, ge=0)
     # A download starts only if the media folder's disk keeps this much free after it
     # (otherwise storage_error, with the numbers), so a full disk never cuts files short.
     min_free_bytes: int = Field(default=256 * 1024 * 1024, ge=0)

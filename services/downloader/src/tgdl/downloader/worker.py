@@ -218,10 +218,14 @@ class Worker:
                 await asyncio.gather(ready, return_exceptions=True)
 
     async def _next_ready(self) -> None:
-        """Hold the next slot, then wait for room on the connections."""
+        """Hold the next slot, then wait for room on the connections: at most
+        `room_patience`, then the next job is taken anyway, so with no replica that has
+        room (a single one, all of them busy with large files) a small file waits that
+        long, not for a large one to end."""
         await self._slots.acquire()
         try:
-            await self.room.wait()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.room.wait(), self.s.room_patience)
         except asyncio.CancelledError:
             self._slots.release()  # stopping: nobody will use that slot now
             raise
