@@ -25,7 +25,7 @@ class DownloaderSettings(CommonSettings):
     # How long a replica whose connections are full leaves the next job to a replica with
     # room before it takes the job anyway (its requests then share the connections): files
     # spread by free connections, and a small file never waits for a large one to end.
-    room_patience: float = Field(default=1.0, ge=0)
+    room_patience: float = Field(default=2.0, ge=0)
     # A download starts only if the media folder's disk keeps this much free after it
     # (otherwise storage_error, with the numbers), so a full disk never cuts files short.
     min_free_bytes: int = Field(default=256 * 1024 * 1024, ge=0)
