@@ -312,11 +312,9 @@ def _per_file(sc: Any, row: dict) -> str:
     per_file = {k: v * row["wall_s"] / row["files"] * 1000 for k, v in sc.cpu.items()
                 if k != MACHINE}
     downloaders = sum(v for k, v in per_file.items() if k.startswith("downloader"))
-    named = sorted(((v, k) for k, v in per_file.items() if not k.startswith("downloader")),
-                   reverse=True)
-    parts = [f"{k} {v:.1f}" for v, k in named if v >= 0.5]
-    parts.insert(next((i for i, (v, _) in enumerate(named) if v < downloaders), len(named)),
-                 f"the downloaders together {downloaders:.1f}")
+    shown = [(v, k) for k, v in per_file.items() if not k.startswith("downloader") and v >= 0.5]
+    shown.append((downloaders, "the downloaders together"))  # after its equals: stable sort
+    parts = [f"{k} {v:.1f}" for v, k in sorted(shown, key=lambda p: -p[0])]
     nats = per_file.get("nats-server", 0.0)
     text = (f" Per file, in ms of CPU: {', '.join(parts)} (the gateway's and the bench's "
             f"are mostly the status reads). At {goal:g} files/s, nats-server "

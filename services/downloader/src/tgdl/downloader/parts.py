@@ -92,10 +92,7 @@ async def fetch_checked(source: PartSource, offset: int, length: int,
         if (matches(data, offset, ranges) if length <= INLINE_HASH_BYTES
                 else await asyncio.to_thread(matches, data, offset, ranges)):
             return data, True
-        stats.refetched += 1
-        PARTS_REFETCHED.inc()
-        log.warning("part at %d does not match Telegram's hashes (fetch %d of %d)",
-                    offset, attempt, MAX_MISMATCHES)
+        _mismatched(stats, offset, attempt)
     raise _corrupted(offset)
 
 
@@ -227,11 +224,16 @@ async def fetch_part(source: PartSource, file: PartFile, index: int, stats: Part
         if verified is not None:
             await _in_thread(writes, file.record, index, verified)
             return length
-        stats.refetched += 1
-        PARTS_REFETCHED.inc()
-        log.warning("part at %d does not match Telegram's hashes (fetch %d of %d)",
-                    offset, attempt, MAX_MISMATCHES)
+        _mismatched(stats, offset, attempt)
     raise _corrupted(offset)
+
+
+def _mismatched(stats: PartStats, offset: int, attempt: int) -> None:
+    """A part's bytes failed Telegram's hashes: counted, and fetched again."""
+    stats.refetched += 1
+    PARTS_REFETCHED.inc()
+    log.warning("part at %d does not match Telegram's hashes (fetch %d of %d)",
+                offset, attempt, MAX_MISMATCHES)
 
 
 def _corrupted(offset: int) -> PermanentError:

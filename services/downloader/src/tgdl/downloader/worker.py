@@ -432,11 +432,8 @@ class Worker:
         location = job.entry.location
         if not job.force and is_complete(final, job.entry.size):
             outcome = self._outcome(job, OutcomeStatus.completed, size=job.entry.size)
-            if self.files is not None and location is not None:
-                with contextlib.suppress(Exception):  # so its forwards link to it
-                    await self.files.complete(location.file_key, FileRecord(
-                        job_id=job.job_id, message_id=job.entry.message_id,
-                        relative_path=outcome.relative_path, size=outcome.size))
+            if self.files is not None and location is not None:  # so its forwards link to it
+                await self._record_complete(location.file_key, job, outcome)
             return outcome
         if self.files is None or location is None:
             return await self._download_file(job, running, attempt, final)
