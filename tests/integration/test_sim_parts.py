@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sim_helpers import FAST, running_sim
+from sim_helpers import FAST
 from waiting import until
 
 from tgdl.contracts.catalog import CatalogEntry
@@ -29,20 +29,6 @@ def largest() -> CatalogEntry:
     entry = max(healthy, key=lambda m: m.size or 0).to_entry()
     assert (entry.size or 0) > 2 * PART_SIZE
     return entry
-
-
-@pytest.fixture(scope="module")
-async def sim_server() -> AsyncIterator[str]:
-    async with running_sim() as base_url:
-        yield base_url
-
-
-@pytest.fixture
-async def sim(sim_server: str) -> str:
-    await client.clear_faults(sim_server)
-    await client.until_serving(sim_server, 0)
-    await client.reset_stats(sim_server)
-    return sim_server
 
 
 @pytest.fixture

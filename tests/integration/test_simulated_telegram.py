@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from sim_helpers import FAST, running_sim
+from sim_helpers import FAST
 
 from tgdl.contracts.catalog import CatalogEntry
 from tgdl.contracts.errors import ErrorCode
@@ -35,21 +35,6 @@ def _largest(rank: int = 0) -> CatalogEntry:
     entry = sorted(healthy, key=lambda e: e.size or 0, reverse=True)[rank]
     assert (entry.size or 0) > 3 * REQUEST  # several chunks, so streams stay open a while
     return entry
-
-
-@pytest.fixture(scope="module")
-async def sim_server() -> AsyncIterator[str]:
-    async with running_sim() as base_url:
-        yield base_url
-
-
-@pytest.fixture
-async def sim(sim_server: str) -> str:
-    """The module's server, with no faults and fresh counters."""
-    await client.clear_faults(sim_server)
-    await client.until_serving(sim_server, 0)
-    await client.reset_stats(sim_server)
-    return sim_server
 
 
 @pytest.fixture
