@@ -395,6 +395,29 @@ async def status_reader(s: Stack, live: list[str], done: asyncio.Event,
 
 
 STATUS_ROUTE = "/api/media/batch-status/{batch_id}"
+# A route the gateway answers with a 404 through the same middleware, without a query or
+# a body: what any request waits under the load, before the status read's own work.
+NO_WORK_ROUTE = "/api/media/no-such-route"
+PROBE_INTERVAL = 0.02  # s
+
+
+async def no_work_probe(s: Stack, done: asyncio.Event, latencies: list[float]) -> None:
+    """GET a route that does no work, every PROBE_INTERVAL until `done` (open loop, so the
+    probe adds the same small load however slow the answers are)."""
+    async def one() -> None:
+        t0 = time.perf_counter()
+        r = await s.http.get(NO_WORK_ROUTE)
+        latencies.append(time.perf_counter() - t0)
+        if r.status_code != 404:
+            raise RuntimeError(f"{NO_WORK_ROUTE}: {r.status_code}: {r.text[:200]}")
+
+    pending: set[asyncio.Task] = set()
+    while not done.is_set():
+        task = asyncio.create_task(one())
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+        await asyncio.sleep(PROBE_INTERVAL)  # a pace, not a wait for a condition
+    await asyncio.gather(*pending)
 
 
 async def gateway_status_buckets(s: Stack) -> dict[float, float]:
@@ -440,10 +463,12 @@ async def at_scale(srv: Servers, full: bool, readers: int = 8) -> list[Scenario]
         async with stack(srv, [TINY] * len(ids), INSTANT, downloaders=replicas,
                          extra={"TGDL_GLOBAL_CAP": str(cap)}) as s:
             latencies: list[float] = []
+            no_work: list[float] = []
             live: list[str] = []
             done = asyncio.Event()
             tasks = [asyncio.create_task(status_reader(s, live, done, latencies, i))
                      for i in range(readers)]
+            tasks.append(asyncio.create_task(no_work_probe(s, done, no_work)))
             before, served_before = s.cpu(), await gateway_status_buckets(s)
             try:
                 runs = await asyncio.gather(*(start_and_finish(s, c, live)
@@ -465,6 +490,9 @@ async def at_scale(srv: Servers, full: bool, readers: int = 8) -> list[Scenario]
                      "readers": readers, "status_reads": len(latencies),
                      "status_p50_ms": round(pct(latencies, 0.5) * 1000, 1),
                      "status_p99_ms": round(pct(latencies, 0.99) * 1000, 1),
+                     # the same wait for a request that costs the gateway no work
+                     "no_work_p50_ms": round(pct(no_work, 0.5) * 1000, 1),
+                     "no_work_p99_ms": round(pct(no_work, 0.99) * 1000, 1),
                      # the same reads as the gateway timed them itself (bucket bounds)
                      "gateway_status_p50_le_ms": _ms(bucket_quantile(served_before, served,
                                                                      0.5)),

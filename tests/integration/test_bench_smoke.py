@@ -77,6 +77,27 @@ def test_bench_report_says_what_the_throughput_goal_would_ask_of_each_process():
     assert "8 reads take about 53 ms" in text
 
 
+def test_bench_report_says_whether_a_request_without_work_already_misses_the_status_goal():
+    def text_for(no_work_p99: float) -> str:
+        rows = [{"replicas": 4, "global_cap": cap, "files": 2000, "wall_s": 40.0,
+                 "files_per_s": 50.0, "slot_ms_per_file": 160.0, "cpu_all_processes": 1.9,
+                 "readers": 8, "status_reads": 6000,
+                 "status_p50_ms": 50.0, "status_p99_ms": 150.0, "no_work_p50_ms": 12.0,
+                 "no_work_p99_ms": no_work_p99} for cap in (8, 16)]
+        scenario = bench_goals.Scenario(
+            "at_scale", "Throughput at scale", {"rows": rows},
+            [bench_goals.Target("files/s end to end with 4 replicas", 50.0, "", ">=", 300),
+             bench_goals.Target("batch-status p99 under that load", 150.0, " ms", "<=", 20)],
+            {"nats-server": 0.45, "gateway": 0.3})
+        assert "12.0 / " + str(no_work_p99) + " ms" in report._section("at_scale", scenario)
+        return report._measured_bounds("at_scale", scenario)
+
+    above = text_for(64.0)
+    assert "waited 12.0 ms at the median and 64.0 ms at p99" in above
+    assert "above the 20 ms goal, so no cheaper status read reaches it" in above
+    assert "a cheaper status read would move it" in text_for(15.0)
+
+
 def test_bench_report_splits_the_rows_into_progress_and_fixed_ones():
     scenario = bench_goals.Scenario(
         "write_amplification", "Write amplification", {
