@@ -36,6 +36,7 @@ from tgdl.projector.app import run as run_projector
 from tgdl.projector.projector import Delivery, ProjectionLocked, Projector
 from tgdl.projector.rebuild import catch_up, rebuild, stream_targets
 from tgdl.projector.settings import ProjectorSettings
+from tgdl.projector.sql import PositionsMoved, load_positions, save_positions
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -257,6 +258,35 @@ async def test_redeliveries_and_restarts_change_nothing(projector, feed, js, db,
         assert after["jobs"] == before["jobs"]
     finally:
         await restarted.stop()
+
+
+async def test_a_projector_whose_positions_another_moved_stops_without_writing(
+        projector, feed, js, db, settings):
+    """A projector whose lock's session was lost (a database restart) while another one took
+    the lock and wrote on must not write over that one's rows when its own database steps
+    succeed again: its next transaction finds the positions moved, rolls back, and the
+    projector stops for its supervisor (it then waits as the standby)."""
+    await start_two_batches(feed)
+    await catch_up(js, db, settings.names)
+    await db.execute("UPDATE projection_positions SET last_seq = last_seq + 100")  # the other
+    before = await dump(db)
+    await feed.events("b1", BatchFinished(batch_id="b1", at=at(9), overall_status="failed",
+                                          completed=0, failed=5))
+    with pytest.raises(ProjectionLocked, match="another projector wrote the read model"):
+        await asyncio.wait_for(projector.serve(asyncio.Event()), 30)
+    assert await dump(db) == before  # b1 is not finished: nothing was written
+
+
+async def test_positions_move_only_from_where_this_projector_left_them(db):
+    async with db.transaction():
+        await save_positions(db, {"S": 5, "T": 1}, {})
+    for held in ({}, {"S": 4}):  # stored by another first, or moved since
+        with pytest.raises(PositionsMoved):
+            async with db.transaction():
+                await save_positions(db, {"S": 9}, held)
+    async with db.transaction():
+        await save_positions(db, {"S": 9}, {"S": 5, "T": 1})
+    assert await load_positions(db) == {"S": 9, "T": 1}
 
 
 async def test_a_burst_of_progress_reaches_the_database_at_most_about_once_a_second(

@@ -35,6 +35,7 @@ from tgdl.projector.fold import ApplyProgress, Change, fold_event, fold_outcome,
 from tgdl.projector.settings import ProjectorSettings
 from tgdl.projector.snapshots import SnapshotPublisher
 from tgdl.projector.sql import (
+    PositionsMoved,
     apply_changes,
     load_positions,
     merge_jobs,
@@ -284,6 +285,9 @@ class Projector:
             try:
                 await step(*args)
                 return
+            except PositionsMoved as exc:  # never retried: it would write over the other's
+                raise ProjectionLocked(f"another projector wrote the read model ({exc}); "
+                                       "this one stops") from exc
             except Exception:
                 if self._stopping:
                     log.exception("giving up at shutdown; the next start resumes here")
@@ -328,7 +332,7 @@ class Projector:
             return 0
         async with self._pool.acquire() as conn, conn.transaction():
             written = await apply_changes(conn, changes)
-            await save_positions(conn, positions)
+            await save_positions(conn, positions, self.positions)
             touched = written.batches | await open_batches_of_jobs(conn, written.jobs)
         self.stats.transactions += 1
         for stream, n in applied.items():
@@ -374,7 +378,7 @@ class Projector:
             async with self._pool.acquire() as conn, conn.transaction():
                 changes = [ApplyProgress(p) for p in sorted(reports, key=lambda p: p.job_id)]
                 written = await merge_jobs(conn, changes)
-                await save_positions(conn, {stream: seq})
+                await save_positions(conn, {stream: seq}, self.positions)
                 touched = await open_batches_of_jobs(conn, written)
         except BaseException:
             self._progress.offer(seq, None)  # keep everything for the next attempt
