@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -28,6 +29,7 @@ from tgdl.contracts.status import Priority
 from tgdl.orchestrator.batch import (
     BatchState,
     Cancel,
+    CompleteCopy,
     FileState,
     Finish,
     MarkDispatched,
@@ -40,6 +42,7 @@ from tgdl.orchestrator.batch import (
     decide,
     fold,
     initial_state,
+    same_file_links,
 )
 
 AT = datetime(2026, 1, 1, tzinfo=UTC)
@@ -110,6 +113,36 @@ def test_nothing_to_download_finishes_at_start():
     events, s = run(initial_state, start([], done=[1, 2]))
     assert [type(e) for e in events] == [BatchStarted, BatchFinished]
     assert events[-1].overall_status == "completed" and s.closed
+
+
+def copy_of(m: int, other: int) -> CompleteCopy:
+    return CompleteCopy(same_file_as=other, source=f"{other}", size=1000,
+                        file_path=f"/m/{m}", relative_path=f"{m}")
+
+
+def test_a_file_another_message_holds_whole_is_done_at_start_in_request_order():
+    cmd = replace(start([5, 9, 7], done=[3]), copies={9: copy_of(9, 4)})
+    events, s = run(initial_state, cmd)
+    started = events[0]
+    assert [e.message_id for e in started.to_download] == [5, 7]
+    assert [(d.message_id, d.same_file_as) for d in started.already_downloaded] == [
+        (9, 4), (3, None)]  # request order: 5, 9, 7, then 3
+    assert started.already_downloaded[0].file_path == "/m/9"  # its own name, linked
+    assert [e.message_id for e in events if isinstance(e, PermitGranted)] == [5, 7]
+    assert s.completed_before == 2 and 9 not in s.files
+
+
+def test_force_or_a_download_under_way_leaves_a_copy_unused():
+    forced = replace(start([9]), force=True, copies={9: copy_of(9, 4)})
+    busy = replace(start([9]), already_downloading=[9], copies={9: copy_of(9, 4)})
+    for cmd in (forced, busy):
+        assert same_file_links(cmd) == {}
+        events, _ = run(initial_state, cmd)
+        assert [e.message_id for e in events[0].to_download] == [9]
+        assert events[0].already_downloaded == []
+    only_done = replace(start([9]), copies={9: copy_of(9, 4)})
+    events, _ = run(initial_state, only_done)
+    assert isinstance(events[-1], BatchFinished) and events[-1].completed == 1
 
 
 def test_cancel_stops_pending_and_running_and_keeps_completed():

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from tgdl.bus.samefile import link_or_copy
 from tgdl.contracts.catalog import CatalogEntry, FileLocation, MediaKind
 from tgdl.contracts.jobs import DownloadJob, FileRecord
 from tgdl.db.readmodel import file_status
-from tgdl.downloader.files import link_or_copy
 from tgdl.downloader.samefile import Fetch, LinkTo, WaitFor, choose
 
 OWN = "documents/9_1009_a.pdf"

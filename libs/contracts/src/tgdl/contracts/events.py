@@ -34,6 +34,10 @@ class AlreadyDownloaded(BaseModel):
     file_path: str
     relative_path: str
     size: int
+    # Not on disk under its own name at the start, but the same Telegram file was, for
+    # that message: linked to it then (as FileCompleted.same_file_as). Added with a
+    # default, so older events read as they are.
+    same_file_as: int | None = None
 
 
 class BatchStarted(_Event):

@@ -7,13 +7,11 @@ so the rename itself survives a power cut).
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
 
 from tgdl.contracts.paths import PART_SUFFIX
 
@@ -120,47 +118,6 @@ class SizeMismatch(Exception):
         super().__init__(f"expected {expected} bytes, got {actual}")
         self.expected = expected
         self.actual = actual
-
-
-# Why os.link may refuse where a copy works: another file system (EXDEV), one without hard
-# links (EPERM, ENOTSUP on some network and FAT file systems), too many links (EMLINK).
-_NO_LINK = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP,
-            errno.EACCES}
-
-
-def link_or_copy(source: Path, final: Path) -> Literal["hard_link", "copy"]:
-    """Give `final` the finished file at `source`: a hard link (no bytes copied, the same
-    inode), or a copy where links are impossible. Like a download, it appears under its
-    final name only complete (made under a .part name, fsynced, renamed); `source` is
-    never written, so neither name can ever see the other change (blocking: run it in a
-    thread)."""
-    if source.is_symlink() or not source.is_file():
-        raise FileNotFoundError(f"{source} is not a finished file")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    temp = final.with_name(final.name + ".link" + PART_SUFFIX)
-    temp.unlink(missing_ok=True)
-    how: Literal["hard_link", "copy"] = "hard_link"
-    try:
-        os.link(source, temp, follow_symlinks=False)
-    except OSError as exc:
-        if exc.errno not in _NO_LINK:
-            raise
-        how = "copy"
-        try:
-            with source.open("rb") as src, open(temp, "xb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
-                dst.flush()
-                os.fsync(dst.fileno())
-        except BaseException:
-            temp.unlink(missing_ok=True)
-            raise
-    os.replace(temp, final)
-    dir_fd = os.open(final.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return how
 
 
 def discard_part(final: Path) -> None:

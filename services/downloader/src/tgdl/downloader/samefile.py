@@ -8,8 +8,8 @@ the file it names, whether its holder stopped refreshing it) and carries the cho
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import PurePosixPath
 
+from tgdl.bus.samefile import complete_copy
 from tgdl.contracts.jobs import DownloadJob, FileRecord
 
 
@@ -36,28 +36,20 @@ class WaitFor:
 Choice = Fetch | LinkTo | WaitFor
 
 
-def usable_source(relative: str) -> bool:
-    """A recorded path is only ever one we wrote; still, never follow one out of the
-    media root."""
-    path = PurePosixPath(relative)
-    return not path.is_absolute() and ".." not in path.parts and bool(path.parts)
-
-
 def choose(job: DownloadJob, own_path: str, record: FileRecord | None,
            source_size: int | None, holder_gone: bool, waited_for: str | None = None
            ) -> Choice:
     """`own_path`: where this job's file goes. `source_size`: the size of the file the
-    record names, if it exists (None otherwise). `holder_gone`: the record of a job in
-    progress was not refreshed for longer than a live job ever leaves it. `waited_for`:
-    the job this one waited for (its result is fresh, even for a job with `force`)."""
+    record names, if it exists (`tgdl.bus.samefile.copy_size`). `holder_gone`: the
+    record of a job in progress was not refreshed for longer than a live job ever leaves
+    it. `waited_for`: the job this one waited for (its result is fresh, even for a job
+    with `force`)."""
     if record is None:
         return Fetch()
     if record.relative_path is not None:  # complete somewhere
-        expected = job.entry.size if job.entry.size is not None else record.size
         stale_for_force = job.force and record.job_id != waited_for
-        if (stale_for_force or record.relative_path == own_path  # ours, gone: fetch again
-                or not usable_source(record.relative_path)
-                or source_size is None or source_size != expected):
+        if stale_for_force or not complete_copy(record, own_path, job.entry.size,
+                                                source_size):
             return Fetch()
         return LinkTo(record.relative_path, record.message_id)
     if record.job_id == job.job_id or holder_gone:

@@ -22,7 +22,7 @@ from typing import Protocol
 
 from tgdl.bus.jobs import JobLifecycle
 from tgdl.bus.leases import Rejoined
-from tgdl.bus.samefile import FileRecords
+from tgdl.bus.samefile import FileRecords, copy_size, link_or_copy
 from tgdl.contracts.errors import ErrorCode, Failure
 from tgdl.contracts.jobs import (
     DownloadJob,
@@ -42,7 +42,6 @@ from tgdl.downloader.files import (
     free_bytes,
     is_complete,
     kept_bytes,
-    link_or_copy,
     part_path,
     store_whole,
 )
@@ -497,9 +496,7 @@ class Worker:
                 seen, since = revision, time.monotonic()
             source_size = None
             if record is not None and record.relative_path is not None:
-                with contextlib.suppress(OSError):
-                    source = self.s.media_root / record.relative_path
-                    source_size = None if source.is_symlink() else source.stat().st_size
+                source_size = copy_size(self.s.media_root, record.relative_path)
             gone = time.monotonic() - since > self._holder_timeout
             match choose(job, own, record, source_size, gone, waited_for):
                 case LinkTo(relative_path=source, message_id=other):

@@ -25,6 +25,7 @@ from tgdl.bus.broker import Message as NatsMessage
 from tgdl.bus.eventlog import EventLog, LogFull
 from tgdl.bus.jobs import BrokerPublisher, JobLifecycle
 from tgdl.bus.leases import Leases
+from tgdl.bus.samefile import FileRecords
 from tgdl.bus.topology import verify_topology
 from tgdl.contracts.commands import (
     BatchAccepted,
@@ -289,6 +290,7 @@ class OrchestratorService:
                 open_batches=await OpenBatches.open(js, names),
                 catalog=PgCatalog(pool),
                 clock=SystemClock(),
+                files=await FileRecords.open(js, names),
             ))
             metrics.GLOBAL_CAP.set(s.global_cap)
             log.info("recovered %d open batches", await orch.recover())

@@ -2,7 +2,9 @@
 
 Pure: no I/O, no clock (commands carry the time). Every rule of a batch lives here:
 permits never exceed ``max_concurrent``, a file is granted once, cancel stops what is
-pending or running and keeps what completed, and the batch finishes exactly once. A
+pending or running and keeps what completed, and the batch finishes exactly once. A file
+whose Telegram file another message's copy holds whole is done at the start, linked to
+that copy, unless the batch forces (`same_file_links`). A
 paused batch grants nothing: its running files give their permits back (and keep their
 bytes on disk) until it is resumed; a new `max_concurrent` applies to the next grants.
 A new priority applies to the batch's jobs that have not started (where they wait, and in
@@ -99,6 +101,19 @@ initial_state = BatchState()
 
 
 @dataclass(frozen=True)
+class CompleteCopy:
+    """A fact for `Start`: the message's Telegram file is whole on disk at `source` (under
+    the media root), as message `same_file_as`'s file (`tgdl.bus.samefile.complete_copy`);
+    a link to it gives the message its own file at `file_path` / `relative_path`."""
+
+    same_file_as: int
+    source: str
+    size: int
+    file_path: str
+    relative_path: str
+
+
+@dataclass(frozen=True)
 class Start:
     batch_id: str
     kind: BatchKind
@@ -113,6 +128,10 @@ class Start:
     name_template: str | None = None
     rule_id: str | None = None  # the watch rule that started it
     priority: Priority = Priority.normal
+    # Of to_download: messages whose Telegram file another message's copy holds (the
+    # handler links those `same_file_links` picks before it appends the start).
+    copies: Mapping[int, CompleteCopy] = field(
+        default_factory=lambda: MappingProxyType({}))
 
 
 @dataclass(frozen=True)
@@ -183,12 +202,34 @@ def job_id_for(batch_id: str, message_id: int, grant: int = 1) -> str:
     return f"{batch_id}:{message_id}" if grant <= 1 else f"{batch_id}:{message_id}:{grant}"
 
 
+def same_file_links(cmd: Start) -> dict[int, CompleteCopy]:
+    """The files of a start that need no download: another message's whole copy of the
+    same Telegram file gives them theirs. Not with `force` (fresh bytes), nor for a file
+    some job downloads right now (the batch joins that job, which links it itself)."""
+    if cmd.force:
+        return {}
+    busy = set(cmd.already_downloading)
+    return {e.message_id: cmd.copies[e.message_id] for e in cmd.to_download
+            if e.message_id in cmd.copies and e.message_id not in busy}
+
+
+def _already_downloaded(cmd: Start, linked: Mapping[int, CompleteCopy]
+                        ) -> list[AlreadyDownloaded]:
+    done = [*cmd.already_downloaded, *(
+        AlreadyDownloaded(message_id=m, file_path=c.file_path, relative_path=c.relative_path,
+                          size=c.size, same_file_as=c.same_file_as)
+        for m, c in linked.items())]
+    position = {m: i for i, m in enumerate(cmd.requested_ids)}
+    return sorted(done, key=lambda d: position.get(d.message_id, len(position)))
+
+
 # --- decide ------------------------------------------------------------------------------
 
 
 def decide(cmd: Command, s: BatchState) -> list[BatchEvent]:
     match cmd:
         case Start() if not s.exists:
+            linked = same_file_links(cmd)
             started = BatchStarted(
                 batch_id=cmd.batch_id,
                 at=cmd.at,
@@ -196,8 +237,8 @@ def decide(cmd: Command, s: BatchState) -> list[BatchEvent]:
                 max_concurrent=cmd.max_concurrent,
                 force=cmd.force,
                 requested_ids=cmd.requested_ids,
-                to_download=cmd.to_download,
-                already_downloaded=cmd.already_downloaded,
+                to_download=[e for e in cmd.to_download if e.message_id not in linked],
+                already_downloaded=_already_downloaded(cmd, linked),
                 failed_to_start=cmd.failed_to_start,
                 already_downloading=cmd.already_downloading,
                 name_template=cmd.name_template,

@@ -13,10 +13,12 @@ import contextlib
 import logging
 import uuid
 from collections.abc import Iterable
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
 from tgdl.bus.eventlog import LogFull
+from tgdl.bus.samefile import complete_copy, copy_size, link_or_copy
 from tgdl.contracts.catalog import CatalogEntry
 from tgdl.contracts.commands import (
     BatchAccepted,
@@ -51,11 +53,13 @@ from tgdl.orchestrator import metrics
 from tgdl.orchestrator.batch import (
     BatchState,
     Cancel,
+    CompleteCopy,
     Pause,
     Resume,
     SetMaxConcurrent,
     Start,
     fold,
+    same_file_links,
 )
 from tgdl.orchestrator.batch import SetPriority as ChangePriority
 from tgdl.orchestrator.executor import Executor
@@ -116,10 +120,25 @@ class Orchestrator:
         template = cmd.name_template or self.settings.name_template  # fixed from here on
         leased = {m for m, lease in zip(ids, held, strict=True)
                   if lease is not None and m in entries}
+        sizes = _sizes_on_disk(entries.values(), media_root, template)
         triage = triage_request(
-            ids, entries, _sizes_on_disk(entries.values(), media_root, template), media_root,
-            cmd.force, narrowed(self.settings.allowed_chat_set, cmd.chats), leased, template,
+            ids, entries, sizes, media_root, cmd.force,
+            narrowed(self.settings.allowed_chat_set, cmd.chats), leased, template,
         )
+        first = Start(
+            batch_id=batch_id, kind=cmd.kind, max_concurrent=cmd.max_concurrent,
+            force=cmd.force, requested_ids=ids, to_download=triage.to_download,
+            already_downloaded=triage.already_downloaded,
+            failed_to_start=triage.failed_to_start,
+            already_downloading=triage.already_downloading, at=self.ports.clock.now(),
+            name_template=template,
+            rule_id=cmd.rule_id,
+            priority=cmd.priority,
+            copies=await self._complete_copies(triage.to_download, template),
+        )
+        # The files the decider takes as done through another message's copy get theirs
+        # before the start is recorded: no status ever names a file not yet there.
+        first = replace(first, copies=await self._link(same_file_links(first)))
         listed = True
         while True:
             if not listed:  # the id drawn was taken: draw another
@@ -129,16 +148,7 @@ class Orchestrator:
                 batch_id = new_batch_id(cmd.kind)
                 await self.ports.open_batches.add(batch_id)  # listed before it exists
             listed = False
-            start = Start(
-                batch_id=batch_id, kind=cmd.kind, max_concurrent=cmd.max_concurrent,
-                force=cmd.force, requested_ids=ids, to_download=triage.to_download,
-                already_downloaded=triage.already_downloaded,
-                failed_to_start=triage.failed_to_start,
-                already_downloading=triage.already_downloading, at=self.ports.clock.now(),
-                name_template=template,
-                rule_id=cmd.rule_id,
-                priority=cmd.priority,
-            )
+            start = replace(first, batch_id=batch_id, at=self.ports.clock.now())
             try:
                 events, _, after = await self.repo.execute(batch_id, start)
             except LogFull as exc:  # the start and its grants are one message: none stored
@@ -151,27 +161,55 @@ class Orchestrator:
                 log.warning("batch %s started, but its log is full; dispatch waits", batch_id)
             if events:
                 break  # (nothing appended means the id was taken: draw another)
-        return BatchAccepted(
-            batch_id=batch_id, requested_ids=ids,
-            started=[e.message_id for e in triage.to_download],
-            already_downloaded=[d.message_id for d in triage.already_downloaded],
-            already_downloading=triage.already_downloading,
-            failed_to_start=triage.failed_to_start,
-        )
+        return _accepted(next(e for e in events if isinstance(e, BatchStarted)))
 
     async def _started(self, batch_id: str) -> BatchAccepted | None:
         """How the batch under this id was accepted, if it exists."""
         events, _ = await self.repo.history(batch_id)
         start = next((e for e in events if isinstance(e, BatchStarted)), None)
-        if start is None:
-            return None
-        return BatchAccepted(
-            batch_id=batch_id, requested_ids=start.requested_ids,
-            started=[e.message_id for e in start.to_download],
-            already_downloaded=[d.message_id for d in start.already_downloaded],
-            already_downloading=start.already_downloading,
-            failed_to_start=start.failed_to_start,
-        )
+        return None if start is None else _accepted(start)
+
+    async def _complete_copies(self, entries: list[CatalogEntry], template: str | None
+                               ) -> dict[int, CompleteCopy]:
+        """The facts for `Start.copies`: which of these messages' Telegram files are whole
+        on disk under another message's name (a record alone is not enough)."""
+        files = self.ports.files
+        wanted = [e for e in entries if e.location is not None]
+        if files is None or not wanted:
+            return {}
+        records = await asyncio.gather(
+            *(files.get(e.location.file_key) for e in wanted if e.location is not None))
+        media_root = self.settings.media_root
+        copies: dict[int, CompleteCopy] = {}
+        for entry, found in zip(wanted, records, strict=True):
+            record = found[0] if found is not None else None
+            if record is None or record.relative_path is None:
+                continue
+            own = str(relative_path(entry, template))
+            size = await asyncio.to_thread(copy_size, media_root, record.relative_path)
+            if size is not None and complete_copy(record, own, entry.size, size):
+                copies[entry.message_id] = CompleteCopy(
+                    same_file_as=record.message_id, source=record.relative_path, size=size,
+                    file_path=str(media_root / own), relative_path=own)
+        return copies
+
+    async def _link(self, copies: dict[int, CompleteCopy]) -> dict[int, CompleteCopy]:
+        """Link (or copy) each message's file to its copy; returns those now on disk (the
+        others are downloaded: their copy went away meanwhile, or the disk refused)."""
+        media_root = self.settings.media_root
+
+        async def link(m: int, c: CompleteCopy) -> bool:
+            try:
+                how = await asyncio.to_thread(
+                    link_or_copy, media_root / c.source, media_root / c.relative_path)
+            except OSError as exc:
+                log.warning("message %d: could not link message %d's copy of the same "
+                            "file (%s); it is downloaded", m, c.same_file_as, exc)
+                return False
+            log.info("message %d: the same file as message %d (%s)", m, c.same_file_as, how)
+            return True
+        done = await asyncio.gather(*(link(m, c) for m, c in copies.items()))
+        return {m: c for (m, c), ok in zip(copies.items(), done, strict=True) if ok}
 
     async def cancel_batch(self, cmd: CancelBatch) -> BatchCancelOutcome | Rejection:
         events, before, _ = await self.executor.decide(
@@ -277,6 +315,16 @@ class Orchestrator:
             if state.exists and not state.closed:
                 only = {m for b, m in ready if b == batch_id}
                 await self.executor.carry_out(resume(state, self.ports.clock.now(), only))
+
+
+def _accepted(start: BatchStarted) -> BatchAccepted:
+    return BatchAccepted(
+        batch_id=start.batch_id, requested_ids=start.requested_ids,
+        started=[e.message_id for e in start.to_download],
+        already_downloaded=[d.message_id for d in start.already_downloaded],
+        already_downloading=start.already_downloading,
+        failed_to_start=start.failed_to_start,
+    )
 
 
 def _not_found(batch_id: str) -> Rejection:

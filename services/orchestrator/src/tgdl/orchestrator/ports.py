@@ -15,7 +15,7 @@ from typing import Protocol
 from tgdl.bus.leases import Acquired
 from tgdl.contracts.catalog import CatalogEntry
 from tgdl.contracts.events import BatchEvent
-from tgdl.contracts.jobs import DownloadJob, DownloadOutcome, Lease
+from tgdl.contracts.jobs import DownloadJob, DownloadOutcome, FileRecord, Lease
 from tgdl.contracts.status import Priority
 
 
@@ -79,6 +79,13 @@ class Catalog(Protocol):
     async def get_many(self, ids: Sequence[int]) -> Mapping[int, CatalogEntry]: ...
 
 
+class FileRecordBook(Protocol):
+    """Where Telegram files are complete, by `FileLocation.file_key`
+    (`tgdl.bus.samefile.FileRecords`)."""
+
+    async def get(self, key: str) -> tuple[FileRecord, int] | None: ...
+
+
 class Clock(Protocol):
     def now(self) -> datetime: ...
 
@@ -92,3 +99,4 @@ class Ports:
     open_batches: OpenBatchIndex
     catalog: Catalog
     clock: Clock
+    files: FileRecordBook | None = None  # None: no file is linked at the start

@@ -255,7 +255,7 @@ def _started(e: BatchStarted) -> InsertBatch:
         rows[done.message_id] = FileRow(
             e.batch_id, done.message_id, 0, FileStatus.completed, total_size=done.size,
             file_path=done.file_path, relative_path=done.relative_path,
-            already_downloaded=True,
+            already_downloaded=True, same_file_as=done.same_file_as,
         )
     for failure in e.failed_to_start:
         rows[failure.message_id] = FileRow(
