@@ -90,6 +90,9 @@ def test_finished_files_live_on_one_shared_media_volume(compose: dict[str, Any])
     for reader in ("gateway", "orchestrator"):
         assert mounts(services[reader]).get(next(iter(volume))) == media_root
         assert services[reader]["environment"]["TGDL_MEDIA_ROOT"] == media_root
+    # the orchestrator links a forward of a file already there at the start: it writes
+    assert not any(v.endswith(":ro") for v in services["orchestrator"]["volumes"])
+    assert all(v.endswith(":ro") for v in services["gateway"]["volumes"])
 
 
 def test_services_share_the_servers_and_the_gateway_is_published(
