@@ -46,7 +46,7 @@ from tgdl.contracts.events import (
     BatchStarted,
     PermitGranted,
 )
-from tgdl.contracts.jobs import DownloadOutcome
+from tgdl.contracts.jobs import DownloadOutcome, FileRecord
 from tgdl.contracts.paths import relative_path
 from tgdl.contracts.status import BatchKind
 from tgdl.orchestrator import metrics
@@ -106,11 +106,16 @@ class Orchestrator:
             if started is not None:
                 return started
         batch_id = cmd.batch_id or new_batch_id(cmd.kind)
-        # One round trip for all of it: the catalog, the lease of every id, and listing
-        # the batch before it exists (so a restart finds it; an unused listing is removed).
+        # One round trip for all of it: the catalog (then the records of its files), the
+        # lease of every id, and listing the batch before it exists (so a restart finds it;
+        # an unused listing is removed).
+        async def entries_and_records():
+            entries = await self.ports.catalog.get_many(ids)
+            return entries, await self._records(entries.values(), cmd.force)
+
         try:
-            entries, _, *held = await asyncio.gather(
-                self.ports.catalog.get_many(ids), self.ports.open_batches.add(batch_id),
+            (entries, records), _, *held = await asyncio.gather(
+                entries_and_records(), self.ports.open_batches.add(batch_id),
                 *(self.ports.leases.get(m) for m in ids))
         except Exception:
             with contextlib.suppress(Exception):
@@ -134,7 +139,7 @@ class Orchestrator:
             name_template=template,
             rule_id=cmd.rule_id,
             priority=cmd.priority,
-            copies=await self._complete_copies(triage.to_download, template),
+            copies=await self._complete_copies(triage.to_download, records, template),
         )
         # The files the decider takes as done through another message's copy get theirs
         # before the start is recorded: no status ever names a file not yet there.
@@ -169,20 +174,28 @@ class Orchestrator:
         start = next((e for e in events if isinstance(e, BatchStarted)), None)
         return None if start is None else _accepted(start)
 
-    async def _complete_copies(self, entries: list[CatalogEntry], template: str | None
+    async def _records(self, entries: Iterable[CatalogEntry], force: bool
+                       ) -> dict[int, FileRecord]:
+        """The file records of these messages' Telegram files that name a complete copy
+        (none with `force`: the decider links nothing then)."""
+        files = self.ports.files
+        wanted = [e for e in entries if e.location is not None]
+        if files is None or force or not wanted:
+            return {}
+        found = await asyncio.gather(
+            *(files.get(e.location.file_key) for e in wanted if e.location is not None))
+        return {e.message_id: got[0] for e, got in zip(wanted, found, strict=True)
+                if got is not None and got[0].relative_path is not None}
+
+    async def _complete_copies(self, entries: list[CatalogEntry],
+                               records: dict[int, FileRecord], template: str | None
                                ) -> dict[int, CompleteCopy]:
         """The facts for `Start.copies`: which of these messages' Telegram files are whole
         on disk under another message's name (a record alone is not enough)."""
-        files = self.ports.files
-        wanted = [e for e in entries if e.location is not None]
-        if files is None or not wanted:
-            return {}
-        records = await asyncio.gather(
-            *(files.get(e.location.file_key) for e in wanted if e.location is not None))
         media_root = self.settings.media_root
         copies: dict[int, CompleteCopy] = {}
-        for entry, found in zip(wanted, records, strict=True):
-            record = found[0] if found is not None else None
+        for entry in entries:
+            record = records.get(entry.message_id)
             if record is None or record.relative_path is None:
                 continue
             own = str(relative_path(entry, template))
