@@ -19,7 +19,7 @@ SNAPSHOT = {
                "1 waiting for its turn",
     "files": [
         {"message_id": 12, "status": "completed", "progress": 100, "total_size": 2_000_000,
-         "download_url": "/media/photos/12_a.jpg"},
+         "file_path": "media/photos/12_a.jpg", "download_url": "/media/photos/12_a.jpg"},
         {"message_id": 15, "status": "downloading", "progress": 40, "downloaded_size": 400_000,
          "total_size": 1_000_000, "download_speed": 1_200_000,
          "estimated_time_remaining": 1},
@@ -71,7 +71,7 @@ def test_without_a_terminal_each_change_is_one_line():
               "detail": "the message was deleted", "suggestion": "Refresh the list."}
     view.update({**SNAPSHOT, "files": [*SNAPSHOT["files"][:3], failed]})
     assert out.getvalue().splitlines() == [
-        "✓ #12 completed  2.0 MB  /media/photos/12_a.jpg",
+        "✓ #12 completed  2.0 MB  media/photos/12_a.jpg",  # where it is on disk
         "↓ #15 downloading  1.0 MB",
         "… #16 paused by a Telegram rate limit, resumes in 30s",
         "✗ #31 failed: message_deleted: the message was deleted",

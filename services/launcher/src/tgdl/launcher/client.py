@@ -25,7 +25,14 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from tgdl.launcher.progress import LineView, LiveView, View, human_size, human_time
+from tgdl.launcher.progress import (
+    LineView,
+    LiveView,
+    View,
+    human_size,
+    human_time,
+    saved_at,
+)
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 POLL_SECONDS = 1.0  # status polling when the event stream is not available
@@ -394,7 +401,7 @@ def status(api: Api, console: Console, args: argparse.Namespace) -> int:
                   box=None, header_style="bold")
     for f in body["files"]:
         speed = f.get("download_speed")
-        reason = f.get("download_url") or (
+        reason = saved_at(f) or (
             f"{f['error']}: {f.get('detail') or ''}" if f.get("error") else "")
         if f["status"] == "waiting" and f.get("wait_seconds") is not None:
             reason = f"Telegram rate limit: resumes in {human_time(f['wait_seconds'])}"

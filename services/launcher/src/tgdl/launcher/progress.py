@@ -67,11 +67,17 @@ def batch_totals(snapshot: Snapshot) -> tuple[int, int | None, int]:
     return done, total, speed
 
 
+def saved_at(f: dict[str, Any]) -> str:
+    """Where a completed file is: its path on the machine that downloaded it (what a
+    terminal user opens), else the gateway's URL path for it."""
+    return f.get("file_path") or f.get("download_url") or ""
+
+
 def file_line(f: dict[str, Any]) -> str | None:
     """What a file's arrival at a new status says, in one line (None: nothing to say)."""
     m, status = f["message_id"], f["status"]
     if status == "completed":
-        where = f.get("download_url") or f.get("file_path") or ""
+        where = saved_at(f)
         kept = (f" (the same file as #{f['same_file_as']}, linked)" if f.get("same_file_as")
                 else " (already there)" if f.get("already_downloaded") else "")
         return f"✓ #{m} completed{kept}  {human_size(f.get('total_size'))}  {where}".rstrip()
