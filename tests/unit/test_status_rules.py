@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from tgdl.contracts.commands import BatchAccepted
 from tgdl.db.readmodel import batch_status_of, file_body, file_status, status_body, summary_sentence
+from tgdl.gateway.batches import start_message
 
 
 def file_row(m: int = 1, status: str = "pending", **extra) -> dict:
@@ -215,3 +217,15 @@ def test_a_completed_file_says_whether_its_bytes_matched_telegrams_hashes():
     assert (unverified.status, unverified.hash_verified) == ("completed", False)
     already = file_status(file_row(3, "completed", already_downloaded=True), None)
     assert already.hash_verified is None and already.already_downloaded
+
+
+def test_the_start_message_counts_files_in_plain_words():
+    def accepted(requested: list[int], started: list[int], done: list[int]) -> BatchAccepted:
+        return BatchAccepted(batch_id="b", requested_ids=requested, started=started,
+                             already_downloaded=done, already_downloading=[],
+                             failed_to_start=[])
+
+    assert start_message(accepted([1], [], [1])) == (
+        "Batch download started with 1 file: 0 to download, 1 already downloaded")
+    assert start_message(accepted([1, 2, 3], [1, 2, 3], [])) == (
+        "Batch download started with 3 files: 3 to download")

@@ -127,7 +127,8 @@ def file_status(file: Row, job: Row | None) -> FileStatusBody:
     )
 
 
-def _files(n: int) -> str:
+def n_files(n: int) -> str:
+    """'1 file', '3 files'."""
     return f"{n} file" if n == 1 else f"{n} files"
 
 
@@ -138,12 +139,12 @@ def summary_sentence(overall: OverallStatus, total: int, counts: Mapping[FileSta
 
     F = FileStatus
     if overall is OverallStatus.cancelled:
-        parts = [f"Cancelled: {_files(c(F.completed))} completed"]
+        parts = [f"Cancelled: {n_files(c(F.completed))} completed"]
         if c(F.failed):
             parts.append(f"{c(F.failed)} failed")
         parts.append(f"{c(F.cancelled)} stopped")
         return ", ".join(parts)
-    parts = [f"{c(F.completed)} of {_files(total)} completed"]
+    parts = [f"{c(F.completed)} of {n_files(total)} completed"]
     if overall is OverallStatus.paused:
         parts[0] = f"Paused: {parts[0]}"
     if c(F.paused):

@@ -26,7 +26,7 @@ from tgdl.contracts.commands import (
     StartBatch,
 )
 from tgdl.db import readmodel
-from tgdl.db.readmodel import snapshot_json
+from tgdl.db.readmodel import n_files, snapshot_json
 from tgdl.gateway.errors import ApiError
 from tgdl.gateway.idempotency import IdempotencyKey
 from tgdl.gateway.services import Services, caller_chats, services
@@ -68,7 +68,7 @@ def start_message(accepted: BatchAccepted) -> str:
                      "(shared)")
     if accepted.failed_to_start:
         parts.append(f"{len(accepted.failed_to_start)} could not start")
-    return (f"Batch download started with {len(accepted.requested_ids)} files: "
+    return (f"Batch download started with {n_files(len(accepted.requested_ids))}: "
             f"{', '.join(parts)}")
 
 
