@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import sys
 
+from tgdl.runtime import setup_logging
 from tgdl.runtime.quiet import QuietLogs
 
 
@@ -68,3 +69,17 @@ def test_faststreams_own_connection_lines_are_left_to_the_bus():
                                    name="tgdl.faststream"))
     assert not quiet.filter(record("callback for Task-17 is being executed...", logging.INFO,
                                    name="tgdl.faststream"))
+
+
+def test_a_service_does_not_log_each_http_request_it_makes():
+    root, httpx_log = logging.getLogger(), logging.getLogger("httpx")
+    levels = root.level, httpx_log.level
+    try:
+        root.setLevel(logging.INFO)  # as a service runs (pytest's own setup says WARNING)
+        setup_logging()
+        assert root.isEnabledFor(logging.INFO)
+        assert not httpx_log.isEnabledFor(logging.INFO)  # "HTTP Request: GET ..." each time
+        assert httpx_log.isEnabledFor(logging.WARNING)
+    finally:
+        root.setLevel(levels[0])
+        httpx_log.setLevel(levels[1])

@@ -29,6 +29,9 @@ def setup_logging(level: int = logging.INFO) -> None:
     """One format for every service (one JSON object per line with TGDL_LOG_FORMAT=json);
     expected network errors without tracebacks and repeats summarised (see `QuietLogs`)."""
     logging.basicConfig(level=level, format=LOG_FORMAT)
+    # httpx says every request at INFO: a line per part and per hash a downloader asks for,
+    # and one per catalog poll, forever. Its warnings and errors still show.
+    logging.getLogger("httpx").setLevel(max(level, logging.WARNING))
     quiet = QuietLogs()
     for handler in logging.getLogger().handlers:
         if json_logs():
