@@ -71,6 +71,36 @@ def test_faststreams_own_connection_lines_are_left_to_the_bus():
                                    name="tgdl.faststream"))
 
 
+def raised_in(function: str, filename: str, exc: BaseException) -> BaseException:
+    """`exc` as raised inside a function of that name in a module at that path."""
+    code = compile(f"def {function}(exc):\n    raise exc\n", filename, "exec")
+    scope: dict = {}
+    exec(code, scope)
+    try:
+        scope[function](exc)
+    except BaseException as raised:
+        return raised
+    raise AssertionError("not raised")
+
+
+def restarted(exc: BaseException) -> logging.LogRecord:
+    return logging.LogRecord("tgdl.faststream", logging.ERROR, __file__, 1,
+                             "Task-5 raised an exception, retrying...", None,
+                             (type(exc), exc, exc.__traceback__))
+
+
+def test_a_consumer_restarted_after_a_fetch_that_found_nothing_is_not_an_outage():
+    # nats-py's pull fetch ending with a plain TimeoutError (FastStream restarts the task)
+    fetch = "/venv/lib/python3.11/site-packages/nats/js/client.py"
+    assert not QuietLogs().filter(restarted(raised_in("_fetch_n", fetch, TimeoutError())))
+    # the same exception anywhere else, or a lost connection, is still said
+    assert QuietLogs().filter(restarted(raised_in("request", fetch, TimeoutError())))
+    lost = QuietLogs()
+    record_ = restarted(raised_in("_fetch_n", fetch, ConnectionRefusedError(111, "refused")))
+    assert lost.filter(record_)
+    assert record_.getMessage().startswith("a consumer task met a lost connection")
+
+
 def test_a_service_does_not_log_each_http_request_it_makes():
     root, httpx_log = logging.getLogger(), logging.getLogger("httpx")
     levels = root.level, httpx_log.level
