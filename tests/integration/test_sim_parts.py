@@ -139,5 +139,27 @@ async def test_connections_beyond_the_accounts_limit_get_a_flood_wait(tg, sim):
         await asyncio.gather(*first, return_exceptions=True)
 
 
+async def _serving(sim: str, count: int) -> bool:
+    return (await client.stats(sim))["serving"] == count
+
+
 async def _streams(sim: str, count: int) -> bool:
     return (await client.stats(sim))["connections"] == count  # streams, as stats counts
+
+
+async def test_a_slow_range_trickles_while_the_others_come_at_speed(tg, sim):
+    entry = largest()
+    await client.set_faults(sim, slow={"message_id": entry.message_id, "offset": PART_SIZE,
+                                       "bandwidth": 5_000})
+    media = await tg.resolve(entry)
+    async with tg.parts(media) as source:
+        held = asyncio.create_task(source.read(PART_SIZE, PART_SIZE))
+        await until(lambda: _serving(sim, 1), 5, what="the slow range answering")
+        first = await source.read(0, PART_SIZE)  # unpaced: at once
+        assert first == content.read(entry.message_id, entry.size, 0, PART_SIZE)
+        assert not held.done() and (await client.stats(sim))["serving"] == 1
+        held.cancel()
+        await asyncio.gather(held, return_exceptions=True)
+        # the fault was the next request's at that offset: the one after comes at speed
+        again = await source.read(PART_SIZE, PART_SIZE)
+    assert again == content.read(entry.message_id, entry.size, PART_SIZE, PART_SIZE)

@@ -147,7 +147,8 @@ class Simulator:
 
     async def stream(self, message: SimMessage, offset: int, drop_after: int | None,
                      end: int | None = None, corrupt: bool = False,
-                     connection: str | None = None) -> AsyncIterator[bytes]:
+                     connection: str | None = None, slow: int | None = None
+                     ) -> AsyncIterator[bytes]:
         """The message's bytes from `offset` to `end`, paced per connection and per
         account; counted as serving while open. The server cancels this generator as soon
         as the client disconnects, so `finally` runs promptly."""
@@ -158,14 +159,16 @@ class Simulator:
         self._open[key] += 1
         try:
             pacer = self._pacer(connection)
+            limits = [(pacer, self.bandwidth), (self.account_pacer, self.account_bandwidth)]
+            if slow is not None:  # this answer alone trickles
+                limits.append((_Pacer(), slow))
             sent = 0
             for piece in _pieces(message.file_id, end, offset):  # a forward: its file's bytes
                 cut = drop_after is not None and sent + len(piece) >= drop_after
                 if cut:
                     piece = piece[: drop_after - sent]
                 if piece:
-                    await _paced(len(piece), (pacer, self.bandwidth),
-                                 (self.account_pacer, self.account_bandwidth))
+                    await _paced(len(piece), *limits)
                     if corrupt and sent == 0:
                         piece = bytes([piece[0] ^ 0xFF]) + piece[1:]
                     yield piece
@@ -293,7 +296,8 @@ async def message_content(request: Request) -> Response:
     end = min(message.size, offset + limit) if limit else message.size
     return StreamingResponse(
         sim.stream(message, offset, drop_after, end,
-                   sim.faults.take_corrupt(message.message_id, offset), connection),
+                   sim.faults.take_corrupt(message.message_id, offset), connection,
+                   sim.faults.take_slow(message.message_id, offset)),
         media_type="application/octet-stream",
         headers={"content-length": str(end - offset)},
     )
