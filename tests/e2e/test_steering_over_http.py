@@ -11,9 +11,19 @@ from e2e_stack import Stack
 from waiting import until
 
 from tgdl.downloader.files import PARTS_SUFFIX
+from tgdl.downloader.telegram.port import PART_SIZE
+from tgdl.simtelegram import client as sim_client
 from tgdl.simtelegram.content import expected_sha256
 
 pytestmark = pytest.mark.e2e
+
+
+async def hold_second_parts(stack: Stack, ids: list[int]) -> None:
+    """The first answer for each file's second part trickles (minutes for 1 MiB): its
+    first part lands and the file is still downloading when the test steers it, however
+    loaded the machine; the resumed download asks again and gets it at full speed."""
+    await sim_client.set_faults(stack.sim_url, slow=[
+        {"message_id": m, "offset": PART_SIZE, "bandwidth": 5_000} for m in ids])
 
 
 def some_parts_on_disk(stack: Stack, files: int):
@@ -35,6 +45,7 @@ async def post(stack: Stack, path: str, expect: int = 200, **kw) -> dict:
 async def test_pause_keeps_parts_through_a_restart_and_resume_completes_exact_files(
         stack: Stack):
     ids = stack.media_ids(4, min_size=1_500_000)
+    await hold_second_parts(stack, ids[:2])  # the two files the pause stops
     started = await stack.start_batch(ids, max_concurrent=2)
     b = started["batch_id"]
     await stack.until_serving(2)
@@ -143,6 +154,7 @@ async def test_priority_at_start_changed_later_and_shown_in_status_and_list(stac
 async def test_a_single_download_pauses_and_resumes_by_message_id(stack: Stack):
     (m,) = stack.media_ids(1, min_size=1_500_000)
     assert (await post(stack, f"/api/media/pause/{m}"))["status"] == "not_downloading"
+    await hold_second_parts(stack, [m])
     started = await post(stack, f"/api/media/download/{m}", json={"priority": "high"})
     d = started["download_id"]
     assert (await stack.status(d))["priority"] == "high"
@@ -157,6 +169,8 @@ async def test_a_single_download_pauses_and_resumes_by_message_id(stack: Stack):
         return body if body["status"] == "paused" and body.get("downloaded_size") else None
     body = await until(shown_paused, 10, what="the single download paused with its bytes")
     assert body["download_id"] == d and body["progress"] > 0
+    kept = [p for p in stack.media_root.rglob("*.part") if not p.name.endswith(PARTS_SUFFIX)]
+    assert len(kept) == 1  # its bytes wait on disk for the resume
     again = await post(stack, f"/api/media/pause/{m}")
     assert (again["status"], again["message"]) == (
         "already_paused", f"Download of message {m} was already paused")
