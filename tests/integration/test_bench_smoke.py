@@ -110,3 +110,15 @@ def test_bench_report_splits_the_rows_into_progress_and_fixed_ones():
     assert "150 were progress (0.75 per file-second" in text
     assert "downloads for 4.0 s on average" in text
     assert "leaves 3.0 rows per file besides its progress, against 7.0 written" in text
+
+
+def test_short_cost_growth_steps_run_several_times_and_say_so():
+    assert bench_goals.growth_runs(100) > 1 and bench_goals.growth_runs(1000) == 1
+    steps = [{"files": 100, "batches": 2, "runs": 5, "wall_s": 1.1, "ms_per_file": 11.0},
+             {"files": 1000, "batches": 20, "runs": 1, "wall_s": 11.0, "ms_per_file": 11.0}]
+    scenario = bench_goals.Scenario(
+        "cost_growth", "Cost growth", {"steps": steps, "spread_100_up": 1.0},
+        [bench_goals.Target("time per file", 1.0, "", "<=", 1.2)])
+    text = report._section("cost_growth", scenario)
+    assert "| 100 | 2 | 5 | 1.1 s | **11.0** |" in text
+    assert "show the median run" in text
