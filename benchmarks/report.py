@@ -443,9 +443,11 @@ def markdown(found: dict, run: dict) -> str:
         "other's reads on a gateway that gets a share of a core the pipeline keeps busy "
         "(section 4 works it out from the run). Running the downloaders at a lower CPU "
         "priority (nice 10) was tried: p99 210 -> 168 ms for 10% fewer files a second, so "
-        "it was left out. What would move it: a cheaper read (the batch's body kept as the "
-        "projector last published it, served without a query), and a gateway on a core of "
-        "its own.",
+        "it was left out. A request that does no work at all (section 4's no-work column) "
+        "waits as long at p99 as a status read: the wait is for a core, not for the read, "
+        "so a cheaper read (the body kept as the projector last published it) would not "
+        "move the p99. What would: a gateway with a core of its own, or fewer processes "
+        "competing for two.",
         "",
         "Run it: `make bench` (about 2 minutes for these scenarios; it installs "
         "`benchmarks/requirements.lock` for the chart), `make bench ARGS=--full` for the "
