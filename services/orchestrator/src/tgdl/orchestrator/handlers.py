@@ -193,13 +193,14 @@ class Orchestrator:
         """The facts for `Start.copies`: which of these messages' Telegram files are whole
         on disk under another message's name (a record alone is not enough)."""
         media_root = self.settings.media_root
+        recorded = [(e, records[e.message_id]) for e in entries if e.message_id in records]
+        if not recorded:
+            return {}
+        sizes = await asyncio.to_thread(  # one thread hop for every stat
+            lambda: [copy_size(media_root, r.relative_path or "") for _, r in recorded])
         copies: dict[int, CompleteCopy] = {}
-        for entry in entries:
-            record = records.get(entry.message_id)
-            if record is None or record.relative_path is None:
-                continue
+        for (entry, record), size in zip(recorded, sizes, strict=True):
             own = str(relative_path(entry, template))
-            size = await asyncio.to_thread(copy_size, media_root, record.relative_path)
             if size is not None and complete_copy(record, own, entry.size, size):
                 copies[entry.message_id] = CompleteCopy(
                     same_file_as=record.message_id, source=record.relative_path, size=size,
