@@ -60,6 +60,7 @@ from tgdl.orchestrator.app import OrchestratorService
 from tgdl.orchestrator.settings import OrchestratorSettings
 from tgdl.projector import app as projector_app
 from tgdl.projector.settings import ProjectorSettings
+from tgdl.runtime import setup_logging
 from tgdl.simtelegram import client as sim_client
 from tgdl.simtelegram.catalog import SimMessage
 from tgdl.simtelegram.settings import SimSettings
@@ -460,7 +461,7 @@ async def bench() -> None:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(logging.WARNING)  # as the services do: no traceback for an expected error
     try:
         asyncio.run(bench())
     except (KeyboardInterrupt, asyncio.CancelledError):
