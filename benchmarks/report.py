@@ -185,13 +185,14 @@ BOUNDS = {
         "Rows the projector writes per file whatever its length. A transaction writes each "
         "row once and only if it changes (tests/integration/test_read_model_writes.py "
         "counts them with row triggers on PostgreSQL): the file's row inserted with its batch, "
-        "updated when it is queued and when it completes; the job's row when it is "
-        "dispatched and when it ends; and per transaction one `projection_positions` row per "
-        "stream it advanced (the position is stored with the change). A file's events no "
-        "longer touch its batch's row, and the projector lets messages gather for "
-        "`TGDL_APPLY_DELAY` (50 ms), so a file's outcome, `FileCompleted`, the next permit and "
-        "its dispatch share one transaction. Counted the same way, 13.2 rows per file one "
-        "message per transaction became 9.2, and 11.2 gathered became 7.0. Progress adds at "
+        "updated when it is queued and when it completes; the job's row when it first "
+        "reports (progress or its outcome; a dispatch writes none, the file shows as queued "
+        "meanwhile); and per transaction the one `projection_state` row that holds every "
+        "stream's position (stored with the change). A file's events no longer touch its "
+        "batch's row, and the projector lets messages gather for `TGDL_APPLY_DELAY` (50 ms), "
+        "so a file's outcome, `FileCompleted`, the next permit and its dispatch share one "
+        "transaction. Counted the same way, 13.2 rows per file one message per transaction "
+        "became 9.2 and then 8.2, and 11.2 gathered became 7.0 and then 5.0. Progress adds at "
         "most one row per second per file. Files of a second or two are dominated by those "
         "fixed rows, so the figure falls as files get longer."),
     "overhead": (
@@ -299,8 +300,8 @@ def _measured_bounds(key: str, sc: Any) -> str:
                 f"its length. A file here downloads for {seconds:.1f} s on average, so "
                 f"{goal:g} rows per file-second leaves {room:.1f} rows per file besides its "
                 f"progress, against {f['fixed_rows_per_file']} written: a file's row inserted, "
-                "queued and completed, its job's row dispatched and ended, and the positions "
-                "stored with them are already more.")
+                "queued and completed, its job's row ended, and the positions stored with "
+                "them are already more.")
     if key == "memory":
         return (f"Idle, before any download, the downloader holds {f['idle_mb']} MB (87 MB "
                 "while it imported Telethon with the simulated adapter too); the rest of a "

@@ -12,6 +12,7 @@ from tgdl.contracts.catalog import CatalogEntry, MediaKind
 from tgdl.contracts.errors import ErrorCode, Failure
 from tgdl.contracts.events import BatchStarted, JobDispatched, PermitGranted
 from tgdl.contracts.jobs import DownloadOutcome, DownloadProgress
+from tgdl.db.positions import save_positions
 from tgdl.gateway.settings import GatewaySettings
 from tgdl.projector.fold import fold_event, fold_outcome, fold_progress
 from tgdl.projector.sql import apply_changes
@@ -80,7 +81,7 @@ async def test_metrics_tell_the_state_of_the_downloads(client, db, nc, settings)
     names = settings.names
     for _ in range(3):  # three events the projector has not applied, one it has
         await js.publish(names.batch_events("other"), b"{}")
-    await db.execute("INSERT INTO projection_positions VALUES ($1, 1)", names.events_stream)
+    await save_positions(db, {names.events_stream: 1}, {})
     await js.publish(names.download_jobs, b"{}")  # a job no downloader has pulled
 
     response = await client.get("/metrics")

@@ -21,6 +21,7 @@ from tgdl.bus.topology import QueuePolicy, ensure_topology
 from tgdl.contracts.catalog import CatalogEntry, MediaKind
 from tgdl.contracts.events import BatchStarted
 from tgdl.db.connection import connect
+from tgdl.db.positions import save_positions
 from tgdl.db.schema import migrate_database
 from tgdl.gateway.app import create_app
 from tgdl.gateway.errors import ApiError
@@ -157,8 +158,7 @@ async def test_status_is_stale_while_the_projector_lags_the_streams(servers, iso
         assert names.events_stream in lagging["stale_reason"]
         db = await connect(settings.database_url, settings.db_schema)
         try:
-            await db.execute("INSERT INTO projection_positions VALUES ($1, $2)",
-                             names.events_stream, ack.seq)
+            await save_positions(db, {names.events_stream: ack.seq}, {})
         finally:
             await db.close()
         await until(lambda: _current(status), within=10, what="current status")

@@ -30,13 +30,13 @@ from tgdl.contracts.events import (
 )
 from tgdl.contracts.jobs import DownloadOutcome, DownloadProgress
 from tgdl.db.connection import connect
+from tgdl.db.positions import PositionsMoved, load_positions, save_positions
 from tgdl.db.readmodel import batch_status, message_status, snapshot_json
-from tgdl.db.schema import migrate
+from tgdl.db.schema import MIGRATIONS, migrate
 from tgdl.projector.app import run as run_projector
 from tgdl.projector.projector import Delivery, ProjectionLocked, Projector
 from tgdl.projector.rebuild import catch_up, rebuild, stream_targets
 from tgdl.projector.settings import ProjectorSettings
-from tgdl.projector.sql import PositionsMoved, load_positions, save_positions
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -150,7 +150,7 @@ async def finish_file_1(feed: Feed) -> None:
 
 async def dump(db) -> dict[str, list[tuple]]:
     keys = {"batches": "batch_id", "batch_files": "batch_id, message_id", "jobs": "job_id",
-            "projection_positions": "stream"}
+            "projection_state": "only_row"}
     return {t: [tuple(r) for r in await db.fetch(f"SELECT * FROM {t} ORDER BY {k}")]
             for t, k in keys.items()}
 
@@ -268,7 +268,8 @@ async def test_a_projector_whose_positions_another_moved_stops_without_writing(
     projector stops for its supervisor (it then waits as the standby)."""
     await start_two_batches(feed)
     await catch_up(js, db, settings.names)
-    await db.execute("UPDATE projection_positions SET last_seq = last_seq + 100")  # the other
+    moved = {s: seq + 100 for s, seq in (await load_positions(db)).items()}  # by the other
+    await save_positions(db, moved, await load_positions(db))
     before = await dump(db)
     await feed.events("b1", BatchFinished(batch_id="b1", at=at(9), overall_status="failed",
                                           completed=0, failed=5))
@@ -280,13 +281,34 @@ async def test_a_projector_whose_positions_another_moved_stops_without_writing(
 async def test_positions_move_only_from_where_this_projector_left_them(db):
     async with db.transaction():
         await save_positions(db, {"S": 5, "T": 1}, {})
-    for held in ({}, {"S": 4}):  # stored by another first, or moved since
+    # stored by another first, moved since, or another stream stored by another
+    for held in ({}, {"S": 4, "T": 1}, {"S": 5}):
         with pytest.raises(PositionsMoved):
             async with db.transaction():
                 await save_positions(db, {"S": 9}, held)
     async with db.transaction():
         await save_positions(db, {"S": 9}, {"S": 5, "T": 1})
     assert await load_positions(db) == {"S": 9, "T": 1}
+    assert await db.fetchval("SELECT count(*) FROM projection_state") == 1
+
+
+async def test_positions_stored_a_row_per_stream_are_carried_into_the_one_row(settings):
+    conn = await connect(settings.database_url, "public")
+    schema = settings.db_schema + "_old"
+    try:
+        await conn.execute(f'CREATE SCHEMA "{schema}"; SET search_path TO "{schema}"')
+        await conn.execute("CREATE TABLE schema_migrations (version INT PRIMARY KEY,"
+                           " applied_at TIMESTAMPTZ NOT NULL DEFAULT now())")
+        for version, sql in MIGRATIONS:
+            if version < 9:  # the release before positions moved into one row
+                await conn.execute(sql)
+                await conn.execute("INSERT INTO schema_migrations VALUES ($1)", version)
+        await conn.execute("INSERT INTO projection_positions VALUES ('E', 7), ('P', 40)")
+        await migrate(conn, schema)
+        assert await load_positions(conn) == {"E": 7, "P": 40}
+    finally:
+        await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        await conn.close()
 
 
 async def test_a_burst_of_progress_reaches_the_database_at_most_about_once_a_second(

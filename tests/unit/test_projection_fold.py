@@ -28,7 +28,6 @@ from tgdl.projector.fold import (
     ApplyOutcome,
     ApplyProgress,
     CancelFiles,
-    EnsureJob,
     InsertBatch,
     JobRow,
     UpdateBatch,
@@ -111,7 +110,8 @@ def test_permit_queues_the_file_and_dispatch_follows_the_job_it_attached_to():
                                           job_id="a:1", attached=True))
     # a file's events write its file row (and job) only, never the batch row
     assert permit == [UpdateFile("b", 1, {"status": "queued", "job_id": "b:1"})]
-    assert dispatched == [UpdateFile("b", 1, {"job_id": "a:1"}), EnsureJob("a:1", 1, AT)]
+    # no job row until the job reports: the file shows as queued meanwhile
+    assert dispatched == [UpdateFile("b", 1, {"job_id": "a:1"})]
 
 
 def test_file_completed_and_failed_carry_their_details():
@@ -178,19 +178,9 @@ def test_an_outcome_fixes_every_column_whatever_progress_came_before():
                                                                 "retry later")
 
 
-def test_dispatch_only_creates_a_missing_job():
-    ensure = EnsureJob("b:1", 1, AT)
-    assert ensure.merge(None) == JobRow(job_id="b:1", message_id=1, state="queued",
-                                        updated_at=AT)
-    running = merge_all(fold_progress(progress()))
-    assert ensure.merge(running) is None
-    # a queued row takes any progress, even one stamped before the dispatch
-    assert ApplyProgress(progress(at=-1.0)).merge(ensure.merge(None)).state == "downloading"
-
-
 def test_job_changes_commute_across_streams():
-    """Dispatch, progress and outcome arrive from three streams in any interleaving."""
-    changes = [EnsureJob("b:1", 1, AT), ApplyProgress(progress(done=400, at=2.0)),
+    """Progress and outcome arrive from two streams in any interleaving."""
+    changes = [ApplyProgress(progress(done=400, at=2.0)),
                ApplyProgress(progress(done=200, at=1.0)), ApplyOutcome(outcome())]
     results = {merge_all(order) for order in itertools.permutations(changes)}
     assert len(results) == 1
@@ -292,8 +282,7 @@ def test_a_transaction_writes_each_batch_and_file_row_once():
     permit = fold_event(PermitGranted(batch_id="b", at=AT, message_id=1, job_id="b:1"))
     dispatched = fold_event(JobDispatched(batch_id="b", at=AT, message_id=1, job_id="b:1",
                                           attached=False))
-    [insert, ensure] = coalesce([*started, *permit, *dispatched])
-    assert ensure == EnsureJob("b:1", 1, AT)  # jobs are merged by merge_jobs
+    [insert] = coalesce([*started, *permit, *dispatched])
     assert [(f.status, f.job_id) for f in insert.files] == [("queued", "b:1"), ("pending", None)]
 
     later = [UpdateFile("b", 2, {"status": "queued", "job_id": "b:2"}),

@@ -33,6 +33,7 @@ from tgdl.contracts.status import (
     OverallStatus,
 )
 from tgdl.db import catalog
+from tgdl.db.positions import load_positions
 
 Row = Mapping[str, Any]
 
@@ -463,10 +464,9 @@ async def operational_counts(conn: asyncpg.Connection) -> dict[str, Any]:
         " WHERE b.status NOT IN ('completed', 'failed', 'cancelled')"
         " GROUP BY b.batch_id, b.max_concurrent ORDER BY b.batch_id")
     batches = await conn.fetch("SELECT status, count(*) AS n FROM batches GROUP BY status")
-    positions = await conn.fetch("SELECT stream, last_seq FROM projection_positions")
     return {
         "jobs": [dict(r) for r in jobs],
         "permits": [dict(r) for r in permits],
         "batches": {r["status"]: r["n"] for r in batches},
-        "positions": {r["stream"]: r["last_seq"] for r in positions},
+        "positions": await load_positions(conn),
     }

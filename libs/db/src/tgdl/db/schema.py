@@ -3,8 +3,8 @@
 Tables:
 - ``catalog``: the messages the service knows (reference data, written by sync/seed).
 - ``batches``, ``batch_files``, ``jobs``: the read model, written only by the projector.
-- ``projection_positions``: the last stream sequence the projector applied, per stream,
-  updated in the same transaction as the read model.
+- ``projection_state``: one row, the last sequence the projector applied of each stream
+  (`tgdl.db.positions`), updated in the same transaction as the read model.
 - ``watch_rules``, ``rule_starts``: watch rules and the messages each one started (in
   which batch), written only by the catalog service.
 """
@@ -162,9 +162,24 @@ MIGRATIONS: list[tuple[int, str]] = [
         # Which line a batch's jobs wait in under the global cap (high, normal, low).
         "ALTER TABLE batches ADD COLUMN priority TEXT NOT NULL DEFAULT 'normal';",
     ),
+    (
+        9,
+        # Every stream's position in one row: a transaction stores its positions with one
+        # row write, not one per stream it advanced.
+        """
+        CREATE TABLE projection_state (
+            only_row  BOOLEAN PRIMARY KEY DEFAULT true CHECK (only_row),
+            positions JSONB NOT NULL
+        );
+        INSERT INTO projection_state (positions)
+        SELECT jsonb_object_agg(stream, last_seq) FROM projection_positions
+        HAVING count(*) > 0;
+        DROP TABLE projection_positions;
+        """,
+    ),
 ]
 
-READ_MODEL_TABLES = ("batch_files", "batches", "jobs", "projection_positions")
+READ_MODEL_TABLES = ("batch_files", "batches", "jobs", "projection_state")
 
 
 async def migrate(conn: asyncpg.Connection, schema: str) -> int:

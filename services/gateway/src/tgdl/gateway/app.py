@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException
 
 from tgdl.contracts.api import ErrorBody
 from tgdl.db.connection import create_pool
+from tgdl.db.positions import load_positions
 from tgdl.db.schema import verify_schema
 from tgdl.gateway import batches, health, messages, metrics, rules, single, steering
 from tgdl.gateway.commands import create_broker
@@ -64,11 +65,6 @@ ERROR_RESPONSES: dict[int | str, dict] = {
 }
 
 
-async def _positions(db: Database) -> dict[str, int]:
-    rows = await db.fetch("SELECT stream, last_seq FROM projection_positions")
-    return {r["stream"]: r["last_seq"] for r in rows}
-
-
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     settings = settings or GatewaySettings()
     tokens = Tokens(settings.api_token, settings.media_link_ttl, settings.api_tokens)
@@ -94,7 +90,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             freshness = Freshness(
                 broker.connection,
                 [names.events_stream, names.outcomes_stream, names.progress_stream],
-                lambda: _positions(db), settings.stale_after)
+                lambda: load_positions(db), settings.stale_after)
             watching = asyncio.create_task(freshness.run())
             try:
                 idempotency = Idempotency(

@@ -123,7 +123,8 @@ def families(counts: dict[str, Any] | None, js: dict[str, Any] | None,
 
 def _read_model_families(counts: dict[str, Any]) -> Iterable[Metric]:
     jobs = counts["jobs"]
-    started = CounterMetricFamily("tgdl_downloads_started", "Download jobs dispatched")
+    started = CounterMetricFamily("tgdl_downloads_started",
+                                  "Download jobs a downloader has reported on")
     started.add_metric([], sum(j["n"] for j in jobs))
     completed = CounterMetricFamily("tgdl_downloads_completed", "Downloads that completed")
     completed.add_metric([], sum(j["n"] for j in jobs if j["state"] == JobState.completed))

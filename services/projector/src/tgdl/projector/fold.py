@@ -2,11 +2,10 @@
 the read model, as plain row changes with no SQL (see `sql.py` for how they are written).
 
 Batch files change only through their batch's events, which arrive in order. A job row
-is touched from three streams whose relative order is not fixed (a dispatch, progress
-reports, an outcome), so every job change is a `merge` of the row as it stands that gives
-the same result in any order: an outcome is final, progress only moves forward, and a
-dispatch only creates a row that does not exist yet. That is what lets a rebuild, which
-reads the streams in another interleaving, reproduce the same rows.
+is written from two streams whose relative order is not fixed (progress reports, an
+outcome), so every job change is a `merge` of the row as it stands that gives the same
+result in any order: an outcome is final, and progress only moves forward. That is what
+lets a rebuild, which reads the streams in another interleaving, reproduce the same rows.
 """
 
 from __future__ import annotations
@@ -134,22 +133,6 @@ class UpdateBatch:
 
 
 @dataclass(frozen=True)
-class EnsureJob:
-    """A job was dispatched (or attached to): it exists from now on, as "queued" unless
-    something more advanced is already known about it."""
-
-    job_id: str
-    message_id: int
-    at: datetime
-
-    def merge(self, existing: JobRow | None) -> JobRow | None:
-        if existing is not None:
-            return None
-        return JobRow(job_id=self.job_id, message_id=self.message_id, state=JobState.queued,
-                      updated_at=self.at)
-
-
-@dataclass(frozen=True)
 class ApplyOutcome:
     outcome: DownloadOutcome
 
@@ -193,7 +176,7 @@ class ApplyProgress:
         if existing is not None:
             if existing.state in TERMINAL_JOB_STATES:
                 return None  # the outcome is final
-            if existing.state != JobState.queued and is_older(p, existing):
+            if is_older(p, existing):
                 return None  # never move back to an older report
         return JobRow(
             job_id=p.job_id,
@@ -214,7 +197,7 @@ def newer_progress(a: DownloadProgress, b: DownloadProgress) -> DownloadProgress
     return a if (a.at, a.downloaded_size) > (b.at, b.downloaded_size) else b
 
 
-JobChange = EnsureJob | ApplyOutcome | ApplyProgress
+JobChange = ApplyOutcome | ApplyProgress
 @dataclass(frozen=True)
 class DeleteBatch:
     """A finished batch was pruned: its rows (and its files' rows) go."""
@@ -288,7 +271,9 @@ def fold_event(event: BatchEvent) -> list[Change]:
             return [UpdateFile(b, m, {"status": FileStatus.queued, "job_id": job})]
         case JobDispatched(message_id=m, job_id=job):
             # Attached: the batch waits for another request's job, so it follows that one.
-            return [UpdateFile(b, m, {"job_id": job}), EnsureJob(job, m, at)]
+            # The job's own row waits for its first report (progress or outcome): until
+            # then the file shows as queued, and a dispatch costs no row of its own.
+            return [UpdateFile(b, m, {"job_id": job})]
         case FileCompleted(message_id=m):
             return [UpdateFile(b, m, {
                 "status": FileStatus.completed, "job_id": event.job_id,

@@ -29,18 +29,16 @@ from tgdl.contracts.events import parse_events
 from tgdl.contracts.jobs import DownloadOutcome, DownloadProgress
 from tgdl.db.connection import connect as db_connect
 from tgdl.db.connection import create_pool
+from tgdl.db.positions import PositionsMoved, load_positions, save_positions
 from tgdl.db.schema import truncate_read_model
 from tgdl.projector import metrics
 from tgdl.projector.fold import ApplyProgress, Change, fold_event, fold_outcome, fold_progress
 from tgdl.projector.settings import ProjectorSettings
 from tgdl.projector.snapshots import SnapshotPublisher
 from tgdl.projector.sql import (
-    PositionsMoved,
     apply_changes,
-    load_positions,
     merge_jobs,
     open_batches_of_jobs,
-    save_positions,
     try_lock_projection,
 )
 from tgdl.projector.throttle import ProgressBuffer

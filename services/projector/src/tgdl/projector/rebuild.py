@@ -18,10 +18,10 @@ from tgdl.bus.topology import verify_topology
 from tgdl.contracts.config import CommonSettings
 from tgdl.contracts.subjects import Names
 from tgdl.db.connection import connect as db_connect
+from tgdl.db.positions import load_positions
 from tgdl.db.schema import verify_schema
 from tgdl.projector.projector import Projector
 from tgdl.projector.settings import ProjectorSettings
-from tgdl.projector.sql import load_positions
 
 
 def projected_streams(names: Names) -> tuple[str, str, str]:
@@ -45,7 +45,7 @@ async def catch_up(js: JetStreamContext, db: asyncpg.Connection | asyncpg.Pool, 
     targets = await stream_targets(js, names)
     deadline = time.monotonic() + within
     while True:
-        positions = {s: seq for s, seq in (await _positions(db)).items() if s in targets}
+        positions = {s: seq for s, seq in (await load_positions(db)).items() if s in targets}
         if all(positions.get(s, 0) >= seq for s, seq in targets.items()):
             return positions
         if time.monotonic() > deadline:
@@ -53,11 +53,6 @@ async def catch_up(js: JetStreamContext, db: asyncpg.Connection | asyncpg.Pool, 
         await asyncio.sleep(0.02)
 
 
-async def _positions(db: asyncpg.Connection | asyncpg.Pool) -> dict[str, int]:
-    if isinstance(db, asyncpg.Pool):
-        async with db.acquire() as conn:
-            return await load_positions(conn)
-    return await load_positions(db)
 
 
 async def rebuild(settings: CommonSettings, idle_timeout: float = 30.0) -> dict[str, int]:

@@ -11,7 +11,7 @@ as it is matches no row, and a job row merged back to what it was is not written
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields, replace
 
 import asyncpg
@@ -205,50 +205,6 @@ async def open_batches_of_jobs(conn: asyncpg.Connection, job_ids: Iterable[str])
         ids,
     )
     return {r["batch_id"] for r in rows}
-
-
-async def load_positions(conn: asyncpg.Connection) -> dict[str, int]:
-    rows = await conn.fetch("SELECT stream, last_seq FROM projection_positions")
-    return {r["stream"]: r["last_seq"] for r in rows}
-
-
-class PositionsMoved(RuntimeError):
-    """The stored positions are not the ones this projector last stored: another projector
-    wrote the read model meanwhile (it took the lock while this one's session was lost)."""
-
-
-_MOVE_POSITIONS = """
-UPDATE projection_positions p SET last_seq = n.new
-FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS n(stream, held, new)
-WHERE p.stream = n.stream AND p.last_seq = n.held
-"""
-_FIRST_POSITIONS = """
-INSERT INTO projection_positions (stream, last_seq)
-SELECT * FROM unnest($1::text[], $2::bigint[]) ON CONFLICT (stream) DO NOTHING
-"""
-
-
-def _rows(status: str) -> int:
-    return int(status.rsplit(" ", 1)[-1])  # "UPDATE 2", "INSERT 0 1"
-
-
-async def save_positions(conn: asyncpg.Connection, positions: Mapping[str, int],
-                         held: Mapping[str, int]) -> None:
-    """Move the streams' positions from `held` (what this projector stored last) to
-    `positions`, in the caller's transaction. A compare-and-set: if another projector
-    moved them meanwhile, raise PositionsMoved, so the transaction's changes are rolled
-    back instead of written over (or under) the other's."""
-    moved = [s for s in positions if s in held]
-    first = [s for s in positions if s not in held]
-    if moved:
-        status = await conn.execute(_MOVE_POSITIONS, moved, [held[s] for s in moved],
-                                    [positions[s] for s in moved])
-        if _rows(status) != len(moved):
-            raise PositionsMoved(f"positions of {moved} are no longer {held}")
-    if first:
-        status = await conn.execute(_FIRST_POSITIONS, first, [positions[s] for s in first])
-        if _rows(status) != len(first):
-            raise PositionsMoved(f"positions of {first} were stored by another projector")
 
 
 async def try_lock_projection(conn: asyncpg.Connection, schema: str) -> bool:
