@@ -20,6 +20,7 @@ from tgdl.contracts.events import (
     FileCompleted,
     PermitGranted,
 )
+from tgdl.contracts.paths import part_path, parts_path, relative_path
 from tgdl.contracts.subjects import Names
 from tgdl.simtelegram import client as sim_client
 
@@ -69,10 +70,17 @@ async def test_a_forward_of_a_file_on_disk_is_done_at_the_start_and_force_fetche
     await finished(nc, names, first.batch_id)
     source = media / await recorded(nc, names, original, original.message_id)
 
+    # an unfinished download of the forward's own, say from a paused batch
+    own = media / relative_path(forward)
+    own.parent.mkdir(parents=True, exist_ok=True)
+    part_path(own).write_bytes(b"partial")
+    parts_path(own).write_text("tgdl-parts 1\n")
+
     await sim_client.reset_stats(pipeline["sim_url"])
     accepted = await start(nc, names, [forward.message_id])
     assert (accepted.started, accepted.already_downloaded) == ([], [forward.message_id])
     events = await finished(nc, names, accepted.batch_id)
+    assert not part_path(own).exists() and not parts_path(own).exists()  # whole now
     started = events[0]
     assert isinstance(started, BatchStarted) and started.to_download == []
     [done] = started.already_downloaded

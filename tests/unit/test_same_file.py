@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from tgdl.bus.samefile import link_or_copy
+from tgdl.bus.samefile import discard_partial, link_or_copy
 from tgdl.contracts.catalog import CatalogEntry, FileLocation, MediaKind
 from tgdl.contracts.jobs import DownloadJob, FileRecord
+from tgdl.contracts.paths import part_path, parts_path
 from tgdl.db.readmodel import file_status
+from tgdl.downloader.files import open_exclusive
 from tgdl.downloader.samefile import Fetch, LinkTo, WaitFor, choose
 
 OWN = "documents/9_1009_a.pdf"
@@ -66,16 +68,32 @@ def test_a_link_is_the_same_inode_and_appears_whole(tmp_path: Path):
     source.write_bytes(b"x" * 100)
     final = tmp_path / "other" / "9_a.pdf"
     final.parent.mkdir()
-    final.with_name(final.name + ".part").write_bytes(b"old")  # an earlier attempt's
+    part_path(final).write_bytes(b"old")  # an earlier, unfinished download's
+    parts_path(final).write_text("tgdl-parts 1 size=100 part=64\n0\n")
     assert link_or_copy(source, final) == "hard_link"
     assert final.stat().st_ino == source.stat().st_ino
     assert final.read_bytes() == b"x" * 100
-    assert sorted(p.name for p in final.parent.iterdir()) == ["9_a.pdf", "9_a.pdf.part"]
+    assert [p.name for p in final.parent.iterdir()] == ["9_a.pdf"]  # whole: no partial left
     # a stale file at the final name is replaced, never written into
     final.unlink()
     final.write_bytes(b"stale")
     link_or_copy(source, final)
     assert final.read_bytes() == b"x" * 100 and source.read_bytes() == b"x" * 100
+
+
+def test_a_partial_file_a_download_is_writing_is_left_to_it(tmp_path: Path):
+    source = tmp_path / "5_a.pdf"
+    source.write_bytes(b"x" * 100)
+    final = tmp_path / "9_a.pdf"
+    writer = open_exclusive(part_path(final))  # the lock a running download holds
+    try:
+        parts_path(final).write_text("tgdl-parts 1 size=100 part=64\n")
+        link_or_copy(source, final)
+        assert part_path(final).exists() and parts_path(final).exists()
+    finally:
+        os.close(writer)
+    discard_partial(final)  # once the writer has let go
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["5_a.pdf", "9_a.pdf"]
 
 
 @pytest.mark.parametrize("refusal", [errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP])

@@ -13,6 +13,7 @@ entry's revision, so two jobs never both believe they fetch the same file.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import shutil
 from pathlib import Path, PurePosixPath
@@ -24,7 +25,7 @@ from nats.js.kv import KeyValue
 
 from tgdl.bus.eventlog import WRONG_LAST_SEQUENCE
 from tgdl.contracts.jobs import FileRecord
-from tgdl.contracts.paths import PART_SUFFIX
+from tgdl.contracts.paths import PART_SUFFIX, part_path, parts_path
 from tgdl.contracts.subjects import Names
 
 
@@ -123,8 +124,8 @@ def link_or_copy(source: Path, final: Path) -> Literal["hard_link", "copy"]:
     """Give `final` the finished file at `source`: a hard link (no bytes copied, the same
     inode), or a copy where links are impossible. Like a download, it appears under its
     final name only complete (made under a .part name, fsynced, renamed); `source` is
-    never written, so neither name can ever see the other change (blocking: run it in a
-    thread)."""
+    never written, so neither name can ever see the other change. An earlier, unfinished
+    download of `final` is then removed (blocking: run it in a thread)."""
     if source.is_symlink() or not source.is_file():
         raise FileNotFoundError(f"{source} is not a finished file")
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -151,4 +152,29 @@ def link_or_copy(source: Path, final: Path) -> Literal["hard_link", "copy"]:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+    discard_partial(final)
     return how
+
+
+def discard_partial(final: Path) -> None:
+    """`final` is whole: the .part file and sidecar of an earlier download of it (say, of
+    a paused batch) are of no more use, unless a download writes them right now (it holds
+    the .part file's lock): that one ends with the same bytes under the same name."""
+    part = part_path(final)
+    try:
+        fd: int | None = os.open(part, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        fd = None
+    except OSError:  # not a file a download could lock (a symlink): only a name to remove
+        fd = None
+    try:
+        if fd is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return
+        part.unlink(missing_ok=True)
+        parts_path(final).unlink(missing_ok=True)
+    finally:
+        if fd is not None:
+            os.close(fd)

@@ -20,7 +20,8 @@ import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
-from pathlib import PurePosixPath
+from pathlib import PurePath, PurePosixPath
+from typing import TypeVar
 
 from tgdl.contracts.catalog import CatalogEntry, MediaKind
 
@@ -29,6 +30,10 @@ MAX_NAME_BYTES = 150  # leaves room for the id prefix and ".part" under common 2
 # ".parts.part" under the common 255-byte limit.
 MAX_SEGMENT_BYTES = 200
 PART_SUFFIX = ".part"
+PathT = TypeVar("PathT", bound=PurePath)
+# Beside the .part file, which parts of it hold fetched bytes. It ends in .part too, so
+# whatever hides or sweeps partial downloads (the gateway never serves them) covers it.
+PARTS_SUFFIX = ".parts" + PART_SUFFIX
 
 _DEFAULT_EXT = {
     MediaKind.photo: ".jpg",
@@ -280,6 +285,16 @@ def relative_path(entry: CatalogEntry, template: str | None = None) -> PurePosix
     """Path of the finished file relative to the media root (also its URL path), as
     `template` (None: the default layout) names it."""
     return name_template(template).render(entry)
+
+
+def part_path(final: PathT) -> PathT:
+    """Where the download of `final` writes its bytes until it is complete."""
+    return final.with_name(final.name + PART_SUFFIX)
+
+
+def parts_path(final: PathT) -> PathT:
+    """The sidecar of `final`'s .part file: which of its parts are fetched."""
+    return final.with_name(final.name + PARTS_SUFFIX)
 
 
 def download_url(relative: PurePosixPath | str) -> str:

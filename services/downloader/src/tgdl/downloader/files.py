@@ -13,11 +13,7 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from tgdl.contracts.paths import PART_SUFFIX
-
-
-def part_path(final: Path) -> Path:
-    return final.with_name(final.name + PART_SUFFIX)
+from tgdl.contracts.paths import part_path, parts_path
 
 
 def is_complete(final: Path, size: int | None) -> bool:
@@ -127,14 +123,7 @@ def discard_part(final: Path) -> None:
 
 # --- parallel parts: written at their offsets, finished ones recorded in a sidecar ------------
 
-# Beside the .part file, which parts of it hold fetched bytes. It ends in .part too, so
-# whatever hides or sweeps partial downloads (the gateway never serves them) covers it.
-PARTS_SUFFIX = ".parts" + PART_SUFFIX
 _PARTS_HEADER = "tgdl-parts 1 size={size} part={part}\n"
-
-
-def parts_path(final: Path) -> Path:
-    return final.with_name(final.name + PARTS_SUFFIX)
 
 
 def recorded_parts(final: Path) -> set[int]:

@@ -509,7 +509,6 @@ class Worker:
                         return self._outcome(job, OutcomeStatus.failed, Failure.of(
                             ErrorCode.storage, f"could not link or copy the same file "
                             f"(message {other}'s) to this message's path: {exc}"))
-                    await asyncio.to_thread(discard_part, final)  # an earlier attempt's
                     log.info("message %d: the same file as message %d (%s)",
                              job.entry.message_id, other, how)
                     return self._outcome(job, OutcomeStatus.completed, size=source_size,
