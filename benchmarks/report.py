@@ -430,11 +430,14 @@ def markdown(found: dict, run: dict) -> str:
         "- *Bandwidth ideal*: files are taken by the replica's free connections now "
         "(section 2); what is left is the patience that keeps small files from waiting "
         "behind large ones, and each file's round trips before its first byte.",
-        "- *Write amplification*: about 7 fixed rows per file (section 7). Further down: "
-        "one positions row for all streams (a transaction after a file's end advances two), "
-        "no row for a job until it reports (the queued row is what metrics count as queued), "
-        "or a read model of one document per batch; none reaches 1.5 per file-second for "
-        "files of a second or two.",
+        "- *Write amplification*: about 6 fixed rows per file (section 7), down from 7.8: "
+        "a dispatch writes no job row, and a transaction stores every stream's position in "
+        "one row. Left per file: its row inserted, queued and completed, its job's row when "
+        "it ends, and about two positions rows (the transaction of its end, its share of the "
+        "progress flushes). Further down: no queued row (the file would show as pending "
+        "until its job first reports), progress rows every 2 s rather than every second, or "
+        "a read model of one document per batch; at one progress row a second, files of a "
+        "second or two cannot reach 1.5 per file-second.",
         "- *Memory*: the idle process is imports, now those a downloader uses (FastStream, "
         "pydantic, nats-py, httpx, prometheus-client); a peak above it is the first "
         "download's warm-up and the parts in flight, about one 128 KiB range each. A lighter "
