@@ -145,6 +145,13 @@ def test_tgdl_run_serves_the_demo_and_stops_cleanly_on_ctrl_c(tmp_path: Path) ->
         ]  # each service its own OS process, two downloader replicas by default
         scrape_every_process(home / "metrics-targets.json", output, log)
 
+        # The client commands find this gateway (not on the default port) by themselves.
+        listed = subprocess.run([*tgdl_command(), "batches", "--json"], cwd=tmp_path,
+                                env=clean_env(TGDL_HOME=str(home)), capture_output=True,
+                                text=True, timeout=60)
+        assert listed.returncode == 0, listed.stdout + listed.stderr
+        assert "items" in json.loads(listed.stdout)
+
         os.killpg(tgdl.pid, signal.SIGINT)  # Ctrl-C at the terminal
         assert tgdl.wait(STOP_DEADLINE) == 0, log.read_text()[-6000:]
 
@@ -154,6 +161,7 @@ def test_tgdl_run_serves_the_demo_and_stops_cleanly_on_ctrl_c(tmp_path: Path) ->
             assert gone(postgres), "the embedded PostgreSQL is still running"
         assert "Stopped" in log.read_text()
         assert not (home / "metrics-targets.json").exists()  # nothing left to scrape
+        assert not (home / "gateway-url").exists()
     finally:
         if tgdl.poll() is None:  # the test failed while it ran: stop it as a user would
             with contextlib.suppress(psutil.Error):

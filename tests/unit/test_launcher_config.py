@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from tgdl.contracts.catalog import CatalogEntry, MediaKind
 from tgdl.contracts.config import CommonSettings
 from tgdl.launcher.cli import build_parser
+from tgdl.launcher.client import running_gateway
 from tgdl.launcher.plan import (
     ConfigError,
     Home,
@@ -257,6 +258,18 @@ def test_metrics_targets_list_every_process_for_prometheus(tmp_path: Path) -> No
 
 
 # --- what the user is told -------------------------------------------------------------------
+
+
+def test_client_commands_find_the_gateway_of_the_run_in_their_data_folder(
+        tmp_path: Path) -> None:
+    env = {"TGDL_HOME": "data"}
+    assert running_gateway(env, tmp_path) is None  # no `tgdl run` there
+    (tmp_path / "data").mkdir()
+    Home.from_env(env, tmp_path).gateway.write_text("http://127.0.0.1:40123\n")
+    assert running_gateway(env, tmp_path) == "http://127.0.0.1:40123"
+    assert running_gateway({}, tmp_path) is None  # another data folder: ./.tgdl
+    Home.from_env(env, tmp_path).gateway.write_text("garbage")
+    assert running_gateway(env, tmp_path) is None
 
 
 def test_examples_use_downloadable_messages() -> None:

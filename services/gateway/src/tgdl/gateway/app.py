@@ -54,10 +54,11 @@ ERROR_RESPONSES: dict[int | str, dict] = {
         (401, "no valid API token (when tokens are on)"),
         (403, "a cross-site browser request, or a chat this caller may not read"),
         (404, "no such batch, message or file"),
-        (409, "an Idempotency-Key reused for another request, or still being answered"),
+        (409, "an Idempotency-Key whose first request is still being answered"),
         (413, "the request body is too large"),
         (421, "a Host this server does not answer for"),
-        (422, "an invalid request: the detail names the field"),
+        (422, "an invalid request (the detail names the field), or an Idempotency-Key "
+              "reused with another body"),
         (429, "too many open event streams from this client"),
         (503, "NATS or PostgreSQL unreachable, or the orchestrator did not answer"),
         (507, "NATS storage full: no room for a new batch"),

@@ -30,8 +30,9 @@ common settings (environment):
   TGDL_DOWNLOADERS     downloader replicas started by `tgdl run` (default 2)
   TGDL_API_ID, TGDL_API_HASH
                        a Telegram application's credentials (https://my.telegram.org)
-  TGDL_URL             the gateway `download`, `status`, ... talk to (default
-                       http://127.0.0.1:8000); TGDL_API_TOKEN is sent as a bearer token
+  TGDL_URL             the gateway `download`, `status`, ... talk to (default: the
+                       `tgdl run` of TGDL_HOME, else http://127.0.0.1:8000);
+                       TGDL_API_TOKEN is sent as a bearer token
 The README lists every setting."""
 
 

@@ -1,9 +1,10 @@
 """`tgdl download | status | cancel | pause | resume | set | priority | batches | messages |
 watch | rules | unwatch`: a running tgdl over its HTTP API.
 
-These commands start nothing: they talk to a gateway (`--url`, else TGDL_URL, else the local
-one) and send TGDL_API_TOKEN as a bearer token when it is set. Every failure is one or two
-lines (the API's detail and suggestion), never a traceback; the exit code says how it went.
+These commands start nothing: they talk to a gateway (`--url`, else TGDL_URL, else the
+one a `tgdl run` of the data folder TGDL_HOME serves, else the default local one) and send
+TGDL_API_TOKEN as a bearer token when it is set. Every failure is one or two lines (the
+API's detail and suggestion), never a traceback; the exit code says how it went.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import sys
 import textwrap
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -25,6 +27,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from tgdl.launcher.plan import Home
 from tgdl.launcher.progress import (
     LineView,
     LiveView,
@@ -115,7 +118,8 @@ def add_parsers(commands: Any) -> None:
     """The client commands, added to `tgdl`'s subcommands."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--url", default=None, metavar="URL",
-                        help=f"the tgdl gateway (default: TGDL_URL, else {DEFAULT_URL})")
+                        help="the tgdl gateway (default: TGDL_URL, else the `tgdl run` of "
+                             f"TGDL_HOME, else {DEFAULT_URL})")
     common.add_argument("--json", action="store_true",
                         help="print the API's JSON answer instead of tables or bars")
     raw = argparse.RawDescriptionHelpFormatter
@@ -578,6 +582,16 @@ def _fail(command: str, failure: Failure) -> int:
     return failure.code
 
 
+def running_gateway(env: dict[str, str], cwd: Path | None = None) -> str | None:
+    """The URL a `tgdl run` of the data folder serves on (it may have had to take another
+    port than the default), None when none runs there."""
+    try:
+        url = Home.from_env(env, cwd or Path.cwd()).gateway.read_text().strip()
+    except OSError:
+        return None
+    return url if url.startswith(("http://", "https://")) else None
+
+
 def main(args: argparse.Namespace, env: dict[str, str] | None = None) -> int:
     env = dict(os.environ if env is None else env)
     # Ctrl-C must reach the question even when started with SIGINT ignored (as a
@@ -588,7 +602,8 @@ def main(args: argparse.Namespace, env: dict[str, str] | None = None) -> int:
             args.ids = message_ids(args.ids)
         except argparse.ArgumentTypeError as exc:
             return _fail("download", Failure(EXIT_REFUSED, "bad_ids", str(exc)))
-    api = Api(args.url or env.get("TGDL_URL") or DEFAULT_URL, env.get("TGDL_API_TOKEN") or None)
+    api = Api(args.url or env.get("TGDL_URL") or running_gateway(env) or DEFAULT_URL,
+              env.get("TGDL_API_TOKEN") or None)
     console = Console(highlight=False)
     try:
         return HANDLERS[args.command](api, console, args)

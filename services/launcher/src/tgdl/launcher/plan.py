@@ -73,6 +73,12 @@ class Home:
         return self.root / "metrics-targets.json"
 
     @property
+    def gateway(self) -> Path:
+        """The gateway's URL while `tgdl run` runs: `tgdl download`, `status`, ... find it
+        there when it could not have the default port."""
+        return self.root / "gateway-url"
+
+    @property
     def instance(self) -> Path:
         """Where a running `tgdl run` tells other commands which servers it uses."""
         return self.root / "instance.json"

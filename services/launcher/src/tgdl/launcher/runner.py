@@ -212,8 +212,9 @@ async def _run_services(
     # Where Prometheus finds every process, for as long as they run.
     targets = metrics_targets(http, *metered)
     home.metrics_targets.write_text(json.dumps(targets, indent=2) + "\n")
+    base_url = browser_url(*http)
+    home.gateway.write_text(base_url + "\n")
     try:
-        base_url = browser_url(*http)
         healthy = await wait_until_healthy(
             f"{base_url}/healthz", stop,
             on_slow=lambda: out.say(f"Still waiting for the gateway on {base_url}/healthz"),
@@ -226,3 +227,4 @@ async def _run_services(
         await stop.wait()
     finally:
         home.metrics_targets.unlink(missing_ok=True)
+        home.gateway.unlink(missing_ok=True)
