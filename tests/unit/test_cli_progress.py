@@ -9,7 +9,7 @@ import io
 import pytest
 from rich.console import Console
 
-from tgdl.launcher.client import message_ids, size
+from tgdl.launcher.client import message_ids, size, status_heading
 from tgdl.launcher.progress import LineView, batch_totals, human_size, human_time, render_batch
 
 SNAPSHOT = {
@@ -97,3 +97,31 @@ def test_sizes_as_typed():
                                                                        "2.5 MB"]
     assert [human_time(s) for s in (None, 0.2, 59, 61, 7322)] == ["", "1s", "59s", "1m01s",
                                                                   "2h02m"]
+
+
+def test_without_a_terminal_a_pause_says_what_is_kept_and_how_to_go_on():
+    out = io.StringIO()
+    view = LineView(Console(file=out, width=200))
+    running = {**SNAPSHOT, "files": SNAPSHOT["files"][1:2]}
+    view.update(running)
+    paused_file = {"message_id": 15, "status": "paused", "progress": 40,
+                   "downloaded_size": 400_000, "total_size": 1_000_000}
+    view.update({**running, "overall_status": "paused", "files": [paused_file],
+                 "summary": "Paused: 0 of 1 file completed, 1 paused"})
+    view.update(running)  # resumed
+    assert out.getvalue().splitlines() == [
+        "↓ #15 downloading  1.0 MB",
+        "‖ batch_1f0c2a9e: Paused: 0 of 1 file completed, 1 paused; "
+        "`tgdl resume batch_1f0c2a9e` goes on",
+        "‖ #15 paused, 400 kB/1.0 MB kept for the resume",
+        "▶ batch_1f0c2a9e: resumed",
+        "↓ #15 downloading  1.0 MB",
+    ]
+
+
+def test_the_status_heading_says_the_status_once():
+    body = {"batch_id": "b", "priority": "normal", "overall_status": "paused",
+            "summary": "Paused: 1 of 4 files completed, 2 paused"}
+    assert status_heading(body) == "b (normal priority): Paused: 1 of 4 files completed, 2 paused"
+    body = {**body, "overall_status": "in_progress", "summary": "1 of 4 files completed"}
+    assert status_heading(body) == "b (normal priority): in_progress: 1 of 4 files completed"

@@ -398,9 +398,7 @@ def status(api: Api, console: Console, args: argparse.Namespace) -> int:
     if args.json:
         _print_json(body)
         return EXIT_OK
-    priority = f" ({body['priority']} priority)" if body.get("priority") else ""
-    console.print(f"{body['batch_id']}{priority}: {body['overall_status']}: {body['summary']}",
-                  highlight=False, markup=False)
+    console.print(status_heading(body), highlight=False, markup=False)
     table = Table("id", "status", "progress", "size", "speed", "time left", "file / reason",
                   box=None, header_style="bold")
     for f in body["files"]:
@@ -580,6 +578,16 @@ def _fail(command: str, failure: Failure) -> int:
         lines.append(f"  suggestion: {failure.suggestion}")
     sys.stderr.write("\n".join(lines) + "\n")
     return failure.code
+
+
+def status_heading(body: dict[str, Any]) -> str:
+    """A batch status's first line: the batch, its priority, its status and summary (a
+    paused or cancelled batch's summary says so itself)."""
+    priority = f" ({body['priority']} priority)" if body.get("priority") else ""
+    summary = body["summary"]
+    said = summary.lower().startswith(f"{body['overall_status']}:")
+    status = "" if said else f"{body['overall_status']}: "
+    return f"{body['batch_id']}{priority}: {status}{summary}"
 
 
 def running_gateway(env: dict[str, str], cwd: Path | None = None) -> str | None:

@@ -94,6 +94,20 @@ def file_line(f: dict[str, Any]) -> str | None:
             f", resumes in {human_time(wait)}" if wait is not None else "")
     if status == "downloading":
         return f"↓ #{m} downloading  {human_size(f.get('total_size'))}".rstrip()
+    if status == "paused":
+        return (f"‖ #{m} paused, {_amount(f.get('downloaded_size') or 0, f.get('total_size'))}"
+                " kept for the resume")
+    return None
+
+
+def batch_line(snapshot: Snapshot, before: str | None) -> str | None:
+    """What the batch's move to its overall status says (None: nothing to say): a pause
+    and what continues it, and the resume."""
+    batch, now = snapshot["batch_id"], snapshot.get("overall_status")
+    if now == "paused":
+        return f"‖ {batch}: {snapshot.get('summary', 'paused')}; `tgdl resume {batch}` goes on"
+    if before == "paused" and now == "in_progress":
+        return f"▶ {batch}: resumed"
     return None
 
 
@@ -103,6 +117,7 @@ class View:
     def __init__(self, console: Console) -> None:
         self.console = console
         self.shown: dict[int, str] = {}  # message id -> the status last reported
+        self.overall: str | None = None  # the batch's overall status last seen
 
     def __enter__(self) -> View:
         return self
@@ -112,6 +127,12 @@ class View:
 
     def _changes(self, snapshot: Snapshot) -> list[str]:
         lines = []
+        overall = snapshot.get("overall_status")
+        if overall != self.overall:
+            line = batch_line(snapshot, self.overall)
+            self.overall = overall
+            if line:
+                lines.append(line)
         for f in snapshot.get("files", []):
             if self.shown.get(f["message_id"]) != f["status"]:
                 self.shown[f["message_id"]] = f["status"]
