@@ -10,7 +10,7 @@ import pytest
 from e2e_stack import Stack
 from waiting import until
 
-from tgdl.downloader.files import PARTS_SUFFIX
+from tgdl.contracts.paths import PARTS_SUFFIX
 from tgdl.downloader.telegram.port import PART_SIZE
 from tgdl.simtelegram import client as sim_client
 from tgdl.simtelegram.content import expected_sha256
@@ -116,6 +116,7 @@ async def test_steering_answers_unknown_batches_and_bad_limits_clearly(stack: St
         answer = await post(stack, path, 404, method=method, json=body)
         assert answer["error"] == "batch_not_found"
     for bad in ({"max_concurrent": 0}, {"max_concurrent": 6}, {"max_concurrent": "three"},
+                {"max_concurrent": "3"}, {"max_concurrent": True},
                 {"priority": "urgent"}, {}):
         await post(stack, "/api/media/batch/batch_nothere", 422, method="PATCH", json=bad)
     ids = stack.media_ids(3)

@@ -163,6 +163,11 @@ async def test_messages_list_each_message_with_its_download_state(client, db):
     ({"message_ids": []}, "message_ids: must hold at least 1 item(s)"),
     ({"message_ids": [1, -2]}, "message_ids: message ids are positive integers"),
     ({"message_ids": ["a"]}, "message_ids.0: must be an integer"),
+    # JSON's types as sent: true is not message 1, "3" not a number, 1 not true
+    ({"message_ids": [True]}, "message_ids.0: must be an integer"),
+    ({"message_ids": ["7"]}, "message_ids.0: must be an integer"),
+    ({"message_ids": [1], "max_concurrent": "3"}, "max_concurrent: must be an integer"),
+    ({"message_ids": [1], "force": 1}, "force: must be true or false"),
     ({"message_ids": [1], "colour": "red"}, "colour: is not an accepted field"),
     ({}, "message_ids: is required"),
     ({"message_ids": [1], "name_template": "{chat}/{name}"},

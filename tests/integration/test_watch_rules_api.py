@@ -125,6 +125,8 @@ async def test_rules_are_created_listed_paused_resumed_and_deleted(client, catal
     ({"media_types": ["sticker"]}, "invalid_request", "media_types"),
     ({"chat": "no_such_chat"}, "unknown_chat", "no chat 'no_such_chat'"),
     ({"enabled": "maybe"}, "invalid_request", "enabled"),
+    ({"enabled": "false"}, "invalid_request", "enabled: must be true or false"),
+    ({"min_size": "1000"}, "invalid_request", "min_size: must be an integer"),
 ])
 async def test_bad_rules_are_422_saying_what_is_wrong(client, catalog, body, error, says):
     answer = await create(client, expect=422, **body)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
 
 from tgdl.contracts.commands import BatchRequest, StartBatch
 from tgdl.contracts.errors import FileFailure
@@ -116,7 +116,7 @@ class BatchSettingsRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_concurrent: int | None = Field(default=None, ge=1, le=5)
+    max_concurrent: StrictInt | None = Field(default=None, ge=1, le=5)
     priority: Priority | None = None
 
     @model_validator(mode="after")
@@ -142,7 +142,7 @@ class BatchSettingsResponse(BaseModel):
 class SingleDownloadRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    force: bool = False
+    force: StrictBool = False
     priority: Priority = Priority.normal
 
 

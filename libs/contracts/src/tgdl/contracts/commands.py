@@ -11,7 +11,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
 
 from tgdl.contracts.errors import FileFailure
 from tgdl.contracts.paths import NameTemplate
@@ -28,9 +28,10 @@ class BatchRequest(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    message_ids: list[int] = Field(min_length=1)
-    force: bool = False
-    max_concurrent: int = Field(default=3, ge=1, le=5)
+    # Strict: JSON's true is not message 1, nor "3" a number (a client's bug, said so).
+    message_ids: list[StrictInt] = Field(min_length=1)
+    force: StrictBool = False
+    max_concurrent: StrictInt = Field(default=3, ge=1, le=5)
     # Under the global cap, higher goes first across batches (low is never starved).
     priority: Priority = Priority.normal
     # Where this batch's files go (see tgdl.contracts.paths); None: the service's

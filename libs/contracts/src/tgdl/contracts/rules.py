@@ -15,7 +15,15 @@ from functools import lru_cache
 from typing import Annotated, Literal
 
 import re2
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    field_validator,
+    model_validator,
+)
 
 from tgdl.contracts.catalog import CatalogEntry, MediaKind
 from tgdl.contracts.paths import NameTemplate
@@ -44,8 +52,8 @@ class RuleFilter(BaseModel):
                       description="chat username (e.g. @channel) or numeric id")
     media_types: list[MediaKind] = Field(
         default=[], description="photo, video, document, audio, voice; empty: any media")
-    min_size: int | None = Field(default=None, ge=0, description="bytes, inclusive")
-    max_size: int | None = Field(default=None, ge=0, description="bytes, inclusive")
+    min_size: StrictInt | None = Field(default=None, ge=0, description="bytes, inclusive")
+    max_size: StrictInt | None = Field(default=None, ge=0, description="bytes, inclusive")
     caption_regex: str | None = Field(
         default=None, max_length=MAX_REGEX_LENGTH,
         description="a regular expression (RE2 syntax: no backreferences or lookaround) "
@@ -107,8 +115,8 @@ class RuleSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    enabled: bool = Field(default=True, description="false: paused, nothing starts")
-    max_concurrent: int = Field(default=3, ge=1, le=5,
+    enabled: StrictBool = Field(default=True, description="false: paused, nothing starts")
+    max_concurrent: StrictInt = Field(default=3, ge=1, le=5,
                                 description="max_concurrent of every batch it starts")
     name_template: str | None = Field(
         default=None, min_length=1, max_length=300,
@@ -134,7 +142,7 @@ class RulePatch(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    enabled: bool
+    enabled: StrictBool
 
 
 class WatchRule(RuleFilter, RuleSettings):
