@@ -186,7 +186,9 @@ async def test_bad_batch_requests_are_explained(client, body, detail):
 async def test_malformed_json_is_a_422_not_a_500(client):
     response = await client.post("/api/media/batch-download", content=b'{"message_ids": [1,',
                                  headers={"Content-Type": "application/json"})
-    assert assert_error_body(response, 422)["detail"] == "body is not valid JSON"
+    body = assert_error_body(response, 422)
+    assert body["detail"] == "body is not valid JSON"
+    assert "Send one JSON object" in body["suggestion"]  # no field to name: what a body is
     response = await client.post("/api/media/download/5", content=b"{nope",
                                  headers={"Content-Type": "application/json"})
     assert assert_error_body(response, 422)["detail"] == "body is not valid JSON"

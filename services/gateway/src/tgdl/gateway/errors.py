@@ -58,7 +58,7 @@ _PLAIN = {
 def _problem(err: dict[str, Any]) -> str:
     kind, ctx = err.get("type", ""), err.get("ctx") or {}
     if kind == "json_invalid":
-        return "body is not valid JSON"
+        return NOT_JSON
     loc = [str(p) for p in err.get("loc", ())]
     where = ".".join(loc[1:]) or (loc[0] if loc else "request")
     if where == "body" and kind in ("missing", "model_attributes_type", "dict_type"):
@@ -112,6 +112,15 @@ def invalid(detail: str) -> ApiError:
                     "Fix the field named in the detail and send the request again.")
 
 
+NOT_JSON = "body is not valid JSON"
+
+
+def not_json() -> ApiError:
+    return ApiError(422, "invalid_request", NOT_JSON,
+                    "Send one JSON object with Content-Type: application/json, e.g. "
+                    '{"message_ids": [1, 2, 3]} to start a batch (GET /docs shows each body).')
+
+
 # --- handlers ----------------------------------------------------------------------------
 
 _CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
@@ -134,6 +143,8 @@ async def _on_nats_outage(request: Request, exc: Exception) -> JSONResponse:
 async def _on_validation(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     problems = list(dict.fromkeys(_problem(e) for e in exc.errors()))
+    if problems == [NOT_JSON]:  # no field to name: say what a body looks like
+        return error_response(422, not_json().body)
     return error_response(422, invalid("; ".join(problems)).body)
 
 
