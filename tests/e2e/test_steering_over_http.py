@@ -189,3 +189,32 @@ async def test_a_single_download_pauses_and_resumes_by_message_id(stack: Stack):
     assert hashlib.sha256(Path(f["file_path"]).read_bytes()).hexdigest() == \
         expected_sha256(m, size)
     assert (await post(stack, f"/api/media/resume/{m}"))["status"] == "not_downloading"
+
+
+@pytest.mark.stack(sim_bandwidth=400_000, parts_per_file=1)
+async def test_a_status_read_right_after_a_change_shows_the_change(stack: Stack):
+    """Each answer comes once the read model shows the change it reports: a client that
+    reads the status at once sees what it was just told, never the state before."""
+    ids = stack.media_ids(4, min_size=1_500_000)
+    batch, single = ids[:3], ids[3]
+    await hold_second_parts(stack, ids)  # nothing finishes while the test steers it
+    b = (await stack.start_batch(batch, max_concurrent=1))["batch_id"]
+    await stack.until_serving(1)
+
+    assert (await post(stack, f"/api/media/batch-pause/{b}"))["status"] == "paused"
+    assert (await stack.status(b))["overall_status"] == "paused"
+    assert (await post(stack, f"/api/media/batch-resume/{b}"))["status"] == "resumed"
+    assert (await stack.status(b))["overall_status"] != "paused"
+    changed = await post(stack, f"/api/media/batch/{b}", method="PATCH",
+                         json={"max_concurrent": 2, "priority": "high"})
+    assert changed["status"] == "changed"
+    body = await stack.status(b)
+    assert (body["max_concurrent"], body["priority"]) == (2, "high")
+    assert (await post(stack, f"/api/media/batch-cancel/{b}"))["status"] == "cancelled"
+    assert (await stack.status(b))["overall_status"] == "cancelled"
+
+    assert (await post(stack, f"/api/media/download/{single}", json={}))["status"] == "started"
+    assert (await post(stack, f"/api/media/pause/{single}"))["status"] == "paused"
+    assert (await stack.http.get(f"/api/media/status/{single}")).json()["status"] == "paused"
+    assert (await post(stack, f"/api/media/cancel/{single}"))["status"] == "cancelled"
+    assert (await stack.http.get(f"/api/media/status/{single}")).json()["status"] == "cancelled"

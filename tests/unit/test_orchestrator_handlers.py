@@ -361,6 +361,17 @@ async def test_cancel_single_takes_the_kind_from_the_batch_not_its_id(w):
     assert w.log.of_type("single_lookalike", BatchCancelled) == []
 
 
+async def test_cancel_single_finds_a_paused_request_though_the_pause_left_the_lease(w):
+    single = await start(w, [5], max_concurrent=1, kind=BatchKind.single)
+    other = await start(w, [6], max_concurrent=1, kind=BatchKind.single)
+    await w.orch.pause_batch(PauseBatch(batch_id=single))
+    assert w.leases.leases[5].parties == []  # only the open batches still know it
+    outcome = await w.orch.cancel_single(CancelSingle(message_id=5))
+    assert outcome.cancelled == [single]
+    assert w.log.of_type(single, BatchCancelled) != []
+    assert w.log.of_type(other, BatchCancelled) == []  # another message's request goes on
+
+
 async def test_a_dispatch_overtaken_by_a_cancel_does_not_leave_the_batch_waiting(w):
     b = await start(w, [1], max_concurrent=1)
     # the cancel lands while a (second replica's) dispatch of file 1 is between steps

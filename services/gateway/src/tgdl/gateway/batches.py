@@ -126,6 +126,7 @@ async def batch_cancel(batch_id: BatchId, svc: Svc, request: Request) -> BatchCa
             status="already_finished", batch_id=batch_id, cancelled_downloads=0,
             total_files=done.total_files,
             message="Batch had already finished; nothing to cancel")
+    await svc.until_current()
     return BatchCancelResponse(
         status="cancelled", batch_id=batch_id, cancelled_downloads=len(done.stopped),
         total_files=done.total_files,

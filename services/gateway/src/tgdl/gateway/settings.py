@@ -11,7 +11,8 @@ class GatewaySettings(CommonSettings):
     # How long a command may wait for the orchestrator's reply before a 503.
     command_timeout: float = Field(default=10.0, gt=0)
     # How long a start (or an event stream) waits for a just-accepted batch to appear in
-    # the read model, so that a status query right after the start finds it.
+    # the read model, and a pause, resume, cancel or new setting for the read model to
+    # show it, so that a status query right after the answer agrees with it.
     projection_wait: float = Field(default=2.0, ge=0)
     # A read from PostgreSQL gives up (503) if no connection is had within this.
     db_timeout: float = Field(default=5.0, gt=0)

@@ -108,6 +108,7 @@ async def cancel(message_id: MessageId, svc: Svc, request: Request) -> SingleCan
         return SingleCancelResponse(
             message_id=message_id, status="not_downloading",
             message=f"No single-file download of message {message_id} is running")
+    await svc.until_current()
     return SingleCancelResponse(message_id=message_id, status="cancelled",
                                 message=f"Download of message {message_id} cancelled")
 
@@ -143,8 +144,11 @@ async def _steer(steer: _Steer, svc: Services, request: Request,
         return SinglePauseResponse(
             message_id=message_id, status="not_downloading", download_id=batch_id,
             message=f"No single-file download of message {message_id} is under way")
-    status, says = ((steer.unchanged, steer.unchanged_says) if getattr(done, steer.unchanged)
-                    else (steer.changed, steer.changed_says))
+    changed = not getattr(done, steer.unchanged)
+    status, says = (steer.changed, steer.changed_says) if changed else (
+        steer.unchanged, steer.unchanged_says)
+    if changed:
+        await svc.until_current()
     return SinglePauseResponse(message_id=message_id, status=status, download_id=batch_id,
                                message=f"Download of message {message_id} {says}")
 

@@ -58,6 +58,7 @@ async def batch_pause(batch_id: BatchId, svc: Svc, request: Request) -> BatchPau
     else:
         status = "paused"
         message = f"Batch paused, {_files(len(done.stopped))} stopped; partial files are kept"
+        await svc.until_current()
     return BatchPauseResponse(status=status, message=message, batch_id=batch_id,
                               paused_downloads=len(done.stopped), total_files=done.total_files)
 
@@ -75,6 +76,7 @@ async def batch_resume(batch_id: BatchId, svc: Svc, request: Request) -> BatchRe
     else:
         status = "resumed"
         message = f"Batch resumed, {_files(len(done.granted))} started again"
+        await svc.until_current()
     return BatchResumeResponse(status=status, message=message, batch_id=batch_id,
                                resumed_downloads=len(done.granted),
                                total_files=done.total_files)
@@ -113,6 +115,7 @@ async def batch_settings(batch_id: BatchId, body: BatchSettingsRequest,
                    f"{priority.priority}")  # type: ignore[union-attr]
     elif changes:
         status, message = "changed", "; ".join(changes)
+        await svc.until_current()
     else:
         kept = [f"max_concurrent already was {limit.max_concurrent}"] if limit else []
         kept += [f"priority already was {priority.priority}"] if priority else []

@@ -277,12 +277,17 @@ class Orchestrator:
                                previous=before.priority, already_finished=before.closed)
 
     async def cancel_single(self, cmd: CancelSingle) -> SingleCancelOutcome:
-        """Cancel the single-file requests waiting for the message; batches keep it."""
-        current = await self.ports.leases.get(cmd.message_id)
+        """Cancel the single-file requests of the message still open: those waiting for its
+        download (the lease's parties) and paused ones (a pause leaves the lease, so only
+        the list of open batches knows them); batches keep it."""
+        current, listed = await asyncio.gather(self.ports.leases.get(cmd.message_id),
+                                               self.ports.open_batches.list())
+        waiting = current[0].parties if current else []
         cancelled: list[str] = []
-        for party in current[0].parties if current else []:
+        for party in dict.fromkeys([*waiting, *listed]):
             state, _ = await self.repo.load(party)
-            if state.kind != BatchKind.single or state.closed:
+            if (state.kind != BatchKind.single or state.closed
+                    or cmd.message_id not in state.files):
                 continue
             outcome = await self.cancel_batch(CancelBatch(batch_id=party))
             if isinstance(outcome, BatchCancelOutcome) and not outcome.already_finished:
