@@ -96,6 +96,21 @@ async def test_one_lease_per_message_and_every_party_is_told(js, isolation):
     assert (c.job_id, c.attached) == ("C:7", False)
 
 
+async def test_a_party_that_paused_is_told_only_of_a_completed_file(js, isolation):
+    leases = await Leases.open(js, Names(isolation.namespace))
+    for m, status, told in ((4, "completed", ["B", "A"]), (6, "failed", ["B"])):
+        await leases.acquire(m, f"A:{m}", "A")
+        await leases.acquire(m, f"B:{m}", "B")
+        left = await leases.leave(m, "A", keep_part=True)  # A paused
+        assert left.parties == ["B"] and left.paused == ["A"] and left.keep_part
+        ended = DownloadOutcome(job_id=f"A:{m}", message_id=m, status=status, at=NOW)
+        # the file is whole: A records it completed, not paused; a failure is B's news
+        assert (await leases.end(ended)).parties == told
+    await leases.acquire(2, "A:2", "A")
+    await leases.leave(2, "A")  # a cancel, not a pause: nothing more to hear
+    assert (await leases.get(2))[0].paused == []
+
+
 async def test_a_forcing_party_makes_the_shared_job_fetch_again(js, isolation):
     leases = await Leases.open(js, Names(isolation.namespace))
     await leases.acquire(3, "A:3", "A")

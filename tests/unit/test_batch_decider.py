@@ -240,7 +240,12 @@ def priority(p: str) -> SetPriority:
 STEERING = [
     ("pause stops the running files", (), PAUSE, [("BatchPaused", None)]),
     ("pausing twice appends nothing", (PAUSE,), PAUSE, []),
-    ("a paused batch grants nothing on an outcome", (PAUSE,), done(1), []),
+    # the job the pause stopped had finished the file: it is whole, so completed
+    ("a paused batch records its file completed anyway, granting nothing", (PAUSE,),
+     done(1), [("FileCompleted", 1)]),
+    ("but a paused file's job that ends otherwise changes nothing", (PAUSE,),
+     done(1, "cancelled"), []),
+    ("nor does a job of a file the pause did not stop", (PAUSE,), done(3), []),
     ("nor on a reconcile (recovery)", (PAUSE,), Reconcile(at=AT), []),
     ("nor when the limit is raised", (PAUSE,), limit(5), [("ConcurrencyChanged", None)]),
     ("resume grants up to max_concurrent, paused files first", (PAUSE,), RESUME,
@@ -290,7 +295,8 @@ def test_pause_releases_the_permits_of_running_files_and_resume_grants_them_anew
 
 def test_a_late_outcome_of_a_paused_file_changes_nothing_and_a_stale_dispatch_is_ignored():
     s = after(PAUSE)
-    assert decide(done(1), s) == []  # it was stopped for the pause; the resume regrants it
+    # it was stopped for the pause (no whole file); the resume regrants it
+    assert decide(done(1, "cancelled"), s) == []
     _, s = run(s, RESUME)
     stale = MarkDispatched(message_id=1, job_id="b:1", attached=False, at=AT, for_job="b:1")
     assert decide(stale, s) == []  # a dispatch of the permit the pause took back
@@ -326,6 +332,20 @@ def test_after_a_lower_limit_the_next_grants_wait_until_running_files_fit_under_
     assert kinds(events) == [("FileCompleted", 1)]  # 1 still running: no grant
     events, s = run(s, done(2))
     assert kinds(events) == [("FileCompleted", 2), ("PermitGranted", 3)]
+
+
+def test_a_file_completed_while_paused_is_not_granted_again_at_the_resume():
+    s = after(PAUSE, ids=(1, 2), max_concurrent=2)
+    events, s = run(s, done(1))  # the stopped job had the whole file first
+    assert kinds(events) == [("FileCompleted", 1)]
+    assert s.paused and s.paused_files == (2,) and s.files[1] is FileState.completed
+    events, s = run(s, RESUME)
+    assert events[0] == BatchResumed(batch_id="b", at=AT, resumed=[2])
+    assert kinds(events[1:]) == [("PermitGranted", 2)]
+    events, s = run(s, Finish(message_id=2, job_id="b:2:2", status="completed", at=AT,
+                              file_path="/m/2", relative_path="2", size=1000))
+    assert kinds(events) == [("FileCompleted", 2), ("BatchFinished", None)]
+    assert events[-1].completed == 2
 
 
 def test_a_paused_batch_resumed_finishes_normally():

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tgdl.bus.eventlog import ConcurrentAppend
-from tgdl.bus.leases import Acquired
+from tgdl.bus.leases import Acquired, addressees, without
 from tgdl.contracts.catalog import CatalogEntry, MediaKind
 from tgdl.contracts.commands import (
     BatchAccepted,
@@ -118,8 +118,7 @@ class FakeLeases:
         lease = self.leases.get(message_id)
         if lease is None:
             return None
-        left = lease.model_copy(update={"parties": [p for p in lease.parties if p != party],
-                                        "keep_part": lease.keep_part or keep_part})
+        left = without(lease, party, keep_part)
         self.leases[message_id] = left
         return left
 
@@ -166,7 +165,7 @@ class FakeJobs:
         lease = self.leases.leases.get(outcome.message_id)
         if lease is None or lease.job_id != outcome.job_id:
             return None
-        addressed = outcome.model_copy(update={"parties": lease.parties})
+        addressed = outcome.model_copy(update={"parties": addressees(lease, outcome)})
         self.outcomes.append(addressed)
         del self.leases.leases[outcome.message_id]
         return addressed
@@ -500,6 +499,16 @@ async def test_a_start_on_an_id_another_replica_took_draws_a_new_id(w: World, mo
 # steering: pause, resume, live max_concurrent
 
 
+async def test_a_file_whose_job_completes_just_after_the_pause_is_completed_not_paused(w):
+    b = await start(w, [1, 2, 3])
+    await w.orch.pause_batch(PauseBatch(batch_id=b))
+    # the job had fetched every byte when the pause left its lease: told all the same
+    assert (await w.end_job(f"{b}:1")).parties == [b]
+    assert [e.message_id for e in w.log.of_type(b, FileCompleted)] == [1]
+    resumed = await w.orch.resume_batch(ResumeBatch(batch_id=b))
+    assert (resumed.resumed, resumed.granted) == ([2], [2, 3])  # 1 is not fetched again
+
+
 async def test_pause_leaves_the_leases_keeping_the_parts_and_grants_nothing_until_resumed(w):
     b = await start(w, [1, 2, 3])
     paused = await w.orch.pause_batch(PauseBatch(batch_id=b))
@@ -532,13 +541,13 @@ async def test_a_file_shared_with_another_batch_keeps_downloading_for_it(w):
     await w.orch.pause_batch(PauseBatch(batch_id=paused))
     assert w.leases.leases[1].parties == [other]  # still wanted: the job goes on
     addressed = await w.end_job(f"{paused}:1")
-    assert addressed.parties == [other]
-    assert [e.message_id for e in w.log.of_type(other, FileCompleted)] == [1]
-    assert w.log.of_type(paused, FileCompleted) == []  # heard nothing: it left
-    await w.end_job(f"{paused}:2", OutcomeStatus.cancelled)  # its own file did stop
+    assert addressed.parties == [other, paused]  # the paused one learns its file is whole
+    for b in (other, paused):
+        assert [e.message_id for e in w.log.of_type(b, FileCompleted)] == [1]
+    assert (await w.end_job(f"{paused}:2", OutcomeStatus.cancelled)).parties == []  # stopped
     await w.orch.resume_batch(ResumeBatch(batch_id=paused))
-    # granted again: new jobs (file 1's finds the file complete on disk in no time)
-    assert w.jobs.published[-2:] == [f"{paused}:1:2", f"{paused}:2:2"]
+    assert w.jobs.published[-1] == f"{paused}:2:2"  # granted again: only the one it lacks
+    assert f"{paused}:1:2" not in w.jobs.published
 
 
 async def test_a_paused_batch_stays_paused_across_a_restart(w):

@@ -5,7 +5,8 @@ message and the parties (batch ids) waiting for it. All changes are compare-and-
 the entry's revision, so concurrent orchestrators and downloaders never lose a party.
 
 A lease whose parties all left tells its downloader to stop (keeping the .part file if
-one of them left for a pause). A job ends in two steps:
+one of them left for a pause; if the job completes the file all the same, those that
+paused are told too). A job ends in two steps:
 `end` records the outcome and freezes the parties, the downloader publishes the
 outcome to them, then `release` deletes the lease.
 """
@@ -24,6 +25,24 @@ from tgdl.bus.eventlog import WRONG_LAST_SEQUENCE
 from tgdl.contracts.jobs import DownloadOutcome, Lease
 from tgdl.contracts.status import OutcomeStatus
 from tgdl.contracts.subjects import Names
+
+
+def without(lease: Lease, party: str, keep_part: bool) -> Lease:
+    """The lease once `party` stopped waiting: for a pause (`keep_part`), a job nobody
+    else wants keeps its bytes, and the party is told if the file completes anyway."""
+    return lease.model_copy(update={
+        "parties": [p for p in lease.parties if p != party],
+        "keep_part": lease.keep_part or keep_part,
+        "paused": [*lease.paused, party] if keep_part and party not in lease.paused
+        else lease.paused})
+
+
+def addressees(lease: Lease, outcome: DownloadOutcome) -> list[str]:
+    """Who learns how the job ended: its parties, and for a completed file those that
+    paused too (their file is whole: completed, not paused)."""
+    if outcome.status != OutcomeStatus.completed:
+        return lease.parties
+    return list(dict.fromkeys([*lease.parties, *lease.paused]))
 
 
 @dataclass(frozen=True)
@@ -110,8 +129,7 @@ class Leases:
             lease, revision = current
             if party not in lease.parties or lease.outcome is not None:
                 return lease
-            left = lease.model_copy(update={"parties": [p for p in lease.parties if p != party],
-                                            "keep_part": lease.keep_part or keep_part})
+            left = without(lease, party, keep_part)
             try:
                 await self._put(message_id, left, revision)
                 return left
@@ -180,7 +198,7 @@ class Leases:
                 return lease.outcome, revision  # a previous delivery of this job got this far
             if outcome.status == OutcomeStatus.cancelled and lease.parties:
                 raise Rejoined(f"message {outcome.message_id}: {lease.parties} wait again")
-            addressed = outcome.model_copy(update={"parties": lease.parties})
+            addressed = outcome.model_copy(update={"parties": addressees(lease, outcome)})
             try:
                 revision = await self._put(
                     outcome.message_id, lease.model_copy(update={"outcome": addressed}), revision

@@ -110,6 +110,9 @@ class Lease(BaseModel):
     # A party left because its batch was paused: when no party is left, the job stops but
     # keeps its .part file for the resume (a cancel alone discards it).
     keep_part: bool = False
+    # The parties that left for a pause: a job that completes the file anyway tells them
+    # too (their file is whole, so it is completed, not paused).
+    paused: list[str] = []
     # Set by the downloader when the job has ended, before it publishes the outcome and
     # deletes the lease: a downloader that crashes in between finds it on redelivery and
     # completes the hand-over, so no waiting party is ever forgotten.

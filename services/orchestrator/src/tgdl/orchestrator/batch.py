@@ -252,6 +252,13 @@ def decide(cmd: Command, s: BatchState) -> list[BatchEvent]:
         ):
             ended = _file_ended(s, cmd)
             return [ended, *_grant_or_finish(evolve(s, ended), cmd.at)]
+        case Finish() if (
+            cmd.message_id in s.paused_files and cmd.status == OutcomeStatus.completed
+            and cmd.job_id == s.jobs.get(cmd.message_id)
+        ):
+            # The job the pause stopped had the whole file first: completed, not paused
+            # (nothing is granted while paused; the resume has one file fewer to do).
+            return [_file_ended(s, cmd)]
         case MarkDispatched() if (
             s.files.get(cmd.message_id) is FileState.running
             and cmd.message_id not in s.dispatched
@@ -386,7 +393,8 @@ def evolve(s: BatchState, e: BatchEvent) -> BatchState:
                 jobs=MappingProxyType({**s.jobs, e.message_id: e.job_id}),
             )
         case FileCompleted():
-            return _with_file(s, e.message_id, FileState.completed)
+            s = _with_file(s, e.message_id, FileState.completed)
+            return replace(s, paused_files=tuple(m for m in s.paused_files if m != e.message_id))
         case FileFailed():
             return _with_file(s, e.message_id, FileState.failed)
         case BatchCancelled():
