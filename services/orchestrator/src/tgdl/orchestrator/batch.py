@@ -6,7 +6,8 @@ pending or running and keeps what completed, and the batch finishes exactly once
 whose Telegram file another message's copy holds whole is done at the start, linked to
 that copy, unless the batch forces (`same_file_links`). A
 paused batch grants nothing: its running files give their permits back (and keep their
-bytes on disk) until it is resumed; a new `max_concurrent` applies to the next grants.
+bytes on disk) until it is resumed, except one whose job had the whole file first (it is
+completed); a new `max_concurrent` applies to the next grants.
 A new priority applies to the batch's jobs that have not started (where they wait, and in
 what order, is the admission's business: `tgdl.bus.admission`).
 """
