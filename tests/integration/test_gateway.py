@@ -197,8 +197,9 @@ async def test_malformed_json_is_a_422_not_a_500(client):
 
 async def test_unknown_routes_and_methods_answer_in_the_same_shape(client):
     assert_error_body(await client.get("/api/nothing"), 404, "not_found")
-    assert_error_body(await client.delete("/api/media/batch-status/b"), 405,
-                      "method_not_allowed")
+    wrong = assert_error_body(await client.delete("/api/media/batch-status/b"), 405,
+                              "method_not_allowed")
+    assert wrong["suggestion"].startswith("This URL answers GET")  # which method it takes
 
 
 # --- commands without an orchestrator --------------------------------------------------------

@@ -151,7 +151,10 @@ async def _on_validation(request: Request, exc: Exception) -> JSONResponse:
 async def _on_http(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
     code = _CODES.get(exc.status_code, "server_error" if exc.status_code >= 500 else "error")
-    suggestion = ("Check the URL; the API is described at /docs."
+    allowed = (getattr(exc, "headers", None) or {}).get("Allow")
+    suggestion = (f"This URL answers {allowed}; the API is described at /docs."
+                  if exc.status_code == 405 and allowed else
+                  "Check the URL; the API is described at /docs."
                   if exc.status_code in (404, 405) else
                   "Send the body as UTF-8 JSON with Content-Type: application/json."
                   if exc.status_code == 400 else None)
