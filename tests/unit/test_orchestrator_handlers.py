@@ -697,6 +697,15 @@ async def test_a_batch_joining_a_waiting_job_raises_it_to_its_own_priority(w):
     assert [j.priority for j in w.jobs.queue.values()] == [Priority.high]
 
 
+async def test_a_batch_lowering_its_priority_never_lowers_a_job_another_batch_waits_for(w):
+    archive = await start(w, [1, 2], max_concurrent=2)
+    await start(w, [1], max_concurrent=1, priority=Priority.high)  # "this one now"
+    await w.orch.set_priority(SetPriority(batch_id=archive, priority=Priority.low))
+    # file 1's job is the archive's own, but the high batch waits for it too
+    assert {j.entry.message_id: j.priority for j in w.jobs.queue.values()} == {
+        1: Priority.high, 2: Priority.low}
+
+
 async def test_the_priority_of_an_unknown_or_finished_batch(w):
     refused = await w.orch.set_priority(SetPriority(batch_id="nope", priority=Priority.high))
     assert isinstance(refused, Rejection) and refused.reason == RejectReason.batch_not_found

@@ -138,7 +138,8 @@ def test_a_new_priority_moves_the_batchs_own_waiting_jobs_and_only_raises_joined
     events = [*history("b", [1, 2, 3], [1, 2], [1]), joined]
     low = PriorityChanged(batch_id="b", at=AT, priority=Priority.low, previous=Priority.normal)
     assert react(low, fold([*events, low])) == [
-        Reprioritize((1,), Priority.low), Reprioritize((2,), Priority.low, raise_only=True)]
+        Reprioritize((1,), Priority.low, batch_id="b"),
+        Reprioritize((2,), Priority.low, raise_only=True)]
     # joining a job raises it to the batch's priority (a low batch never needs to)
     high = [*events[:-1], PriorityChanged(batch_id="b", at=AT, priority=Priority.high,
                                           previous=Priority.normal), joined]

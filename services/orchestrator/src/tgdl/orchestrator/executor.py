@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Iterable
 
 from tgdl.contracts.events import BatchEvent
 from tgdl.contracts.jobs import DownloadJob
+from tgdl.contracts.status import Priority
 from tgdl.orchestrator import metrics
 from tgdl.orchestrator.batch import BatchState, Command, MarkDispatched
 from tgdl.orchestrator.ports import Ports
@@ -60,8 +61,11 @@ class Executor:
                         together.append(effects[i])  # type: ignore[arg-type]
                         i += 1
                     await _all(self._dispatch(d) for d in together)
-                case Reprioritize(message_ids=ids, priority=p, raise_only=raise_only):
-                    await self.ports.jobs.reprioritize(ids, p, raise_only)
+                case Reprioritize(message_ids=ids, priority=p, raise_only=True):
+                    await self.ports.jobs.reprioritize(ids, p, True)
+                case Reprioritize(message_ids=ids, priority=p, batch_id=batch_id):
+                    for floor, group in (await self._floors(ids, p, batch_id)).items():
+                        await self.ports.jobs.reprioritize(group, floor)
                 case LeaveLease(message_id=m, batch_id=batch_id, keep_part=keep):
                     await self.ports.leases.leave(m, batch_id, keep_part=keep)
                 case Unlist(batch_id=batch_id):
@@ -70,6 +74,18 @@ class Executor:
                     await self.ports.jobs.end(outcome)
                 case DropQueuedJob(seq=seq):
                     await self.ports.queued_jobs.delete(seq)
+
+    async def _floors(self, ids: tuple[int, ...], priority: Priority, batch_id: str | None
+                      ) -> dict[Priority, tuple[int, ...]]:
+        """The priority each job goes to: `priority`, unless other batches wait for it too
+        (its lease's other parties), and one of them asks for higher."""
+        leases = await asyncio.gather(*(self.ports.leases.get(m) for m in ids))
+        groups: dict[Priority, list[int]] = {}
+        for m, lease in zip(ids, leases, strict=True):
+            others = [b for b in (lease[0].parties if lease else []) if b != batch_id]
+            asked = [priority, *[(await self.repo.load(b))[0].priority for b in others]]
+            groups.setdefault(min(asked, key=lambda p: p.rank), []).append(m)
+        return {p: tuple(ms) for p, ms in groups.items()}
 
     async def _dispatch(self, d: Dispatch) -> None:
         m = d.entry.message_id

@@ -62,11 +62,14 @@ class Dispatch:
 @dataclass(frozen=True)
 class Reprioritize:
     """The jobs of these messages that still wait for room under the global cap wait at
-    `priority` from now on (`raise_only`: unless they already wait higher)."""
+    `priority` from now on (`raise_only`: unless they already wait higher). `batch_id`:
+    the batch whose own jobs these are; one that other batches wait for too never goes
+    below the highest of their priorities."""
 
     message_ids: tuple[int, ...]
     priority: Priority
     raise_only: bool = False
+    batch_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -118,7 +121,7 @@ def react(event: BatchEvent, state: BatchState) -> list[Effect]:
             own = tuple(m for m in state.running
                         if state.jobs.get(m, "").startswith(f"{event.batch_id}:"))
             joined = tuple(m for m in state.running if m not in own)
-            return [*([Reprioritize(own, p)] if own else []),
+            return [*([Reprioritize(own, p, batch_id=event.batch_id)] if own else []),
                     *([Reprioritize(joined, p, raise_only=True)] if joined else [])]
         case JobDispatched(message_id=m, attached=True) if state.priority != Priority.low:
             # joined another request's job: it must not wait behind this batch's priority
