@@ -161,7 +161,7 @@ def test_tgdl_run_serves_the_demo_and_stops_cleanly_on_ctrl_c(tmp_path: Path) ->
             assert gone(postgres), "the embedded PostgreSQL is still running"
         assert "Stopped" in log.read_text()
         assert not (home / "metrics-targets.json").exists()  # nothing left to scrape
-        assert not (home / "gateway-url").exists()
+        assert not (home / "gateway.json").exists()
     finally:
         if tgdl.poll() is None:  # the test failed while it ran: stop it as a user would
             with contextlib.suppress(psutil.Error):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -265,10 +268,15 @@ def test_client_commands_find_the_gateway_of_the_run_in_their_data_folder(
     env = {"TGDL_HOME": "data"}
     assert running_gateway(env, tmp_path) is None  # no `tgdl run` there
     (tmp_path / "data").mkdir()
-    Home.from_env(env, tmp_path).gateway.write_text("http://127.0.0.1:40123\n")
+    noted = Home.from_env(env, tmp_path).gateway
+    noted.write_text(json.dumps({"url": "http://127.0.0.1:40123", "pid": os.getpid()}))
     assert running_gateway(env, tmp_path) == "http://127.0.0.1:40123"
     assert running_gateway({}, tmp_path) is None  # another data folder: ./.tgdl
-    Home.from_env(env, tmp_path).gateway.write_text("garbage")
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    noted.write_text(json.dumps({"url": "http://127.0.0.1:40123", "pid": gone.pid}))
+    assert running_gateway(env, tmp_path) is None  # left by a run that was killed
+    noted.write_text("garbage")
     assert running_gateway(env, tmp_path) is None
 
 

@@ -592,12 +592,24 @@ def status_heading(body: dict[str, Any]) -> str:
 
 def running_gateway(env: dict[str, str], cwd: Path | None = None) -> str | None:
     """The URL a `tgdl run` of the data folder serves on (it may have had to take another
-    port than the default), None when none runs there."""
+    port than the default), None when none runs there (a note left by one that was
+    killed names a process that is gone)."""
     try:
-        url = Home.from_env(env, cwd or Path.cwd()).gateway.read_text().strip()
-    except OSError:
+        noted = json.loads(Home.from_env(env, cwd or Path.cwd()).gateway.read_text())
+        url, pid = str(noted["url"]), int(noted["pid"])
+    except (OSError, ValueError, TypeError, KeyError):
         return None
-    return url if url.startswith(("http://", "https://")) else None
+    return url if url.startswith(("http://", "https://")) and _alive(pid) else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: it exists
+        return True
+    return True
 
 
 def main(args: argparse.Namespace, env: dict[str, str] | None = None) -> int:

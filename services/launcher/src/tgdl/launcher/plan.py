@@ -74,9 +74,10 @@ class Home:
 
     @property
     def gateway(self) -> Path:
-        """The gateway's URL while `tgdl run` runs: `tgdl download`, `status`, ... find it
-        there when it could not have the default port."""
-        return self.root / "gateway-url"
+        """The gateway's URL (and the pid of the `tgdl run` serving it) while it runs:
+        `tgdl download`, `status`, ... find it there when it could not have the default
+        port."""
+        return self.root / "gateway.json"
 
     @property
     def instance(self) -> Path:

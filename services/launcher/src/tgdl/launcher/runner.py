@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import time
 from collections.abc import Callable, Mapping
@@ -213,7 +214,7 @@ async def _run_services(
     targets = metrics_targets(http, *metered)
     home.metrics_targets.write_text(json.dumps(targets, indent=2) + "\n")
     base_url = browser_url(*http)
-    home.gateway.write_text(base_url + "\n")
+    home.gateway.write_text(json.dumps({"url": base_url, "pid": os.getpid()}) + "\n")
     try:
         healthy = await wait_until_healthy(
             f"{base_url}/healthz", stop,
