@@ -706,6 +706,14 @@ async def test_a_batch_lowering_its_priority_never_lowers_a_job_another_batch_wa
         1: Priority.high, 2: Priority.low}
 
 
+async def test_a_job_a_leaving_batch_raised_goes_back_to_the_priority_of_those_still_waiting(w):
+    archive = await start(w, [1, 2], max_concurrent=2, priority=Priority.low)
+    urgent = await start(w, [1], max_concurrent=1, priority=Priority.high)
+    assert w.jobs.queue[w.jobs.seq_of(f"{archive}:1")].priority == Priority.high  # joined
+    await w.orch.cancel_batch(CancelBatch(batch_id=urgent))
+    assert w.jobs.queue[w.jobs.seq_of(f"{archive}:1")].priority == Priority.low
+
+
 async def test_the_priority_of_an_unknown_or_finished_batch(w):
     refused = await w.orch.set_priority(SetPriority(batch_id="nope", priority=Priority.high))
     assert isinstance(refused, Rejection) and refused.reason == RejectReason.batch_not_found

@@ -67,7 +67,13 @@ class Executor:
                     for floor, group in (await self._floors(ids, p, batch_id)).items():
                         await self.ports.jobs.reprioritize(group, floor)
                 case LeaveLease(message_id=m, batch_id=batch_id, keep_part=keep):
-                    await self.ports.leases.leave(m, batch_id, keep_part=keep)
+                    left = await self.ports.leases.leave(m, batch_id, keep_part=keep)
+                    if left is not None and left.parties and left.outcome is None:
+                        # others still wait: the job waits at the highest of theirs (the
+                        # one that left may have raised it)
+                        top = min([(await self.repo.load(b))[0].priority
+                                   for b in left.parties], key=lambda p: p.rank)
+                        await self.ports.jobs.reprioritize((m,), top)
                 case Unlist(batch_id=batch_id):
                     await self.ports.open_batches.remove(batch_id)
                 case EndJob(outcome=outcome):
