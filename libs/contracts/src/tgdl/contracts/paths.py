@@ -30,7 +30,6 @@ MAX_NAME_BYTES = 150  # leaves room for the id prefix and ".part" under common 2
 # ".parts.part" under the common 255-byte limit.
 MAX_SEGMENT_BYTES = 200
 PART_SUFFIX = ".part"
-PathT = TypeVar("PathT", bound=PurePath)
 # Beside the .part file, which parts of it hold fetched bytes. It ends in .part too, so
 # whatever hides or sweeps partial downloads (the gateway never serves them) covers it.
 PARTS_SUFFIX = ".parts" + PART_SUFFIX
@@ -285,6 +284,9 @@ def relative_path(entry: CatalogEntry, template: str | None = None) -> PurePosix
     """Path of the finished file relative to the media root (also its URL path), as
     `template` (None: the default layout) names it."""
     return name_template(template).render(entry)
+
+
+PathT = TypeVar("PathT", bound=PurePath)
 
 
 def part_path(final: PathT) -> PathT:

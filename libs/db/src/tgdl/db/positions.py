@@ -8,7 +8,9 @@ it to tell how far the read model lags behind the streams.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -27,6 +29,20 @@ class PositionsMoved(RuntimeError):
 async def load_positions(conn: Reader) -> dict[str, int]:
     stored = await conn.fetchval("SELECT positions FROM projection_state")
     return {s: int(seq) for s, seq in json.loads(stored).items()} if stored else {}
+
+
+async def until_reached(conn: Reader, targets: Mapping[str, int], within: float,
+                        poll: float = 0.01) -> tuple[bool, dict[str, int]]:
+    """Read the positions until every stream of `targets` is at or past its target (True)
+    or `within` seconds have passed (False); returns that with the positions last read."""
+    deadline = time.monotonic() + within
+    while True:
+        positions = await load_positions(conn)
+        if all(positions.get(s, 0) >= seq for s, seq in targets.items()):
+            return True, positions
+        if time.monotonic() >= deadline:
+            return False, positions
+        await asyncio.sleep(poll)
 
 
 def _rows(status: str) -> int:

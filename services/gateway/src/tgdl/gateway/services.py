@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +16,7 @@ from nats.aio.client import Client as NATS
 
 from tgdl.contracts.config import chat_key, narrowed
 from tgdl.db import readmodel
-from tgdl.db.positions import load_positions
+from tgdl.db.positions import until_reached
 from tgdl.gateway.commands import CommandClient
 from tgdl.gateway.errors import database_unavailable
 from tgdl.gateway.freshness import Freshness
@@ -26,7 +25,6 @@ from tgdl.gateway.security import Tokens
 from tgdl.gateway.settings import GatewaySettings
 
 log = logging.getLogger("tgdl.gateway")
-PROJECTION_POLL = 0.01  # seconds between looks at the projector's position after a change
 
 # What a lost or stopped PostgreSQL raises (a refused or vanished socket, a closed
 # connection, a server shutting down or starting up, no answer in time; asyncpg's
@@ -150,17 +148,14 @@ class Services:
         (the orchestrator answers once it appended). Best effort: the change is made, so
         an outage here never fails the answer; False when it was not seen in time."""
         stream = self.settings.names.events_stream
-        deadline = time.monotonic() + self.settings.projection_wait
         try:
             target = (await self.nc.jetstream().stream_info(stream)).state.last_seq
-            while (await load_positions(self.pool)).get(stream, 0) < target:
-                if time.monotonic() >= deadline:
-                    return False
-                await asyncio.sleep(PROJECTION_POLL)
+            reached, _ = await until_reached(self.pool, {stream: target},
+                                             self.settings.projection_wait)
         except Exception as exc:  # NATS or PostgreSQL away: answer anyway
             log.debug("read model not checked after a change: %r", exc)
             return False
-        return True
+        return reached
 
 
 def caller_chats(request: Request) -> frozenset[str] | None:

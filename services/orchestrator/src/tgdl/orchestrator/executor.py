@@ -71,8 +71,7 @@ class Executor:
                     if left is not None and left.parties and left.outcome is None:
                         # others still wait: the job waits at the highest of theirs (the
                         # one that left may have raised it)
-                        top = min([(await self.repo.load(b))[0].priority
-                                   for b in left.parties], key=lambda p: p.rank)
+                        top = await self._highest(left.parties)
                         await self.ports.jobs.reprioritize((m,), top)
                 case Unlist(batch_id=batch_id):
                     await self.ports.open_batches.remove(batch_id)
@@ -89,9 +88,13 @@ class Executor:
         groups: dict[Priority, list[int]] = {}
         for m, lease in zip(ids, leases, strict=True):
             others = [b for b in (lease[0].parties if lease else []) if b != batch_id]
-            asked = [priority, *[(await self.repo.load(b))[0].priority for b in others]]
-            groups.setdefault(min(asked, key=lambda p: p.rank), []).append(m)
+            groups.setdefault(await self._highest(others, priority), []).append(m)
         return {p: tuple(ms) for p, ms in groups.items()}
+
+    async def _highest(self, batch_ids: list[str], *also: Priority) -> Priority:
+        """The highest priority among these batches' (and `also`)."""
+        asked = [*also, *[(await self.repo.load(b))[0].priority for b in batch_ids]]
+        return min(asked, key=lambda p: p.rank)
 
     async def _dispatch(self, d: Dispatch) -> None:
         m = d.entry.message_id

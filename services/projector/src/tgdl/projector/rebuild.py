@@ -7,9 +7,6 @@ tools use it instead of sleeping)."""
 
 from __future__ import annotations
 
-import asyncio
-import time
-
 import asyncpg
 from nats.js import JetStreamContext
 
@@ -18,7 +15,7 @@ from tgdl.bus.topology import verify_topology
 from tgdl.contracts.config import CommonSettings
 from tgdl.contracts.subjects import Names
 from tgdl.db.connection import connect as db_connect
-from tgdl.db.positions import load_positions
+from tgdl.db.positions import until_reached
 from tgdl.db.schema import verify_schema
 from tgdl.projector.projector import Projector
 from tgdl.projector.settings import ProjectorSettings
@@ -43,16 +40,11 @@ async def catch_up(js: JetStreamContext, db: asyncpg.Connection | asyncpg.Pool, 
     """Wait until the stored positions cover every message published before the call;
     returns the positions. TimeoutError if that takes longer than `within` seconds."""
     targets = await stream_targets(js, names)
-    deadline = time.monotonic() + within
-    while True:
-        positions = {s: seq for s, seq in (await load_positions(db)).items() if s in targets}
-        if all(positions.get(s, 0) >= seq for s, seq in targets.items()):
-            return positions
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"projection at {positions}, expected {targets}")
-        await asyncio.sleep(0.02)
-
-
+    reached, stored = await until_reached(db, targets, within, poll=0.02)
+    positions = {s: seq for s, seq in stored.items() if s in targets}
+    if not reached:
+        raise TimeoutError(f"projection at {positions}, expected {targets}")
+    return positions
 
 
 async def rebuild(settings: CommonSettings, idle_timeout: float = 30.0) -> dict[str, int]:
