@@ -24,28 +24,41 @@ from tgdl.simtelegram import client as sim_client
 
 
 async def _wait_ready(stack: Stack, nc, downloaders: int) -> None:
+    async def until_up(predicate, what: str) -> None:
+        async def up():  # a service that died while starting fails the setup at once
+            if exited := stack.exited():
+                raise RuntimeError(f"waiting for {what}: exited while starting: {exited}")
+            return await predicate()
+        await until(up, 40, what=what)
+
     async def gateway_up():
         with contextlib.suppress(httpx.HTTPError):
             return (await stack.http.get("/healthz")).status_code == 200
-    await until(gateway_up, 40, what="gateway /healthz")
+    await until_up(gateway_up, "gateway /healthz")
+
+    last = {}
 
     async def orchestrator_up():
         r = await stack.http.post("/api/media/batch-cancel/probe_ready")
+        last["answer"] = f"{r.status_code} {r.text[:300]}"
         return r.status_code == 404  # answered by the orchestrator, not "unavailable"
-    await until(orchestrator_up, 40, what="orchestrator answering")
+    try:
+        await until_up(orchestrator_up, "orchestrator answering")
+    except TimeoutError as exc:
+        raise TimeoutError(f"{exc}; the gateway's last answer: {last.get('answer')}") from None
 
     async def catalog_up():
         with contextlib.suppress(NoRespondersError, TimeoutError):
             body = DeleteRule(rule_id="rule_00000000").model_dump_json().encode()
             return await nc.request(stack.names.cmd_rule_delete, body, timeout=2)
-    await until(catalog_up, 40, what="catalog service answering")
+    await until_up(catalog_up, "catalog service answering")
 
     js = nc.jetstream()
 
     async def downloaders_waiting():
         info = await js.consumer_info(stack.names.jobs_stream, stack.names.downloader_consumer)
         return info.num_waiting >= downloaders
-    await until(downloaders_waiting, 40, what="downloaders pulling")
+    await until_up(downloaders_waiting, "downloaders pulling")
 
 
 @pytest.fixture
@@ -67,6 +80,7 @@ async def stack(servers, isolation, tmp_path: Path, nc, request) -> AsyncIterato
                   names=Names(isolation.namespace), database_url=servers.database_url,
                   schema=isolation.schema, sim_url=env["TGDL_SIM_URL"])
     downloaders = 2
+    ready = False
     try:
         stack.spawn("simtelegram", "tgdl.simtelegram")
         await prepare(settings_from(CommonSettings, env))  # what `tgdl migrate` does
@@ -90,14 +104,14 @@ async def stack(servers, isolation, tmp_path: Path, nc, request) -> AsyncIterato
             base_url=f"http://127.0.0.1:{http_port}", timeout=20,
             headers={"Authorization": f"Bearer {token}"} if token else None)
         await _wait_ready(stack, nc, downloaders)
+        ready = True
         yield stack
     finally:
         if stack.http:
             await stack.http.aclose()
         stack.stop_all()
-        report = request.node.stash.get(_failed_key, False)
-        if report:
-            print(stack.logs())
+        if not ready or request.node.stash.get(_failed_key, False):
+            print(stack.logs())  # pytest shows it beside the failed setup or test
 
 
 _failed_key = pytest.StashKey[bool]()

@@ -82,6 +82,11 @@ class Stack:
         self.services[name] = service
         return service
 
+    def exited(self) -> dict[str, int]:
+        """The services whose process has ended, with its exit code."""
+        return {name: code for name, s in self.services.items()
+                if (code := s.process.poll()) is not None}
+
     def kill(self, name: str) -> None:
         self.services[name].stop(signal.SIGKILL)
 

@@ -98,6 +98,14 @@ def _ports(free: set[int], fallback: int = 50123):
     return (lambda port: port in free), (lambda: fallback)
 
 
+def test_a_free_port_is_never_handed_out_twice_even_when_the_system_offers_it_again() -> None:
+    from tgdl.launcher.embedded import free_port
+
+    taken = free_port()  # a real pick; the fake's own offers are below the system's range
+    offers = iter([taken, 1001, 1001, taken, 1002])
+    assert [free_port(lambda: next(offers)) for _ in range(2)] == [1001, 1002]
+
+
 def test_preferred_port_when_free() -> None:
     is_free, any_free = _ports({4222})
     assert pick_port(4222, False, is_free, any_free, "NATS", "") == 4222

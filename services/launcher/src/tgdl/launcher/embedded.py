@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +24,25 @@ from urllib.parse import parse_qs, quote, urlsplit, urlunsplit
 from tgdl.launcher.lifeline import die_with_parent
 
 
-def free_port() -> int:
+def _system_free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+_handed_out: set[int] = set()
+
+
+def free_port(ask: Callable[[], int] = _system_free_port) -> int:
+    """A port nothing listens on now and that this process never handed out before. The
+    system offers a released port again at random: two picks in a row can be the same port
+    before the first taker binds it, and then one of two servers cannot start (or, worse,
+    a client reaches the other one)."""
+    while True:
+        port = ask()
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 def nats_server_binary() -> str:
