@@ -338,6 +338,15 @@ def test_every_command_parses(argv: list[str]) -> None:
     assert build_parser().parse_args(argv).command == argv[0]
 
 
+def test_an_unknown_option_is_the_commands_error_under_its_usage(capsys) -> None:
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(["download", "1", "-c", "5"])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2
+    assert "tgdl download: error: unrecognized arguments: -c 5" in err
+    assert "--max-concurrent" in err  # the command's usage, not tgdl's
+
+
 def test_a_command_is_required() -> None:
     with pytest.raises(SystemExit):
         build_parser().parse_args([])

@@ -36,8 +36,22 @@ common settings (environment):
 The README lists every setting."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """`tgdl download 1 -c 5` is the download command's error, under its usage: argparse
+    would report it with tgdl's own usage, which lists none of the command's options."""
+
+    commands: dict[str, argparse.ArgumentParser] = {}
+
+    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
+        parsed, extra = self.parse_known_args(args, namespace)
+        if extra:
+            command = self.commands.get(getattr(parsed, "command", None) or "", self)
+            command.error(f"unrecognized arguments: {' '.join(extra)}")
+        return parsed
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="tgdl", description=DESCRIPTION, epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -93,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--check", metavar="FILE", nargs="?", const="docs/asyncapi.yaml",
                       help="exit 1 if FILE is not the current document")
     client.add_parsers(commands)  # download, status, cancel, pause, ... (over HTTP)
+    parser.commands = commands.choices
     return parser
 
 
