@@ -323,6 +323,10 @@ async def test_media_serves_finished_files_only(client, settings):
         response = await client.get(sneaky)
         assert response.status_code == 404 and b"keep out" not in response.content, sneaky
     assert_error_body(await client.get("/media/photos"), 404)
+    missing = await client.get("/media/photos/3_903_p3.jpg")
+    body = assert_error_body(missing, 404, "not_found")
+    assert body["detail"] == "no finished download at /media/photos/3_903_p3.jpg"
+    assert "download_url" in body["suggestion"]
 
 
 async def test_healthz_reports_both_dependencies(client):

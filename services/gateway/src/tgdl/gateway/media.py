@@ -12,6 +12,7 @@ from starlette.types import Scope
 
 from tgdl.contracts.config import chat_key, narrowed
 from tgdl.contracts.paths import PART_SUFFIX
+from tgdl.gateway.errors import ApiError
 
 # Shown in the browser; anything else (HTML, SVG, scripts: a Telegram file may be named
 # anything) is a download, so it can never run on the API's origin.
@@ -26,10 +27,15 @@ class MediaFiles(StaticFiles):
     async def get_response(self, path: str, scope: Scope) -> Response:
         parts = PurePosixPath(path).parts
         if path.endswith(PART_SUFFIX) or any(p.startswith(".") for p in parts):
-            raise HTTPException(404, "no such file")
+            raise _no_such_file(path)
         if not await self._chat_allowed(parts, scope):
-            raise HTTPException(404, "no such file")  # not even whether it exists
-        response = await super().get_response(path, scope)
+            raise _no_such_file(path)  # not even whether it exists
+        try:
+            response = await super().get_response(path, scope)
+        except HTTPException as exc:
+            if exc.status_code == 404:
+                raise _no_such_file(path) from None
+            raise
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["Content-Security-Policy"] = "default-src 'none'; sandbox"
         kind = (response.media_type or "").split(";", 1)[0].strip().lower()
@@ -58,4 +64,12 @@ class MediaFiles(StaticFiles):
         try:
             await super().check_config()
         except RuntimeError:  # no media root yet (nothing downloaded): nothing to serve
-            raise HTTPException(404, "no such file") from None
+            raise _no_such_file("") from None
+
+
+def _no_such_file(path: str) -> ApiError:
+    """One answer for a file that is missing, unfinished, hidden or not the caller's."""
+    return ApiError(404, "not_found", f"no finished download at /media/{path}",
+                    "Use the download_url of a completed file, from its batch's status "
+                    "(GET /api/media/batch-status/{batch_id}); a file still downloading "
+                    "is served once it completes.")
