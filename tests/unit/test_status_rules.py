@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tgdl.contracts.commands import BatchAccepted
+from tgdl.contracts.errors import ErrorCode, FileFailure
 from tgdl.db.readmodel import batch_status_of, file_body, file_status, status_body, summary_sentence
 from tgdl.gateway.batches import start_message
 
@@ -226,6 +227,11 @@ def test_the_start_message_counts_files_in_plain_words():
                              failed_to_start=[])
 
     assert start_message(accepted([1], [], [1])) == (
-        "Batch download started with 1 file: 0 to download, 1 already downloaded")
+        "Nothing to download among 1 file: 1 already downloaded")
     assert start_message(accepted([1, 2, 3], [1, 2, 3], [])) == (
         "Batch download started with 3 files: 3 to download")
+    missing = FileFailure.of_message(9, ErrorCode.message_not_found, "no message with id 9")
+    assert start_message(BatchAccepted(
+        batch_id="b", requested_ids=[9], started=[], already_downloaded=[],
+        already_downloading=[], failed_to_start=[missing])) == (
+        "Nothing to download among 1 file: 1 could not start")

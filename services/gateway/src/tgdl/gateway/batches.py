@@ -60,7 +60,7 @@ async def start(svc: Services, command: StartBatch) -> BatchAccepted:
 
 
 def start_message(accepted: BatchAccepted) -> str:
-    parts = [f"{len(accepted.started)} to download"]
+    parts = [f"{len(accepted.started)} to download"] if accepted.started else []
     if accepted.already_downloaded:
         parts.append(f"{len(accepted.already_downloaded)} already downloaded")
     if accepted.already_downloading:
@@ -68,8 +68,10 @@ def start_message(accepted: BatchAccepted) -> str:
                      "(shared)")
     if accepted.failed_to_start:
         parts.append(f"{len(accepted.failed_to_start)} could not start")
-    return (f"Batch download started with {n_files(len(accepted.requested_ids))}: "
-            f"{', '.join(parts)}")
+    files = n_files(len(accepted.requested_ids))
+    if not accepted.started:  # the batch ended as it began (status completed or failed)
+        return f"Nothing to download among {files}: {', '.join(parts)}"
+    return f"Batch download started with {files}: {', '.join(parts)}"
 
 
 def start_response(accepted: BatchAccepted) -> BatchDownloadResponse:
