@@ -134,7 +134,7 @@ async def test_watch_rules_and_unwatch_from_the_command_line(stack: Stack):
     rule_id = out.split(":")[0]
 
     code, _, err = await tgdl(stack, "watch", CHAT, "--caption-matches", "(unclosed")
-    assert code == 2 and "caption_regex is not a valid regular expression" in err
+    assert code == 2 and "caption_regex: not a valid regular expression" in err
     code, _, err = await tgdl(stack, "watch", "no_such_chat")
     assert code == 2 and "unknown_chat" in err
 

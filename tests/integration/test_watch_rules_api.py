@@ -122,7 +122,8 @@ async def test_rules_are_created_listed_paused_resumed_and_deleted(client, catal
 @pytest.mark.parametrize(("body", "error", "says"), [
     ({"caption_regex": "(unclosed"}, "invalid_request", "not a valid regular expression"),
     ({"min_size": 10, "max_size": 5}, "invalid_request", "min_size must not exceed max_size"),
-    ({"media_types": ["sticker"]}, "invalid_request", "media_types"),
+    ({"media_types": ["photo", "sticker"]}, "invalid_request",
+     "media_types.1: 'sticker' is not one of 'photo', 'video', 'document', 'audio' or 'voice'"),
     ({"chat": "no_such_chat"}, "unknown_chat", "no chat 'no_such_chat'"),
     ({"enabled": "maybe"}, "invalid_request", "enabled"),
     ({"enabled": "false"}, "invalid_request", "enabled: must be true or false"),

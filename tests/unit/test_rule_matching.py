@@ -46,7 +46,7 @@ def test_a_rule_matches_media_of_its_types_sizes_and_caption(rule, message, matc
 
 
 @pytest.mark.parametrize(("body", "says"), [
-    ({"caption_regex": "(unclosed"}, "caption_regex is not a valid regular expression"),
+    ({"caption_regex": "(unclosed"}, "not a valid regular expression"),
     ({"caption_regex": r"(a)\1"}, "without backreferences"),  # RE2 has none
     ({"min_size": 10, "max_size": 5}, "min_size must not exceed max_size"),
     ({"media_types": ["sticker"]}, "media_types"),

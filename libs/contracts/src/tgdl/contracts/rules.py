@@ -83,7 +83,7 @@ class RuleFilter(BaseModel):
         except re2.error as exc:
             reason = exc.args[0].decode(errors="replace") if exc.args else "invalid"
             raise ValueError(
-                f"caption_regex is not a valid regular expression (RE2 syntax, without "
+                f"not a valid regular expression (RE2 syntax, without "
                 f"backreferences or lookaround): {reason}") from None
         return pattern
 

@@ -72,6 +72,8 @@ def _problem(err: dict[str, Any]) -> str:
         what = f"must hold at most {ctx.get('max_length')} item(s)"
     elif kind == "string_pattern_mismatch":
         what = f"must match {ctx.get('pattern')}"
+    elif kind == "enum":  # pydantic says "Input should be ...": name what was sent
+        what = f"{err.get('input')!r} is not one of {ctx.get('expected')}"
     elif kind == "value_error":
         what = str(err.get("msg", "")).removeprefix("Value error, ")
     else:
