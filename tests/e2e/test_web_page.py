@@ -52,6 +52,8 @@ async def test_filter_select_start_watch_and_cancel_in_a_browser(stack: Stack, b
                                                                   tmp_path):
     out = shots(tmp_path)
     page = await browser.new_page(viewport={"width": 1280, "height": 900})
+    console_errors: list[str] = []  # e.g. a request the page makes that fails (a favicon)
+    page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
     await page.goto(str(stack.http.base_url))
 
     # Filter on the server: videos of at least 1.8 MB.
@@ -150,6 +152,7 @@ async def test_filter_select_start_watch_and_cancel_in_a_browser(stack: Stack, b
     await expect(bar.get_by_role("button", name="Start download")).to_be_in_viewport()
     await page.screenshot(path=out / "web-page-phone.png", full_page=False)
     assert (out / "web-page.png").stat().st_size > 10_000
+    assert console_errors == []
 
 
 # A few seconds per file, one part at a time: a pause lands with files part-way.
