@@ -175,3 +175,40 @@ def test_tgdl_run_serves_the_demo_and_stops_cleanly_on_ctrl_c(tmp_path: Path) ->
         for process in descendants:
             with contextlib.suppress(psutil.Error):
                 process.kill()
+
+
+@pytest.mark.e2e
+def test_tgdl_run_whose_output_reader_went_away_still_stops_on_sigterm(tmp_path: Path) -> None:
+    """`tgdl run | head`: once head has its lines the pipe is closed, and every line
+    tgdl writes after that (its "Stopping" first) fails. It must still stop, and cleanly."""
+    port = free_port()
+    tgdl = subprocess.Popen(
+        [*tgdl_command(), "run"],
+        env=clean_env(TGDL_HOME=str(tmp_path / ".tgdl"), TGDL_HTTP_PORT=str(port)),
+        cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    descendants: list[psutil.Process] = []
+    try:
+        assert tgdl.stdout is not None
+        deadline = time.monotonic() + START_DEADLINE
+        for raw in tgdl.stdout:  # what head would read, up to the ready banner
+            if b"Press Ctrl-C to stop" in raw or time.monotonic() > deadline:
+                break
+        descendants = psutil.Process(tgdl.pid).children(recursive=True)
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
+        tgdl.stdout.close()  # the reader goes away
+
+        os.killpg(tgdl.pid, signal.SIGTERM)
+        assert tgdl.wait(STOP_DEADLINE) == 0
+        left = [p.pid for p in descendants if not gone(p.pid)]
+        assert not left, f"processes left behind: {left}"
+    finally:
+        if tgdl.poll() is None:
+            with contextlib.suppress(psutil.Error):
+                descendants += psutil.Process(tgdl.pid).children(recursive=True)
+            os.killpg(tgdl.pid, signal.SIGKILL)
+            tgdl.wait()
+        for process in descendants:
+            with contextlib.suppress(psutil.Error):
+                process.kill()

@@ -223,6 +223,22 @@ def test_json_output_passes_json_lines_and_wraps_the_rest() -> None:
         ("tgdl", "gateway restarted")]
 
 
+@pytest.mark.parametrize("make", [lambda s: PrefixedOutput(s, colour=False),
+                                  lambda s: PrefixedOutput(s, colour=True), JsonOutput],
+                         ids=["plain", "colour", "json"])
+def test_output_whose_reader_went_away_is_dropped_without_an_error(make) -> None:
+    import os
+
+    read, write = os.pipe()
+    os.close(read)  # e.g. `tgdl run | head`, once head has its lines
+    with os.fdopen(write, "w") as stream:
+        out = make(stream)
+        out.say("Stopping")  # a BrokenPipeError inside, not out of it
+        out.line("gateway", "still supervised")
+        assert out.gone
+    # leaving the block flushed and closed the stream: its descriptor is /dev/null now
+
+
 LAUNCHER = """
     import asyncio, sys
     from tgdl.launcher.supervisor import ChildSpec, Supervisor

@@ -8,7 +8,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
 
 from tgdl.contracts.catalog import CatalogEntry, MediaKind
 from tgdl.contracts.config import CommonSettings
@@ -20,6 +19,7 @@ from tgdl.launcher.plan import (
     Source,
     Wiring,
     browser_url,
+    check_service_settings,
     choose_telegram,
     downloader_count,
     example_ids,
@@ -364,6 +364,38 @@ def test_settings_come_from_the_given_environment_then_the_overrides(
     assert settings.nats_url == "nats://resolved:4222"
 
 
-def test_invalid_settings_are_refused() -> None:
-    with pytest.raises(ValidationError):
-        settings_from(CommonSettings, {"TGDL_DB_SCHEMA": "Robert'); DROP TABLE"})
+def test_invalid_settings_are_refused_naming_the_variable_to_fix() -> None:
+    with pytest.raises(ConfigError) as refused:
+        settings_from(CommonSettings, {"TGDL_DB_SCHEMA": "Robert'); DROP TABLE",
+                                       "TGDL_GLOBAL_CAP": "abc"})
+    assert str(refused.value) == (
+        "TGDL_DB_SCHEMA=\"Robert'); DROP TABLE\": String should match pattern "
+        "'^[a-z_][a-z0-9_]*$'; TGDL_GLOBAL_CAP='abc': Input should be a valid integer, "
+        "unable to parse string as an integer")
+
+
+def test_a_refused_secret_is_named_but_never_repeated() -> None:
+    with pytest.raises(ConfigError) as refused:
+        settings_from(CommonSettings, {"TGDL_NATS_URL": "nats://user:s3cret@host:4222"},
+                      global_cap="many")
+    assert "s3cret" not in str(refused.value)
+    assert "TGDL_GLOBAL_CAP='many'" in str(refused.value)
+
+
+def test_run_checks_every_services_settings_before_starting_anything() -> None:
+    # a downloader's own setting, and a simulated Telegram's (only when it is used)
+    env = {"TGDL_PARTS_PER_FILE": "abc", "TGDL_SIM_BANDWIDTH": "fast"}
+    with pytest.raises(ConfigError) as refused:
+        check_service_settings(env, simulated=True)
+    assert str(refused.value) == (
+        "TGDL_PARTS_PER_FILE='abc': Input should be a valid integer, unable to parse string "
+        "as an integer; TGDL_SIM_BANDWIDTH='fast': Input should be a valid integer, unable "
+        "to parse string as an integer")
+    with pytest.raises(ConfigError, match="TGDL_PARTS_PER_FILE") as refused:
+        check_service_settings(env, simulated=False)
+    assert "TGDL_SIM_BANDWIDTH" not in str(refused.value)
+    shared = {"TGDL_GLOBAL_CAP": "0"}  # every service reads it: said once
+    with pytest.raises(ConfigError) as refused:
+        check_service_settings(shared, simulated=True)
+    assert str(refused.value) == "TGDL_GLOBAL_CAP='0': Input should be greater than or equal to 1"
+    check_service_settings({}, simulated=True)  # the defaults work

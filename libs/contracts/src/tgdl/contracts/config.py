@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tgdl.contracts.paths import DEFAULT_NAME_TEMPLATE, NameTemplate
@@ -25,6 +26,29 @@ def narrowed(allowed: frozenset[str] | None,
         return allowed
     keys = frozenset(chat_key(c) for c in limit)
     return keys if allowed is None else allowed & keys
+
+
+# Settings whose values are never repeated in an error (a log may be read by others).
+_SECRET = re.compile(r"token|hash|secret|password|url|key|session", re.IGNORECASE)
+
+
+def settings_problems(exc: ValidationError, settings: type[BaseSettings]) -> list[str]:
+    """What is wrong with the environment, in its own words: `TGDL_GLOBAL_CAP='abc':
+    Input should be a valid integer, ...`, one per problem. (Pydantic's text names the
+    field, not the variable to fix, and adds error types and a URL.)"""
+    prefix = str(settings.model_config.get("env_prefix", ""))
+    problems = []
+    for err in exc.errors():
+        what = str(err.get("msg", "is invalid")).removeprefix("Value error, ")
+        field = ".".join(str(p) for p in err.get("loc", ()))
+        if not field:  # a rule across settings: its message names them
+            problems.append(what)
+            continue
+        value = err.get("input")
+        shown = ("" if err.get("type") == "missing" or _SECRET.search(field)
+                 or not isinstance(value, str | int | float) else f"={value!r}")
+        problems.append(f"{prefix}{field}".upper() + f"{shown}: {what}")
+    return problems
 
 
 class CommonSettings(BaseSettings):

@@ -13,16 +13,34 @@ import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
+from pydantic import ValidationError
+from pydantic_settings import BaseSettings
+
+from tgdl.contracts.config import settings_problems
 from tgdl.runtime.jsonlog import JsonFormatter, json_logs
 from tgdl.runtime.metrics import start_metrics_server
 from tgdl.runtime.quiet import QuietLogs, expect, expected_outage
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
-__all__ = ["QuietLogs", "ServiceStopped", "expect", "expected_outage", "run_service",
-           "serve_http", "setup_logging", "until_reachable"]
+__all__ = ["CONFIG_ERROR", "QuietLogs", "ServiceStopped", "expect", "expected_outage",
+           "load_settings", "run_service", "serve_http", "setup_logging", "until_reachable"]
+
+CONFIG_ERROR = 2  # the exit code of a service whose settings cannot work: retrying won't help
+S = TypeVar("S", bound=BaseSettings)
+
+
+def load_settings(cls: type[S], service: str) -> S:
+    """The service's settings from the environment; a bad one is a line naming the
+    variable and exit code 2, not a traceback."""
+    try:
+        return cls()
+    except ValidationError as exc:
+        print(f"{service} cannot start: {'; '.join(settings_problems(exc, cls))}",
+              file=sys.stderr)
+        sys.exit(CONFIG_ERROR)
 
 
 def setup_logging(level: int = logging.INFO) -> None:

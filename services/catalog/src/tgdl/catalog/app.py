@@ -42,7 +42,7 @@ from tgdl.contracts.rules import (
 from tgdl.db import rules
 from tgdl.db.connection import create_pool
 from tgdl.db.schema import verify_schema
-from tgdl.runtime import run_service, until_reachable
+from tgdl.runtime import load_settings, run_service, until_reachable
 
 log = logging.getLogger("tgdl.catalog")
 
@@ -255,5 +255,5 @@ async def serve(settings: CatalogSettings, stop: asyncio.Event) -> None:
 
 
 def main() -> None:
-    settings = CatalogSettings()
+    settings = load_settings(CatalogSettings, "catalog")
     run_service("catalog", lambda stop: serve(settings, stop))

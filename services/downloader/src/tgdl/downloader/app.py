@@ -26,7 +26,7 @@ from tgdl.downloader.flood import FloodGate
 from tgdl.downloader.settings import DownloaderSettings
 from tgdl.downloader.telegram.port import TelegramPort
 from tgdl.downloader.worker import Worker
-from tgdl.runtime import run_service, until_reachable
+from tgdl.runtime import load_settings, run_service, until_reachable
 
 log = logging.getLogger("tgdl.downloader")
 
@@ -181,6 +181,6 @@ def keep_parts_off_the_heap() -> bool:
 
 
 def main() -> None:
-    settings = DownloaderSettings()
+    settings = load_settings(DownloaderSettings, "downloader")
     keep_parts_off_the_heap()
     run_service("downloader", lambda stop: serve(settings, stop))

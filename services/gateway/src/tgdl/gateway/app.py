@@ -28,6 +28,7 @@ from tgdl.gateway.settings import GatewaySettings
 from tgdl.runtime import (
     ServiceStopped,
     http_stopping,
+    load_settings,
     serve_http,
     setup_logging,
     until_reachable,
@@ -137,5 +138,5 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
 def main() -> None:
     setup_logging()
-    settings = GatewaySettings()
+    settings = load_settings(GatewaySettings, "gateway")
     serve_http(create_app(settings), settings.http_host, settings.http_port)

@@ -11,9 +11,11 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
+from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 
 from tgdl.contracts.catalog import CatalogEntry
+from tgdl.contracts.config import settings_problems
 from tgdl.gateway.security import is_loopback, parse_limited, parse_tokens
 from tgdl.launcher.supervisor import ChildSpec
 
@@ -31,15 +33,50 @@ class ConfigError(ValueError):
     """The environment asks for something that cannot work; the message says what to fix."""
 
 
+class BadSettings(ConfigError):
+    """TGDL_* values a settings class refuses, one problem per variable."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
 def settings_from(cls: type[S], env: Mapping[str, str], **overrides: Any) -> S:
-    """`cls` read from `env` (not only from the process environment), then `overrides`."""
+    """`cls` read from `env` (not only from the process environment), then `overrides`.
+    Raises ConfigError naming each variable that cannot work."""
     prefix = str(cls.model_config.get("env_prefix", ""))
     upper = {key.upper(): value for key, value in env.items()}
     values: dict[str, Any] = {
         name: upper[key] for name in cls.model_fields
         if (key := f"{prefix}{name}".upper()) in upper
     }
-    return cls(**{**values, **overrides})
+    try:
+        return cls(**{**values, **overrides})
+    except ValidationError as exc:
+        raise BadSettings(settings_problems(exc, cls)) from None
+
+
+def check_service_settings(env: Mapping[str, str], simulated: bool) -> None:
+    """Every service's settings as its process will read them: a bad TGDL_* stops
+    `tgdl run` before anything starts, instead of a service failing at every restart."""
+    from tgdl.catalog.settings import CatalogSettings
+    from tgdl.downloader.settings import DownloaderSettings
+    from tgdl.gateway.settings import GatewaySettings
+    from tgdl.orchestrator.settings import OrchestratorSettings
+    from tgdl.projector.settings import ProjectorSettings
+    from tgdl.simtelegram.settings import SimSettings
+
+    classes: list[type[BaseSettings]] = [GatewaySettings, OrchestratorSettings,
+                                         ProjectorSettings, CatalogSettings,
+                                         DownloaderSettings]
+    problems: dict[str, None] = {}  # a shared setting's problem once, not per service
+    for cls in [*classes, SimSettings] if simulated else classes:
+        try:
+            settings_from(cls, env)
+        except BadSettings as exc:
+            problems.update(dict.fromkeys(exc.problems))
+    if problems:
+        raise BadSettings(list(problems))
 
 
 # --- the data folder ---------------------------------------------------------------------

@@ -31,6 +31,7 @@ from tgdl.launcher.plan import (
     Source,
     Wiring,
     browser_url,
+    check_service_settings,
     choose_telegram,
     downloader_count,
     example_ids,
@@ -75,8 +76,8 @@ class StopRequest:
 
     def _signalled(self) -> None:
         if not self._event.is_set():
+            self._event.set()  # first: saying so must not be what a stop depends on
             self._say("Stopping (press Ctrl-C again to kill the services at once)")
-            self._event.set()
         elif self.on_repeat is not None:
             self._say("Killing the services now")
             self.on_repeat()
@@ -140,7 +141,7 @@ async def run(env: Mapping[str, str], cwd: Path, out: Output) -> int:
         metrics_host = env.get("TGDL_METRICS_HOST", METRICS_DEFAULT_HOST)
         metered = metrics_ports(env, downloaders,
                                 lambda port: port_is_free(port, metrics_host), free_port)
-        settings_from(CommonSettings, env)  # fail now, not in every child, on a bad TGDL_*
+        check_service_settings(env, simulated=choice.source == Source.sim)
     except (ConfigError, ValidationError) as exc:
         out.say(f"Cannot start: {exc}")
         return 2

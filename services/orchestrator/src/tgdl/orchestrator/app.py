@@ -52,7 +52,7 @@ from tgdl.orchestrator.handlers import Orchestrator
 from tgdl.orchestrator.open_index import OpenBatches
 from tgdl.orchestrator.ports import Ports
 from tgdl.orchestrator.settings import OrchestratorSettings
-from tgdl.runtime import run_service, until_reachable
+from tgdl.runtime import load_settings, run_service, until_reachable
 
 log = logging.getLogger("tgdl.orchestrator")
 
@@ -317,5 +317,5 @@ async def serve(settings: OrchestratorSettings, stop: asyncio.Event) -> None:
 
 
 def main() -> None:
-    settings = OrchestratorSettings()
+    settings = load_settings(OrchestratorSettings, "orchestrator")
     run_service("orchestrator", lambda stop: serve(settings, stop))

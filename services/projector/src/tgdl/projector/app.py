@@ -18,7 +18,7 @@ from tgdl.contracts.jobs import DownloadOutcome, DownloadProgress
 from tgdl.db.schema import verify_schema
 from tgdl.projector.projector import ProjectionLocked, Projector
 from tgdl.projector.settings import ProjectorSettings
-from tgdl.runtime import run_service, until_reachable
+from tgdl.runtime import load_settings, run_service, until_reachable
 
 log = logging.getLogger("tgdl.projector")
 
@@ -96,6 +96,6 @@ async def run(settings: ProjectorSettings, stop: asyncio.Event) -> None:
 
 
 def main() -> None:
-    settings = ProjectorSettings()
+    settings = load_settings(ProjectorSettings, "projector")
     # A lost database session ends the projector; it starts over once PostgreSQL is back.
     run_service("projector", lambda stop: run(settings, stop), expected=(ProjectionLocked,))
