@@ -39,6 +39,16 @@ async def browser():
             await browser.close()
 
 
+async def watched_page(browser):
+    """A page, and the errors its console shows (a request of the page's that fails, a
+    script error): a page that works shows none."""
+    page = await browser.new_page(viewport={"width": 1280, "height": 900})
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    return page, errors
+
+
 def shots(tmp_path: Path) -> Path:
     folder = Path(os.environ.get("TGDL_SCREENSHOT_DIR") or tmp_path / "screenshots")
     folder.mkdir(parents=True, exist_ok=True)
@@ -51,9 +61,7 @@ def shots(tmp_path: Path) -> Path:
 async def test_filter_select_start_watch_and_cancel_in_a_browser(stack: Stack, browser,
                                                                   tmp_path):
     out = shots(tmp_path)
-    page = await browser.new_page(viewport={"width": 1280, "height": 900})
-    console_errors: list[str] = []  # e.g. a request the page makes that fails (a favicon)
-    page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
+    page, console_errors = await watched_page(browser)
     await page.goto(str(stack.http.base_url))
 
     # Filter on the server: videos of at least 1.8 MB.
@@ -160,7 +168,7 @@ async def test_filter_select_start_watch_and_cancel_in_a_browser(stack: Stack, b
 async def test_pause_resume_limit_and_priority_from_the_batch_view(stack: Stack, browser,
                                                                    tmp_path):
     out = shots(tmp_path)
-    page = await browser.new_page(viewport={"width": 1280, "height": 900})
+    page, console_errors = await watched_page(browser)
     await page.goto(str(stack.http.base_url))
     ids = stack.media_ids(3, min_size=1_500_000)
     await page.get_by_label("Min size").fill("1.5MB")
@@ -208,6 +216,7 @@ async def test_pause_resume_limit_and_priority_from_the_batch_view(stack: Stack,
     await expect(steer.get_by_label("Max concurrent")).to_have_value("3")
     status = await stack.status(batch_id)
     assert (status["priority"], status["max_concurrent"]) == ("high", 3)
+    assert console_errors == []
 
 
 @pytest.mark.stack(api_token="e2e-page-token")
