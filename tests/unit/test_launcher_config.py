@@ -347,6 +347,15 @@ def test_an_unknown_option_is_the_commands_error_under_its_usage(capsys) -> None
     assert "--max-concurrent" in err  # the command's usage, not tgdl's
 
 
+def test_every_commands_help_says_what_it_does(capsys) -> None:
+    parser = build_parser()
+    for name, command in parser.commands.items():
+        assert command.description, f"tgdl {name} --help would show only its usage"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["cancel", "--help"])
+    assert "\nCancel a batch.\n" in capsys.readouterr().out
+
+
 def test_a_command_is_required() -> None:
     with pytest.raises(SystemExit):
         build_parser().parse_args([])

@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -50,12 +51,28 @@ class _Parser(argparse.ArgumentParser):
         return parsed
 
 
+def _described(commands: Any) -> Any:
+    """A command without a description of its own opens its --help with its one-line help
+    as a sentence (`tgdl cancel --help` said only its usage)."""
+    add = commands.add_parser
+
+    def add_parser(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        if kwargs.get("description") is None and kwargs.get("help"):
+            text = kwargs["help"]
+            kwargs["description"] = f"{text[0].upper()}{text[1:]}."
+        return add(name, **kwargs)
+
+    commands.add_parser = add_parser
+    return commands
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="tgdl", description=DESCRIPTION, epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    commands = _described(
+        parser.add_subparsers(dest="command", metavar="COMMAND", required=True))
     commands.add_parser(
         "run", help="run everything in the foreground (Ctrl-C stops it)",
         description="Start the servers (embedded unless given), the gateway, orchestrator, "
