@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -599,17 +600,7 @@ def running_gateway(env: dict[str, str], cwd: Path | None = None) -> str | None:
         url, pid = str(noted["url"]), int(noted["pid"])
     except (OSError, ValueError, TypeError, KeyError):
         return None
-    return url if url.startswith(("http://", "https://")) and _alive(pid) else None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process: it exists
-        return True
-    return True
+    return url if url.startswith(("http://", "https://")) and psutil.pid_exists(pid) else None
 
 
 def main(args: argparse.Namespace, env: dict[str, str] | None = None) -> int:
