@@ -122,3 +122,24 @@ async def test_sync_asks_a_running_catalog_service_which_syncs_the_chat(
         finally:
             stop.set()
             await service
+
+
+async def test_sync_with_no_service_to_ask_and_no_account_says_so_before_starting_servers(
+        tmp_path, capsys):
+    """Servers started for the command would have no catalog service: without the
+    account's credentials nothing could sync, so nothing is started."""
+    home = tmp_path / "home"
+    env = {"TGDL_HOME": str(home), "TGDL_SESSION_FILE": str(tmp_path / "none.session")}
+
+    assert await commands.sync(env, tmp_path, "@chan", None) == 1
+
+    said = capsys.readouterr().out
+    assert "Telegram API credentials are missing: set TGDL_API_ID and TGDL_API_HASH" in said
+    assert "Started" not in said
+    assert not (home / "nats").exists() and not (home / "pg").exists()
+
+    env |= {"TGDL_API_ID": "12345", "TGDL_API_HASH": "0123abcd"}  # not logged in yet
+    assert await commands.sync(env, tmp_path, "@chan", None) == 1
+    said = capsys.readouterr().out
+    assert "No Telegram session at" in said and "run `tgdl login` first" in said
+    assert not (home / "nats").exists()

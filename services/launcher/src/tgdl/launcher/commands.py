@@ -115,22 +115,35 @@ async def sync(env: Mapping[str, str], cwd: Path, chat: str, limit: int | None) 
     syncs it through the account itself."""
     from tgdl.catalog.settings import CatalogSettings
     from tgdl.catalog.telethon_sync import SyncError, sync_chat
-    from tgdl.telegram.client import TelegramSetupError
+    from tgdl.telegram.client import (
+        TelegramSettings,
+        TelegramSetupError,
+        api_credentials,
+        read_session,
+    )
 
-    async with servers_for(Home.from_env(env, cwd), env, say) as endpoints:
-        settings = settings_from(
-            CatalogSettings, env, nats_url=endpoints.nats_url,
-            database_url=endpoints.database_url, session_file=_session_file(env, cwd),
-        )
-        await prepare(settings)  # the catalog table exists even before a first `tgdl run`
-        try:
+    def account_of_its_own() -> None:
+        """Servers started for this command have no catalog service: the account must
+        be usable from here (said before any server starts)."""
+        account = settings_from(TelegramSettings, env, session_file=_session_file(env, cwd))
+        api_credentials(account)
+        read_session(account.session_file)
+
+    try:
+        async with servers_for(Home.from_env(env, cwd), env, say,
+                               alone=account_of_its_own) as endpoints:
+            settings = settings_from(
+                CatalogSettings, env, nats_url=endpoints.nats_url,
+                database_url=endpoints.database_url, session_file=_session_file(env, cwd),
+            )
+            await prepare(settings)  # the catalog table exists even before a first run
             result = await _sync_by_the_service(settings, chat, limit)
             if result is None:
                 result = await sync_chat(settings, chat, limit)
-        except (TelegramSetupError, SyncError) as exc:
-            say(str(exc))
-            return 1
-        say(f"Synced {chat}: {result}")
+            say(f"Synced {chat}: {result}")
+    except (TelegramSetupError, SyncError) as exc:
+        say(str(exc))
+        return 1
     return 0
 
 

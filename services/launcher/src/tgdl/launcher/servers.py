@@ -152,10 +152,14 @@ def _start_embedded_nats(home: Home, users: list[NatsUser]) -> EmbeddedNats:
 
 @contextlib.asynccontextmanager
 async def servers_for(
-    home: Home, env: Mapping[str, str], say: Callable[[str], None], owner: bool = False
+    home: Home, env: Mapping[str, str], say: Callable[[str], None], owner: bool = False,
+    alone: Callable[[], None] | None = None,
 ) -> AsyncIterator[Endpoints]:
     """Yield the servers to use. `owner` is for `tgdl run`: it must hold the data folder
-    for its whole life and tells other commands where its servers are."""
+    for its whole life and tells other commands where its servers are. `alone` is called
+    before an embedded nats-server is started, where no running service can answer: a
+    command that then needs something of its own (credentials) raises there, before
+    any server starts."""
     nats_url = env.get("TGDL_NATS_URL")
     database_url = env.get("TGDL_DATABASE_URL")
     if nats_url and database_url and not owner:
@@ -179,6 +183,8 @@ async def servers_for(
     service_urls: dict[str, str] = {}
     try:
         if not nats_url:
+            if alone is not None:
+                alone()
             # On this (the main) thread: nats-server is told to die with the thread that
             # started it (see lifeline), and pool threads come and go.
             users = nats_users(home, env.get("TGDL_NAMESPACE", "tgdl"))
