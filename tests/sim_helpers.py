@@ -9,12 +9,21 @@ from contextlib import asynccontextmanager
 
 import uvicorn
 
-from tgdl.simtelegram.catalog import SimMessage
+from tgdl.contracts.catalog import CatalogEntry
+from tgdl.simtelegram.catalog import SimMessage, demo_catalog
 from tgdl.simtelegram.server import create_app
 from tgdl.simtelegram.settings import SimSettings
 
 # Small, fast defaults for tests: sizes up to a few MiB, no real pacing, no latency.
 FAST = SimSettings(bandwidth=0, latency=0.0, count=40, min_size=10_000, max_size=4 * 2**20)
+FAST_MESSAGES = demo_catalog(FAST.count, FAST.min_size, FAST.max_size, FAST.seed)
+
+
+def largest_healthy(rank: int = 0) -> CatalogEntry:
+    """The rank-th largest media message of FAST's catalog that is neither deleted nor
+    forbidden."""
+    healthy = [m for m in FAST_MESSAGES if m.size and not (m.deleted or m.forbidden)]
+    return sorted(healthy, key=lambda m: m.size or 0, reverse=True)[rank].to_entry()
 
 
 @asynccontextmanager

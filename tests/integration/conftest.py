@@ -11,6 +11,7 @@ import pytest
 from sim_helpers import running_sim
 
 from tgdl.db.connection import connect
+from tgdl.downloader.telegram.simulated import SimulatedTelegram
 from tgdl.gateway.app import create_app
 from tgdl.launcher.prepare import prepare
 from tgdl.simtelegram import client as sim_client
@@ -51,3 +52,12 @@ async def sim(sim_server: str) -> str:
     await sim_client.until_serving(sim_server, 0)
     await sim_client.reset_stats(sim_server)
     return sim_server
+
+
+@pytest.fixture
+async def tg(sim: str) -> AsyncIterator[SimulatedTelegram]:
+    """The downloader's adapter for that simulated Telegram (4 connections)."""
+    adapter = SimulatedTelegram(sim)
+    await adapter.start()
+    yield adapter
+    await adapter.close()

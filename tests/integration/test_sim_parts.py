@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
-from sim_helpers import FAST
+from sim_helpers import largest_healthy
 from waiting import until
 
 from tgdl.contracts.catalog import CatalogEntry
@@ -19,24 +18,12 @@ from tgdl.downloader.parts import PartStats, fetch_parts
 from tgdl.downloader.telegram.port import PART_SIZE, FloodWait
 from tgdl.downloader.telegram.simulated import SimulatedTelegram
 from tgdl.simtelegram import client, content
-from tgdl.simtelegram.catalog import demo_catalog
-
-MESSAGES = demo_catalog(FAST.count, FAST.min_size, FAST.max_size, FAST.seed)
 
 
 def largest() -> CatalogEntry:
-    healthy = [m for m in MESSAGES if m.size and not (m.deleted or m.forbidden)]
-    entry = max(healthy, key=lambda m: m.size or 0).to_entry()
+    entry = largest_healthy()
     assert (entry.size or 0) > 2 * PART_SIZE
     return entry
-
-
-@pytest.fixture
-async def tg(sim: str) -> AsyncIterator[SimulatedTelegram]:
-    adapter = SimulatedTelegram(sim, connections=4)
-    await adapter.start()
-    yield adapter
-    await adapter.close()
 
 
 async def download(tg: SimulatedTelegram, entry: CatalogEntry, final: Path,

@@ -4,11 +4,10 @@ over HTTP on loopback."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from sim_helpers import FAST
+from sim_helpers import FAST, FAST_MESSAGES, largest_healthy
 
 from tgdl.contracts.catalog import CatalogEntry
 from tgdl.contracts.errors import ErrorCode
@@ -23,26 +22,14 @@ from tgdl.launcher.embedded import free_port
 from tgdl.simtelegram import client, content
 from tgdl.simtelegram.catalog import demo_catalog
 
-CATALOG = [m.to_entry() for m in demo_catalog(FAST.count, FAST.min_size, FAST.max_size, FAST.seed)]
-FAULTY = {m.message_id for m in demo_catalog(FAST.count, FAST.min_size, FAST.max_size, FAST.seed)
-          if m.deleted or m.forbidden}
+CATALOG = [m.to_entry() for m in FAST_MESSAGES]
 REQUEST = SimulatedTelegram.request_size
 
 
 def _largest(rank: int = 0) -> CatalogEntry:
-    """The rank-th largest healthy media message of the test catalog."""
-    healthy = [e for e in CATALOG if e.size and e.message_id not in FAULTY]
-    entry = sorted(healthy, key=lambda e: e.size or 0, reverse=True)[rank]
+    entry = largest_healthy(rank)
     assert (entry.size or 0) > 3 * REQUEST  # several chunks, so streams stay open a while
     return entry
-
-
-@pytest.fixture
-async def tg(sim: str) -> AsyncIterator[SimulatedTelegram]:
-    adapter = SimulatedTelegram(sim)
-    await adapter.start()
-    yield adapter
-    await adapter.close()
 
 
 async def _download(tg: SimulatedTelegram, media: RemoteMedia, offset: int = 0) -> bytes:
