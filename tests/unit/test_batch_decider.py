@@ -98,6 +98,28 @@ def test_a_finished_file_hands_its_permit_to_the_next_pending_file():
     assert s.running == [3, 4]
 
 
+def test_a_completed_outcome_is_recorded_as_it_came_and_one_without_its_file_fails():
+    _, s = run(initial_state, start([1, 2, 3, 4], max_concurrent=4))
+    completed, _ = run(s, Finish(message_id=1, job_id="b:1", status="completed", at=AT,
+                                 file_path="/m/a.jpg", relative_path="a.jpg", size=1234,
+                                 same_file_as=9, link="hard_link"))
+    assert (completed[0].file_path, completed[0].relative_path, completed[0].size,
+            completed[0].same_file_as, completed[0].link) == (
+        "/m/a.jpg", "a.jpg", 1234, 9, "hard_link")
+    unsized, _ = run(s, Finish(message_id=1, job_id="b:1", status="completed", at=AT,
+                               file_path="/m/a.jpg", relative_path="a.jpg"))
+    assert unsized[0].size == 0
+    # an outcome that says neither how it failed nor where the file is: still a reason
+    pathless, _ = run(s, Finish(message_id=2, job_id="b:2", status="completed", at=AT))
+    assert isinstance(pathless[0], FileFailed)
+    assert pathless[0].failure.error is ErrorCode.internal
+    assert "ended as completed without details" in pathless[0].failure.detail
+    cancelled, _ = run(s, Finish(message_id=3, job_id="b:3", status="cancelled", at=AT))
+    assert cancelled[0].failure.error is ErrorCode.cancelled
+    failed, _ = run(s, Finish(message_id=4, job_id="b:4", status="failed", at=AT))
+    assert failed[0].failure.error is ErrorCode.internal
+
+
 def test_batch_finishes_once_with_plain_status():
     _, s = run(initial_state, start([1, 2], max_concurrent=2, done=[3], refused=[4]))
     _, s = run(s, done(1))

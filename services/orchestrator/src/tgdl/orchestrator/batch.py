@@ -198,7 +198,7 @@ Command = (Start | Finish | MarkDispatched | Cancel | Pause | Resume | SetMaxCon
            | SetPriority | Reconcile)
 
 
-def job_id_for(batch_id: str, message_id: int, grant: int = 1) -> str:
+def job_id_for(batch_id: str, message_id: int, grant: int) -> str:
     """The job of a file's `grant`-th permit (more than one only after pauses)."""
     return f"{batch_id}:{message_id}" if grant <= 1 else f"{batch_id}:{message_id}:{grant}"
 
