@@ -227,6 +227,20 @@ def test_progress_buffer_ignores_a_late_older_report():
     assert [p.downloaded_size for p in taken] == [500] and seq == 6
 
 
+def test_of_two_reports_alike_in_time_and_bytes_the_later_one_counts():
+    """A flood wait reported right after the last bytes: same instant, same bytes, and
+    the state that came last is the one that holds."""
+    buf = ProgressBuffer(interval=1.0, clock=Clock())
+    buf.offer(1, progress(done=500, at=5.0))
+    buf.offer(2, progress(done=500, at=5.0, state="waiting", wait_seconds=30))
+    taken, _ = buf.take()
+    assert [p.state for p in taken] == ["waiting"]
+    # ...and in the read model, the same report again is no step back
+    row = ApplyProgress(progress(done=500, at=5.0)).merge(None)
+    assert ApplyProgress(progress(done=500, at=5.0, state="waiting",
+                                  wait_seconds=30)).merge(row) is not None
+
+
 # --- settings ----------------------------------------------------------------------------
 
 
