@@ -80,6 +80,32 @@ def test_without_a_terminal_each_change_is_one_line():
     assert batch_totals(SNAPSHOT) == (2_500_000, 5_000_000, 1_200_000)
 
 
+def test_without_a_terminal_a_long_download_says_where_it_stands_every_ten_seconds():
+    out = io.StringIO()
+    clock = [0.0]
+    view = LineView(Console(file=out, width=200), clock=lambda: clock[0])
+    downloading = SNAPSHOT["files"][1]
+
+    def at(t: float, **now) -> None:
+        clock[0] = t
+        view.update({**SNAPSHOT, "files": [{**downloading, **now}]})
+
+    at(0.0)  # starts: its status line only
+    at(9.5, progress=50, downloaded_size=500_000)
+    at(10.0, progress=60, downloaded_size=600_000, estimated_time_remaining=75)
+    at(15.0, progress=70, downloaded_size=700_000)
+    at(20.5, progress=90, downloaded_size=900_000, download_speed=None,
+       estimated_time_remaining=None)
+    at(21.0, status="completed", progress=100, file_path="media/15.bin")
+    at(40.0, status="completed", progress=100, file_path="media/15.bin")
+    assert out.getvalue().splitlines() == [
+        "↓ #15 downloading  1.0 MB",
+        "↓ #15 60%  600 kB/1.0 MB  1.2 MB/s, 1m15s left",
+        "↓ #15 90%  900 kB/1.0 MB",
+        "✓ #15 completed  1.0 MB  media/15.bin",
+    ]
+
+
 def test_ids_and_ranges_as_typed():
     assert message_ids(["12", "15-18", "31", "16", "40,41"]) == [12, 15, 16, 17, 18, 31, 40, 41]
     for bad in (["x"], ["0"], ["5-3"], ["1-20000"], [","]):

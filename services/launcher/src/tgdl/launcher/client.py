@@ -132,7 +132,8 @@ def add_parsers(commands: Any) -> None:
             "Start a batch on a running tgdl and follow it until it ends: a bar per file in "
             "flight and one for the batch (bytes, speed, time left), rate-limit waits and "
             "failures with their suggestion. Ctrl-C asks whether to cancel the batch or "
-            "leave it running. Without a terminal (or with --json) there are no bars.", 78))
+            "leave it running. Without a terminal there are lines instead of bars (with --json, "
+            "the final status).", 78))
     download.add_argument("ids", nargs="+", metavar="ID",
                           help="message ids and ranges, e.g. 12 15-20 31")
     download.add_argument("--max-concurrent", type=positive, default=3, metavar="N",

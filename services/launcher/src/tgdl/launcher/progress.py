@@ -1,5 +1,6 @@
 """How `tgdl download` and `tgdl status --watch` show a batch: rich progress bars on a
-terminal (`LiveView`), one plain line per change elsewhere (`LineView`).
+terminal (`LiveView`), plain lines elsewhere (`LineView`): one per change, and a running
+file's progress now and then.
 
 Both are fed the batch-status snapshots of the event stream. Speeds and times left are the
 server's (the downloaders measure them); only a rate-limit wait is counted down here
@@ -150,11 +151,40 @@ class View:
                                 style=f"bold {style}"))
 
 
+def progress_line(f: dict[str, Any]) -> str:
+    """Where a download stands, in one line."""
+    line = (f"↓ #{f['message_id']} {f.get('progress') or 0:.0f}%  "
+            f"{_amount(f.get('downloaded_size') or 0, f.get('total_size'))}")
+    if f.get("download_speed"):
+        line += f"  {human_size(f['download_speed'])}/s"
+    if f.get("estimated_time_remaining") is not None:
+        line += f", {human_time(f['estimated_time_remaining'])} left"
+    return line
+
+
 class LineView(View):
-    """Not a terminal: one line per file that changes status, nothing per byte."""
+    """Not a terminal (a log, a pipe): one line per file that changes status, and a line
+    of its progress every `every` seconds while a file downloads, so a long download
+    shows it moves without a line per byte."""
+
+    def __init__(self, console: Console, clock: Callable[[], float] = time.monotonic,
+                 every: float = 10.0) -> None:
+        super().__init__(console)
+        self.clock = clock
+        self.every = every
+        self._told: dict[int, float] = {}  # message id -> when its last line was printed
 
     def update(self, snapshot: Snapshot) -> None:
-        for line in self._changes(snapshot):
+        lines = self._changes(snapshot)
+        now = self.clock()
+        for f in snapshot.get("files", []):
+            m = f["message_id"]
+            if f["status"] != "downloading":
+                self._told.pop(m, None)
+            elif now - self._told.setdefault(m, now) >= self.every:
+                self._told[m] = now
+                lines.append(progress_line(f))
+        for line in lines:
             self.console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
