@@ -66,3 +66,14 @@ def test_meter_reports_window_speed_and_eta():
     assert m.speed == 200 and m.eta == 3  # 500 left at 200 B/s, rounded up
     m.add(500, 62.0)
     assert m.eta == 0
+
+
+def test_meter_speed_is_the_last_window_not_the_average_since_the_start():
+    m = Meter(total=100_000, start=0, now=0.0, window=3.0)
+    for t in range(1, 11):  # 100 B/s for ten seconds
+        m.add(100, float(t))
+    for t in range(11, 14):  # then 1000 B/s
+        m.add(1000, float(t))
+    assert m.speed == 1000  # (since the start it would be about 300)
+    assert m.eta == 96  # 96 000 bytes left at that speed
+    assert Meter(total=500, start=500, now=0.0).eta == 0  # resumed whole: nothing left
