@@ -3,12 +3,23 @@ status and the summary sentence (plain rows, no database)."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
 from tgdl.contracts.commands import BatchAccepted
 from tgdl.contracts.errors import ErrorCode, FileFailure
-from tgdl.db.readmodel import batch_status_of, file_body, file_status, status_body, summary_sentence
+from tgdl.db.readmodel import (
+    batch_status_of,
+    batch_summary,
+    file_body,
+    file_status,
+    status_body,
+    summary_sentence,
+)
 from tgdl.gateway.batches import start_message
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def file_row(m: int = 1, status: str = "pending", **extra) -> dict:
@@ -207,6 +218,45 @@ def test_a_paused_batch_shows_its_stopped_files_paused_and_says_so():
                                                "total_size": 1000}
     assert status_body(status)["files"][2] == {"message_id": 3, "status": "paused",
                                                "progress": 0, "total_size": 1000}
+
+
+def listed(status: str, total: int) -> dict:
+    """A batch row as the batch list reads it."""
+    return batch(status, total) | {"kind": "batch", "created_at": NOW, "finished_at": None,
+                                   "force": False, "priority": "normal"}
+
+
+def test_the_batch_list_counts_the_bytes_on_disk_and_the_running_files_speed():
+    files = [
+        file_status(file_row(1, "completed", total_size=4000, relative_path="p/1"), None),
+        file_status(file_row(2, "queued", total_size=2000),
+                    job_row("downloading", downloaded_size=500, total_size=2000,
+                            download_speed=250)),
+        file_status(file_row(3, "paused", total_size=2000),
+                    job_row("cancelled", downloaded_size=700)),  # kept on disk
+        file_status(file_row(4, "failed", total_size=1000, error="message_deleted"), None),
+        file_status(file_row(5, "pending", total_size=1000), None),
+    ]
+    summary = batch_summary(listed("in_progress", 5), files)
+    assert (summary.downloaded_size, summary.total_size, summary.download_speed) == (
+        4000 + 500 + 700, 10_000, 250)
+    assert summary.progress == 52  # of the bytes: a failed file counts as none
+
+
+def test_while_a_size_is_unknown_the_batch_list_averages_its_files_progress():
+    files = [
+        file_status(file_row(1, "completed", total_size=None, relative_path="p/1"), None),
+        file_status(file_row(2, "queued", total_size=None),
+                    job_row("downloading", downloaded_size=250, total_size=1000)),
+        file_status(file_row(3, "pending", total_size=1000), None),
+    ]
+    summary = batch_summary(listed("in_progress", 3), files)
+    assert summary.total_size is None
+    assert summary.progress == 41  # (100 + 25 + 0) / 3, rounded down
+    done = [file_status(file_row(m, "completed", total_size=None, relative_path=f"p/{m}"),
+                        None) for m in (1, 2)]
+    assert batch_summary(listed("completed", 2), done).progress == 100
+    assert batch_summary(listed("pending", 0), []).progress == 0
 
 
 def test_a_completed_file_says_whether_its_bytes_matched_telegrams_hashes():
