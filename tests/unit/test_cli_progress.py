@@ -1,5 +1,5 @@
-"""The client commands' pure parts: ids and sizes as typed, and the progress bars drawn to
-a terminal of a fixed size."""
+"""The client commands' pure parts: ids and sizes as typed, the progress bars drawn to a
+terminal of a fixed size, and the tables (fed by a stand-in for the API)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,15 @@ import io
 import pytest
 from rich.console import Console
 
-from tgdl.launcher.client import message_ids, size, status_heading
+from tgdl.launcher.client import (
+    UNLIMITED_WIDTH,
+    batches,
+    console_for,
+    message_ids,
+    messages,
+    size,
+    status_heading,
+)
 from tgdl.launcher.progress import LineView, batch_totals, human_size, human_time, render_batch
 
 SNAPSHOT = {
@@ -151,3 +159,74 @@ def test_the_status_heading_says_the_status_once():
     assert status_heading(body) == "b (normal priority): Paused: 1 of 4 files completed, 2 paused"
     body = {**body, "overall_status": "in_progress", "summary": "1 of 4 files completed"}
     assert status_heading(body) == "b (normal priority): in_progress: 1 of 4 files completed"
+
+
+class CannedApi:
+    """The API port answering every call with one body."""
+
+    def __init__(self, body: dict) -> None:
+        self.body = body
+
+    def call(self, method: str, path: str, **_: object) -> dict:
+        return self.body
+
+
+def listing(width: int, handler, body: dict, **args) -> list[str]:
+    out = io.StringIO()
+    namespace = argparse.Namespace(json=False, limit=20, offset=0, **args)
+    assert handler(CannedApi(body), Console(file=out, width=width), namespace) == 0
+    return out.getvalue().splitlines()
+
+
+BATCHES = {"total": 2, "offset": 0, "limit": 20, "items": [
+    {"batch_id": "batch_1f0c2a9e", "kind": "batch", "rule_id": "rule_3fa2c1d0",
+     "created_at": "2026-11-30T17:48:07Z", "overall_status": "in_progress",
+     "priority": "high", "progress": 45, "completed": 2, "total_files": 10,
+     "summary": "2 of 10 files completed, 3 downloading, 5 waiting for their turn"},
+    {"batch_id": "single_77aa01bc", "kind": "single", "rule_id": None,
+     "created_at": "2026-11-30T17:40:00Z", "overall_status": "completed",
+     "priority": "normal", "progress": 100, "completed": 1, "total_files": 1,
+     "summary": "1 of 1 file completed"},
+]}
+
+
+def column(lines: list[str], header: str, next_header: str) -> str:
+    """A column's text, its wrapped pieces joined (a table without borders)."""
+    start, end = lines[0].index(header), lines[0].index(next_header)
+    return "".join(line[start:end].strip() for line in lines[1:])
+
+
+def test_on_a_terminal_of_80_columns_the_batch_list_cuts_nothing():
+    lines = listing(80, batches, BATCHES)
+    assert all(len(line) <= 80 for line in lines)
+    text = "\n".join(lines)
+    for whole in ("batch_1f0c2a9e", "single_77aa01bc", "rule_3fa2c1d0", "2026-11-30 17:48",
+                  "in_progress", "high priority", "45%", "2/10"):
+        assert whole in text, (whole, text)
+    assert "…" not in text and "normal priority" not in text
+    summaries = "".join(line[lines[0].index("summary"):].strip() for line in lines[1:-1])
+    assert summaries.replace(" ", "") == "".join(
+        b["summary"] for b in BATCHES["items"]).replace(" ", "")
+    assert lines[-1] == "1-2 of 2 batches"
+
+
+def test_message_cells_wrap_rather_than_being_cut():
+    name = "VID_20250106_141858_a_rather_long_name.mp4"
+    page = {"total": 1, "offset": 0, "limit": 20, "items": [
+        {"message_id": 123456, "chat": "sim_demo", "media_type": "video", "size": 27_350_019,
+         "date": "2025-01-06T14:18:58Z", "download_state": "not_downloaded",
+         "file_name": name, "caption": "a caption long enough to be wrapped in its column"}]}
+    lines = listing(80, messages, page, all=False, chat=None, type=None, min_size=None,
+                    max_size=None, since=None, until=None, search=None)
+    assert all(len(line) <= 80 for line in lines)
+    assert "…" not in "".join(lines)
+    assert "123456" in lines[1] and "2025-01-06" in lines[1]
+    assert column(lines[:-1], "file", "caption") == name
+    assert column(lines[:-1], "state", "file").replace(" ", "") == "notdownloaded"
+
+
+def test_output_that_is_not_a_terminal_is_as_wide_as_its_lines(monkeypatch):
+    monkeypatch.delenv("COLUMNS", raising=False)
+    assert console_for({}).width == UNLIMITED_WIDTH  # (pytest's output is no terminal)
+    monkeypatch.setenv("COLUMNS", "80")
+    assert console_for({"COLUMNS": "80"}).width == 80

@@ -18,7 +18,7 @@ import signal
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ import httpx
 import psutil
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
+from rich.table import Column, Table
 
 from tgdl.launcher.plan import Home
 from tgdl.launcher.progress import (
@@ -39,6 +39,7 @@ from tgdl.launcher.progress import (
 )
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+UNLIMITED_WIDTH = 10_000  # columns of output that is not a terminal
 POLL_SECONDS = 1.0  # status polling when the event stream is not available
 MAX_RANGE = 10_000  # ids one range may expand to; the server bounds a batch far lower
 PRIORITIES = ("high", "normal", "low")
@@ -392,6 +393,22 @@ def download(api: Api, console: Console, args: argparse.Namespace) -> int:
     return follow(api, console, batch_id, args.json)
 
 
+def whole(header: str, values: Iterable[str]) -> Column:
+    """A column of ids (or dates): never cut or wrapped, however narrow the terminal
+    (the others give way), since an id is what the next command is given."""
+    return Column(header, no_wrap=True, min_width=max([len(header), *map(len, values)]))
+
+
+def listing(*columns: str | Column) -> Table:
+    """A table whose cells are never cut short: on a narrow terminal the columns that
+    are not `whole` wrap, so every word and path can still be read (and grepped)."""
+    table = Table(*columns, box=None, header_style="bold")
+    for column in table.columns:
+        if not column.no_wrap:
+            column.overflow = "fold"
+    return table
+
+
 def status(api: Api, console: Console, args: argparse.Namespace) -> int:
     if args.watch:
         api.call("GET", f"/api/media/batch-status/{args.batch}")  # a clear 404 up front
@@ -401,8 +418,8 @@ def status(api: Api, console: Console, args: argparse.Namespace) -> int:
         _print_json(body)
         return EXIT_OK
     console.print(status_heading(body), highlight=False, markup=False)
-    table = Table("id", "status", "progress", "size", "speed", "time left", "file / reason",
-                  box=None, header_style="bold")
+    table = listing(whole("id", (str(f["message_id"]) for f in body["files"])), "status",
+                    "progress", "size", "speed", "time left", "file / reason")
     for f in body["files"]:
         speed = f.get("download_speed")
         reason = saved_at(f) or (
@@ -454,13 +471,21 @@ def batches(api: Api, console: Console, args: argparse.Namespace) -> int:
     if not page["items"]:
         console.print("no batches yet: start one with `tgdl download 1 2 3`", markup=False)
         return EXIT_OK
-    table = Table("batch", "kind", "started", "status", "priority", "progress", "files",
-                  "summary", box=None, header_style="bold")
-    for b in page["items"]:
-        kind = f"{b['kind']} ({b['rule_id']})" if b.get("rule_id") else b["kind"]
-        table.add_row(b["batch_id"], kind, b["created_at"][:19].replace("T", " "),
-                      b["overall_status"], b.get("priority", "normal"), f"{b['progress']}%",
-                      f"{b['completed']}/{b['total_files']}", escape(b["summary"]))
+    # Six columns, so that a terminal of 80 keeps every one readable: the id says whether
+    # it is a single download, the rule that started a batch goes under it, and a
+    # priority other than normal under the status.
+    rows = [(b["batch_id"] + (f"\n{b['rule_id']}" if b.get("rule_id") else ""),
+             b["created_at"][:16].replace("T", " "),
+             b["overall_status"] + ("" if b.get("priority", "normal") == "normal"
+                                    else f"\n{b['priority']} priority"),
+             f"{b['progress']}%", f"{b['completed']}/{b['total_files']}",
+             escape(b["summary"])) for b in page["items"]]
+    table = listing(whole("batch", (line for r in rows for line in r[0].split("\n"))),
+                    whole("started", (r[1] for r in rows)),
+                    whole("status", (line for r in rows for line in r[2].split("\n"))),
+                    "progress", "files", "summary")
+    for row in rows:
+        table.add_row(*row)
     console.print(table)
     shown = len(page["items"])
     console.print(f"{page['offset'] + 1}-{page['offset'] + shown} of {page['total']} batches",
@@ -480,8 +505,8 @@ def messages(api: Api, console: Console, args: argparse.Namespace) -> int:
     if args.json:
         _print_json(page)
         return EXIT_OK
-    table = Table("id", "chat", "type", "size", "date", "state", "file", "caption",
-                  box=None, header_style="bold")
+    table = listing(whole("id", (str(m["message_id"]) for m in page["items"])), "chat",
+                    "type", "size", "date", "state", "file", Column("caption", max_width=24))
     for m in page["items"]:
         table.add_row(str(m["message_id"]), escape(m["chat"]), m["media_type"] or "",
                       human_size(m["size"]), (m.get("date") or "")[:10],
@@ -545,8 +570,9 @@ def rules(api: Api, console: Console, args: argparse.Namespace) -> int:
         console.print("no watch rules: create one with `tgdl watch @chat --type video`",
                       markup=False)
         return EXIT_OK
-    table = Table("rule", "chat", "state", "matches", "batches", "files", "last batch",
-                  box=None, header_style="bold")
+    table = listing(whole("rule", (r["rule_id"] for r in page["rules"])), "chat", "state",
+                    "matches", "batches", "files",
+                    whole("last batch", (r.get("last_batch_id") or "" for r in page["rules"])))
     for r in page["rules"]:
         table.add_row(r["rule_id"], escape(r["chat"]), "on" if r["enabled"] else "paused",
                       escape(_rule_line(r)), str(r["batches_started"]),
@@ -604,6 +630,15 @@ def running_gateway(env: dict[str, str], cwd: Path | None = None) -> str | None:
     return url if url.startswith(("http://", "https://")) and psutil.pid_exists(pid) else None
 
 
+def console_for(env: dict[str, str]) -> Console:
+    console = Console(highlight=False)
+    if not console.is_terminal and "COLUMNS" not in env:
+        # A pipe or a file: lines as long as their content, nothing cut to fit 80
+        # columns (a status cut to "comp…" would not be found by grep).
+        console.width = UNLIMITED_WIDTH
+    return console
+
+
 def main(args: argparse.Namespace, env: dict[str, str] | None = None) -> int:
     env = dict(os.environ if env is None else env)
     # Ctrl-C must reach the question even when started with SIGINT ignored (as a
@@ -616,7 +651,7 @@ def main(args: argparse.Namespace, env: dict[str, str] | None = None) -> int:
             return _fail("download", Failure(EXIT_REFUSED, "bad_ids", str(exc)))
     api = Api(args.url or env.get("TGDL_URL") or running_gateway(env) or DEFAULT_URL,
               env.get("TGDL_API_TOKEN") or None)
-    console = Console(highlight=False)
+    console = console_for(env)
     try:
         return HANDLERS[args.command](api, console, args)
     except Failure as failure:
