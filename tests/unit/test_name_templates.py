@@ -146,11 +146,23 @@ def test_no_two_messages_share_a_path():
     ("{message_id", "malformed"),
     ("", "empty"),
     ("x/" * 9 + "{message_id}", "segments"),
+    ("x/" * 8 + "{message_id}", "more than 8 path segments"),
+    ("a" * 288 + "/{message_id}", "longer than 300 characters"),
+    ("{caption:121}/{message_id}", "from 1 to 120"),
+    ("{date: }/{message_id}", "renders nothing"),
 ])
 def test_unusable_templates_are_refused_saying_why(template: str, says: str):
     with pytest.raises(TemplateError) as refused:
         NameTemplate.parse(template)
     assert says in str(refused.value)
+
+
+def test_templates_at_their_limits_are_taken():
+    for template in ("x/" * 7 + "{message_id}",  # 8 segments
+                     "a" * 287 + "/{message_id}",  # 300 characters
+                     "{caption:120}/{date:%Y}/{message_id}", "{caption:1}/{message_id}"):
+        NameTemplate.parse(template)
+    assert len("a" * 287 + "/{message_id}") == 300
 
 
 def test_the_start_request_refuses_a_template_naming_the_problem():
