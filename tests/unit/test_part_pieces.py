@@ -12,7 +12,13 @@ from pathlib import Path
 import pytest
 
 from tgdl.downloader.files import PartFile, parts_path, recorded_parts
-from tgdl.downloader.parts import PIECE_BYTES, PartStats, fetch_parts
+from tgdl.downloader.parts import (
+    MAX_MISMATCHES,
+    PIECE_BYTES,
+    PartStats,
+    fetch_checked,
+    fetch_parts,
+)
 from tgdl.downloader.telegram.port import PART_SIZE, PermanentError, SharedFile
 
 RANGE = 128 * 1024  # Telegram hashes 128 KiB ranges
@@ -128,3 +134,33 @@ async def test_a_piece_that_fails_its_hash_is_never_written_nor_its_part_recorde
             ) in file.puts  # the ranges before the bad one were written, as they came
     assert 1 not in recorded_parts(tmp_path / "f.bin")  # a resume fetches it again
     assert parts_path(tmp_path / "f.bin").exists()
+
+
+class OnePart:
+    """A file of one part whose first `bad` answers are corrupted."""
+
+    def __init__(self, data: bytes, bad: int) -> None:
+        self.data, self.bad, self.reads = data, bad, 0
+
+    async def read(self, offset: int, length: int) -> bytes:
+        self.reads += 1
+        data = self.data[offset:offset + length]
+        return bytes([data[0] ^ 0xFF]) + data[1:] if self.reads <= self.bad else data
+
+    async def hashes(self, offset: int, length: int):
+        return [(offset, length, hashlib.sha256(self.data[offset:offset + length]).digest())]
+
+
+@pytest.mark.parametrize("bad", [0, 1, MAX_MISMATCHES - 1])
+async def test_a_one_part_file_is_asked_again_until_it_matches_its_hash(bad):
+    source, stats = OnePart(content(5000), bad), PartStats()
+    data, verified = await fetch_checked(source, 0, 5000, stats)
+    assert bytes(data) == content(5000) and verified
+    assert (source.reads, stats.refetched) == (bad + 1, bad)
+
+
+async def test_a_one_part_file_that_keeps_failing_its_hash_fails_after_three_fetches():
+    source, stats = OnePart(content(5000), bad=100), PartStats()
+    with pytest.raises(PermanentError, match="failed Telegram's SHA-256 check 3 times"):
+        await fetch_checked(source, 0, 5000, stats)
+    assert source.reads == MAX_MISMATCHES == 3
