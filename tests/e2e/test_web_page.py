@@ -157,6 +157,10 @@ async def test_filter_select_start_watch_and_cancel_in_a_browser(stack: Stack, b
     await page.get_by_role("button", name="Apply filters").click()
     assert await page.evaluate(
         "() => document.documentElement.scrollWidth <= window.innerWidth")
+    # ...and the messages' list shows each file and its state without scrolling sideways
+    assert await page.evaluate("""() => {
+        const list = document.querySelector('#messages').closest('.scroll');
+        return list.scrollWidth <= list.clientWidth; }""")
     await expect(bar.get_by_role("button", name="Start download")).to_be_in_viewport()
     await page.screenshot(path=out / "web-page-phone.png", full_page=False)
     assert (out / "web-page.png").stat().st_size > 10_000

@@ -120,7 +120,7 @@ function messageRow(m) {
   stateCell.append(m.download_url ? link(m.download_url, "downloaded") : m.download_state.replace("_", " "));
   const file = el("td", m.file_name || (m.caption ? `“${m.caption}”` : ""), "file");
   if (m.file_name && m.caption) { file.append(el("span", m.caption, "muted caption")); }
-  tr.append(first, el("td", m.message_id), el("td", m.chat, "hide-narrow"), el("td", m.media_type || "none"),
+  tr.append(first, el("td", m.message_id), el("td", m.chat, "hide-narrow"), el("td", m.media_type || "none", "hide-narrow"),
     file, el("td", size(m.size), "num"), el("td", when(m.date), "hide-narrow"), stateCell);
   return tr;
 }
