@@ -395,8 +395,10 @@ def download(api: Api, console: Console, args: argparse.Namespace) -> int:
 
 def whole(header: str, values: Iterable[str]) -> Column:
     """A column of ids (or dates): never cut or wrapped, however narrow the terminal
-    (the others give way), since an id is what the next command is given."""
-    return Column(header, no_wrap=True, min_width=max([len(header), *map(len, values)]))
+    (the others give way), since an id is what the next command is given. A cell of
+    several lines is as wide as its longest."""
+    return Column(header, no_wrap=True, min_width=max(
+        [len(header), *(len(line) for value in values for line in value.split("\n"))]))
 
 
 def listing(*columns: str | Column) -> Table:
@@ -480,10 +482,8 @@ def batches(api: Api, console: Console, args: argparse.Namespace) -> int:
                                     else f"\n{b['priority']} priority"),
              f"{b['progress']}%", f"{b['completed']}/{b['total_files']}",
              escape(b["summary"])) for b in page["items"]]
-    table = listing(whole("batch", (line for r in rows for line in r[0].split("\n"))),
-                    whole("started", (r[1] for r in rows)),
-                    whole("status", (line for r in rows for line in r[2].split("\n"))),
-                    "progress", "files", "summary")
+    table = listing(whole("batch", (r[0] for r in rows)), whole("started", (r[1] for r in rows)),
+                    whole("status", (r[2] for r in rows)), "progress", "files", "summary")
     for row in rows:
         table.add_row(*row)
     console.print(table)
