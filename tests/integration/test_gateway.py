@@ -138,10 +138,17 @@ async def test_single_file_status_follows_its_latest_download(client, db):
     assert_error_body(await client.get("/api/media/status/0"), 422)
 
 
-async def test_messages_list_each_message_with_its_download_state(client, db):
+def put_file(settings: GatewaySettings, relative: str, size: int) -> None:
+    path = settings.media_root / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"x" * size)
+
+
+async def test_messages_list_each_message_with_its_download_state(client, db, settings):
     await catalog.upsert(db, [entry(m) for m in (1, 2, 3, 4)]
                          + [CatalogEntry(message_id=5, chat="chan", telegram_message_id=905)])
     await a_batch_in_flight(db)
+    put_file(settings, "photos/1_901_p1.jpg", 1_000_000)
     page = (await client.get("/api/messages?limit=10")).json()
     assert page["total"] == 5 and (page["offset"], page["limit"]) == (0, 10)
     states = {i["message_id"]: (i["download_state"], i["download_url"]) for i in page["items"]}
@@ -152,6 +159,24 @@ async def test_messages_list_each_message_with_its_download_state(client, db):
     assert [i["message_id"] for i in media["items"]] == [2, 3] and media["total"] == 4
     for bad in ("limit=0", "limit=201", "offset=-1", "limit=x"):
         assert_error_body(await client.get(f"/api/messages?{bad}"), 422, "invalid_request")
+
+
+async def test_messages_list_says_what_the_media_folder_holds(client, db, settings):
+    """A file deleted since its batch downloaded it is not "downloaded"; one found at its
+    path and size (an earlier data folder, another tool) is, as a start would find it;
+    one of another size, or a folder in its place, is not."""
+    await catalog.upsert(db, [entry(m) for m in (1, 2, 3, 4, 6, 7)])
+    await a_batch_in_flight(db)  # 1 completed (its file never written here)
+    put_file(settings, "photos/4_904_p4.jpg", 1_000_000)  # where the default layout puts it
+    put_file(settings, "photos/6_906_p6.jpg", 999)  # cut short
+    (settings.media_root / "photos/7_907_p7.jpg").mkdir(parents=True)
+    put_file(settings, "photos/3_903_p3.jpg", 1_000_000)  # queued: its batch decides
+    page = (await client.get("/api/messages?limit=10")).json()
+    states = {i["message_id"]: (i["download_state"], i["download_url"]) for i in page["items"]}
+    assert states == {1: ("not_downloaded", None), 2: ("downloading", None),
+                      3: ("queued", None), 4: ("downloaded", "/media/photos/4_904_p4.jpg"),
+                      6: ("not_downloaded", None), 7: ("not_downloaded", None)}
+    assert (await client.get(states[4][1])).status_code == 200
 
 
 # --- request validation ----------------------------------------------------------------------

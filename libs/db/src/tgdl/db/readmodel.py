@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import asyncpg
@@ -25,7 +25,8 @@ from tgdl.contracts.api import (
     MessageItem,
     MessagePage,
 )
-from tgdl.contracts.paths import download_url
+from tgdl.contracts.catalog import CatalogEntry
+from tgdl.contracts.paths import download_url, relative_path
 from tgdl.contracts.status import (
     FINISHED_BATCH_STATUSES,
     FileStatus,
@@ -316,15 +317,29 @@ async def single_request(conn: asyncpg.Connection | asyncpg.Pool,
     return await conn.fetchval(_SINGLE_REQUEST, message_id)
 
 
+# Where files are and the size each must have -> which of them are there, complete. The
+# message list asks the media folder, not only the batches: a file deleted since it was
+# downloaded is not "downloaded", and one that is there at its size (an earlier data
+# folder, another tool) is, as a start would find it.
+CompleteOnDisk = Callable[[Sequence[tuple[str, int | None]]], Awaitable[Sequence[bool]]]
+# States the disk may overrule: nothing is moving the file now.
+_SETTLED = ("not_downloaded", "downloaded", "failed", "cancelled")
+
+
 async def message_page(conn: asyncpg.Connection, offset: int, limit: int,
                        media_only: bool = False,
-                       where: catalog.MessageFilter | None = None) -> MessagePage:
+                       where: catalog.MessageFilter | None = None,
+                       on_disk: CompleteOnDisk | None = None,
+                       name_template: str | None = None) -> MessagePage:
+    """A page of the catalog, each message with its latest download state; with `on_disk`,
+    a settled state says what the media folder holds (its file at the path its batch
+    wrote, else where `name_template` puts it)."""
     entries, total = await catalog.page(conn, offset, limit, media_only, where)
     rows = await conn.fetch(_LATEST_FILE, [e.message_id for e in entries])
-    latest = {r["message_id"]: file_status(r, split_job(r)) for r in rows}
+    latest = {r["message_id"]: (r, file_status(r, split_job(r))) for r in rows}
     items = []
     for e in entries:
-        shown = latest.get(e.message_id)
+        _, shown = latest.get(e.message_id, (None, None))
         if e.media_kind is None:
             state = "no_media"
         elif shown is None:
@@ -344,7 +359,34 @@ async def message_page(conn: asyncpg.Connection, offset: int, limit: int,
             date=e.date,
             caption=e.caption,
         ))
+    if on_disk is not None:
+        await _as_on_disk(items, entries, latest, on_disk, name_template)
     return MessagePage(items=items, total=total, offset=offset, limit=limit)
+
+
+async def _as_on_disk(items: list[MessageItem], entries: Sequence[CatalogEntry],
+                      latest: Mapping[int, tuple[Row, FileStatusBody]],
+                      on_disk: CompleteOnDisk, name_template: str | None) -> None:
+    checked: list[tuple[MessageItem, str]] = []
+    wanted: list[tuple[str, int | None]] = []
+    for item, e in zip(items, entries, strict=True):
+        if item.download_state not in _SETTLED:
+            continue
+        row = latest.get(e.message_id, (None, None))[0]
+        path = row["relative_path"] if row is not None else None
+        if path is None:
+            try:
+                path = str(relative_path(e, name_template))
+            except ValueError:  # a template that cannot name it: it is nowhere
+                continue
+        checked.append((item, path))
+        wanted.append((path, e.size if e.size is not None else
+                       row["total_size"] if row is not None else None))
+    for (item, path), present in zip(checked, await on_disk(wanted), strict=True):
+        if present:
+            item.download_state, item.download_url = "downloaded", download_url(path)
+        elif item.download_state == "downloaded":
+            item.download_state, item.download_url = "not_downloaded", None
 
 
 # --- the batch list ----------------------------------------------------------------------

@@ -3,7 +3,11 @@ filters of the query string (all optional, combined with AND)."""
 
 from __future__ import annotations
 
+import asyncio
+import stat
+from collections.abc import Sequence
 from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -48,6 +52,20 @@ def moment(name: str, value: str | None, end_of_day: bool) -> datetime | None:
     return at if at.tzinfo else at.replace(tzinfo=UTC)
 
 
+def complete_files(root: Path, wanted: Sequence[tuple[str, int | None]]) -> list[bool]:
+    """For each (path under `root`, size), whether a regular file of that size is there
+    (of any size when the size is unknown)."""
+    found = []
+    for relative, size in wanted:
+        try:
+            st = (root / relative).stat()
+        except (OSError, ValueError):
+            found.append(False)
+            continue
+        found.append(stat.S_ISREG(st.st_mode) and (size is None or st.st_size == size))
+    return found
+
+
 @router.get("/api/messages", response_model=MessagePage)
 async def messages(
     svc: Annotated[Services, Depends(services)],
@@ -80,7 +98,10 @@ async def messages(
     if where.since and where.until and where.since >= where.until:
         raise invalid(f"since: {since} is not before until {until}")
     async with svc.pool.acquire() as conn:
-        page = await readmodel.message_page(conn, offset, limit, where=where)
+        page = await readmodel.message_page(
+            conn, offset, limit, where=where, name_template=svc.settings.name_template,
+            on_disk=lambda wanted: asyncio.to_thread(
+                complete_files, svc.settings.media_root, wanted))
     page.batch_limit = svc.settings.max_batch_ids
     for item in page.items:
         if item.download_url:
