@@ -135,6 +135,25 @@ async def test_without_a_terminal_lines_and_json_and_failures_with_suggestions(s
     assert all(f["already_downloaded"] for f in final["files"])
 
 
+async def test_detach_prints_the_batch_id_alone_for_scripts_and_status_watch_follows_it(stack):
+    ok, missing = stack.media_ids(2, min_size=1_000_000), 10**9
+    run = await tgdl(stack, "download", "--detach", "--force", *map(str, [*ok, missing]))
+    assert run.code == 0, run.out + run.err
+    batch_id = run.out.strip()
+    assert re.fullmatch(r"batch_\w+", batch_id) and run.out == batch_id + "\n"
+    assert f"{batch_id}: Batch download started with 3 files" in run.err
+    assert f"#{missing} not started: message_not_found" in run.err
+    watched = await tgdl(stack, "status", batch_id, "--watch")
+    assert watched.code == 1, watched.out + watched.err  # one of three could not start
+    assert f"{batch_id}: 2 of 3 files completed, 1 failed" in watched.out
+
+    nothing = await tgdl(stack, "download", "--detach", str(missing))
+    assert nothing.code == 1 and re.fullmatch(r"batch_\w+\n", nothing.out)
+    as_json = await tgdl(stack, "download", "--detach", "--json", str(ok[0]))
+    assert as_json.code == 0, as_json.err
+    assert as_json.json()["status"] == "completed"  # on disk already: nothing to wait for
+
+
 async def read_until(stream: asyncio.StreamReader, pattern: str, within: float = 30) -> str:
     seen = ""
     async with asyncio.timeout(within):

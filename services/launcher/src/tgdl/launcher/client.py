@@ -127,7 +127,8 @@ def add_parsers(commands: Any) -> None:
     raw = argparse.RawDescriptionHelpFormatter
 
     download = commands.add_parser(
-        "download", parents=[common], formatter_class=raw, epilog=EXIT_HELP,
+        "download", parents=[common], formatter_class=raw,
+        epilog=EXIT_HELP + "\n  with --detach: 0 once the batch started, 1 if no file could start",
         help="download messages' media as one batch, with live progress bars",
         description=textwrap.fill(
             "Start a batch on a running tgdl and follow it until it ends: a bar per file in "
@@ -148,6 +149,10 @@ def add_parsers(commands: Any) -> None:
     download.add_argument("--priority", choices=PRIORITIES, default="normal",
                           help="under the global cap, higher goes first across batches "
                                "(default normal; low still gets its turn)")
+    download.add_argument("--detach", action="store_true",
+                          help="start the batch and return: the batch id alone on stdout "
+                               "(with --json, the start answer), what started on stderr; "
+                               "`tgdl status ID --watch` follows it")
 
     status = commands.add_parser(
         "status", parents=[common], formatter_class=raw, epilog=EXIT_HELP,
@@ -378,19 +383,24 @@ def download(api: Api, console: Console, args: argparse.Namespace) -> int:
         body["name_template"] = args.name_template
     started = api.call("POST", "/api/media/batch-download", json=body)
     batch_id = started["batch_id"]
-    if not args.json:
-        console.print(f"{batch_id}: {started['message']}", highlight=False, markup=False,
-                      soft_wrap=True)
+    nothing = started["status"] == "failed"  # nothing started: nothing to follow
+    if args.json and (args.detach or nothing):
+        _print_json(started)
+    elif not args.json:
+        # Detached, stdout is the batch id alone (b=$(tgdl download --detach ...)).
+        said = Console(stderr=True, highlight=False, soft_wrap=True) if args.detach else console
+        said.print(f"{batch_id}: {started['message']}", highlight=False, markup=False,
+                   soft_wrap=True)
         for f in started["failed_to_start"]:
-            console.print(f"  #{f['message_id']} not started: {f['error']}: {f['detail']}",
-                          style="red", highlight=False, markup=False)
+            said.print(f"  #{f['message_id']} not started: {f['error']}: {f['detail']}",
+                       style="red", highlight=False, markup=False)
             if f.get("suggestion"):
-                console.print(f"      {f['suggestion']}", highlight=False, markup=False)
-    if started["status"] == "failed":  # nothing to follow
-        if args.json:
-            _print_json(started)
+                said.print(f"      {f['suggestion']}", highlight=False, markup=False)
+        if args.detach:
+            sys.stdout.write(batch_id + "\n")
+    if nothing:
         return EXIT_INCOMPLETE
-    return follow(api, console, batch_id, args.json)
+    return EXIT_OK if args.detach else follow(api, console, batch_id, args.json)
 
 
 def whole(header: str, values: Iterable[str]) -> Column:
