@@ -154,6 +154,26 @@ async def test_detach_prints_the_batch_id_alone_for_scripts_and_status_watch_fol
     assert as_json.json()["status"] == "completed"  # on disk already: nothing to wait for
 
 
+async def test_download_takes_telegram_message_links_among_ids(stack):
+    by_id = {m.message_id: m for m in stack.sim_messages()}
+    first, second = stack.media_ids(2)
+    m = by_id[first]
+    link = f"https://t.me/{m.chat}/{m.telegram_message_id}"
+    unknown = f"t.me/{m.chat}/{10**9}"
+    run = await tgdl(stack, "download", "--force", link, str(second), unknown)
+    assert run.code == 1, run.out + run.err  # one link named no message in the catalog
+    assert re.search(r"Batch download started with 2 files", run.out), run.out
+    assert f"✓ #{first} completed" in run.out and f"✓ #{second} completed" in run.out
+    assert f"{unknown} not started: message_not_found" in run.out
+    assert f"Run `tgdl sync {m.chat}`" in run.out
+
+    nothing = await tgdl(stack, "download", unknown, "https://t.me/c/12/x")
+    assert nothing.code == 2, nothing.out + nothing.err
+    assert "not_a_message_link: 'https://t.me/c/12/x': message id 'x' is not a number" in (
+        nothing.out)
+    assert "bad_links: none of the links names a message" in nothing.err
+
+
 async def read_until(stream: asyncio.StreamReader, pattern: str, within: float = 30) -> str:
     seen = ""
     async with asyncio.timeout(within):

@@ -179,6 +179,35 @@ async def test_messages_list_says_what_the_media_folder_holds(client, db, settin
     assert (await client.get(states[4][1])).status_code == 200
 
 
+async def test_message_links_resolve_to_the_catalog_ids_a_start_takes(client, db):
+    await catalog.upsert(db, [entry(1), entry(2), CatalogEntry(
+        message_id=3, chat="-1001234567890", telegram_message_id=55,
+        media_kind=MediaKind.video, file_name="v.mp4", size=10)])
+    links = ["https://t.me/Chan/901", "t.me/chan/77/902", "https://t.me/c/1234567890/55",
+             "https://t.me/chan/999", "https://t.me/chan", "tg://resolve?domain=chan&post=901"]
+    response = await client.get("/api/messages/resolve", params={"link": links})
+    assert response.status_code == 200, response.text
+    items = response.json()["items"]
+    assert [i.get("message_id") for i in items] == [1, 2, 3, None, None, 1]
+    assert [i["link"] for i in items] == links  # in the order given, as given
+    assert (items[0]["chat"], items[0]["telegram_message_id"]) == ("Chan", 901)
+    missing, no_message = items[3], items[4]
+    assert missing["error"] == "message_not_found" and "tgdl sync chan" in missing["suggestion"]
+    assert missing["detail"] == "message 999 of chat 'chan' is not in the catalog"
+    assert no_message["error"] == "not_a_message_link" and "names no message" in no_message[
+        "detail"] and no_message["suggestion"]
+    assert "error" not in items[0]  # nothing unset is sent
+
+    assert_error_body(await client.get("/api/messages/resolve"), 422, "invalid_request")
+    too_many = await client.get("/api/messages/resolve",
+                                params={"link": [f"t.me/chan/{n}" for n in range(1, 52)]})
+    body = assert_error_body(too_many, 422, "invalid_request")
+    assert body["detail"] == "link: 51 given; at most 50 (a batch's limit)"
+    body = assert_error_body(await client.get(
+        "/api/messages/resolve", params={"link": "t.me/chan/" + "1" * 600}), 422)
+    assert body["detail"] == "link.0: longer than 500 characters"
+
+
 # --- request validation ----------------------------------------------------------------------
 
 

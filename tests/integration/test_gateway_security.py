@@ -285,6 +285,11 @@ async def test_the_allow_list_hides_other_chats_from_the_list_and_media(servers,
         assert (await client.get(allowed)).status_code == 200
         assert_error(await client.get("/media/documents/2_902_s.jpg"), 404, "not_found")
         assert_error(await client.get("/media/documents/3_1_unknown.jpg"), 404, "not_found")
+        # a link into another chat says the chat may not be read, not whether it exists
+        items = (await client.get("/api/messages/resolve", params={"link": [
+            "t.me/chan/901", "t.me/secret/902", "t.me/secret/903"]})).json()["items"]
+        assert [i.get("message_id") for i in items] == [1, None, None]
+        assert [i.get("error") for i in items] == [None, "access_denied", "access_denied"]
 
 
 async def test_a_token_limited_to_a_chat_sees_and_fetches_only_that_chat(

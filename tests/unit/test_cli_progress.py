@@ -116,6 +116,9 @@ def test_without_a_terminal_a_long_download_says_where_it_stands_every_ten_secon
 
 def test_ids_and_ranges_as_typed():
     assert message_ids(["12", "15-18", "31", "16", "40,41"]) == [12, 15, 16, 17, 18, 31, 40, 41]
+    # a link stays whole, in its place (the gateway resolves it), commas and all
+    assert message_ids(["3", "https://t.me/chan/5?a=1,2", "t.me/chan/5?a=1,2", "4"]) == [
+        3, "https://t.me/chan/5?a=1,2", "t.me/chan/5?a=1,2", 4]
     for bad in (["x"], ["0"], ["5-3"], ["1-20000"], [","]):
         with pytest.raises(argparse.ArgumentTypeError):
             message_ids(bad)

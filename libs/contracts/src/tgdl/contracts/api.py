@@ -187,6 +187,23 @@ class MessageItem(BaseModel):
     caption: str | None = None
 
 
+class ResolvedLink(BaseModel):
+    """A message link as given, and the catalog's message id for it, or why there is none
+    (`error`: not_a_message_link, message_not_found or access_denied)."""
+
+    link: str
+    message_id: int | None = None
+    chat: str | None = None  # as the link names it
+    telegram_message_id: int | None = None
+    error: str | None = None
+    detail: str | None = None
+    suggestion: str | None = None
+
+
+class LinkResolution(BaseModel):
+    items: list[ResolvedLink]  # in the order given
+
+
 class MessagePage(BaseModel):
     items: list[MessageItem]
     total: int  # messages matching the filters

@@ -12,6 +12,7 @@ from typing import Any
 import asyncpg
 
 from tgdl.contracts.catalog import CatalogEntry, FileLocation
+from tgdl.contracts.config import chat_key
 
 _COLUMNS = (
     "message_id, chat, telegram_message_id, media_kind, file_name, mime_type, size, date,"
@@ -59,6 +60,20 @@ async def get_many(conn: asyncpg.Connection, ids: Sequence[int]) -> dict[int, Ca
 def chat_key_sql(column: str) -> str:
     """`column` as tgdl.contracts.config.chat_key() compares chats, in SQL."""
     return f"lower(regexp_replace(btrim({column}), '^@', ''))"
+async def by_chat_and_id(conn: asyncpg.Connection, wanted: Sequence[tuple[str, int]]
+                         ) -> dict[tuple[str, int], CatalogEntry]:
+    """The entries of (chat, Telegram message id) pairs, keyed by the pair with its chat
+    as chat_key() names it (a username in any case, with or without @)."""
+    if not wanted:
+        return {}
+    keys = sorted({chat_key(chat) for chat, _ in wanted})
+    rows = await conn.fetch(
+        f"SELECT {_COLUMNS} FROM catalog WHERE telegram_message_id = ANY($1::bigint[])"
+        f" AND {chat_key_sql('chat')} = ANY($2::text[])",
+        sorted({m for _, m in wanted}), keys)
+    return {(chat_key(e.chat), e.telegram_message_id): e for e in map(_entry, rows)}
+
+
 async def entries_of(conn: asyncpg.Connection, where: str, *args: Any) -> list[CatalogEntry]:
     """The rows `where` (an SQL condition over the catalog, with $n parameters) selects."""
     rows = await conn.fetch(f"SELECT {_COLUMNS} FROM catalog WHERE {where}", *args)

@@ -177,6 +177,12 @@ MIGRATIONS: list[tuple[int, str]] = [
         DROP TABLE projection_positions;
         """,
     ),
+    (
+        10,
+        # A message link names a chat and the message's id in it (`GET
+        # /api/messages/resolve`); chats are compared as chat_key() does, so the id leads.
+        "CREATE INDEX catalog_by_telegram_id ON catalog (telegram_message_id);",
+    ),
 ]
 
 READ_MODEL_TABLES = ("batch_files", "batches", "jobs", "projection_state")

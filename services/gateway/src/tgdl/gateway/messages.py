@@ -12,9 +12,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
 
-from tgdl.contracts.api import MessagePage
+from tgdl.contracts.api import LinkResolution, MessagePage, ResolvedLink
 from tgdl.contracts.catalog import MediaKind
-from tgdl.db import readmodel
+from tgdl.contracts.config import chat_key
+from tgdl.contracts.errors import ErrorCode
+from tgdl.contracts.links import MessageLink, parse_link
+from tgdl.db import catalog, readmodel
 from tgdl.db.catalog import MessageFilter
 from tgdl.gateway.errors import invalid
 from tgdl.gateway.services import Services, caller_chats, services
@@ -107,3 +110,67 @@ async def messages(
         if item.download_url:
             item.download_url = svc.tokens.sign(item.download_url)
     return page
+
+
+LINK_MAX = 500  # characters of one link
+
+
+@router.get("/api/messages/resolve", response_model=LinkResolution,
+            response_model_exclude_none=True)
+async def resolve_links(
+    svc: Annotated[Services, Depends(services)],
+    request: Request,
+    link: Annotated[list[str] | None, Query(description=(
+        "a message link, e.g. https://t.me/somechannel/1234 or t.me/c/1234567890/55; "
+        "repeat for several"))] = None,
+) -> LinkResolution:
+    """The catalog's message ids of Telegram message links (the ids a start takes), each
+    with why it has none: not a message's link, not in the catalog, or in a chat the
+    caller may not read."""
+    links = link or []
+    limit = svc.settings.max_batch_ids
+    if not links:
+        raise invalid("link: give at least one, e.g. ?link=https://t.me/somechannel/1234")
+    if len(links) > limit:
+        raise invalid(f"link: {len(links)} given; at most {limit} (a batch's limit)")
+    too_long = next((i for i, text in enumerate(links) if len(text) > LINK_MAX), None)
+    if too_long is not None:
+        raise invalid(f"link.{too_long}: longer than {LINK_MAX} characters")
+    parsed: list[MessageLink | ValueError] = []
+    for text in links:
+        try:
+            parsed.append(parse_link(text))
+        except ValueError as exc:
+            parsed.append(exc)
+    named = [(p.chat, p.telegram_message_id) for p in parsed if isinstance(p, MessageLink)]
+    async with svc.pool.acquire() as conn:
+        found = await catalog.by_chat_and_id(conn, named)
+    readable = caller_chats(request)
+    return LinkResolution(items=[
+        _resolved(text, p, found, readable) for text, p in zip(links, parsed, strict=True)])
+
+
+def _resolved(text: str, parsed: MessageLink | ValueError,
+              found: dict[tuple[str, int], catalog.CatalogEntry],
+              readable: frozenset[str] | None) -> ResolvedLink:
+    if isinstance(parsed, ValueError):
+        return ResolvedLink(
+            link=text, error="not_a_message_link", detail=f"{text!r}: {parsed}",
+            suggestion="Copy the message's link in Telegram (Copy Message Link): "
+                       "https://t.me/<chat>/<message> or https://t.me/c/<chat>/<message>.")
+    chat, m = parsed.chat, parsed.telegram_message_id
+    said = ResolvedLink(link=text, chat=chat, telegram_message_id=m)
+    if readable is not None and chat_key(chat) not in readable:
+        return said.model_copy(update={
+            "error": ErrorCode.access_denied.value,
+            "detail": f"chat {chat!r} is not among the chats this service lets you read",
+            "suggestion": "Ask for it to be added to TGDL_ALLOWED_CHATS (or to your "
+                          "token's chats)."})
+    entry = found.get((chat_key(chat), m))
+    if entry is None:
+        return said.model_copy(update={
+            "error": ErrorCode.message_not_found.value,
+            "detail": f"message {m} of chat {chat!r} is not in the catalog",
+            "suggestion": f"Run `tgdl sync {chat}` to list the chat's new messages into "
+                          "the catalog, then try again."})
+    return said.model_copy(update={"message_id": entry.message_id})

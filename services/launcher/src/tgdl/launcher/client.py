@@ -28,6 +28,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Column, Table
 
+from tgdl.contracts.links import looks_like_link
 from tgdl.launcher.plan import Home
 from tgdl.launcher.progress import (
     LineView,
@@ -72,14 +73,19 @@ class Failure(Exception):
 # --- arguments ---------------------------------------------------------------------------
 
 
-def message_ids(specs: list[str]) -> list[int]:
-    """`12 15-20 31` (commas work too) -> ids in order, each once."""
-    ids: list[int] = []
-    for spec in (p for s in specs for p in s.split(",") if p.strip()):
+def message_ids(specs: list[str]) -> list[int | str]:
+    """`12 15-20 31` (commas work too) -> ids in order, each once; a Telegram message link
+    (https://t.me/chan/1234) stays as it is, in its place, for the gateway to resolve."""
+    ids: list[int | str] = []
+    for spec in (p for s in specs for p in ([s] if looks_like_link(s) else s.split(","))
+                 if p.strip()):
+        if looks_like_link(spec):
+            ids.append(spec.strip())
+            continue
         m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", spec)
         if not m:
             raise argparse.ArgumentTypeError(
-                f"{spec!r} is not a message id or a range like 15-20")
+                f"{spec!r} is not a message id, a range like 15-20 or a message link")
         first, last = int(m[1]), int(m[2] or m[1])
         if first < 1 or last < first:
             raise argparse.ArgumentTypeError(f"{spec!r}: ids start at 1 and ranges go up")
@@ -137,7 +143,8 @@ def add_parsers(commands: Any) -> None:
             "leave it running. Without a terminal there are lines instead of bars (with --json, "
             "the final status).", 78))
     download.add_argument("ids", nargs="+", metavar="ID",
-                          help="message ids and ranges, e.g. 12 15-20 31")
+                          help="message ids, ranges and Telegram message links, e.g. 12 "
+                               "15-20 https://t.me/somechannel/1234")
     download.add_argument("--max-concurrent", type=positive, default=3, metavar="N",
                           help="files of this batch downloading at once (1-5, default 3)")
     download.add_argument("--force", action="store_true",
@@ -376,8 +383,41 @@ def interrupted(api: Api, console: Console, batch_id: str, as_json: bool) -> int
     return EXIT_INTERRUPTED
 
 
+def resolve_links(api: Api, said: Console, requested: list[int | str]) -> tuple[list[int], int]:
+    """The ids of `requested` with its links resolved by the gateway, in order, each
+    once; says why for each link without one, and returns how many those were."""
+    links = [r for r in requested if isinstance(r, str)]
+    found: dict[str, int] = {}
+    if links:
+        for item in api.call("GET", "/api/messages/resolve", params={"link": links})["items"]:
+            if item.get("message_id") is not None:
+                found[item["link"]] = item["message_id"]
+                continue
+            said.print(f"  {item['link']} not started: {item['error']}: {item['detail']}",
+                       style="red", highlight=False, markup=False, soft_wrap=True)
+            said.print(f"      {item['suggestion']}", highlight=False, markup=False,
+                       soft_wrap=True)
+    ids = [r if isinstance(r, int) else found[r] for r in requested
+           if isinstance(r, int) or r in found]
+    return list(dict.fromkeys(ids)), len(set(links) - set(found))
+
+
 def download(api: Api, console: Console, args: argparse.Namespace) -> int:
-    body = {"message_ids": args.ids, "max_concurrent": args.max_concurrent,
+    # Detached, stdout is the batch id alone (b=$(tgdl download --detach ...)); with
+    # --json, the answer alone.
+    said = Console(stderr=True, highlight=False, soft_wrap=True) \
+        if args.detach or args.json else console
+    ids, unresolved = resolve_links(api, said, args.ids)
+    if not ids:
+        raise Failure(EXIT_REFUSED, "bad_links", "none of the links names a message in the "
+                      "catalog (see above); nothing was started")
+    code = _download(api, console, said, args, ids)
+    return EXIT_INCOMPLETE if unresolved and code == EXIT_OK else code
+
+
+def _download(api: Api, console: Console, said: Console, args: argparse.Namespace,
+              ids: list[int]) -> int:
+    body = {"message_ids": ids, "max_concurrent": args.max_concurrent,
             "force": args.force, "priority": args.priority}
     if args.name_template is not None:
         body["name_template"] = args.name_template
@@ -387,8 +427,6 @@ def download(api: Api, console: Console, args: argparse.Namespace) -> int:
     if args.json and (args.detach or nothing):
         _print_json(started)
     elif not args.json:
-        # Detached, stdout is the batch id alone (b=$(tgdl download --detach ...)).
-        said = Console(stderr=True, highlight=False, soft_wrap=True) if args.detach else console
         said.print(f"{batch_id}: {started['message']}", highlight=False, markup=False,
                    soft_wrap=True)
         for f in started["failed_to_start"]:
