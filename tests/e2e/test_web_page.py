@@ -261,3 +261,28 @@ async def test_with_a_token_the_page_asks_once_and_its_links_open_signed(stack: 
     await page.reload()  # the token is kept for the session: not asked again
     await expect(rows.first).to_be_visible(timeout=SLOW)
     assert len(asked) == 1
+
+
+async def test_messages_selected_by_their_telegram_links(stack: Stack, browser):
+    page, console_errors = await watched_page(browser)
+    await page.goto(str(stack.http.base_url))
+    photos = sorted((m for m in stack.sim_messages() if m.media_kind == "photo"
+                     and not m.deleted and not m.forbidden), key=lambda m: m.size)[:2]
+    links = [f"https://t.me/{m.chat}/{m.telegram_message_id}" for m in photos]
+    unknown = f"https://t.me/{photos[0].chat}/{10**9}"
+    await page.get_by_text("Select by Telegram message links").click()
+    await page.get_by_label("Message links").fill(f"{links[0]}\n{links[1]}  {unknown}\n")
+    await page.get_by_role("button", name="Select linked messages").click()
+    notice = page.locator("#notice")
+    await expect(notice).to_contain_text("Selected 2 linked messages. Not selected: "
+                                         f"{unknown}: message {10**9} of chat")
+    await expect(notice).to_contain_text(f"Run `tgdl sync {photos[0].chat}`")
+    bar = page.get_by_role("region", name="Download the selected messages")
+    await expect(bar.locator("#selected-count")).to_have_text("2 selected")
+    await bar.get_by_role("button", name="Start download of 2").click()
+    files = page.locator("#files tr")
+    await expect(files).to_have_count(2)
+    assert sorted(int(i) for i in await files.evaluate_all(
+        "rs => rs.map(r => r.dataset.id)")) == sorted(m.message_id for m in photos)
+    await expect(page.locator("#batch-state")).to_have_text("· completed", timeout=SLOW)
+    assert console_errors == []

@@ -153,6 +153,28 @@ async function selectMatching() {
   } catch (err) { notice(err.message, "error"); }
 }
 
+// Links as copied from Telegram: the gateway names their messages, or says why not.
+async function selectLinked(event) {
+  event.preventDefault();
+  const links = [...new Set($("links").value.split(/\s+/).filter(Boolean))];
+  if (!links.length) { notice("Paste at least one message link, e.g. https://t.me/somechannel/1234.", "error"); return; }
+  if (links.length > state.batchLimit) { notice(`At most ${state.batchLimit} links at once: a batch holds at most ${state.batchLimit} messages.`, "error"); return; }
+  try {
+    const q = new URLSearchParams(); links.forEach((l) => q.append("link", l));
+    const found = await api("GET", `/api/messages/resolve?${q}`);
+    let added = 0; const missed = [];
+    for (const item of found.items) {
+      if (item.message_id == null) { missed.push(`${item.link}: ${item.detail}. ${item.suggestion}`); continue; }
+      if (state.selected.has(item.message_id)) continue;
+      if (state.selected.size >= state.batchLimit) { missed.push(`${item.link}: a batch holds at most ${state.batchLimit} messages`); continue; }
+      state.selected.add(item.message_id); added++;
+    }
+    showSelected(); loadMessages();
+    notice(`Selected ${added} linked message${added === 1 ? "" : "s"}.` + (missed.length ? ` Not selected: ${missed.join(" ")}` : ""), missed.length ? "error" : "info");
+    if (!missed.length) $("links").value = "";
+  } catch (err) { notice(err.message, "error"); }
+}
+
 function applyFilters(event) {
   if (event) event.preventDefault();
   try { state.query = filterQuery(); } catch (err) { notice(err.message, "error"); return; }
@@ -426,6 +448,7 @@ $("next").onclick = () => { state.offset += PAGE; loadMessages(); };
 $("batches-newer").onclick = () => { state.batchesOffset = Math.max(0, state.batchesOffset - BATCH_PAGE); loadBatches(); };
 $("batches-older").onclick = () => { state.batchesOffset += BATCH_PAGE; loadBatches(); };
 $("start").onclick = startBatch;
+$("links-form").onsubmit = selectLinked;
 $("rule-form").onsubmit = createRule;
 $("cancel").onclick = cancelBatch;
 $("pause-resume").onclick = pauseOrResume;
