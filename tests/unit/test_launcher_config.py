@@ -408,3 +408,11 @@ def test_run_checks_every_services_settings_before_starting_anything() -> None:
         check_service_settings(shared, simulated=True)
     assert str(refused.value) == "TGDL_GLOBAL_CAP='0': Input should be greater than or equal to 1"
     check_service_settings({}, simulated=True)  # the defaults work
+    # the account's proxy is checked even with the simulated Telegram (the catalog service
+    # reads it), and its password is never repeated
+    with pytest.raises(ConfigError) as refused:
+        check_service_settings({"TGDL_TELEGRAM_PROXY": "socks5://me:hunter2@proxy.lan"},
+                               simulated=True)
+    assert str(refused.value) == ("TGDL_TELEGRAM_PROXY: a socks5 proxy needs a host and a "
+                                  "port, e.g. socks5://127.0.0.1:1080")
+    assert "hunter2" not in str(refused.value)

@@ -29,7 +29,7 @@ def narrowed(allowed: frozenset[str] | None,
 
 
 # Settings whose values are never repeated in an error (a log may be read by others).
-_SECRET = re.compile(r"token|hash|secret|password|url|key|session", re.IGNORECASE)
+_SECRET = re.compile(r"token|hash|secret|password|url|key|session|proxy", re.IGNORECASE)
 
 
 def settings_problems(exc: ValidationError, settings: type[BaseSettings]) -> list[str]:

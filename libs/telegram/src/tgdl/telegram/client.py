@@ -5,17 +5,21 @@ interactive login that creates the session."""
 from __future__ import annotations
 
 import getpass
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from telethon import TelegramClient
 from telethon.sessions import StringSession
 
 from tgdl.telegram.errors import TelegramSetupError
+from tgdl.telegram.proxy import TelegramProxy, parse_proxy
+
+log = logging.getLogger("tgdl.telegram")
 
 
 class TelegramSettings(BaseSettings):
@@ -28,19 +32,34 @@ class TelegramSettings(BaseSettings):
     session_file: Path = Path(".tgdl/telegram.session")  # a StringSession, owner-only
     account: str = "default"  # replicas logged in to one account share its flood waits
     telegram_timeout: float = Field(default=60.0, gt=0)  # seconds for one request
+    # Reach Telegram through this proxy (tgdl.telegram.proxy lists the forms); empty: direct.
+    telegram_proxy: str = ""
+
+    @field_validator("telegram_proxy")
+    @classmethod
+    def _usable_proxy(cls, text: str) -> str:
+        parse_proxy(text)  # refused at startup, saying what is wrong
+        return text
+
+    @property
+    def proxy(self) -> TelegramProxy | None:
+        return parse_proxy(self.telegram_proxy)
 
 
 # --- building a client -----------------------------------------------------------------------
 
 
-def client_options(updates: bool = False) -> dict[str, Any]:
+def client_options(updates: bool = False, proxy: TelegramProxy | None = None
+                   ) -> dict[str, Any]:
     """Options every client of the project is built with (see the module docstring);
-    only the catalog service's client asks for updates (new messages in watched chats)."""
+    only the catalog service's client asks for updates (new messages in watched chats).
+    With a proxy, every connection of the client goes through it."""
     return {
         "flood_sleep_threshold": 0,
         "raise_last_call_error": True,
         "request_retries": 2,  # server hiccups; beyond that the worker's back-off decides
         "receive_updates": updates,
+        **(proxy.client_options() if proxy else {}),
     }
 
 
@@ -97,7 +116,9 @@ def build_client(
 ) -> TelegramClient:
     api_id, api_hash = api_credentials(settings)
     session = StringSession(read_session(settings.session_file))
-    return client_class(session, api_id, api_hash, **client_options(updates))
+    if settings.proxy is not None:
+        log.info("reaching Telegram through a %s", settings.proxy)
+    return client_class(session, api_id, api_hash, **client_options(updates, settings.proxy))
 
 
 # --- login -----------------------------------------------------------------------------------
@@ -114,7 +135,8 @@ async def login(
     api_id, api_hash = api_credentials(settings)
     path = settings.session_file.expanduser()
     if client is None:
-        client = TelegramClient(_stored_session(path), api_id, api_hash, **client_options())
+        client = TelegramClient(_stored_session(path), api_id, api_hash,
+                                **client_options(proxy=settings.proxy))
     try:
         await client.start(
             phone=lambda: ask("Phone number (international format, e.g. +441234567890): "),
