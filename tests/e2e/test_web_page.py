@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from e2e_stack import Stack
+from waiting import until
 
 from tgdl.simtelegram import client as sim_client
 
@@ -285,4 +286,30 @@ async def test_messages_selected_by_their_telegram_links(stack: Stack, browser):
     assert sorted(int(i) for i in await files.evaluate_all(
         "rs => rs.map(r => r.dataset.id)")) == sorted(m.message_id for m in photos)
     await expect(page.locator("#batch-state")).to_have_text("· completed", timeout=SLOW)
+    assert console_errors == []
+
+
+async def test_a_rule_made_on_the_page_may_start_the_messages_already_listed(
+        stack: Stack, browser):
+    page, console_errors = await watched_page(browser)
+    await page.goto(str(stack.http.base_url))
+    voice = [m.message_id for m in stack.sim_messages()
+             if m.chat == "sim_demo" and m.media_kind == "voice"]
+    assert voice
+    await page.get_by_label("Watch chat").fill("sim_demo")
+    await page.get_by_role("checkbox", name="watch voice").check()
+    await page.get_by_label("also the messages already listed").check()
+    await page.get_by_role("button", name="Watch", exact=True).click()
+    await expect(page.locator("#notice")).to_contain_text(
+        "its matching media already listed and its new ones download")
+    rule_id = (await page.locator("#rules code").first.text_content() or "").strip()
+    assert rule_id.startswith("rule_")
+
+    async def every_voice_note_started() -> bool:
+        items = (await stack.http.get("/api/media/batches", params={"limit": 100})).json()
+        ids: list[int] = []
+        for b in (b for b in items["items"] if b["rule_id"] == rule_id):
+            ids += [f["message_id"] for f in (await stack.status(b["batch_id"]))["files"]]
+        return sorted(ids) == sorted(voice)
+    await until(every_voice_note_started, SLOW / 1000, what="the voice notes started")
     assert console_errors == []

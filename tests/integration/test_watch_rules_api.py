@@ -195,6 +195,25 @@ async def test_a_rule_starts_new_matching_media_once_in_batches_of_the_limit(
     assert starts[-1].message_ids == [later]
 
 
+async def test_a_rule_may_start_the_chats_messages_already_listed_too(
+        client, catalog, starts, db):
+    entries = await catalog_db.entries_of(db, "chat = $1 ORDER BY telegram_message_id",
+                                          "sim_demo")
+    voice = RuleCreate(chat="sim_demo", media_types=["voice"])
+    listed = [e.message_id for e in entries if voice.matches(e)]
+    assert len(listed) >= 3  # the seeded catalog's voice notes: more than one batch
+    before = await create(client, media_types=["voice"])  # only what comes later
+    rule = await create(client, media_types=["voice"], include_existing=True)
+    await until(lambda: sum(len(s.message_ids) for s in starts) >= len(listed), 10,
+                what="the voice notes already listed started")
+    assert all(s.rule_id == rule["rule_id"] for s in starts)
+    assert [m for s in starts for m in s.message_ids] == listed  # each once, in chat order
+    assert all(len(s.message_ids) <= 2 for s in starts)  # the batch limit
+    [_, mine] = (await client.get("/api/rules", headers=ADMIN)).json()["rules"]
+    assert (mine["rule_id"], mine["files_started"]) == (rule["rule_id"], len(listed))
+    assert "include_existing" not in mine and before["files_started"] == 0
+
+
 async def test_a_start_cut_short_is_sent_again_under_its_batch_id_never_claimed_twice(
         app, seeded, settings):
     pool = await create_pool(settings.database_url, settings.db_schema)

@@ -136,6 +136,12 @@ class RuleCreate(RuleFilter, RuleSettings):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    include_existing: StrictBool = Field(
+        default=False,
+        description="also start the chat's matching messages already in the catalog "
+                    "(`tgdl sync` lists a chat's history), in batches of the batch limit; "
+                    "false: only messages newer than the rule")
+
 
 class RulePatch(BaseModel):
     """The body of PATCH /api/rules/{rule_id}: pause (false) or resume (true)."""

@@ -134,10 +134,13 @@ class Catalog:
         try:
             async with _connection(self.pool) as conn:
                 chat, newest = await self.source.resolve(conn, cmd.rule.chat)
-                rule = await rules.create(conn, cmd.rule, chat, newest)
+                # from the chat's first message in the catalog, or after its newest
+                rule = await rules.create(conn, cmd.rule, chat,
+                                          0 if cmd.rule.include_existing else newest)
         except (UnknownChat, SyncError) as exc:
             return _rejected(CatalogRejectReason.unknown_chat, str(exc))
-        log.info("watch rule %s created for %s", rule.rule_id, rule.chat)
+        log.info("watch rule %s created for %s%s", rule.rule_id, rule.chat,
+                 ", its messages already listed included" if cmd.rule.include_existing else "")
         self.wake.set()
         return CatalogReply(ok=RuleResult(rule=rule))
 

@@ -225,7 +225,7 @@ def _add_rule_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
         "watch", parents=[common], help="watch a chat: its new matching media download "
         "by themselves", description="Create a watch rule: the catalog service keeps the "
         "chat in sync and starts batches (at most the batch limit each) for new messages "
-        "whose media match. Messages already there are not started.")
+        "whose media match. Messages already listed start too with --existing.")
     watch.add_argument("chat", help="chat username (e.g. @channel) or numeric id")
     watch.add_argument("--type", metavar="TYPES",
                        help="media types, comma-separated: photo,video,document,audio,voice")
@@ -238,6 +238,9 @@ def _add_rule_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
     watch.add_argument("--max-concurrent", type=positive, default=3, metavar="N",
                        help="files of each batch downloading at once (1-5, default 3)")
     watch.add_argument("--paused", action="store_true", help="create it paused")
+    watch.add_argument("--existing", action="store_true",
+                       help="also the chat's matching messages already listed (`tgdl sync "
+                            "CHAT` lists its history first), in batches of the batch limit")
     rules = commands.add_parser(
         "rules", parents=[common], help="the watch rules; `rules pause|resume RULE_ID`",
         description="List the watch rules with what each started, or pause (nothing "
@@ -580,7 +583,7 @@ def _rule_line(rule: dict[str, Any]) -> str:
 
 def watch(api: Api, console: Console, args: argparse.Namespace) -> int:
     body: dict[str, Any] = {"chat": args.chat, "max_concurrent": args.max_concurrent,
-                            "enabled": not args.paused}
+                            "enabled": not args.paused, "include_existing": args.existing}
     if args.type:
         body["media_types"] = [t.strip() for t in args.type.split(",") if t.strip()]
     for name, value in (("min_size", args.min_size), ("max_size", args.max_size),

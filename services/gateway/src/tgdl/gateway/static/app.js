@@ -425,8 +425,9 @@ async function createRule(event) {
     const min = parseSize($("r-min").value, "Smallest file"); if (min !== null) body.min_size = min;
     const max = parseSize($("r-max").value, "Largest file"); if (max !== null) body.max_size = max;
     if ($("r-caption").value) body.caption_regex = $("r-caption").value;
+    body.include_existing = $("r-existing").checked;
     const rule = await api("POST", "/api/rules", body);
-    notice(`Watching ${rule.chat} (${rule.rule_id}): its new matching media download by themselves`, "info");
+    notice(`Watching ${rule.chat} (${rule.rule_id}): its ${body.include_existing ? "matching media already listed and its new ones download" : "new matching media download by themselves"}`, "info");
     $("rule-form").reset();
   } catch (err) { notice(err.message, "error"); }
   loadRules();
