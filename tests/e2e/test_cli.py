@@ -164,14 +164,34 @@ async def test_download_takes_telegram_message_links_among_ids(stack):
     assert run.code == 1, run.out + run.err  # one link named no message in the catalog
     assert re.search(r"Batch download started with 2 files", run.out), run.out
     assert f"✓ #{first} completed" in run.out and f"✓ #{second} completed" in run.out
-    assert f"{unknown} not started: message_not_found" in run.out
-    assert f"Run `tgdl sync {m.chat}`" in run.out
+    # Telegram was asked (the catalog service fetched the chat's messages): no such one
+    assert (f"{unknown} not started: message_not_found: chat '{m.chat}' has no message "
+            f"{10**9} with media") in run.out
 
     nothing = await tgdl(stack, "download", unknown, "https://t.me/c/12/x")
     assert nothing.code == 2, nothing.out + nothing.err
     assert "not_a_message_link: 'https://t.me/c/12/x': message id 'x' is not a number" in (
         nothing.out)
     assert "bad_links: none of the links names a message" in nothing.err
+
+
+@pytest.mark.stack(max_batch_ids=2)
+async def test_more_ids_than_a_batch_holds_start_as_several_batches_followed_in_turn(stack):
+    ids = stack.media_ids(5)
+    run = await tgdl(stack, "download", "--force", *map(str, ids))
+    assert run.code == 0, run.out + run.err
+    assert "5 messages are more than a batch holds: started as 3 batches" in run.out
+    batches = re.findall(r"(batch_\w+): Batch download started with (\d) files?", run.out)
+    assert [n for _, n in batches] == ["2", "2", "1"]
+    for batch_id, n in batches:
+        assert f"{batch_id}: {n} of {n} file{'s' if n != '1' else ''} completed" in run.out
+    assert all(f"✓ #{m} completed" in run.out for m in ids)
+
+    detached = await tgdl(stack, "download", "--detach", *map(str, ids))
+    assert detached.code == 0 and len(detached.out.split()) == 3, detached.out
+    as_json = await tgdl(stack, "download", "--json", *map(str, ids))
+    assert as_json.code == 0, as_json.err
+    assert [b["total_files"] for b in as_json.json()] == [2, 2, 1]
 
 
 async def read_until(stream: asyncio.StreamReader, pattern: str, within: float = 30) -> str:

@@ -276,8 +276,9 @@ async def test_messages_selected_by_their_telegram_links(stack: Stack, browser):
     await page.get_by_role("button", name="Select linked messages").click()
     notice = page.locator("#notice")
     await expect(notice).to_contain_text("Selected 2 linked messages. Not selected: "
-                                         f"{unknown}: message {10**9} of chat")
-    await expect(notice).to_contain_text(f"Run `tgdl sync {photos[0].chat}`")
+                                         f"{unknown}: chat '{photos[0].chat}' has no "
+                                         f"message {10**9} with media")
+    await expect(notice).to_contain_text("copy the message's link again")
     bar = page.get_by_role("region", name="Download the selected messages")
     await expect(bar.locator("#selected-count")).to_have_text("2 selected")
     await bar.get_by_role("button", name="Start download of 2").click()

@@ -16,7 +16,7 @@ from telethon.tl import functions, types
 
 from tgdl.catalog.settings import CatalogSettings
 from tgdl.catalog.sources import TelethonSource
-from tgdl.catalog.telethon_sync import SyncError, sync_chat
+from tgdl.catalog.telethon_sync import SyncError, fetch_messages, sync_chat
 from tgdl.contracts.catalog import CatalogEntry, MediaKind
 from tgdl.db.catalog import get_many
 from tgdl.db.connection import connect
@@ -158,6 +158,32 @@ async def test_a_limited_first_sync_takes_the_latest_and_later_runs_leave_no_gap
     rest = await sync_chat(settings, "news", None, client=client, conn=db, page_wait=0)
     assert (rest.scanned, rest.newest_telegram_id) == (1, new[2])
     assert {r["telegram_message_id"] for r in await rows(db)} == set(ids[-2:] + new)
+
+
+async def test_linked_messages_are_fetched_into_the_catalog_without_moving_the_sync_mark(
+    server, client, db, settings
+):
+    news = server.add_channel("news")
+    first = server.post_document(news, content(100, 1), file_name="old.pdf")
+    await sync_chat(settings, "news", None, client=client, conn=db, page_wait=0)
+    wanted = server.post_document(news, content(2000, 2), file_name="linked.pdf")
+    text = server.post_text(news, "only words")
+    gone = server.post_document(news, content(10, 3))
+    server.delete(news, gone)
+    before = len(server.log)
+
+    fetched = await fetch_messages(client, db, "News", [wanted, text, gone, 999])
+
+    assert (fetched.chat, fetched.stored) == ("news", [wanted])
+    assert [(r["telegram_message_id"], r["file_name"]) for r in await rows(db)] == [
+        (first, "old.pdf"), (wanted, "linked.pdf")]
+    asked = [type(r.request).__name__ for r in server.log[before:]]
+    assert asked.count("GetMessagesRequest") == 1 and "GetHistoryRequest" not in asked
+    # the next sync still reads everything after the last synced message
+    later = await sync_chat(settings, "news", None, client=client, conn=db, page_wait=0)
+    assert later.scanned == 2  # the linked document and the text: what came after `first`
+    with pytest.raises(SyncError, match="Cannot sync 'nobody'"):
+        await fetch_messages(client, db, "nobody", [1])
 
 
 async def test_long_histories_are_read_in_pages(server, client, db, settings):

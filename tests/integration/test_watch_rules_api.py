@@ -70,13 +70,18 @@ async def starts(nc, settings) -> AsyncIterator[list[StartBatch]]:
 
 
 @pytest.fixture
-async def catalog(seeded, settings, sim_url, nc) -> AsyncIterator[None]:
+def sync_interval() -> float:
+    return 0.1
+
+
+@pytest.fixture
+async def catalog(seeded, settings, sim_url, nc, sync_interval) -> AsyncIterator[None]:
     """The catalog service, syncing every 0.1 s, with a batch limit of 2."""
     stop = asyncio.Event()
     service = asyncio.create_task(serve_catalog(CatalogSettings(
         nats_url=settings.nats_url, database_url=settings.database_url,
         namespace=settings.namespace, db_schema=settings.db_schema, sim_url=sim_url,
-        sync_interval=0.1, max_batch_ids=2), stop))
+        sync_interval=sync_interval, max_batch_ids=2), stop))
 
     async def answering():
         with contextlib.suppress(NoRespondersError, TimeoutError):
@@ -212,6 +217,28 @@ async def test_a_rule_may_start_the_chats_messages_already_listed_too(
     [_, mine] = (await client.get("/api/rules", headers=ADMIN)).json()["rules"]
     assert (mine["rule_id"], mine["files_started"]) == (rule["rule_id"], len(listed))
     assert "include_existing" not in mine and before["files_started"] == 0
+
+
+@pytest.mark.parametrize("sync_interval", [3600.0])  # nothing is found by a sync here
+async def test_a_link_to_a_message_no_sync_listed_is_fetched_from_telegram(
+        client, catalog, sim_url, db):
+    new = await sim_client.post_message(sim_url, "sim_demo", media_kind="video", size=5000,
+                                        caption="just posted")
+    assert await db.fetchval("SELECT count(*) FROM catalog WHERE message_id = $1",
+                             new.message_id) == 0
+    links = [f"https://t.me/sim_demo/{new.telegram_message_id}",
+             f"https://t.me/sim_demo/{new.telegram_message_id + 500}", "t.me/nochat/5"]
+    r = await client.get("/api/messages/resolve", params={"link": links}, headers=ADMIN)
+    assert r.status_code == 200, r.text
+    found, missing, unknown = r.json()["items"]
+    assert found["message_id"] == new.message_id  # fetched into the catalog, then named
+    assert missing["error"] == "message_not_found"
+    assert missing["detail"] == (f"chat 'sim_demo' has no message "
+                                 f"{new.telegram_message_id + 500} with media (it may have "
+                                 "been deleted, or carry only text)")
+    assert unknown["error"] == "message_not_found"
+    assert "could not be fetched: Cannot read 'nochat'" in unknown["detail"]
+    assert "tgdl sync nochat" in unknown["suggestion"]
 
 
 async def test_a_start_cut_short_is_sent_again_under_its_batch_id_never_claimed_twice(

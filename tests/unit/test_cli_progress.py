@@ -11,11 +11,13 @@ from rich.console import Console
 
 from tgdl.launcher.client import (
     UNLIMITED_WIDTH,
+    Failure,
     batches,
     console_for,
     message_ids,
     messages,
     size,
+    start_batches,
     status_heading,
 )
 from tgdl.launcher.progress import LineView, batch_totals, human_size, human_time, render_batch
@@ -233,3 +235,44 @@ def test_output_that_is_not_a_terminal_is_as_wide_as_its_lines(monkeypatch):
     assert console_for({}).width == UNLIMITED_WIDTH  # (pytest's output is no terminal)
     monkeypatch.setenv("COLUMNS", "80")
     assert console_for({"COLUMNS": "80"}).width == 80
+
+
+class StartingApi:
+    """The API port of a gateway that holds `limit` ids per batch and fails the start
+    numbered `fail_at` (counting the refused one)."""
+
+    def __init__(self, limit: int, fail_at: int | None = None) -> None:
+        self.limit, self.fail_at, self.posts = limit, fail_at, []
+
+    def call(self, method: str, path: str, json=None, params=None) -> dict:
+        if method == "GET":
+            return {"items": [], "total": 0, "batch_limit": self.limit}
+        self.posts.append(json["message_ids"])
+        if len(json["message_ids"]) > self.limit:
+            raise Failure(2, "too_many_files", "too many", "Split them.")
+        if len(self.posts) == self.fail_at:
+            raise Failure(3, "unavailable", "the orchestrator is down")
+        return {"batch_id": f"batch_{len(self.posts)}", "status": "started"}
+
+
+def start_args() -> argparse.Namespace:
+    return argparse.Namespace(max_concurrent=3, force=False, priority="normal",
+                              name_template=None)
+
+
+def test_more_ids_than_a_batch_holds_are_started_as_batches_of_the_limit_in_order():
+    api, said = StartingApi(limit=2), io.StringIO()
+    started = start_batches(api, Console(file=said), start_args(), [5, 6, 7, 8, 9])
+    assert api.posts == [[5, 6, 7, 8, 9], [5, 6], [7, 8], [9]]
+    assert [s["batch_id"] for s in started] == ["batch_2", "batch_3", "batch_4"]
+    assert said.getvalue() == ""
+    one = StartingApi(limit=50)
+    assert len(start_batches(one, Console(file=said), start_args(), [5, 6])) == 1
+    assert one.posts == [[5, 6]]
+
+
+def test_a_start_failing_midway_says_which_batches_run_already():
+    api, said = StartingApi(limit=2, fail_at=3), io.StringIO()
+    with pytest.raises(Failure, match="orchestrator is down"):
+        start_batches(api, Console(file=said), start_args(), [5, 6, 7, 8, 9])
+    assert said.getvalue() == "Started before this failed: batch_2\n"

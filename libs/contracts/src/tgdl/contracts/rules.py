@@ -208,6 +208,23 @@ class SyncResult(BaseModel):
                 f"{self.chat!r}, newest message {self.newest_telegram_id}")
 
 
+class FetchMessages(BaseModel):
+    """Add messages to the catalog by their chat and ids in it (links to messages no sync
+    listed yet); the chat's sync mark does not move."""
+
+    model_config = ConfigDict(frozen=True)
+
+    chat: str = Field(min_length=1, max_length=200)
+    telegram_message_ids: list[Annotated[int, Field(ge=1, le=2**63 - 1)]] = Field(
+        min_length=1, max_length=100)
+
+
+class FetchResult(BaseModel):
+    type: Literal["FetchResult"] = "FetchResult"
+    chat: str  # as stored in the catalog
+    stored: list[int]  # the ids (in the chat) now in the catalog: those with media
+
+
 class RuleResult(BaseModel):
     type: Literal["RuleResult"] = "RuleResult"
     rule: WatchRule
@@ -229,5 +246,5 @@ class CatalogRejection(BaseModel):
 
 
 class CatalogReply(BaseModel):
-    ok: Annotated[SyncResult | RuleResult, Field(discriminator="type")] | None = None
+    ok: Annotated[SyncResult | RuleResult | FetchResult, Field(discriminator="type")] | None = None
     rejected: CatalogRejection | None = None

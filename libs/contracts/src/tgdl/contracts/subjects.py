@@ -135,6 +135,10 @@ class Names:
         return f"{self.prefix}.cmd.catalog.sync"
 
     @property
+    def cmd_catalog_fetch(self) -> str:
+        return f"{self.prefix}.cmd.catalog.fetch"
+
+    @property
     def cmd_rule_create(self) -> str:
         return f"{self.prefix}.cmd.rule.create"
 

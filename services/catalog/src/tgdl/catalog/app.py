@@ -34,6 +34,7 @@ from tgdl.contracts.rules import (
     CatalogReply,
     CreateRule,
     DeleteRule,
+    FetchMessages,
     RuleResult,
     SyncChat,
     UpdateRule,
@@ -130,6 +131,16 @@ class Catalog:
         self.wake.set()  # the rules of that chat may have something new
         return CatalogReply(ok=result)
 
+    async def fetch(self, cmd: FetchMessages) -> CatalogReply:
+        try:
+            async with _connection(self.pool) as conn:
+                result = await self.source.fetch(conn, cmd.chat, cmd.telegram_message_ids)
+        except SyncError as exc:
+            return _rejected(CatalogRejectReason.sync_failed, str(exc))
+        log.info("fetched %d of %d messages of %s into the catalog", len(result.stored),
+                 len(cmd.telegram_message_ids), result.chat)
+        return CatalogReply(ok=result)
+
     async def create_rule(self, cmd: CreateRule) -> CatalogReply:
         try:
             async with _connection(self.pool) as conn:
@@ -201,6 +212,11 @@ def create_broker(settings: CatalogSettings) -> NatsBroker:
              "List a chat's new messages into the catalog (`tgdl sync`)")
     async def sync_chat(cmd: SyncChat, cat: Cat) -> CatalogReply:
         return await cat.answer(names.cmd_catalog_sync, lambda: cat.sync(cmd))
+
+    @command(names.cmd_catalog_fetch, "FetchMessages",
+             "Add messages to the catalog by their chat and ids (message links)")
+    async def fetch_messages(cmd: FetchMessages, cat: Cat) -> CatalogReply:
+        return await cat.answer(names.cmd_catalog_fetch, lambda: cat.fetch(cmd))
 
     @command(names.cmd_rule_create, "CreateRule",
              "Create a watch rule: new matching media of the chat start batches")

@@ -10,7 +10,7 @@ import httpx
 
 from tgdl.contracts.catalog import CatalogEntry
 from tgdl.contracts.config import chat_key
-from tgdl.contracts.rules import SyncResult
+from tgdl.contracts.rules import FetchResult, SyncResult
 from tgdl.db import catalog
 
 _TIMEOUT = httpx.Timeout(10.0, connect=5.0)
@@ -52,6 +52,15 @@ class SimulatedCatalog:
         return SyncResult(chat=key, scanned=len(entries),
                           added=len({e.message_id for e in entries} - known),
                           newest_telegram_id=newest)
+
+    async def fetch(self, conn: asyncpg.Connection, chat: str, ids: list[int]) -> FetchResult:
+        """These messages of the chat into the catalog (it holds every message with media:
+        the chat's are stored, as a sync would)."""
+        key = (await self.sync(conn, chat)).chat
+        stored = await conn.fetch(
+            "SELECT telegram_message_id FROM catalog WHERE chat = $1"
+            " AND telegram_message_id = ANY($2::bigint[])", key, ids)
+        return FetchResult(chat=key, stored=sorted(r["telegram_message_id"] for r in stored))
 
     async def resolve(self, chat: str) -> tuple[str, int]:
         """The chat as the catalog names it and its newest message id."""

@@ -12,8 +12,8 @@ from telethon import TelegramClient, errors, events, utils
 
 from tgdl.catalog.settings import CatalogSettings
 from tgdl.catalog.simulated import SimulatedCatalog, UnknownChat
-from tgdl.catalog.telethon_sync import SyncError, newest_message, sync_chat
-from tgdl.contracts.rules import SyncResult
+from tgdl.catalog.telethon_sync import SyncError, fetch_messages, newest_message, sync_chat
+from tgdl.contracts.rules import FetchResult, SyncResult
 from tgdl.telegram.client import build_client
 from tgdl.telegram.peers import PeerResolver
 
@@ -39,6 +39,10 @@ class Source(Protocol):
                    ) -> SyncResult:
         """A chat's new messages into the catalog; SyncError if it cannot be read."""
 
+    async def fetch(self, conn: asyncpg.Connection, chat: str, ids: list[int]
+                    ) -> FetchResult:
+        """These messages of the chat into the catalog; SyncError if it cannot be read."""
+
     async def resolve(self, conn: asyncpg.Connection, chat: str) -> tuple[str, int]:
         """The chat as the catalog names it and its newest message id; UnknownChat or
         SyncError if there is no such chat for this account."""
@@ -63,6 +67,13 @@ class SimulatedSource:
             return await self.sim.sync(conn, chat)
         except UnknownChat as exc:
             raise SyncError(f"Cannot sync {chat!r}: {exc}") from None
+
+    async def fetch(self, conn: asyncpg.Connection, chat: str, ids: list[int]
+                    ) -> FetchResult:
+        try:
+            return await self.sim.fetch(conn, chat, ids)
+        except UnknownChat as exc:
+            raise SyncError(f"Cannot read {chat!r}: {exc}") from None
 
     async def resolve(self, conn: asyncpg.Connection, chat: str) -> tuple[str, int]:
         return await self.sim.resolve(chat)
@@ -100,6 +111,11 @@ class TelethonSource:
     async def sync(self, conn: asyncpg.Connection, chat: str, limit: int | None
                    ) -> SyncResult:
         return await sync_chat(self.settings, chat, limit, client=self.client, conn=conn)
+
+    async def fetch(self, conn: asyncpg.Connection, chat: str, ids: list[int]
+                    ) -> FetchResult:
+        assert self.client is not None
+        return await fetch_messages(self.client, conn, chat, ids)
 
     async def resolve(self, conn: asyncpg.Connection, chat: str) -> tuple[str, int]:
         assert self.client is not None

@@ -18,7 +18,7 @@ from telethon.tl import types
 
 from tgdl.contracts.catalog import CatalogEntry
 from tgdl.contracts.config import CommonSettings
-from tgdl.contracts.rules import SyncResult
+from tgdl.contracts.rules import FetchResult, SyncResult
 from tgdl.db import catalog
 from tgdl.db.connection import connect
 from tgdl.telegram.client import TelegramSettings, TelegramSetupError, build_client
@@ -179,6 +179,24 @@ async def _store(
                 chat, newest,
             )
     return len(with_media) - len(known)
+
+
+async def fetch_messages(client: TelegramClient, conn: asyncpg.Connection, chat: str,
+                         ids: Sequence[int]) -> FetchResult:
+    """These messages of the chat into the catalog (those with media), without moving
+    the chat's sync mark; SyncError when the account cannot read the chat."""
+    try:
+        peer = await PeerResolver(client).input_peer(chat)
+        found = await client.get_messages(peer, ids=list(ids))
+    except (ValueError, errors.RPCError) as exc:
+        raise _cannot_read(chat, exc) from exc
+    key = catalog_chat(chat, peer)
+    messages = [m for m in found if m is not None]  # None: no such message (deleted)
+    await _store(conn, key, messages, None)
+    stored = await conn.fetch(
+        "SELECT telegram_message_id FROM catalog WHERE chat = $1"
+        " AND telegram_message_id = ANY($2::bigint[])", key, list(ids))
+    return FetchResult(chat=key, stored=sorted(r["telegram_message_id"] for r in stored))
 
 
 async def newest_message(client: TelegramClient, chat: str) -> tuple[str, int]:

@@ -17,9 +17,10 @@ from tgdl.contracts.catalog import MediaKind
 from tgdl.contracts.config import chat_key
 from tgdl.contracts.errors import ErrorCode
 from tgdl.contracts.links import MessageLink, parse_link
+from tgdl.contracts.rules import FetchMessages, FetchResult
 from tgdl.db import catalog, readmodel
 from tgdl.db.catalog import MessageFilter
-from tgdl.gateway.errors import invalid
+from tgdl.gateway.errors import ApiError, invalid
 from tgdl.gateway.services import Services, caller_chats, services
 
 router = APIRouter(tags=["messages"])
@@ -142,17 +143,48 @@ async def resolve_links(
             parsed.append(parse_link(text))
         except ValueError as exc:
             parsed.append(exc)
-    named = [(p.chat, p.telegram_message_id) for p in parsed if isinstance(p, MessageLink)]
+    readable = caller_chats(request)
+    named = [(p.chat, p.telegram_message_id) for p in parsed if isinstance(p, MessageLink)
+             and (readable is None or chat_key(p.chat) in readable)]
     async with svc.pool.acquire() as conn:
         found = await catalog.by_chat_and_id(conn, named)
-    readable = caller_chats(request)
+    unfetched = await _fetch_missing(svc, [n for n in named if (chat_key(n[0]), n[1])
+                                           not in found])
+    if len(unfetched) < len(named) - len(found):  # some were fetched: look again
+        async with svc.pool.acquire() as conn:
+            found = await catalog.by_chat_and_id(conn, named)
     return LinkResolution(items=[
-        _resolved(text, p, found, readable) for text, p in zip(links, parsed, strict=True)])
+        _resolved(text, p, found, readable, unfetched)
+        for text, p in zip(links, parsed, strict=True)])
+
+
+async def _fetch_missing(svc: Services, missing: list[tuple[str, int]]) -> dict[str, str]:
+    """Ask the catalog service (which holds the account) for linked messages no sync has
+    listed, a chat at a time; returns why, for each chat it could not be asked about."""
+    by_chat: dict[str, list[int]] = {}
+    for chat, m in missing:
+        by_chat.setdefault(chat, []).append(m)
+    if not by_chat:
+        return {}
+    if svc.catalog is None:
+        return dict.fromkeys(by_chat, "no catalog service to ask for it")
+
+    async def fetch(chat: str, ids: list[int]) -> tuple[str, str | None]:
+        try:
+            await svc.catalog.call(  # type: ignore[union-attr]
+                FetchMessages(chat=chat, telegram_message_ids=sorted(set(ids))[:100]),
+                FetchResult)
+        except ApiError as exc:
+            return chat, str(exc.body.detail)
+        return chat, None
+
+    answers = await asyncio.gather(*(fetch(c, ids) for c, ids in by_chat.items()))
+    return {chat: why for chat, why in answers if why is not None}
 
 
 def _resolved(text: str, parsed: MessageLink | ValueError,
               found: dict[tuple[str, int], catalog.CatalogEntry],
-              readable: frozenset[str] | None) -> ResolvedLink:
+              readable: frozenset[str] | None, unfetched: dict[str, str]) -> ResolvedLink:
     if isinstance(parsed, ValueError):
         return ResolvedLink(
             link=text, error="not_a_message_link", detail=f"{text!r}: {parsed}",
@@ -167,10 +199,18 @@ def _resolved(text: str, parsed: MessageLink | ValueError,
             "suggestion": "Ask for it to be added to TGDL_ALLOWED_CHATS (or to your "
                           "token's chats)."})
     entry = found.get((chat_key(chat), m))
-    if entry is None:
+    if entry is None and chat in unfetched:  # Telegram could not be asked
         return said.model_copy(update={
             "error": ErrorCode.message_not_found.value,
-            "detail": f"message {m} of chat {chat!r} is not in the catalog",
-            "suggestion": f"Run `tgdl sync {chat}` to list the chat's new messages into "
-                          "the catalog, then try again."})
+            "detail": f"message {m} of chat {chat!r} is not in the catalog, and could not "
+                      f"be fetched: {unfetched[chat]}",
+            "suggestion": f"Run `tgdl sync {chat}` to list the chat's messages into the "
+                          "catalog, then try again."})
+    if entry is None:  # Telegram was asked: no such message with media
+        return said.model_copy(update={
+            "error": ErrorCode.message_not_found.value,
+            "detail": f"chat {chat!r} has no message {m} with media (it may have been "
+                      "deleted, or carry only text)",
+            "suggestion": "Check the link: open it in Telegram and copy the message's "
+                          "link again."})
     return said.model_copy(update={"message_id": entry.message_id})

@@ -17,6 +17,7 @@ from tgdl.contracts.rules import (
     CatalogReply,
     CreateRule,
     DeleteRule,
+    FetchMessages,
     RuleCreate,
     RulePage,
     RulePatch,
@@ -64,12 +65,15 @@ def catalog_unavailable(detail: str) -> ApiError:
 
 
 def declare(broker: NatsBroker, settings: GatewaySettings) -> CommandClient:
-    """The rule commands the gateway sends (documented for AsyncAPI; nothing connects)."""
+    """The commands the gateway sends the catalog service: the rules', and fetching
+    linked messages (documented for AsyncAPI; nothing connects)."""
     names = settings.names
     commands: dict[type[BaseModel], tuple[str, str, str]] = {
         CreateRule: (names.cmd_rule_create, "createRule", "Create a watch rule"),
         UpdateRule: (names.cmd_rule_update, "updateRule", "Pause or resume a watch rule"),
         DeleteRule: (names.cmd_rule_delete, "deleteRule", "Delete a watch rule"),
+        FetchMessages: (names.cmd_catalog_fetch, "fetchMessages",
+                        "Add linked messages no sync listed yet to the catalog"),
     }
     sends = {
         model: broker.publisher(subject, schema=model, title=title,

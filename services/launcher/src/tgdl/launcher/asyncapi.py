@@ -115,6 +115,7 @@ CHANNELS = {
     _NAMES.cmd_batch_resume: "resumeBatch",
     _NAMES.cmd_batch_concurrency: "setConcurrency",
     _NAMES.cmd_catalog_sync: "syncChat",
+    _NAMES.cmd_catalog_fetch: "fetchMessages",
     _NAMES.cmd_rule_create: "createRule",
     _NAMES.cmd_rule_update: "updateRule",
     _NAMES.cmd_rule_delete: "deleteRule",

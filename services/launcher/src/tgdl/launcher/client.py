@@ -137,7 +137,8 @@ def add_parsers(commands: Any) -> None:
         epilog=EXIT_HELP + "\n  with --detach: 0 once the batch started, 1 if no file could start",
         help="download messages' media as one batch, with live progress bars",
         description=textwrap.fill(
-            "Start a batch on a running tgdl and follow it until it ends: a bar per file in "
+            "Start a batch on a running tgdl and follow it until it ends (more ids than a "
+            "batch holds start as several batches, followed in turn): a bar per file in "
             "flight and one for the batch (bytes, speed, time left), rate-limit waits and "
             "failures with their suggestion. Ctrl-C asks whether to cancel the batch or "
             "leave it running. Without a terminal there are lines instead of bars (with --json, "
@@ -345,21 +346,32 @@ def _view(console: Console, quiet: bool) -> View | None:
 
 def follow(api: Api, console: Console, batch_id: str, as_json: bool) -> int:
     """Show the batch until it ends; Ctrl-C asks whether to cancel it."""
-    view = _view(console, as_json)
-    final: dict[str, Any] = {}
-    try:
-        with view or contextlib.nullcontext():
-            for snapshot in api.snapshots(batch_id):
-                final = snapshot
-                if view:
-                    view.update(snapshot)
-    except KeyboardInterrupt:
-        return interrupted(api, console, batch_id, as_json)
+    return follow_all(api, console, [batch_id], as_json)
+
+
+def follow_all(api: Api, console: Console, batch_ids: list[str], as_json: bool) -> int:
+    """Show each batch until it ends, one after the other (they run side by side, so a
+    later one may be over when its turn comes); Ctrl-C asks whether to cancel those not
+    seen to end. With --json, the final status (a list of them for several batches)."""
+    finals: list[dict[str, Any]] = []
+    for i, batch_id in enumerate(batch_ids):
+        view = _view(console, as_json)
+        final: dict[str, Any] = {}
+        try:
+            with view or contextlib.nullcontext():
+                for snapshot in api.snapshots(batch_id):
+                    final = snapshot
+                    if view:
+                        view.update(snapshot)
+        except KeyboardInterrupt:
+            return interrupted(api, console, batch_ids[i:], as_json)
+        if view:
+            view.finish(final)
+        finals.append(final)
     if as_json:
-        _print_json(final)
-    else:
-        view.finish(final)  # type: ignore[union-attr]
-    return _exit_code(final)
+        _print_json(finals[0] if len(finals) == 1 else finals)
+    codes = {_exit_code(final) for final in finals}
+    return EXIT_INCOMPLETE if EXIT_INCOMPLETE in codes else EXIT_OK
 
 
 def _ask(question: str) -> str:
@@ -371,18 +383,24 @@ def _ask(question: str) -> str:
         return ""
 
 
-def interrupted(api: Api, console: Console, batch_id: str, as_json: bool) -> int:
-    answer = _ask(f"\nCancel batch {batch_id}? [y/N] (no: it keeps running) ")
+def interrupted(api: Api, console: Console, batch_ids: list[str], as_json: bool) -> int:
+    one = len(batch_ids) == 1
+    which = f"batch {batch_ids[0]}" if one else \
+        f"the {len(batch_ids)} batches {', '.join(batch_ids)}"
+    answer = _ask(f"\nCancel {which}? [y/N] (no: {'it keeps' if one else 'they keep'} "
+                  "running) ")
     if answer in ("y", "yes"):
-        done = api.call("POST", f"/api/media/batch-cancel/{batch_id}")
+        done = [api.call("POST", f"/api/media/batch-cancel/{b}") for b in batch_ids]
         if as_json:
-            _print_json(done)
+            _print_json(done[0] if len(done) == 1 else done)
         else:
-            console.print(escape(done["message"]))
+            for answer_ in done:
+                console.print(escape(answer_["message"]))
         return EXIT_INCOMPLETE
-    console.print(f"Batch {batch_id} keeps running: `tgdl status {batch_id} --watch` follows "
-                  f"it, `tgdl cancel {batch_id}` stops it.", highlight=False, markup=False,
-                  soft_wrap=True)
+    for batch_id in batch_ids:
+        console.print(f"Batch {batch_id} keeps running: `tgdl status {batch_id} --watch` "
+                      f"follows it, `tgdl cancel {batch_id}` stops it.", highlight=False,
+                      markup=False, soft_wrap=True)
     return EXIT_INTERRUPTED
 
 
@@ -418,30 +436,63 @@ def download(api: Api, console: Console, args: argparse.Namespace) -> int:
     return EXIT_INCOMPLETE if unresolved and code == EXIT_OK else code
 
 
-def _download(api: Api, console: Console, said: Console, args: argparse.Namespace,
-              ids: list[int]) -> int:
-    body = {"message_ids": ids, "max_concurrent": args.max_concurrent,
-            "force": args.force, "priority": args.priority}
+def start_batches(api: Api, said: Console, args: argparse.Namespace,
+                  ids: list[int]) -> list[dict[str, Any]]:
+    """Start `ids` as one batch, or, when they are more than a batch may hold, as several
+    of at most the gateway's limit each (in order)."""
+    body: dict[str, Any] = {"max_concurrent": args.max_concurrent, "force": args.force,
+                            "priority": args.priority}
     if args.name_template is not None:
         body["name_template"] = args.name_template
-    started = api.call("POST", "/api/media/batch-download", json=body)
-    batch_id = started["batch_id"]
-    nothing = started["status"] == "failed"  # nothing started: nothing to follow
-    if args.json and (args.detach or nothing):
-        _print_json(started)
-    elif not args.json:
-        said.print(f"{batch_id}: {started['message']}", highlight=False, markup=False,
-                   soft_wrap=True)
+    try:
+        return [api.call("POST", "/api/media/batch-download",
+                         json={"message_ids": ids, **body})]
+    except Failure as refused:
+        limit = api.call("GET", "/api/messages", params={"limit": 1}).get("batch_limit") \
+            if refused.error == "too_many_files" else None
+        if not limit:
+            raise
+    started: list[dict[str, Any]] = []
+    for first in range(0, len(ids), limit):
+        try:
+            started.append(api.call("POST", "/api/media/batch-download",
+                                    json={"message_ids": ids[first:first + limit], **body}))
+        except Failure:
+            if started:  # what runs already is said before the failure
+                said.print(f"Started before this failed: "
+                           f"{', '.join(s['batch_id'] for s in started)}", highlight=False,
+                           markup=False, soft_wrap=True)
+            raise
+    return started
+
+
+def _download(api: Api, console: Console, said: Console, args: argparse.Namespace,
+              ids: list[int]) -> int:
+    starts = start_batches(api, said, args, ids)
+    if len(starts) > 1 and not args.json:
+        said.print(f"{len(ids)} messages are more than a batch holds: started as "
+                   f"{len(starts)} batches", highlight=False, markup=False, soft_wrap=True)
+    for started in starts:
+        if args.json:
+            continue
+        said.print(f"{started['batch_id']}: {started['message']}", highlight=False,
+                   markup=False, soft_wrap=True)
         for f in started["failed_to_start"]:
             said.print(f"  #{f['message_id']} not started: {f['error']}: {f['detail']}",
                        style="red", highlight=False, markup=False)
             if f.get("suggestion"):
                 said.print(f"      {f['suggestion']}", highlight=False, markup=False)
         if args.detach:
-            sys.stdout.write(batch_id + "\n")
-    if nothing:
+            sys.stdout.write(started["batch_id"] + "\n")
+    running = [s["batch_id"] for s in starts if s["status"] != "failed"]  # the rest: nothing
+    if args.json and (args.detach or not running):
+        _print_json(starts[0] if len(starts) == 1 else starts)
+    if not running:
         return EXIT_INCOMPLETE
-    return EXIT_OK if args.detach else follow(api, console, batch_id, args.json)
+    if args.detach:
+        return EXIT_OK
+    code = follow_all(api, console, running, args.json)
+    return EXIT_INCOMPLETE if code == EXIT_OK and len(running) < len(starts) else code
 
 
 def whole(header: str, values: Iterable[str]) -> Column:
