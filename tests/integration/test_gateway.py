@@ -196,6 +196,7 @@ async def test_message_links_resolve_to_the_catalog_ids_a_start_takes(client, db
     assert missing["detail"].startswith(  # nobody to ask Telegram here
         "message 999 of chat 'chan' is not in the catalog, and could not be fetched: no "
         "catalog service is listening on")
+    assert "`tgdl run` starts it" in missing["suggestion"]
     assert no_message["error"] == "not_a_message_link" and "names no message" in no_message[
         "detail"] and no_message["suggestion"]
     assert "error" not in items[0]  # nothing unset is sent

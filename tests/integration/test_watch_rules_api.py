@@ -236,9 +236,11 @@ async def test_a_link_to_a_message_no_sync_listed_is_fetched_from_telegram(
     assert missing["detail"] == (f"chat 'sim_demo' has no message "
                                  f"{new.telegram_message_id + 500} with media (it may have "
                                  "been deleted, or carry only text)")
-    assert unknown["error"] == "message_not_found"
-    assert "could not be fetched: Cannot read 'nochat'" in unknown["detail"]
-    assert "tgdl sync nochat" in unknown["suggestion"]
+    # Telegram answered that the account cannot read that chat
+    assert unknown["error"] == "access_denied"
+    assert unknown["detail"] == ("Cannot read 'nochat': the simulated Telegram has no chat "
+                                 "'nochat'")
+    assert "Join the chat" in unknown["suggestion"]
 
 
 async def test_a_start_cut_short_is_sent_again_under_its_batch_id_never_claimed_twice(

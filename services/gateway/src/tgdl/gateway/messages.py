@@ -15,12 +15,13 @@ from fastapi import APIRouter, Depends, Query, Request
 from tgdl.contracts.api import LinkResolution, MessagePage, ResolvedLink
 from tgdl.contracts.catalog import MediaKind
 from tgdl.contracts.config import chat_key
-from tgdl.contracts.errors import ErrorCode
+from tgdl.contracts.errors import SUGGESTIONS, ErrorCode
 from tgdl.contracts.links import MessageLink, parse_link
 from tgdl.contracts.rules import FetchMessages, FetchResult
 from tgdl.db import catalog, readmodel
 from tgdl.db.catalog import MessageFilter
 from tgdl.gateway.errors import ApiError, invalid
+from tgdl.gateway.rules import catalog_unavailable
 from tgdl.gateway.services import Services, caller_chats, services
 
 router = APIRouter(tags=["messages"])
@@ -148,9 +149,9 @@ async def resolve_links(
              and (readable is None or chat_key(p.chat) in readable)]
     async with svc.pool.acquire() as conn:
         found = await catalog.by_chat_and_id(conn, named)
-    unfetched = await _fetch_missing(svc, [n for n in named if (chat_key(n[0]), n[1])
-                                           not in found])
-    if len(unfetched) < len(named) - len(found):  # some were fetched: look again
+    missing = [n for n in named if (chat_key(n[0]), n[1]) not in found]
+    unfetched = await _fetch_missing(svc, missing)
+    if {chat for chat, _ in missing} - unfetched.keys():  # some were fetched: look again
         async with svc.pool.acquire() as conn:
             found = await catalog.by_chat_and_id(conn, named)
     return LinkResolution(items=[
@@ -158,7 +159,8 @@ async def resolve_links(
         for text, p in zip(links, parsed, strict=True)])
 
 
-async def _fetch_missing(svc: Services, missing: list[tuple[str, int]]) -> dict[str, str]:
+async def _fetch_missing(svc: Services, missing: list[tuple[str, int]]
+                         ) -> dict[str, ApiError]:
     """Ask the catalog service (which holds the account) for linked messages no sync has
     listed, a chat at a time; returns why, for each chat it could not be asked about."""
     by_chat: dict[str, list[int]] = {}
@@ -167,15 +169,15 @@ async def _fetch_missing(svc: Services, missing: list[tuple[str, int]]) -> dict[
     if not by_chat:
         return {}
     if svc.catalog is None:
-        return dict.fromkeys(by_chat, "no catalog service to ask for it")
+        return dict.fromkeys(by_chat, catalog_unavailable("no catalog service to ask"))
 
-    async def fetch(chat: str, ids: list[int]) -> tuple[str, str | None]:
+    async def fetch(chat: str, ids: list[int]) -> tuple[str, ApiError | None]:
         try:
             await svc.catalog.call(  # type: ignore[union-attr]
                 FetchMessages(chat=chat, telegram_message_ids=sorted(set(ids))[:100]),
                 FetchResult)
         except ApiError as exc:
-            return chat, str(exc.body.detail)
+            return chat, exc
         return chat, None
 
     answers = await asyncio.gather(*(fetch(c, ids) for c, ids in by_chat.items()))
@@ -184,7 +186,8 @@ async def _fetch_missing(svc: Services, missing: list[tuple[str, int]]) -> dict[
 
 def _resolved(text: str, parsed: MessageLink | ValueError,
               found: dict[tuple[str, int], catalog.CatalogEntry],
-              readable: frozenset[str] | None, unfetched: dict[str, str]) -> ResolvedLink:
+              readable: frozenset[str] | None, unfetched: dict[str, ApiError]
+              ) -> ResolvedLink:
     if isinstance(parsed, ValueError):
         return ResolvedLink(
             link=text, error="not_a_message_link", detail=f"{text!r}: {parsed}",
@@ -199,13 +202,18 @@ def _resolved(text: str, parsed: MessageLink | ValueError,
             "suggestion": "Ask for it to be added to TGDL_ALLOWED_CHATS (or to your "
                           "token's chats)."})
     entry = found.get((chat_key(chat), m))
-    if entry is None and chat in unfetched:  # Telegram could not be asked
-        return said.model_copy(update={
+    if entry is None and chat in unfetched:
+        why = unfetched[chat].body
+        if why.error == "sync_failed":  # Telegram answered: the account cannot read it
+            return said.model_copy(update={
+                "error": ErrorCode.access_denied.value, "detail": str(why.detail),
+                "suggestion": SUGGESTIONS[ErrorCode.access_denied]})
+        return said.model_copy(update={  # Telegram could not be asked
             "error": ErrorCode.message_not_found.value,
             "detail": f"message {m} of chat {chat!r} is not in the catalog, and could not "
-                      f"be fetched: {unfetched[chat]}",
-            "suggestion": f"Run `tgdl sync {chat}` to list the chat's messages into the "
-                          "catalog, then try again."})
+                      f"be fetched: {why.detail}",
+            "suggestion": "Retry once the catalog service reaches Telegram (`tgdl run` "
+                          f"starts it), or list the chat with `tgdl sync {chat}`."})
     if entry is None:  # Telegram was asked: no such message with media
         return said.model_copy(update={
             "error": ErrorCode.message_not_found.value,
