@@ -194,6 +194,24 @@ async def test_more_ids_than_a_batch_holds_start_as_several_batches_followed_in_
     assert [b["total_files"] for b in as_json.json()] == [2, 2, 1]
 
 
+async def test_download_takes_filters_as_tgdl_messages_reads_them(stack):
+    voice = [m.message_id for m in stack.sim_messages()
+             if m.chat == "sim_demo" and m.media_kind == "voice"]
+    run = await tgdl(stack, "download", "--chat", "sim_demo", "--type", "voice",
+                     "--detach", "--json")
+    assert run.code == 0, run.out + run.err
+    started = run.json()
+    named = started["started_downloads"] + started["already_downloaded"] + [
+        f["message_id"] for f in started["failed_to_start"]]
+    assert sorted(named) == voice and started["total_files"] == len(voice)  # every match
+    assert f"{len(voice)} messages with media match the filters" in run.err
+
+    none = await tgdl(stack, "download", "--chat", "sim_demo", "--min-size", "1TB")
+    assert none.code == 2 and "nothing_matches" in none.err, none.err
+    bare = await tgdl(stack, "download")
+    assert bare.code == 2 and "give at least one message id, a link, or filters" in bare.err
+
+
 async def read_until(stream: asyncio.StreamReader, pattern: str, within: float = 30) -> str:
     seen = ""
     async with asyncio.timeout(within):

@@ -93,7 +93,8 @@ def message_ids(specs: list[str]) -> list[int | str]:
             raise argparse.ArgumentTypeError(f"{spec!r} holds more than {MAX_RANGE} ids")
         ids.extend(range(first, last + 1))
     if not ids:
-        raise argparse.ArgumentTypeError("give at least one message id")
+        raise argparse.ArgumentTypeError("give at least one message id, a link, or filters "
+                                         "(--chat, --type, ...)")
     return list(dict.fromkeys(ids))
 
 
@@ -131,19 +132,31 @@ def add_parsers(commands: Any) -> None:
     common.add_argument("--json", action="store_true",
                         help="print the API's JSON answer instead of tables or bars")
     raw = argparse.RawDescriptionHelpFormatter
+    filters = argparse.ArgumentParser(add_help=False)
+    filters.add_argument("--chat", metavar="CHAT", help="only this chat")
+    filters.add_argument("--type", metavar="TYPES",
+                         help="media types, comma-separated: photo,video,document,audio,voice")
+    filters.add_argument("--min-size", type=size, metavar="SIZE")
+    filters.add_argument("--max-size", type=size, metavar="SIZE")
+    filters.add_argument("--since", metavar="DATE", help="posted on or after, e.g. 2025-01-01")
+    filters.add_argument("--until", metavar="DATE", help="posted on or before")
+    filters.add_argument("--search", metavar="TEXT",
+                         help="text in the file name or caption (any case)")
 
     download = commands.add_parser(
-        "download", parents=[common], formatter_class=raw,
+        "download", parents=[common, filters], formatter_class=raw,
         epilog=EXIT_HELP + "\n  with --detach: 0 once the batch started, 1 if no file could start",
         help="download messages' media as one batch, with live progress bars",
         description=textwrap.fill(
             "Start a batch on a running tgdl and follow it until it ends (more ids than a "
-            "batch holds start as several batches, followed in turn): a bar per file in "
+            "batch holds start as several batches, followed in turn). Filters (--chat, "
+            "--type, --min-size, ...) add every catalog message with media that matches "
+            "them, as `tgdl messages` lists them. A bar per file in "
             "flight and one for the batch (bytes, speed, time left), rate-limit waits and "
             "failures with their suggestion. Ctrl-C asks whether to cancel the batch or "
             "leave it running. Without a terminal there are lines instead of bars (with --json, "
             "the final status).", 78))
-    download.add_argument("ids", nargs="+", metavar="ID",
+    download.add_argument("ids", nargs="*", metavar="ID",
                           help="message ids, ranges and Telegram message links, e.g. 12 "
                                "15-20 https://t.me/somechannel/1234")
     download.add_argument("--max-concurrent", type=positive, default=3, metavar="N",
@@ -200,19 +213,11 @@ def add_parsers(commands: Any) -> None:
     batches.add_argument("--offset", type=int, default=0, metavar="N")
 
     messages = commands.add_parser(
-        "messages", parents=[common], help="the messages tgdl knows, filtered by the server",
+        "messages", parents=[common, filters],
+        help="the messages tgdl knows, filtered by the server",
         description="List the catalog's messages with their download state. Filters combine; "
         "sizes take units (5MB = 5,000,000 bytes, 5MiB = 5 x 1024 x 1024); dates are ISO "
         "(2025-01-31, a whole day) or date-times.")
-    messages.add_argument("--chat", metavar="CHAT", help="only this chat")
-    messages.add_argument("--type", metavar="TYPES",
-                          help="media types, comma-separated: photo,video,document,audio,voice")
-    messages.add_argument("--min-size", type=size, metavar="SIZE")
-    messages.add_argument("--max-size", type=size, metavar="SIZE")
-    messages.add_argument("--since", metavar="DATE", help="posted on or after, e.g. 2025-01-01")
-    messages.add_argument("--until", metavar="DATE", help="posted on or before")
-    messages.add_argument("--search", metavar="TEXT",
-                          help="text in the file name or caption (any case)")
     messages.add_argument("--all", action="store_true",
                           help="messages without media too (default: media only)")
     messages.add_argument("--limit", type=positive, default=50, metavar="N",
@@ -428,7 +433,17 @@ def download(api: Api, console: Console, args: argparse.Namespace) -> int:
     # --json, the answer alone.
     said = Console(stderr=True, highlight=False, soft_wrap=True) \
         if args.detach or args.json else console
-    ids, unresolved = resolve_links(api, said, args.ids)
+    requested = list(args.ids)
+    if params := filter_params(args):
+        matched = matching_ids(api, params)
+        if not matched:
+            raise Failure(EXIT_REFUSED, "nothing_matches", "no message with media matches "
+                          "the filters", "See what they match with `tgdl messages` and the "
+                          "same filters.")
+        said.print(f"{len(matched)} message{'s' if len(matched) != 1 else ''} with media "
+                   "match the filters", highlight=False, markup=False, soft_wrap=True)
+        requested += matched
+    ids, unresolved = resolve_links(api, said, requested)
     if not ids:
         raise Failure(EXIT_REFUSED, "bad_links", "none of the links names a message in the "
                       "catalog (see above); nothing was started")
@@ -595,14 +610,28 @@ def batches(api: Api, console: Console, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def filter_params(args: argparse.Namespace) -> dict[str, Any]:
+    """The message list's query parameters for the filters given (none: {})."""
+    given = (("chat", args.chat), ("media_type", args.type), ("min_size", args.min_size),
+             ("max_size", args.max_size), ("since", args.since), ("until", args.until),
+             ("q", args.search))
+    return {name: value for name, value in given if value is not None}
+
+
+def matching_ids(api: Api, params: dict[str, Any]) -> list[int]:
+    """Every message with media the filters match, in catalog order (page by page)."""
+    ids: list[int] = []
+    while True:
+        page = api.call("GET", "/api/messages", params={
+            **params, "media_only": True, "limit": 200, "offset": len(ids)})
+        ids += [m["message_id"] for m in page["items"]]
+        if not page["items"] or len(ids) >= page["total"]:
+            return ids
+
+
 def messages(api: Api, console: Console, args: argparse.Namespace) -> int:
     params: dict[str, Any] = {"limit": min(args.limit, 200), "offset": args.offset,
-                              "media_only": not args.all}
-    for name, value in (("chat", args.chat), ("media_type", args.type),
-                        ("min_size", args.min_size), ("max_size", args.max_size),
-                        ("since", args.since), ("until", args.until), ("q", args.search)):
-        if value is not None:
-            params[name] = value
+                              "media_only": not args.all, **filter_params(args)}
     page = api.call("GET", "/api/messages", params=params)
     if args.json:
         _print_json(page)
@@ -748,7 +777,7 @@ def main(args: argparse.Namespace, env: dict[str, str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     if args.command == "download":
         try:
-            args.ids = message_ids(args.ids)
+            args.ids = message_ids(args.ids) if args.ids or not filter_params(args) else []
         except argparse.ArgumentTypeError as exc:
             return _fail("download", Failure(EXIT_REFUSED, "bad_ids", str(exc)))
     api = Api(args.url or env.get("TGDL_URL") or running_gateway(env) or DEFAULT_URL,
