@@ -138,6 +138,7 @@ class StoredMessage:
     text: str = ""
     file: StoredFile | None = None
     deleted: bool = False
+    grouped_id: int | None = None  # an album's: its messages share it
 
 
 @dataclass
@@ -179,7 +180,7 @@ class Channel:
             )
         return types.Message(
             id=stored.id, peer_id=self.peer, date=stored.date, message=stored.text,
-            media=media, post=True,
+            media=media, post=True, grouped_id=stored.grouped_id,
         )
 
     def history(self) -> list[int]:
@@ -271,10 +272,12 @@ class TelegramServer:
         self.channels[channel.id] = channel
         return channel
 
-    def _post(self, channel: Channel, text: str, file: StoredFile | None) -> int:
+    def _post(self, channel: Channel, text: str, file: StoredFile | None,
+              grouped_id: int | None = None) -> int:
         message_id = max(channel.messages, default=0) + 1
         channel.messages[message_id] = StoredMessage(
             id=message_id, date=EPOCH + timedelta(minutes=message_id), text=text, file=file,
+            grouped_id=grouped_id,
         )
         return message_id
 
@@ -292,19 +295,20 @@ class TelegramServer:
         self, channel: Channel, data: bytes, *, file_name: str | None = None,
         mime_type: str = "application/octet-stream", attributes: list[Any] | None = None,
         stored_dc: int = HOME_DC, announced_dc: int | None = None, text: str = "",
+        grouped_id: int | None = None,
     ) -> int:
         attributes = list(attributes or [])
         if file_name:
             attributes.append(types.DocumentAttributeFilename(file_name))
         stored = self._file(data, stored_dc=stored_dc, announced_dc=announced_dc,
                             mime_type=mime_type, attributes=attributes)
-        return self._post(channel, text, stored)
+        return self._post(channel, text, stored, grouped_id)
 
     def post_photo(self, channel: Channel, data: bytes, *, stored_dc: int = HOME_DC,
-                   text: str = "") -> int:
+                   text: str = "", grouped_id: int | None = None) -> int:
         stored = self._file(data, stored_dc=stored_dc, announced_dc=None, is_photo=True,
                             mime_type="image/jpeg")
-        return self._post(channel, text, stored)
+        return self._post(channel, text, stored, grouped_id)
 
     def post_text(self, channel: Channel, text: str) -> int:
         return self._post(channel, text, None)

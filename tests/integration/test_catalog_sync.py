@@ -186,6 +186,28 @@ async def test_linked_messages_are_fetched_into_the_catalog_without_moving_the_s
         await fetch_messages(client, db, "nobody", [1])
 
 
+async def test_a_linked_album_message_brings_its_whole_album(server, client, db, settings):
+    news = server.add_channel("news")
+    before = server.post_photo(news, content(50, 1))  # a neighbour, not of the album
+    album = [server.post_photo(news, content(100 + i, i), grouped_id=77) for i in range(3)]
+    after = server.post_document(news, content(60, 9), grouped_id=78)  # another album
+    await client.connect()  # as the catalog service's client is
+
+    fetched = await fetch_messages(client, db, "news", [album[1]])
+
+    assert fetched.stored == [album[1]]
+    stored = await db.fetch("SELECT telegram_message_id, grouped_id FROM catalog"
+                            " ORDER BY telegram_message_id")
+    assert [(r["telegram_message_id"], r["grouped_id"]) for r in stored] == [
+        (m, 77) for m in album]
+    assert before not in [r["telegram_message_id"] for r in stored] and after not in [
+        r["telegram_message_id"] for r in stored]
+    # a sync keeps the album's id too
+    await sync_chat(settings, "news", None, client=client, conn=db, page_wait=0)
+    assert await db.fetchval("SELECT grouped_id FROM catalog WHERE telegram_message_id = $1",
+                             after) == 78
+
+
 async def test_long_histories_are_read_in_pages(server, client, db, settings):
     news = server.add_channel("news")
     media = set()

@@ -211,6 +211,19 @@ async def test_message_links_resolve_to_the_catalog_ids_a_start_takes(client, db
     assert body["detail"] == "link.0: longer than 500 characters"
 
 
+async def test_a_link_to_a_message_of_an_album_names_the_album_unless_single(client, db):
+    photo = {"chat": "chan", "media_kind": MediaKind.photo, "size": 10}
+    await catalog.upsert(db, [
+        CatalogEntry(message_id=7, telegram_message_id=70, grouped_id=5, **photo),
+        CatalogEntry(message_id=9, telegram_message_id=72, grouped_id=5, **photo),
+        CatalogEntry(message_id=8, telegram_message_id=71, grouped_id=5, **photo),
+        CatalogEntry(message_id=6, telegram_message_id=69, **photo)])
+    links = ["t.me/chan/71", "t.me/chan/71?single", "t.me/chan/69"]
+    items = (await client.get("/api/messages/resolve", params={"link": links})).json()["items"]
+    assert [(i["message_id"], i.get("album")) for i in items] == [
+        (8, [7, 8, 9]), (8, None), (6, None)]  # the album in the chat's order
+
+
 # --- request validation ----------------------------------------------------------------------
 
 

@@ -16,6 +16,7 @@ from tgdl.launcher.client import (
     console_for,
     message_ids,
     messages,
+    resolve_links,
     size,
     start_batches,
     status_heading,
@@ -276,3 +277,20 @@ def test_a_start_failing_midway_says_which_batches_run_already():
     with pytest.raises(Failure, match="orchestrator is down"):
         start_batches(api, Console(file=said), start_args(), [5, 6, 7, 8, 9])
     assert said.getvalue() == "Started before this failed: batch_2\n"
+
+
+def test_a_link_to_an_album_brings_the_albums_messages_in_its_place():
+    class Resolving:
+        def call(self, method: str, path: str, params=None) -> dict:
+            return {"items": [
+                {"link": "t.me/c/1/5", "message_id": 8, "album": [7, 8, 9]},
+                {"link": "t.me/c/1/6?single", "message_id": 8},
+                {"link": "t.me/c/1/99", "error": "message_not_found", "detail": "gone",
+                 "suggestion": "Check the link."}]}
+
+    said = io.StringIO()
+    ids, unresolved = resolve_links(Resolving(), Console(file=said, width=200), [
+        3, "t.me/c/1/5", 4, "t.me/c/1/6?single", "t.me/c/1/99"])
+    assert (ids, unresolved) == ([3, 7, 8, 9, 4], 1)
+    assert "t.me/c/1/5: an album of 3 messages (add ?single" in said.getvalue()
+    assert "t.me/c/1/99 not started: message_not_found: gone" in said.getvalue()

@@ -11,7 +11,7 @@ from tgdl.contracts.links import MessageLink, looks_like_link, parse_link
 @pytest.mark.parametrize(("link", "chat", "message"), [
     ("https://t.me/somechannel/1234", "somechannel", 1234),
     ("t.me/somechannel/1234", "somechannel", 1234),
-    ("http://www.t.me/SomeChannel/5?single", "SomeChannel", 5),
+    ("http://www.t.me/SomeChannel/5?comment=3", "SomeChannel", 5),
     ("https://telegram.me/somechannel/1234?comment=9#top", "somechannel", 1234),
     ("https://telegram.dog/some_chan_1/8", "some_chan_1", 8),
     ("https://t.me/somechannel/77/1234", "somechannel", 1234),  # a forum topic's message
@@ -25,6 +25,15 @@ from tgdl.contracts.links import MessageLink, looks_like_link, parse_link
 def test_a_message_link_names_its_chat_and_message(link: str, chat: str, message: int):
     assert looks_like_link(link)
     assert parse_link(link) == MessageLink(chat, message)
+
+
+@pytest.mark.parametrize(("link", "single"), [
+    ("https://t.me/chan/5", False), ("https://t.me/chan/5?single", True),
+    ("t.me/c/123/5?single&comment=2", True), ("tg://resolve?domain=chan&post=5&single", True),
+    ("tg://privatepost?channel=123&post=5", False),
+])
+def test_single_says_the_message_alone_not_its_album(link: str, single: bool):
+    assert parse_link(link).single is single
 
 
 @pytest.mark.parametrize(("link", "why"), [

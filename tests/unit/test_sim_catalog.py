@@ -112,6 +112,7 @@ def test_to_entry_is_the_catalog_row_a_sync_would_see() -> None:
         "location": {"kind": "photo" if message.media_kind is MediaKind.photo else "document",
                      "id": message.file_id, "access_hash": 0, "file_reference": "",
                      "dc_id": message.dc_id, "size": message.size, "thumb_size": ""},
+        "grouped_id": None,  # the simulated Telegram posts no albums
     }
 
 

@@ -195,6 +195,9 @@ class ResolvedLink(BaseModel):
     message_id: int | None = None
     chat: str | None = None  # as the link names it
     telegram_message_id: int | None = None
+    # The message is one of an album, and the link (without ?single) names all of it:
+    # the album's message ids in the chat's order, the linked one among them.
+    album: list[int] | None = None
     error: str | None = None
     detail: str | None = None
     suggestion: str | None = None

@@ -56,3 +56,5 @@ class CatalogEntry(BaseModel):
     # Where to fetch the file; None for rows synced before locations were kept (the
     # downloader then asks Telegram for the message).
     location: FileLocation | None = None
+    # An album's messages share it (Telegram's grouped_id); None: not in an album.
+    grouped_id: int | None = None

@@ -8,7 +8,8 @@ the chat and the message's id in it, which is how the catalog knows a message.
     tg://resolve?domain=somechannel&post=1234, tg://privatepost?channel=1234567890&post=1234
 
 telegram.me and telegram.dog are t.me's other names; the scheme may be left out, and a
-query (?single, ?comment=...) or fragment does not change which message it is.
+query (?comment=...) or fragment does not change which message it is. A link to a message
+of an album names the album (Telegram shows it whole), unless it ends in ?single.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ _MAX_ID = 2**63 - 1
 class MessageLink:
     chat: str  # a username, or a private chat's marked id (-100...), as the catalog names it
     telegram_message_id: int
+    # ?single: this message alone; without it, a link to a message of an album shows
+    # (and names) the whole album, as in Telegram.
+    single: bool = False
 
 
 def looks_like_link(text: str) -> bool:
@@ -72,7 +76,11 @@ def parse_link(text: str) -> MessageLink:
     else:
         raise ValueError("a message's link is t.me/<chat>/<message>; this one names no "
                          "message (a chat's or an invite's link?)")
-    return MessageLink(chat, _number(path[-1], "message id"))
+    return MessageLink(chat, _number(path[-1], "message id"), _single(parts.query))
+
+
+def _single(query: str) -> bool:
+    return "single" in parse_qs(query, keep_blank_values=True)
 
 
 def _tg_scheme(raw: str) -> MessageLink:
@@ -80,9 +88,10 @@ def _tg_scheme(raw: str) -> MessageLink:
     query = {k: v[0] for k, v in parse_qs(parts.query).items()}
     what = (parts.netloc or parts.path.lstrip("/")).lower()
     if what == "resolve" and "domain" in query:
-        return MessageLink(_chat(query["domain"]), _number(query.get("post"), "post"))
+        return MessageLink(_chat(query["domain"]), _number(query.get("post"), "post"),
+                           _single(parts.query))
     if what == "privatepost" and "channel" in query:
         return MessageLink(f"-100{_number(query['channel'], 'channel')}",
-                           _number(query.get("post"), "post"))
+                           _number(query.get("post"), "post"), _single(parts.query))
     raise ValueError("a tg:// link to a message is tg://resolve?domain=<chat>&post=<message> "
                      "or tg://privatepost?channel=<chat>&post=<message>")

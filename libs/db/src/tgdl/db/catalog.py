@@ -16,7 +16,7 @@ from tgdl.contracts.config import chat_key
 
 _COLUMNS = (
     "message_id, chat, telegram_message_id, media_kind, file_name, mime_type, size, date,"
-    " caption, location"
+    " caption, location, grouped_id"
 )
 
 
@@ -34,17 +34,19 @@ async def upsert(conn: asyncpg.Connection, entries: Iterable[CatalogEntry]) -> i
             e.message_id, e.chat, e.telegram_message_id,
             e.media_kind.value if e.media_kind else None,
             e.file_name, e.mime_type, e.size, e.date, e.caption,
-            e.location.model_dump_json() if e.location else None,
+            e.location.model_dump_json() if e.location else None, e.grouped_id,
         )
         for e in entries
     ]
     await conn.executemany(
-        f"""INSERT INTO catalog ({_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10::jsonb)
+        f"""INSERT INTO catalog ({_COLUMNS})
+            VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10::jsonb,$11)
             ON CONFLICT (message_id) DO UPDATE SET
               chat = EXCLUDED.chat, telegram_message_id = EXCLUDED.telegram_message_id,
               media_kind = EXCLUDED.media_kind, file_name = EXCLUDED.file_name,
               mime_type = EXCLUDED.mime_type, size = EXCLUDED.size, date = EXCLUDED.date,
-              caption = EXCLUDED.caption, location = EXCLUDED.location, synced_at = now()""",
+              caption = EXCLUDED.caption, location = EXCLUDED.location,
+              grouped_id = EXCLUDED.grouped_id, synced_at = now()""",
         rows,
     )
     return len(rows)
@@ -72,6 +74,25 @@ async def by_chat_and_id(conn: asyncpg.Connection, wanted: Sequence[tuple[str, i
         f" AND {chat_key_sql('chat')} = ANY($2::text[])",
         sorted({m for _, m in wanted}), keys)
     return {(chat_key(e.chat), e.telegram_message_id): e for e in map(_entry, rows)}
+
+
+async def albums(conn: asyncpg.Connection, entries: Iterable[CatalogEntry]
+                 ) -> dict[tuple[str, int], list[int]]:
+    """The message ids of each album among `entries` (by chat and grouped_id), in the
+    order of the chat."""
+    groups = {(e.chat, e.grouped_id) for e in entries if e.grouped_id is not None}
+    if not groups:
+        return {}
+    rows = await conn.fetch(
+        "SELECT c.chat, c.grouped_id, c.message_id FROM catalog c"
+        " JOIN unnest($1::text[], $2::bigint[]) AS g(chat, grouped_id)"
+        " ON c.chat = g.chat AND c.grouped_id = g.grouped_id"
+        " ORDER BY c.telegram_message_id",
+        [chat for chat, _ in groups], [g for _, g in groups])
+    found: dict[tuple[str, int], list[int]] = {}
+    for r in rows:
+        found.setdefault((r["chat"], r["grouped_id"]), []).append(r["message_id"])
+    return found
 
 
 async def entries_of(conn: asyncpg.Connection, where: str, *args: Any) -> list[CatalogEntry]:

@@ -183,6 +183,16 @@ MIGRATIONS: list[tuple[int, str]] = [
         # /api/messages/resolve`); chats are compared as chat_key() does, so the id leads.
         "CREATE INDEX catalog_by_telegram_id ON catalog (telegram_message_id);",
     ),
+    (
+        11,
+        # An album's messages share Telegram's grouped_id: a link to one of them names
+        # the whole album (as Telegram shows it), unless it says ?single.
+        """
+        ALTER TABLE catalog ADD COLUMN grouped_id BIGINT;
+        CREATE INDEX catalog_by_album ON catalog (chat, grouped_id)
+            WHERE grouped_id IS NOT NULL;
+        """,
+    ),
 ]
 
 READ_MODEL_TABLES = ("batch_files", "batches", "jobs", "projection_state")

@@ -165,7 +165,7 @@ async def _store(
                 message_id=message_id, chat=chat, telegram_message_id=message.id,
                 media_kind=info.kind, file_name=info.file_name, mime_type=info.mime_type,
                 size=info.size, date=message.date, caption=message.message or None,
-                location=location_of(info),
+                location=location_of(info), grouped_id=message.grouped_id,
             ))
         if entries:
             await catalog.upsert(conn, entries)
@@ -181,17 +181,27 @@ async def _store(
     return len(with_media) - len(known)
 
 
+ALBUM = 10  # messages an album holds at most
+
+
 async def fetch_messages(client: TelegramClient, conn: asyncpg.Connection, chat: str,
                          ids: Sequence[int]) -> FetchResult:
     """These messages of the chat into the catalog (those with media), without moving
     the chat's sync mark; SyncError when the account cannot read the chat."""
     try:
         peer = await PeerResolver(client).input_peer(chat)
-        found = await client.get_messages(peer, ids=list(ids))
+        messages = [m for m in await client.get_messages(peer, ids=list(ids))
+                    if m is not None]  # None: no such message (deleted)
+        # An album's messages have neighbouring ids (at most 10 of them): its others too.
+        near = sorted({n for m in messages if m.grouped_id is not None
+                       for n in range(max(1, m.id - ALBUM + 1), m.id + ALBUM)} - set(ids))
+        if near:
+            grouped = {m.grouped_id for m in messages if m.grouped_id is not None}
+            messages += [m for m in await client.get_messages(peer, ids=near)
+                         if m is not None and m.grouped_id in grouped]
     except (ValueError, errors.RPCError) as exc:
         raise _cannot_read(chat, exc) from exc
     key = catalog_chat(chat, peer)
-    messages = [m for m in found if m is not None]  # None: no such message (deleted)
     await _store(conn, key, messages, None)
     stored = await conn.fetch(
         "SELECT telegram_message_id FROM catalog WHERE chat = $1"

@@ -151,12 +151,18 @@ async def resolve_links(
         found = await catalog.by_chat_and_id(conn, named)
     missing = [n for n in named if (chat_key(n[0]), n[1]) not in found]
     unfetched = await _fetch_missing(svc, missing)
-    if {chat for chat, _ in missing} - unfetched.keys():  # some were fetched: look again
-        async with svc.pool.acquire() as conn:
+    async with svc.pool.acquire() as conn:
+        if {chat for chat, _ in missing} - unfetched.keys():  # some were fetched: again
             found = await catalog.by_chat_and_id(conn, named)
-    return LinkResolution(items=[
-        _resolved(text, p, found, readable, unfetched)
-        for text, p in zip(links, parsed, strict=True)])
+        albums = await catalog.albums(conn, found.values())
+    items = [_resolved(text, p, found, readable, unfetched)
+             for text, p in zip(links, parsed, strict=True)]
+    for item, p in zip(items, parsed, strict=True):
+        entry = found.get((chat_key(p.chat), p.telegram_message_id)) \
+            if isinstance(p, MessageLink) and not p.single and item.message_id else None
+        if entry is not None and entry.grouped_id is not None:
+            item.album = albums.get((entry.chat, entry.grouped_id))
+    return LinkResolution(items=items)
 
 
 async def _fetch_missing(svc: Services, missing: list[tuple[str, int]]

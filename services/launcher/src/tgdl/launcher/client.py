@@ -413,18 +413,23 @@ def resolve_links(api: Api, said: Console, requested: list[int | str]) -> tuple[
     """The ids of `requested` with its links resolved by the gateway, in order, each
     once; says why for each link without one, and returns how many those were."""
     links = [r for r in requested if isinstance(r, str)]
-    found: dict[str, int] = {}
+    found: dict[str, list[int]] = {}
     if links:
         for item in api.call("GET", "/api/messages/resolve", params={"link": links})["items"]:
+            if item.get("album"):  # a message of an album: the link names all of it
+                found[item["link"]] = item["album"]
+                said.print(f"  {item['link']}: an album of {len(item['album'])} messages "
+                           "(add ?single for that message alone)", highlight=False,
+                           markup=False, soft_wrap=True)
+                continue
             if item.get("message_id") is not None:
-                found[item["link"]] = item["message_id"]
+                found[item["link"]] = [item["message_id"]]
                 continue
             said.print(f"  {item['link']} not started: {item['error']}: {item['detail']}",
                        style="red", highlight=False, markup=False, soft_wrap=True)
             said.print(f"      {item['suggestion']}", highlight=False, markup=False,
                        soft_wrap=True)
-    ids = [r if isinstance(r, int) else found[r] for r in requested
-           if isinstance(r, int) or r in found]
+    ids = [m for r in requested for m in ([r] if isinstance(r, int) else found.get(r, []))]
     return list(dict.fromkeys(ids)), len(set(links) - set(found))
 
 

@@ -165,9 +165,11 @@ async function selectLinked(event) {
     let added = 0; const missed = [];
     for (const item of found.items) {
       if (item.message_id == null) { missed.push(`${item.link}: ${item.detail}. ${item.suggestion}`); continue; }
-      if (state.selected.has(item.message_id)) continue;
-      if (state.selected.size >= state.batchLimit) { missed.push(`${item.link}: a batch holds at most ${state.batchLimit} messages`); continue; }
-      state.selected.add(item.message_id); added++;
+      for (const id of item.album || [item.message_id]) {  // an album's link names all of it
+        if (state.selected.has(id)) continue;
+        if (state.selected.size >= state.batchLimit) { missed.push(`${item.link}: a batch holds at most ${state.batchLimit} messages`); break; }
+        state.selected.add(id); added++;
+      }
     }
     showSelected(); loadMessages();
     notice(`Selected ${added} linked message${added === 1 ? "" : "s"}.` + (missed.length ? ` Not selected: ${missed.join(" ")}` : ""), missed.length ? "error" : "info");
