@@ -314,3 +314,34 @@ async def test_a_rule_made_on_the_page_may_start_the_messages_already_listed(
         return sorted(ids) == sorted(voice)
     await until(every_voice_note_started, SLOW / 1000, what="the voice notes started")
     assert console_errors == []
+
+
+@pytest.mark.stack(max_batch_ids=2)
+async def test_download_all_matching_starts_as_many_batches_as_it_takes(stack: Stack, browser):
+    page, console_errors = await watched_page(browser)
+    asked: list[str] = []
+
+    async def accept(dialog) -> None:
+        asked.append(dialog.message)
+        await dialog.accept()
+    page.on("dialog", accept)
+    await page.goto(str(stack.http.base_url))
+    photos = sorted((m for m in stack.sim_messages() if m.media_kind == "photo"),
+                    key=lambda m: m.size)
+    limit = photos[4].size  # the five smallest photos (sizes differ)
+    wanted = sorted(m.message_id for m in photos if m.size <= limit)
+    assert len(wanted) == 5
+    await page.get_by_role("checkbox", name="photo", exact=True).check()
+    await page.get_by_label("Max size").fill(str(limit))
+    await page.get_by_role("button", name="Apply filters").click()
+    await page.get_by_role("button", name="Download all 5 matching").click()
+    await expect(page.locator("#notice")).to_contain_text(
+        "Started 5 downloads as 3 batches: batch_")
+    assert asked == ["Start 5 downloads as 3 batches of at most 2?"]
+    batches = (await stack.http.get("/api/media/batches")).json()["items"]
+    assert sorted(b["total_files"] for b in batches) == [1, 2, 2]
+    ids = [f["message_id"] for b in batches
+           for f in (await stack.status(b["batch_id"]))["files"]]
+    assert sorted(ids) == wanted
+    await expect(page.locator("#batch-h")).to_be_focused()  # the first batch opened
+    assert console_errors == []

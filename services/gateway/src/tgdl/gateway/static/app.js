@@ -102,6 +102,8 @@ async function loadMessages() {
     $("page").textContent = state.total ? `${state.offset + 1}-${last} of ${state.total}` : "";
     $("match-count").textContent = `${state.total} matching message${state.total === 1 ? "" : "s"}`;
     $("select-matching").textContent = `Select all matching (up to ${state.batchLimit})`;
+    $("download-matching").textContent = `Download all ${state.total} matching`;
+    $("download-matching").disabled = state.total === 0;
     $("prev").disabled = state.offset === 0; $("next").disabled = last >= state.total;
     $("all").checked = false;
   } catch (err) { notice(err.message, "error"); }
@@ -184,17 +186,44 @@ function applyFilters(event) {
 }
 
 // --- starting a batch ----------------------------------------------------------------------
+function batchBody(ids) {  // a start of these ids with the action bar's settings
+  const body = {
+    message_ids: ids, force: $("force").checked,
+    max_concurrent: Number($("max-concurrent").value), priority: $("priority").value,
+  };
+  const template = $("name-template").value.trim();
+  if (template) body.name_template = template;  // empty: the service's TGDL_NAME_TEMPLATE
+  return body;
+}
+
+// Every message with media the filters match, as batches of at most the batch limit.
+async function downloadMatching() {
+  try {
+    const q = new URLSearchParams(state.query); q.set("media_only", "true");
+    const ids = [];
+    for (;;) {
+      const page = await api("GET", `/api/messages?${q}&offset=${ids.length}&limit=200`);
+      ids.push(...page.items.map((m) => m.message_id));
+      if (!page.items.length || ids.length >= page.total) break;
+    }
+    if (!ids.length) { notice("No message with media matches these filters.", "error"); return; }
+    const count = Math.ceil(ids.length / state.batchLimit);
+    if (count > 1 && !confirm(`Start ${ids.length} downloads as ${count} batches of at most ${state.batchLimit}?`)) return;
+    const started = [];
+    for (let i = 0; i < ids.length; i += state.batchLimit) {
+      started.push(await api("POST", "/api/media/batch-download", batchBody(ids.slice(i, i + state.batchLimit))));
+    }
+    notice(count === 1 ? started[0].message : `Started ${ids.length} downloads as ${count} batches: ${started.map((b) => b.batch_id).join(", ")}.`, "info");
+    loadMessages(); state.batchesOffset = 0; await loadBatches();
+    openBatch(started[0].batch_id, true);
+  } catch (err) { notice(err.message, "error"); }
+}
+
 async function startBatch() {
   if (!state.selected.size) { notice("Select at least one message.", "error"); return; }
   $("start").disabled = true;
   try {
-    const body = {
-      message_ids: [...state.selected], force: $("force").checked,
-      max_concurrent: Number($("max-concurrent").value), priority: $("priority").value,
-    };
-    const template = $("name-template").value.trim();
-    if (template) body.name_template = template;  // empty: the service's TGDL_NAME_TEMPLATE
-    const started = await api("POST", "/api/media/batch-download", body);
+    const started = await api("POST", "/api/media/batch-download", batchBody([...state.selected]));
     const refused = started.failed_to_start.map((f) => `#${f.message_id}: ${f.detail}`).join("; ");
     notice(started.message + (refused ? `. Not started: ${refused}` : ""), refused ? "error" : "info");
     state.selected.clear(); showSelected(); loadMessages();
@@ -445,6 +474,7 @@ $("all").onchange = () => {
   });
 };
 $("select-matching").onclick = selectMatching;
+$("download-matching").onclick = downloadMatching;
 $("clear-selection").onclick = () => { state.selected.clear(); showSelected(); loadMessages(); };
 $("prev").onclick = () => { state.offset = Math.max(0, state.offset - PAGE); loadMessages(); };
 $("next").onclick = () => { state.offset += PAGE; loadMessages(); };
