@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import pytest
 from e2e_stack import Stack
 
+from tgdl.simtelegram import client as sim_client
+
 pytestmark = pytest.mark.e2e
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -210,6 +212,21 @@ async def test_download_takes_filters_as_tgdl_messages_reads_them(stack):
     assert none.code == 2 and "nothing_matches" in none.err, none.err
     bare = await tgdl(stack, "download")
     assert bare.code == 2 and "give at least one message id, a link, or filters" in bare.err
+
+
+async def test_retry_starts_a_cancelled_batchs_files_again(stack):
+    [m] = stack.media_ids(1)
+    await sim_client.set_faults(stack.sim_url, slow={"message_id": m, "bandwidth": 1})
+    first = (await tgdl(stack, "download", "--detach", "--force", str(m))).out.strip()
+    cancelled = await tgdl(stack, "cancel", first)
+    assert cancelled.code == 0 and "Batch cancelled, 1 downloads stopped" in cancelled.out
+    await sim_client.clear_faults(stack.sim_url)
+    run = await tgdl(stack, "retry", first)
+    assert run.code == 0, run.out + run.err
+    again = re.search(r"(batch_\w+): Batch download started with 1 file", run.out)[1]
+    assert again != first and f"{again}: 1 of 1 file completed" in run.out
+    nothing = await tgdl(stack, "retry", again)
+    assert nothing.code == 2 and "nothing_to_retry" in nothing.err, nothing.err
 
 
 async def read_until(stream: asyncio.StreamReader, pattern: str, within: float = 30) -> str:

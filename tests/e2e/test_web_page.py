@@ -345,3 +345,27 @@ async def test_download_all_matching_starts_as_many_batches_as_it_takes(stack: S
     assert sorted(ids) == wanted
     await expect(page.locator("#batch-h")).to_be_focused()  # the first batch opened
     assert console_errors == []
+
+
+async def test_a_cancelled_batch_is_tried_again_from_its_view(stack: Stack, browser):
+    page, console_errors = await watched_page(browser)
+    photo = min((m for m in stack.sim_messages()
+                 if m.media_kind == "photo" and not m.deleted and not m.forbidden),
+                key=lambda m: m.size)
+    await sim_client.set_faults(stack.sim_url, slow={"message_id": photo.message_id,
+                                                      "bandwidth": 1})  # held part-way
+    started = await stack.http.post("/api/media/batch-download", json={
+        "message_ids": [photo.message_id], "force": True})
+    batch_id = started.json()["batch_id"]
+    await page.goto(f"{stack.http.base_url}/#batch={batch_id}")
+    retry = page.get_by_role("button", name="Retry failed and cancelled")
+    await expect(page.locator("#batch-state")).to_have_text("· in progress")
+    await expect(retry).to_be_hidden()  # only once it is over
+    await page.get_by_role("button", name="Cancel batch").click()
+    await expect(page.locator("#batch-state")).to_have_text("· cancelled", timeout=SLOW)
+    await sim_client.clear_faults(stack.sim_url)
+    await retry.click()
+    await expect(page.locator("#batch-id")).not_to_have_text(batch_id)
+    await expect(page.locator("#batch-state")).to_have_text("· completed", timeout=SLOW)
+    await expect(page.locator(f"#files tr[data-id='{photo.message_id}']")).to_be_visible()
+    assert console_errors == []

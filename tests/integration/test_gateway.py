@@ -11,12 +11,20 @@ import httpx
 import pytest
 
 from tgdl.contracts.catalog import CatalogEntry, MediaKind
-from tgdl.contracts.commands import BatchAccepted, CommandReply, Rejection, RejectReason
-from tgdl.contracts.errors import SUGGESTIONS, ErrorCode, FileFailure
+from tgdl.contracts.commands import (
+    BatchAccepted,
+    CommandReply,
+    Rejection,
+    RejectReason,
+    StartBatch,
+)
+from tgdl.contracts.errors import SUGGESTIONS, ErrorCode, Failure, FileFailure
 from tgdl.contracts.events import (
+    BatchCancelled,
     BatchFinished,
     BatchStarted,
     FileCompleted,
+    FileFailed,
     JobDispatched,
     PermitGranted,
 )
@@ -345,6 +353,53 @@ async def test_an_unreadable_reply_is_a_502(client, orchestrator_answers):
     orchestrator_answers.append(b'{"ok": {"type": "Something"}}')
     response = await client.post("/api/media/batch-download", json={"message_ids": [1]})
     assert_error_body(response, 502, "bad_gateway")
+
+
+async def test_a_retry_starts_the_files_another_try_can_mend_as_the_batch_ran(
+        client, db, nc, settings):
+    template = "{chat}/{message_id}_{name}"
+    await project(
+        db,
+        BatchStarted(batch_id="b", at=AT, kind="batch", max_concurrent=2, force=True,
+                     requested_ids=[1, 2, 3, 4, 5, 6],
+                     to_download=[entry(m) for m in (1, 2, 3, 5, 6)],
+                     already_downloaded=[], name_template=template, priority="high",
+                     failed_to_start=[FileFailure.of_message(4, ErrorCode.no_media, "none")]),
+        FileCompleted(batch_id="b", at=AT, message_id=1, job_id="b:1", size=1,
+                      file_path="./media/chan/1_p1.jpg", relative_path="chan/1_p1.jpg"),
+        FileFailed(batch_id="b", at=AT, message_id=2, job_id="b:2",
+                   failure=Failure.of(ErrorCode.network, "timed out")),
+        FileFailed(batch_id="b", at=AT, message_id=5, job_id="b:5",
+                   failure=Failure.of(ErrorCode.message_deleted, "gone")),
+        BatchCancelled(batch_id="b", at=AT, stopped=[3, 6]))
+    sent: list[StartBatch] = []
+
+    async def answer(msg) -> None:
+        cmd = StartBatch.model_validate_json(msg.data)
+        sent.append(cmd)
+        await msg.respond(CommandReply(ok=BatchAccepted(
+            batch_id="batch_again", requested_ids=cmd.message_ids, started=cmd.message_ids,
+            already_downloaded=[], already_downloading=[], failed_to_start=[],
+        )).model_dump_json().encode())
+    sub = await nc.subscribe(settings.names.cmd_batch_start, cb=answer)
+    try:
+        response = await client.post("/api/media/batch-retry/b")
+        assert response.status_code == 200, response.text
+        assert response.json()["started_downloads"] == [2, 3, 6]
+        [cmd] = sent  # the failed and cancelled ones, in the batch's order, as it ran
+        assert (cmd.message_ids, cmd.max_concurrent, cmd.priority, cmd.name_template,
+                cmd.force) == ([2, 3, 6], 2, "high", template, False)
+    finally:
+        await sub.unsubscribe()
+
+    assert_error_body(await client.post("/api/media/batch-retry/nope"), 404, "batch_not_found")
+    await project(db, BatchStarted(
+        batch_id="done", at=AT, kind="batch", max_concurrent=1, force=False,
+        requested_ids=[1], to_download=[], already_downloaded=[], failed_to_start=[
+            FileFailure.of_message(1, ErrorCode.no_media, "none")]))
+    body = assert_error_body(await client.post("/api/media/batch-retry/done"), 409,
+                             "nothing_to_retry")
+    assert "no failed or cancelled file another try could mend" in body["detail"]
 
 
 @pytest.mark.parametrize(("subject", "url", "body", "error", "service"), [

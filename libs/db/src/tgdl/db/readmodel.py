@@ -13,6 +13,7 @@ import json
 import math
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -387,6 +388,40 @@ async def _as_on_disk(items: list[MessageItem], entries: Sequence[CatalogEntry],
             item.download_state, item.download_url = "downloaded", download_url(path)
         elif item.download_state == "downloaded":
             item.download_state, item.download_url = "not_downloaded", None
+
+
+# --- retrying a batch's failures ----------------------------------------------------------
+
+# Failures another try cannot mend: the message has no media, or is gone from Telegram.
+FINAL_ERRORS = ("no_media", "message_deleted")
+
+
+@dataclass(frozen=True)
+class RetryPlan:
+    """A batch's files worth another try (failed or cancelled, in the batch's order) and
+    the settings it ran with."""
+
+    message_ids: list[int]
+    max_concurrent: int
+    priority: str
+    name_template: str | None
+
+
+async def retry_plan(conn: asyncpg.Connection | asyncpg.Pool, batch_id: str
+                     ) -> RetryPlan | None:
+    """None when there is no such batch."""
+    batch = await conn.fetchrow(
+        "SELECT max_concurrent, priority, name_template FROM batches WHERE batch_id = $1",
+        batch_id)
+    if batch is None:
+        return None
+    rows = await conn.fetch(
+        "SELECT message_id FROM batch_files WHERE batch_id = $1"
+        " AND status = ANY($2::text[]) AND coalesce(error, '') <> ALL($3::text[])"
+        " ORDER BY position",
+        batch_id, [FileStatus.failed.value, FileStatus.cancelled.value], list(FINAL_ERRORS))
+    return RetryPlan([r["message_id"] for r in rows], batch["max_concurrent"],
+                     batch["priority"], batch["name_template"])
 
 
 # --- the batch list ----------------------------------------------------------------------

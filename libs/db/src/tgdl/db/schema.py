@@ -193,6 +193,13 @@ MIGRATIONS: list[tuple[int, str]] = [
             WHERE grouped_id IS NOT NULL;
         """,
     ),
+    (
+        12,
+        # The naming template a batch started with, so a retry of its failed files puts
+        # them (and resumes their .part files) where the batch would have. Rows of
+        # batches started before have none until `tgdl rebuild-read-model`.
+        "ALTER TABLE batches ADD COLUMN name_template TEXT;",
+    ),
 ]
 
 READ_MODEL_TABLES = ("batch_files", "batches", "jobs", "projection_state")

@@ -96,6 +96,24 @@ async def batch_download(body: BatchDownloadRequest, svc: Svc, request: Request,
     return await svc.idempotency.once(idempotency_key, body, BatchDownloadResponse, answer)
 
 
+@router.post("/batch-retry/{batch_id}", response_model=BatchDownloadResponse)
+async def batch_retry(batch_id: BatchId, svc: Svc, request: Request) -> BatchDownloadResponse:
+    """Start a new batch of this batch's failed and cancelled files (not those without
+    media or deleted in Telegram: another try cannot mend them), with its concurrency,
+    priority and naming template, so their kept bytes are resumed where they are."""
+    plan = await readmodel.retry_plan(svc.pool, batch_id)
+    if plan is None or not await svc.batch_visible(request, batch_id):
+        raise batch_not_found(batch_id)
+    if not plan.message_ids:
+        raise ApiError(409, "nothing_to_retry",
+                       f"batch {batch_id!r} has no failed or cancelled file another try "
+                       "could mend (none without media or deleted in Telegram)",
+                       f"See its files with GET /api/media/batch-status/{batch_id}.")
+    command = StartBatch(message_ids=plan.message_ids, max_concurrent=plan.max_concurrent,
+                         priority=plan.priority, name_template=plan.name_template)
+    return start_response(await start(svc, limited(request, command)))
+
+
 @router.get("/batches", response_model=BatchPage)
 async def batch_list(svc: Svc, request: Request,
                      offset: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,

@@ -182,6 +182,18 @@ def add_parsers(commands: Any) -> None:
     status.add_argument("--watch", action="store_true",
                         help="follow the batch until it ends, as `tgdl download` does")
 
+    again = commands.add_parser(
+        "retry", parents=[common], formatter_class=raw, epilog=EXIT_HELP,
+        help="start a batch's failed and cancelled files again, as a new batch",
+        description=textwrap.fill(
+            "Start the batch's failed and cancelled files again as a new batch, with its "
+            "concurrency, priority and naming template (so kept bytes resume where they "
+            "are), and follow it as `tgdl download` does. Files without media or deleted "
+            "in Telegram are left out: another try cannot mend them.", 78))
+    again.add_argument("batch", help="the batch id")
+    again.add_argument("--detach", action="store_true",
+                       help="start it and return: the new batch id alone on stdout")
+
     cancel = commands.add_parser("cancel", parents=[common], help="cancel a batch")
     cancel.add_argument("batch", help="the batch id")
 
@@ -434,10 +446,7 @@ def resolve_links(api: Api, said: Console, requested: list[int | str]) -> tuple[
 
 
 def download(api: Api, console: Console, args: argparse.Namespace) -> int:
-    # Detached, stdout is the batch id alone (b=$(tgdl download --detach ...)); with
-    # --json, the answer alone.
-    said = Console(stderr=True, highlight=False, soft_wrap=True) \
-        if args.detach or args.json else console
+    said = said_console(console, args)
     requested = list(args.ids)
     if params := filter_params(args):
         matched = matching_ids(api, params)
@@ -492,6 +501,13 @@ def _download(api: Api, console: Console, said: Console, args: argparse.Namespac
     if len(starts) > 1 and not args.json:
         said.print(f"{len(ids)} messages are more than a batch holds: started as "
                    f"{len(starts)} batches", highlight=False, markup=False, soft_wrap=True)
+    return follow_starts(api, console, said, args, starts)
+
+
+def follow_starts(api: Api, console: Console, said: Console, args: argparse.Namespace,
+                  starts: list[dict[str, Any]]) -> int:
+    """Say how each start went, then follow the batches that run (or, detached, name
+    them and return)."""
     for started in starts:
         if args.json:
             continue
@@ -513,6 +529,19 @@ def _download(api: Api, console: Console, said: Console, args: argparse.Namespac
         return EXIT_OK
     code = follow_all(api, console, running, args.json)
     return EXIT_INCOMPLETE if code == EXIT_OK and len(running) < len(starts) else code
+
+
+def said_console(console: Console, args: argparse.Namespace) -> Console:
+    """Where a start is told: detached, stdout holds the batch id alone
+    (b=$(tgdl download --detach ...)); with --json, the answer alone."""
+    if args.detach or args.json:
+        return Console(stderr=True, highlight=False, soft_wrap=True)
+    return console
+
+
+def retry(api: Api, console: Console, args: argparse.Namespace) -> int:
+    started = api.call("POST", f"/api/media/batch-retry/{args.batch}")
+    return follow_starts(api, console, said_console(console, args), args, [started])
 
 
 def whole(header: str, values: Iterable[str]) -> Column:
@@ -731,7 +760,7 @@ HANDLERS: dict[str, Handler] = {
     "download": download, "status": status, "cancel": cancel, "batches": batches,
     "messages": messages, "pause": pause, "resume": resume, "set": set_batch,
     "watch": watch, "rules": rules, "unwatch": unwatch,
-    "priority": priority,
+    "priority": priority, "retry": retry,
 }
 COMMANDS = tuple(HANDLERS)  # what `tgdl` hands to this module
 

@@ -57,6 +57,7 @@ class BatchRow:
     finished_at: datetime | None = None
     rule_id: str | None = None  # the watch rule that started it
     priority: str = "normal"
+    name_template: str | None = None  # the one it started with (None: before it was kept)
 
 
 @dataclass(frozen=True)
@@ -254,6 +255,7 @@ def _started(e: BatchStarted) -> InsertBatch:
         batch_id=e.batch_id, kind=e.kind, max_concurrent=e.max_concurrent, force=e.force,
         total_files=len(e.requested_ids), status=OverallStatus.in_progress,
         created_at=e.at, updated_at=e.at, rule_id=e.rule_id, priority=e.priority,
+        name_template=e.name_template,
     )
     return InsertBatch(batch, files)
 

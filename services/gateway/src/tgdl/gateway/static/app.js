@@ -322,6 +322,8 @@ function render(status) {
     (rate && !status.finished ? ` · ${speed(rate)}` : "") + eta;
   $("summary").textContent = status.summary;
   $("cancel").disabled = status.finished;
+  // the server decides which of them another try can mend (not those without media...)
+  $("retry").hidden = !status.finished || !status.files.some((f) => f.status === "failed" || f.status === "cancelled");
   showSteering(status);
   $("files").replaceChildren(...status.files.map(fileRow));
   if (status.finished) {
@@ -405,6 +407,15 @@ async function pauseOrResume() {
   await steer("POST", paused ? "/api/media/batch-resume/{id}" : "/api/media/batch-pause/{id}");
 }
 
+async function retryBatch() {
+  try {
+    const started = await api("POST", `/api/media/batch-retry/${encodeURIComponent(state.batchId)}`);
+    notice(started.message, "info");
+    state.batchesOffset = 0; await loadBatches();
+    openBatch(started.batch_id, true);
+  } catch (err) { notice(err.message, "error"); }
+}
+
 async function cancelBatch() {
   if (!state.batchId) return;
   $("cancel").disabled = true;
@@ -484,6 +495,7 @@ $("start").onclick = startBatch;
 $("links-form").onsubmit = selectLinked;
 $("rule-form").onsubmit = createRule;
 $("cancel").onclick = cancelBatch;
+$("retry").onclick = retryBatch;
 $("pause-resume").onclick = pauseOrResume;
 $("batch-max-concurrent").onchange = () => steer("PATCH", "/api/media/batch/{id}", { max_concurrent: Number($("batch-max-concurrent").value) });
 $("batch-priority").onchange = () => steer("PATCH", "/api/media/batch/{id}", { priority: $("batch-priority").value });
