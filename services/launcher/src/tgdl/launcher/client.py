@@ -454,8 +454,10 @@ def download(api: Api, console: Console, args: argparse.Namespace) -> int:
             raise Failure(EXIT_REFUSED, "nothing_matches", "no message with media matches "
                           "the filters", "See what they match with `tgdl messages` and the "
                           "same filters.")
-        said.print(f"{len(matched)} message{'s' if len(matched) != 1 else ''} with media "
-                   "match the filters", highlight=False, markup=False, soft_wrap=True)
+        many = len(matched) != 1
+        said.print(f"{len(matched)} message{'s' if many else ''} with media "
+                   f"{'match' if many else 'matches'} the filters", highlight=False,
+                   markup=False, soft_wrap=True)
         requested += matched
     ids, unresolved = resolve_links(api, said, requested)
     if not ids:
