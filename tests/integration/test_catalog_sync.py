@@ -16,7 +16,7 @@ from telethon.tl import functions, types
 
 from tgdl.catalog.settings import CatalogSettings
 from tgdl.catalog.sources import TelethonSource
-from tgdl.catalog.telethon_sync import SyncError, fetch_messages, sync_chat
+from tgdl.catalog.telethon_sync import SyncError, TelegramBusy, fetch_messages, sync_chat
 from tgdl.contracts.catalog import CatalogEntry, MediaKind
 from tgdl.db.catalog import get_many
 from tgdl.db.connection import connect
@@ -184,6 +184,10 @@ async def test_linked_messages_are_fetched_into_the_catalog_without_moving_the_s
     assert later.scanned == 2  # the linked document and the text: what came after `first`
     with pytest.raises(SyncError, match="Cannot sync 'nobody'"):
         await fetch_messages(client, db, "nobody", [1])
+    # a flood wait is not "cannot read": Telegram may answer later
+    server.flood_until[functions.channels.GetMessagesRequest] = server.clock + 30
+    with pytest.raises(TelegramBusy, match="Telegram asked to wait 30 s"):
+        await fetch_messages(client, db, "news", [wanted])
 
 
 async def test_a_linked_album_message_brings_its_whole_album(server, client, db, settings):

@@ -25,7 +25,7 @@ from tgdl.bus.broker import LoopContext, nats_broker
 from tgdl.bus.topology import verify_topology
 from tgdl.catalog import metrics
 from tgdl.catalog.settings import CatalogSettings
-from tgdl.catalog.sources import Source, SyncError, UnknownChat, source_for
+from tgdl.catalog.sources import Source, SyncError, TelegramBusy, UnknownChat, source_for
 from tgdl.catalog.watcher import RuleRunner
 from tgdl.contracts.commands import CommandReply, StartBatch
 from tgdl.contracts.rules import (
@@ -137,6 +137,8 @@ class Catalog:
                 result = await self.source.fetch(conn, cmd.chat, cmd.telegram_message_ids)
         except SyncError as exc:
             return _rejected(CatalogRejectReason.sync_failed, str(exc))
+        except TelegramBusy as exc:
+            return _rejected(CatalogRejectReason.telegram_unavailable, str(exc))
         log.info("fetched %d of %d messages of %s into the catalog", len(result.stored),
                  len(cmd.telegram_message_ids), result.chat)
         return CatalogReply(ok=result)

@@ -12,7 +12,13 @@ from telethon import TelegramClient, errors, events, utils
 
 from tgdl.catalog.settings import CatalogSettings
 from tgdl.catalog.simulated import SimulatedCatalog, UnknownChat
-from tgdl.catalog.telethon_sync import SyncError, fetch_messages, newest_message, sync_chat
+from tgdl.catalog.telethon_sync import (
+    SyncError,
+    TelegramBusy,
+    fetch_messages,
+    newest_message,
+    sync_chat,
+)
 from tgdl.contracts.rules import FetchResult, SyncResult
 from tgdl.telegram.client import build_client
 from tgdl.telegram.peers import PeerResolver
@@ -23,6 +29,7 @@ __all__ = [
     "SimulatedSource",
     "Source",
     "SyncError",
+    "TelegramBusy",
     "TelethonSource",
     "UnknownChat",
     "source_for",

@@ -22,6 +22,7 @@ from tgdl.contracts.rules import FetchResult, SyncResult
 from tgdl.db import catalog
 from tgdl.db.connection import connect
 from tgdl.telegram.client import TelegramSettings, TelegramSetupError, build_client
+from tgdl.telegram.errors import FloodWait, TransientError
 from tgdl.telegram.media import describe_media, location_of
 from tgdl.telegram.peers import PeerResolver, catalog_chat
 from tgdl.telegram.rpc import as_telegram_error
@@ -83,6 +84,10 @@ async def sync_chat(
             await conn.close()
         if own_client:
             await client.disconnect()
+
+
+class TelegramBusy(Exception):
+    """Telegram did not answer now (a flood wait, a hiccup); the message says why."""
 
 
 def _cannot_read(chat: str, exc: Exception) -> SyncError:
@@ -200,6 +205,10 @@ async def fetch_messages(client: TelegramClient, conn: asyncpg.Connection, chat:
             messages += [m for m in await client.get_messages(peer, ids=near)
                          if m is not None and m.grouped_id in grouped]
     except (ValueError, errors.RPCError) as exc:
+        reason = as_telegram_error(exc, resolving=True)
+        if isinstance(reason, FloodWait | TransientError):  # it may answer later
+            raise TelegramBusy(f"Telegram cannot answer about {chat!r} now: {reason}") \
+                from exc
         raise _cannot_read(chat, exc) from exc
     key = catalog_chat(chat, peer)
     await _store(conn, key, messages, None)
