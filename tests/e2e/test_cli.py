@@ -129,6 +129,9 @@ async def test_without_a_terminal_lines_and_json_and_failures_with_suggestions(s
     assert all(f"✓ #{m} completed" in run.out for m in ok)
     failed = re.search(rf"✗ #{gone} failed: (\w+): .*\n\s+suggestion: \S", run.out)
     assert failed, run.out
+    batch_id = re.search(r"(batch_\w+): Batch download started", run.out)[1]
+    assert f"`tgdl retry {batch_id}` starts again those of them another try can mend" in (
+        run.out)
 
     again = await tgdl(stack, "download", *map(str, ok), "--json")
     assert again.code == 0, again.err

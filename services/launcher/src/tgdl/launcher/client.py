@@ -384,6 +384,10 @@ def follow_all(api: Api, console: Console, batch_ids: list[str], as_json: bool) 
             return interrupted(api, console, batch_ids[i:], as_json)
         if view:
             view.finish(final)
+            if any(f.get("status") in ("failed", "cancelled") for f in final.get("files", [])):
+                console.print(f"`tgdl retry {batch_id}` starts again those of them another "
+                              "try can mend", style="dim", highlight=False, markup=False,
+                              soft_wrap=True)
         finals.append(final)
     if as_json:
         _print_json(finals[0] if len(finals) == 1 else finals)
