@@ -363,13 +363,24 @@ async def low_then_high(stack, nc, meanwhile=None) -> list[int]:
     names: Names = stack["names"]
     low_ids = [e.message_id for e in stack["entries"][:4]]
     high_ids = [e.message_id for e in stack["entries"][4:6]]
+    # The first low file's first part trickles (about 5 s), so the high batch waits for
+    # the cap before it ends: on a busy machine a 1 s download could end (and the next
+    # low file go) before the high batch's start is handled.
+    await sim_client.set_faults(stack["sim_url"], slow={"message_id": low_ids[0],
+                                                        "bandwidth": 200_000})
     low = await command(nc, names.cmd_batch_start, StartBatch(
         message_ids=low_ids, max_concurrent=2, priority=Priority.low), BatchAccepted)
     await sim_client.until_serving(stack["sim_url"], 1, within=10)  # the first low file
     high = await command(nc, names.cmd_batch_start, StartBatch(
         message_ids=high_ids, max_concurrent=2, priority=Priority.high), BatchAccepted)
+    js = nc.jetstream()
+
+    async def all_waiting() -> bool:  # the low batch's second file and the high two
+        return (await js.stream_info(names.waiting_stream)).state.messages >= 3
+    await until(all_waiting, 10, what="three jobs waiting for the global cap")
     if meanwhile is not None:
         await meanwhile()
+    await sim_client.clear_faults(stack["sim_url"])
     order = await completion_order(stack, low.batch_id, high.batch_id)
     assert order[0] in low_ids  # it had started before the high batch came
     assert order[1:3] == high_ids
