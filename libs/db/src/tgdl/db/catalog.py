@@ -62,6 +62,8 @@ async def get_many(conn: asyncpg.Connection, ids: Sequence[int]) -> dict[int, Ca
 def chat_key_sql(column: str) -> str:
     """`column` as tgdl.contracts.config.chat_key() compares chats, in SQL."""
     return f"lower(regexp_replace(btrim({column}), '^@', ''))"
+
+
 async def by_chat_and_id(conn: asyncpg.Connection, wanted: Sequence[tuple[str, int]]
                          ) -> dict[tuple[str, int], CatalogEntry]:
     """The entries of (chat, Telegram message id) pairs, keyed by the pair with its chat
@@ -74,6 +76,14 @@ async def by_chat_and_id(conn: asyncpg.Connection, wanted: Sequence[tuple[str, i
         f" AND {chat_key_sql('chat')} = ANY($2::text[])",
         sorted({m for _, m in wanted}), keys)
     return {(chat_key(e.chat), e.telegram_message_id): e for e in map(_entry, rows)}
+
+
+async def stored_ids(conn: asyncpg.Connection, chat: str, ids: Sequence[int]) -> list[int]:
+    """Which of these Telegram message ids of `chat` (as the catalog names it) it holds."""
+    rows = await conn.fetch(
+        "SELECT telegram_message_id FROM catalog WHERE chat = $1"
+        " AND telegram_message_id = ANY($2::bigint[])", chat, list(ids))
+    return sorted(r["telegram_message_id"] for r in rows)
 
 
 async def albums(conn: asyncpg.Connection, entries: Iterable[CatalogEntry]

@@ -116,9 +116,10 @@ def build_client(
 ) -> TelegramClient:
     api_id, api_hash = api_credentials(settings)
     session = StringSession(read_session(settings.session_file))
-    if settings.proxy is not None:
-        log.info("reaching Telegram through a %s", settings.proxy)
-    return client_class(session, api_id, api_hash, **client_options(updates, settings.proxy))
+    proxy = settings.proxy
+    if proxy is not None:
+        log.info("reaching Telegram through a %s", proxy)
+    return client_class(session, api_id, api_hash, **client_options(updates, proxy))
 
 
 # --- login -----------------------------------------------------------------------------------

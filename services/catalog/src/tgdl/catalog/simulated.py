@@ -57,10 +57,7 @@ class SimulatedCatalog:
         """These messages of the chat into the catalog (it holds every message with media:
         the chat's are stored, as a sync would)."""
         key = (await self.sync(conn, chat)).chat
-        stored = await conn.fetch(
-            "SELECT telegram_message_id FROM catalog WHERE chat = $1"
-            " AND telegram_message_id = ANY($2::bigint[])", key, ids)
-        return FetchResult(chat=key, stored=sorted(r["telegram_message_id"] for r in stored))
+        return FetchResult(chat=key, stored=await catalog.stored_ids(conn, key, ids))
 
     async def resolve(self, chat: str) -> tuple[str, int]:
         """The chat as the catalog names it and its newest message id."""

@@ -212,10 +212,7 @@ async def fetch_messages(client: TelegramClient, conn: asyncpg.Connection, chat:
         raise _cannot_read(chat, exc) from exc
     key = catalog_chat(chat, peer)
     await _store(conn, key, messages, None)
-    stored = await conn.fetch(
-        "SELECT telegram_message_id FROM catalog WHERE chat = $1"
-        " AND telegram_message_id = ANY($2::bigint[])", key, list(ids))
-    return FetchResult(chat=key, stored=sorted(r["telegram_message_id"] for r in stored))
+    return FetchResult(chat=key, stored=await catalog.stored_ids(conn, key, ids))
 
 
 async def newest_message(client: TelegramClient, chat: str) -> tuple[str, int]:

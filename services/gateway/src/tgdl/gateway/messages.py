@@ -155,14 +155,8 @@ async def resolve_links(
         if {chat for chat, _ in missing} - unfetched.keys():  # some were fetched: again
             found = await catalog.by_chat_and_id(conn, named)
         albums = await catalog.albums(conn, found.values())
-    items = [_resolved(text, p, found, readable, unfetched)
-             for text, p in zip(links, parsed, strict=True)]
-    for item, p in zip(items, parsed, strict=True):
-        entry = found.get((chat_key(p.chat), p.telegram_message_id)) \
-            if isinstance(p, MessageLink) and not p.single and item.message_id else None
-        if entry is not None and entry.grouped_id is not None:
-            item.album = albums.get((entry.chat, entry.grouped_id))
-    return LinkResolution(items=items)
+    return LinkResolution(items=[_resolved(text, p, found, albums, readable, unfetched)
+                                 for text, p in zip(links, parsed, strict=True)])
 
 
 async def _fetch_missing(svc: Services, missing: list[tuple[str, int]]
@@ -192,6 +186,7 @@ async def _fetch_missing(svc: Services, missing: list[tuple[str, int]]
 
 def _resolved(text: str, parsed: MessageLink | ValueError,
               found: dict[tuple[str, int], catalog.CatalogEntry],
+              albums: dict[tuple[str, int], list[int]],
               readable: frozenset[str] | None, unfetched: dict[str, ApiError]
               ) -> ResolvedLink:
     if isinstance(parsed, ValueError):
@@ -227,4 +222,7 @@ def _resolved(text: str, parsed: MessageLink | ValueError,
                       "deleted, or carry only text)",
             "suggestion": "Check the link: open it in Telegram and copy the message's "
                           "link again."})
-    return said.model_copy(update={"message_id": entry.message_id})
+    album = None  # a message of an album: the link names all of it, unless ?single
+    if entry.grouped_id is not None and not parsed.single:
+        album = albums.get((entry.chat, entry.grouped_id))
+    return said.model_copy(update={"message_id": entry.message_id, "album": album})

@@ -415,8 +415,8 @@ def interrupted(api: Api, console: Console, batch_ids: list[str], as_json: bool)
         if as_json:
             _print_json(done[0] if len(done) == 1 else done)
         else:
-            for answer_ in done:
-                console.print(escape(answer_["message"]))
+            for cancelled in done:
+                console.print(escape(cancelled["message"]))
         return EXIT_INCOMPLETE
     for batch_id in batch_ids:
         console.print(f"Batch {batch_id} keeps running: `tgdl status {batch_id} --watch` "
