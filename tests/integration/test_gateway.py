@@ -29,6 +29,7 @@ from tgdl.contracts.events import (
     PermitGranted,
 )
 from tgdl.contracts.jobs import DownloadProgress
+from tgdl.contracts.rules import CatalogReply, FetchMessages, FetchResult
 from tgdl.contracts.status import OverallStatus
 from tgdl.db import catalog
 from tgdl.db.readmodel import batch_status, snapshot_json
@@ -217,6 +218,28 @@ async def test_message_links_resolve_to_the_catalog_ids_a_start_takes(client, db
     body = assert_error_body(await client.get(
         "/api/messages/resolve", params={"link": "t.me/chan/" + "1" * 600}), 422)
     assert body["detail"] == "link.0: longer than 500 characters"
+
+
+async def test_links_beyond_one_fetch_are_asked_for_in_several(client, app, nc, settings,
+                                                                 monkeypatch):
+    # A batch limit above one FetchMessages' ids: every link is asked for, none dropped.
+    monkeypatch.setattr(app.state.services.settings, "max_batch_ids", 150)
+    asked: list[list[int]] = []
+
+    async def fetch(msg) -> None:  # a stand-in catalog service: nothing found
+        cmd = FetchMessages.model_validate_json(msg.data)
+        asked.append(cmd.telegram_message_ids)
+        await msg.respond(CatalogReply(ok=FetchResult(chat=cmd.chat, stored=[]))
+                          .model_dump_json().encode())
+    sub = await nc.subscribe(settings.names.cmd_catalog_fetch, cb=fetch)
+    try:
+        links = [f"t.me/chan/{n}" for n in range(1, 121)]
+        r = await client.get("/api/messages/resolve", params={"link": links})
+        assert r.status_code == 200, r.text
+    finally:
+        await sub.unsubscribe()
+    assert sorted(len(ids) for ids in asked) == [20, 100]
+    assert sorted(m for ids in asked for m in ids) == list(range(1, 121))
 
 
 async def test_a_link_to_a_message_of_an_album_names_the_album_unless_single(client, db):

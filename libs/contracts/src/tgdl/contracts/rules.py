@@ -208,6 +208,9 @@ class SyncResult(BaseModel):
                 f"{self.chat!r}, newest message {self.newest_telegram_id}")
 
 
+FETCH_MAX = 100  # message ids one FetchMessages asks for (one getMessages call)
+
+
 class FetchMessages(BaseModel):
     """Add messages to the catalog by their chat and ids in it (links to messages no sync
     listed yet); the chat's sync mark does not move."""
@@ -216,7 +219,7 @@ class FetchMessages(BaseModel):
 
     chat: str = Field(min_length=1, max_length=200)
     telegram_message_ids: list[Annotated[int, Field(ge=1, le=2**63 - 1)]] = Field(
-        min_length=1, max_length=100)
+        min_length=1, max_length=FETCH_MAX)
 
 
 class FetchResult(BaseModel):

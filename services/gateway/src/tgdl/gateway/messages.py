@@ -17,7 +17,7 @@ from tgdl.contracts.catalog import MediaKind
 from tgdl.contracts.config import chat_key
 from tgdl.contracts.errors import SUGGESTIONS, ErrorCode
 from tgdl.contracts.links import MessageLink, parse_link
-from tgdl.contracts.rules import FetchMessages, FetchResult
+from tgdl.contracts.rules import FETCH_MAX, FetchMessages, FetchResult
 from tgdl.db import catalog, readmodel
 from tgdl.db.catalog import MessageFilter
 from tgdl.gateway.errors import ApiError, invalid
@@ -172,10 +172,12 @@ async def _fetch_missing(svc: Services, missing: list[tuple[str, int]]
         return dict.fromkeys(by_chat, catalog_unavailable("no catalog service to ask"))
 
     async def fetch(chat: str, ids: list[int]) -> tuple[str, ApiError | None]:
+        wanted = sorted(set(ids))
         try:
-            await svc.catalog.call(  # type: ignore[union-attr]
-                FetchMessages(chat=chat, telegram_message_ids=sorted(set(ids))[:100]),
-                FetchResult)
+            for first in range(0, len(wanted), FETCH_MAX):  # a batch may hold more
+                await svc.catalog.call(  # type: ignore[union-attr]
+                    FetchMessages(chat=chat, telegram_message_ids=wanted[first:first + FETCH_MAX]),
+                    FetchResult)
         except ApiError as exc:
             return chat, exc
         return chat, None
