@@ -108,12 +108,12 @@ class Stack:
 
     def media_ids(self, n: int, min_size: int = 0) -> list[int]:
         """`n` ids of healthy messages (media, not deleted, reachable), each its own file
-        (no forwards)."""
-        ids = [m.message_id for m in self.sim_messages()
-               if m.media_kind is not None and not m.deleted and not m.forbidden
-               and (m.size or 0) >= min_size and m.file_id == m.message_id]
-        assert len(ids) >= n, f"the test catalog has only {len(ids)} such messages"
-        return ids[:n]
+        (no forwards), in the order a batch of them is granted: the largest first."""
+        found = [m for m in self.sim_messages()
+                 if m.media_kind is not None and not m.deleted and not m.forbidden
+                 and (m.size or 0) >= min_size and m.file_id == m.message_id]
+        assert len(found) >= n, f"the test catalog has only {len(found)} such messages"
+        return [m.message_id for m in sorted(found[:n], key=lambda m: -(m.size or 0))]
 
     async def sim_stats(self) -> dict[str, Any]:
         return await sim_client.stats(self.sim_url)

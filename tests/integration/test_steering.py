@@ -63,6 +63,11 @@ SIM = SimSettings(bandwidth=1_000_000, latency=0.0, count=30, min_size=3 * 2**20
                   max_size=6 * 2**20)
 
 
+def largest_first(entries: list[CatalogEntry]) -> list[CatalogEntry]:
+    """In the order a batch of them is granted."""
+    return sorted(entries, key=lambda e: -(e.size or 0))
+
+
 @contextlib.asynccontextmanager
 async def running_stack(servers, isolation, nc, sim: SimSettings = SIM,
                         **overrides) -> AsyncIterator[dict]:
@@ -155,7 +160,7 @@ async def until_finished(stack, batch_id: str) -> list:
 async def test_pause_stops_downloads_keeping_their_parts_and_resume_fetches_only_the_rest(
         stack, nc):
     names: Names = stack["names"]
-    files: list[CatalogEntry] = stack["entries"][:3]
+    files = largest_first(stack["entries"][:3])  # the order their permits go in
     ids = [e.message_id for e in files]
     started = await command(nc, names.cmd_batch_start,
                             StartBatch(message_ids=ids, max_concurrent=2), BatchAccepted)
@@ -361,8 +366,8 @@ async def low_then_high(stack, nc, meanwhile=None) -> list[int]:
     completed, checked to be that first low file, then the high batch (before the rest
     of the low one), then the rest of the low batch (it still finishes)."""
     names: Names = stack["names"]
-    low_ids = [e.message_id for e in stack["entries"][:4]]
-    high_ids = [e.message_id for e in stack["entries"][4:6]]
+    low_ids = [e.message_id for e in largest_first(stack["entries"][:4])]
+    high_ids = [e.message_id for e in largest_first(stack["entries"][4:6])]
     # The first low file's first part trickles (about 5 s), so the high batch waits for
     # the cap before it ends: on a busy machine a 1 s download could end (and the next
     # low file go) before the high batch's start is handled.

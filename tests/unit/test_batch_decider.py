@@ -48,9 +48,9 @@ from tgdl.orchestrator.batch import (
 AT = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-def entry(m: int) -> CatalogEntry:
+def entry(m: int, size: int | None = 1000) -> CatalogEntry:
     return CatalogEntry(message_id=m, chat="c", telegram_message_id=100 + m,
-                        media_kind=MediaKind.photo, file_name=f"{m}.jpg", size=1000)
+                        media_kind=MediaKind.photo, file_name=f"{m}.jpg", size=size)
 
 
 def start(ids: list[int], max_concurrent: int = 3, done: list[int] = (), refused: list[int] = ()):
@@ -78,13 +78,29 @@ def done(m: int, status: str = "completed") -> Finish:
                   failure=Failure.of(ErrorCode.message_deleted, "gone"))
 
 
-def test_start_grants_exactly_max_concurrent_permits_in_request_order():
+def test_start_grants_exactly_max_concurrent_permits_in_request_order_among_equal_sizes():
     events, s = run(initial_state, start([5, 3, 9, 1, 7], max_concurrent=3))
     assert isinstance(events[0], BatchStarted)
     assert [(type(e), e.message_id) for e in events[1:]] == [
         (PermitGranted, 5), (PermitGranted, 3), (PermitGranted, 9)]
     assert s.running == [5, 3, 9]
     assert s.in_state(FileState.pending) == [1, 7]
+
+
+def test_permits_go_to_the_largest_files_first_and_unknown_sizes_last():
+    # the batch ends with its last file: small ones left for the end keep every
+    # connection busy, where a large one granted last would run on its own
+    sizes = {1: 10, 2: None, 3: 5000, 4: 10, 5: 700}
+    cmd = replace(start(list(sizes), max_concurrent=2),
+                  to_download=[entry(m, size) for m, size in sizes.items()])
+    events, s = run(initial_state, cmd)
+    assert [e.message_id for e in events if isinstance(e, PermitGranted)] == [3, 5]
+    granted = []
+    for m in (3, 5, 1, 4):
+        events, s = run(s, done(m))
+        granted += [e.message_id for e in events if isinstance(e, PermitGranted)]
+    assert granted == [1, 4, 2]  # equal sizes in request order, the unknown size last
+    assert s.in_state(FileState.pending) == []
 
 
 def test_a_finished_file_hands_its_permit_to_the_next_pending_file():

@@ -1,13 +1,13 @@
 """The batch as a decider: ``decide(command, state) -> events``, ``evolve(state, event)``.
 
 Pure: no I/O, no clock (commands carry the time). Every rule of a batch lives here:
-permits never exceed ``max_concurrent``, a file is granted once, cancel stops what is
-pending or running and keeps what completed, and the batch finishes exactly once. A file
-whose Telegram file another message's copy holds whole is done at the start, linked to
-that copy, unless the batch forces (`same_file_links`). A
-paused batch grants nothing: its running files give their permits back (and keep their
-bytes on disk) until it is resumed, except one whose job had the whole file first (it is
-completed); a new `max_concurrent` applies to the next grants.
+permits never exceed ``max_concurrent`` and go to the largest files first, a file is
+granted once, cancel stops what is pending or running and keeps what completed, and the
+batch finishes exactly once. A file whose Telegram file another message's copy holds
+whole is done at the start, linked to that copy, unless the batch forces
+(`same_file_links`). A paused batch grants nothing: its running files give their permits
+back (and keep their bytes on disk) until it is resumed, except one whose job had the
+whole file first (it is completed); a new `max_concurrent` applies to the next grants.
 A new priority applies to the batch's jobs that have not started (where they wait, and in
 what order, is the admission's business: `tgdl.bus.admission`).
 """
@@ -332,6 +332,14 @@ def _file_ended(s: BatchState, cmd: Finish) -> BatchEvent:
     )
 
 
+def largest_first(s: BatchState, pending: list[int]) -> list[int]:
+    """The order permits go in: the largest files first (request order among equal sizes,
+    unknown sizes last). The batch ends when its last file does, and a file runs on one
+    downloader's connections: the small files left for the end keep every connection
+    busy until then, where a large file granted last would run on its own."""
+    return sorted(pending, key=lambda m: -(s.entries[m].size or 0))
+
+
 def _grant_or_finish(s: BatchState, at: datetime) -> list[BatchEvent]:
     """Grant permits to the next pending files up to `max_concurrent`; finish when done."""
     assert s.batch_id is not None
@@ -341,7 +349,7 @@ def _grant_or_finish(s: BatchState, at: datetime) -> list[BatchEvent]:
     grants: list[BatchEvent] = [
         PermitGranted(batch_id=s.batch_id, at=at, message_id=m,
                       job_id=job_id_for(s.batch_id, m, s.grants.get(m, 0) + 1))
-        for m in s.in_state(FileState.pending)[: max(free, 0)]
+        for m in largest_first(s, s.in_state(FileState.pending))[: max(free, 0)]
     ]
     if grants or s.running or s.in_state(FileState.pending):
         return grants
