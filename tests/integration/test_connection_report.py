@@ -3,8 +3,10 @@ it was down, nothing in between above DEBUG; a seed list whose first server is d
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
+import nats.errors
 from waiting import until
 
 from tgdl.bus.broker import connect, nats_broker
@@ -48,3 +50,51 @@ async def test_a_service_connects_through_a_seed_list_whose_first_server_is_down
         assert broker.connection.connected_url.port == int(servers.nats_url.rsplit(":", 1)[1])
     finally:
         await broker.stop()
+
+
+async def test_a_pull_subscriber_waits_out_an_outage_without_spinning(tmp_path, caplog):
+    """While the server is away, a pull consumer's fetch requests would pile up in the
+    client's reconnect buffer (one per fetch timeout); once it is full, every fetch fails
+    at once and FastStream restarts the consumer task at once, forever: a core busy and
+    memory growing in a service left without its server. A fetch while disconnected
+    waits instead, and the consumer takes messages again once the server is back."""
+    from faststream.nats import JStream, PullSub
+
+    server = start_nats(tmp_path / "nats", sync_always=False)
+    # a small reconnect buffer: full after a few publishes, as hours of fetches fill 2 MB
+    broker = nats_broker(server.url, "t-pull", pending_size=4096)
+    got: list[bytes] = []
+    stream = JStream("t_pull", subjects=["t.pull"])
+
+    @broker.subscriber("t.pull", stream=stream, durable="t_pull",
+                       pull_sub=PullSub(batch_size=1, timeout=0.1))
+    async def take(body: bytes) -> None:
+        got.append(body)
+
+    await broker.start()
+    try:
+        await broker.publish(b"before", "t.pull", stream="t_pull")
+        await until(lambda: got == [b"before"], within=10, what="the first message")
+        caplog.set_level(logging.DEBUG)
+        server.process.kill()
+        server.process.wait()
+        nc = broker.connection
+        await until(lambda: not nc.is_connected, within=10, what="disconnected")
+        with contextlib.suppress(nats.errors.OutboundBufferLimitError):
+            while True:  # whatever else the service publishes meanwhile fills the buffer
+                await nc.publish("t.other", b"x" * 512)
+        # ten reconnect attempts (half a second apart) is the clock of this window
+        await until(lambda: sum("connection error" in r.getMessage()
+                                for r in caplog.records) >= 10,
+                    within=30, what="ten reconnect attempts")
+        restarts = [r for r in caplog.records if "is being executed" in r.getMessage()
+                    or "raised an exception" in r.getMessage()]
+        assert len(restarts) <= 1, f"the consumer task was restarted {len(restarts)} times"
+        server = start_nats(tmp_path / "nats", port=server.port, sync_always=False)
+        await until(lambda: nc.is_connected, within=15, what="reconnected")
+        await broker.publish(b"after", "t.pull", stream="t_pull")
+        await until(lambda: got == [b"before", b"after"], within=15,
+                    what="a message taken after the outage")
+    finally:
+        await broker.stop()
+        server.stop()
