@@ -106,6 +106,11 @@ class EventLog:
                 try:
                     msgs = await sub.fetch(batch=256, timeout=2.0)
                 except TimeoutError:
+                    if not self._js._nc.is_connected:
+                        # the answer went with the connection: a shorter history would be
+                        # decided on and appended after the real last event
+                        raise ConnectionError(
+                            f"the NATS connection went while reading {subject}") from None
                     # nothing pending although we expected more: the rest aged out
                     return
                 for msg in msgs:

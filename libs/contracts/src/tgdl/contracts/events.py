@@ -46,7 +46,7 @@ class BatchStarted(_Event):
     max_concurrent: int
     force: bool
     requested_ids: list[int]  # after collapsing duplicates, in request order
-    to_download: list[CatalogEntry]  # in the order permits are granted
+    to_download: list[CatalogEntry]  # in request order (permits go largest first)
     already_downloaded: list[AlreadyDownloaded]
     failed_to_start: list[FileFailure]
     already_downloading: list[int] = []  # informational: leased by someone else at start
