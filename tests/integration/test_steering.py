@@ -295,7 +295,7 @@ async def test_cancelling_a_paused_batch_drops_the_parts_it_kept(stack, nc):
     names: Names = stack["names"]
     # the largest files: more parts than connections, so some parts are on disk while
     # others are still in flight
-    files = sorted(stack["entries"], key=lambda e: e.size or 0, reverse=True)[:2]
+    files = largest_first(stack["entries"])[:2]
     started = await command(nc, names.cmd_batch_start, StartBatch(
         message_ids=[e.message_id for e in files], max_concurrent=2), BatchAccepted)
     b = started.batch_id
