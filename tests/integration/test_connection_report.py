@@ -4,6 +4,7 @@ it was down, nothing in between above DEBUG; a seed list whose first server is d
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 
 import nats.errors
@@ -95,6 +96,53 @@ async def test_a_pull_subscriber_waits_out_an_outage_without_spinning(tmp_path, 
         await broker.publish(b"after", "t.pull", stream="t_pull")
         await until(lambda: got == [b"before", b"after"], within=15,
                     what="a message taken after the outage")
+    finally:
+        await broker.stop()
+        server.stop()
+
+
+async def test_a_consumer_task_that_keeps_failing_is_restarted_later_and_later(
+        tmp_path, caplog, monkeypatch):
+    """FastStream restarts a failed consumer task at once: a failure that repeats at once
+    would be a busy core and a dead task kept per restart. The restarts wait longer and
+    longer, and once the fault is gone the consumer takes messages again."""
+    from faststream.nats import JStream, PullSub
+    from nats.js.client import JetStreamContext
+
+    server = start_nats(tmp_path / "nats", sync_always=False)
+    broker = nats_broker(server.url, "t-failing")
+    got: list[bytes] = []
+    subscriber = broker.subscriber("t.failing", stream=JStream("t_failing", subjects=["t.failing"]),
+                                   durable="t_failing", pull_sub=PullSub(batch_size=1, timeout=0.1))
+
+    @subscriber
+    async def take(body: bytes) -> None:
+        got.append(body)
+
+    fetch = JetStreamContext.PullSubscription.fetch
+    broken = True
+
+    async def failing_fetch(self, *args, **kwargs):
+        if broken:
+            raise RuntimeError("the fetch fails at once")
+        return await fetch(self, *args, **kwargs)
+
+    monkeypatch.setattr(JetStreamContext.PullSubscription, "fetch", failing_fetch)
+    caplog.set_level(logging.INFO)
+    await broker.start()
+    try:
+        def restarts() -> list[float]:
+            return [r.created for r in caplog.records if "is being executed" in r.getMessage()]
+
+        # FastStream's line for each restart
+        await until(lambda: len(restarts()) >= 5, within=20, what="five restarts")
+        gaps = [b - a for a, b in itertools.pairwise(restarts())]
+        # at once, then after 0.1, 0.5, 1 and 2 s
+        assert gaps[-2] >= 0.9 and gaps[-1] >= 1.8, gaps
+        assert len(subscriber.tasks) <= 1, "dead tasks are let go"
+        broken = False
+        await broker.publish(b"mended", "t.failing", stream="t_failing")
+        await until(lambda: got == [b"mended"], within=15, what="a message after the fault")
     finally:
         await broker.stop()
         server.stop()

@@ -18,6 +18,7 @@ from typing import Annotated, Any
 import nats
 import nats.errors
 from faststream import Context
+from faststream._internal.endpoint.subscriber.supervisor import TaskCallbackSupervisor
 from faststream.nats import NatsBroker
 from faststream.nats.message import NatsMessage as _NatsMessage
 from nats.aio.client import Client as NATS
@@ -53,6 +54,47 @@ async def _fetch_once_connected(self: Any, *args: Any, **kwargs: Any) -> list:
 
 
 _PullSubscription.fetch = _fetch_once_connected  # every pull consumer of the process
+
+
+# A consumer task that fails at once again and again is restarted after these delays in
+# turn (the last one from then on); one that ran for HEALTHY_RUN seconds starts over.
+RESTART_DELAYS = (0.0, 0.1, 0.5, 1.0, 2.0, 5.0)
+HEALTHY_RUN = 10.0
+
+_supervise = TaskCallbackSupervisor.__call__
+# id of a subscriber -> (its failures in a row, when its current task started); an entry
+# per subscriber that ever failed (subscribers are slotted: no weak references)
+_failures: dict[int, tuple[int, float]] = {}
+
+
+def _supervise_with_backoff(self: TaskCallbackSupervisor, task: asyncio.Task) -> None:
+    """FastStream's supervisor restarts a failed consumer task at once, forever: a failure
+    that repeats at once (a fault in the client, a server answering every fetch with an
+    error) is a busy core, a log line per restart and a dead task kept per restart. Here
+    the restarts of a task that keeps failing wait longer and longer, and the dead task
+    is let go."""
+    subscriber = self.subscriber
+    exc = None if task.cancelled() else task.exception()
+    if (exc is None or isinstance(exc, self.ignored_exceptions) or self.is_disabled
+            or not self.restart_on_failure or task not in subscriber.tasks):
+        _supervise(self, task)
+        return
+    now = time.monotonic()
+    streak, started = _failures.get(id(subscriber), (0, now))
+    if now - started >= HEALTHY_RUN:
+        streak = 0
+    delay = RESTART_DELAYS[min(streak, len(RESTART_DELAYS) - 1)]
+    _failures[id(subscriber)] = (streak + 1, now + delay)
+
+    def restart() -> None:
+        if task in subscriber.tasks:  # stop() clears them: a stopped subscriber stays so
+            _supervise(self, task)  # logs (once per kind of error) and starts a new task
+            subscriber.tasks.remove(task)
+
+    asyncio.get_running_loop().call_later(delay, restart)
+
+
+TaskCallbackSupervisor.__call__ = _supervise_with_backoff  # every subscriber of the process
 
 
 class ConnectionReport:
