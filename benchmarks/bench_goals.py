@@ -708,6 +708,22 @@ def revision() -> str:
         return "unknown"
 
 
+def reference_ms() -> float:
+    """The machine's pace at the kind of work the services do (objects to JSON and back,
+    one core): the best of five runs of a fixed workload, in ms. Runs on machines of
+    another pace differ by about the ratio of this figure: compare it first."""
+    doc = {"batch_id": "batch_0123456789ab", "files": [
+        {"message_id": i, "size": i * 1000, "path": f"chat/{i}.jpg", "done": i % 2 == 0}
+        for i in range(50)]}
+    best = math.inf
+    for _ in range(5):
+        began = time.perf_counter()
+        for _ in range(1000):
+            json.loads(json.dumps(doc))
+        best = min(best, time.perf_counter() - began)
+    return round(best * 1000, 1)
+
+
 async def bench(args: argparse.Namespace) -> None:
     main_task = asyncio.current_task()
     assert main_task is not None
@@ -727,6 +743,7 @@ async def bench(args: argparse.Namespace) -> None:
     wanted = args.only.split(",") if args.only else list(SCENARIOS)
     found: dict[str, Scenario] = {}
     began, machine_began, load = time.perf_counter(), machine_cpu(), os.getloadavg()[0]
+    pace = reference_ms()
     with servers() as srv:
         for key in wanted:
             console.print(f"scenario {key} ...")
@@ -741,7 +758,7 @@ async def bench(args: argparse.Namespace) -> None:
            # the whole machine's busy cores over the run (this bench and any other work)
            "machine_busy_cores": round((machine_cpu() - machine_began)
                                        / (time.perf_counter() - began), 2),
-           "load_average_at_start": round(load, 2)}
+           "load_average_at_start": round(load, 2), "reference_ms": pace}
     console.print()
     for sc in found.values():
         for t in sc.targets:

@@ -369,7 +369,17 @@ def _sharing(run: dict) -> str:
     return (f" During this run the whole machine was busy {run['machine_busy_cores']:.2f} of "
             f"its {run['cores']} cores on average (load average "
             f"{run['load_average_at_start']:g} at the start), and each scenario's CPU line "
-            "below says how much of that was other work: the bench shared the machine.")
+            "below says how much of that was other work: the bench shared the machine."
+            + _pace(run))
+
+
+def _pace(run: dict) -> str:
+    if "reference_ms" not in run:
+        return ""
+    return (f" A fixed single-core workload of the kind the services do (`reference_ms`: "
+            f"objects to JSON and back) took {run['reference_ms']:g} ms: a machine that "
+            "takes longer is that much slower at every CPU-bound figure here, so compare "
+            "it before comparing runs.")
 
 
 def markdown(found: dict, run: dict) -> str:
