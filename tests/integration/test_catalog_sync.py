@@ -18,7 +18,7 @@ from tgdl.catalog.settings import CatalogSettings
 from tgdl.catalog.sources import TelethonSource
 from tgdl.catalog.telethon_sync import SyncError, TelegramBusy, fetch_messages, sync_chat
 from tgdl.contracts.catalog import CatalogEntry, MediaKind
-from tgdl.db.catalog import get_many
+from tgdl.db.catalog import by_chat_and_id, get_many
 from tgdl.db.connection import connect
 from tgdl.db.schema import migrate
 from tgdl.downloader.files import PartFile
@@ -303,6 +303,50 @@ async def test_a_private_chat_is_stored_by_its_numeric_id(server, client, db, se
     finally:
         await port.close()
     assert (media.kind, media.size) == (MediaKind.photo, 20_000)
+
+
+async def test_a_chat_reached_by_its_username_and_by_its_id_is_listed_once(
+    server, client, db, settings
+):
+    news = server.add_channel("news")
+    photo = server.post_photo(news, content(20_000, "p"))
+    by_id = str(news.marked_id)
+    await sync_chat(settings, "@News", None, client=client, conn=db, page_wait=0)
+
+    # a link by id (t.me/c/...), a sync by id: the messages stored under "news"
+    fetched = await fetch_messages(client, db, by_id, [photo])
+    video = server.post_document(news, content(3000, "v"), file_name="clip.mp4")
+    report = await sync_chat(settings, by_id, None, client=client, conn=db, page_wait=0)
+
+    assert (fetched.chat, fetched.stored) == ("news", [photo])
+    assert (report.chat, report.added, report.scanned) == ("news", 1, 1)  # went on from the mark
+    assert [(r["chat"], r["telegram_message_id"]) for r in await rows(db)] == [
+        ("news", photo), ("news", video)]
+    # the gateway finds a message by either name of its chat
+    found = await by_chat_and_id(db, [(by_id, photo), ("NEWS", video)])
+    assert {k: e.telegram_message_id for k, e in found.items()} == {
+        (by_id, photo): photo, ("news", video): video}
+
+    # a chat first reached by id keeps its id as its name
+    other = server.add_channel("other")
+    server.post_photo(other, content(500, "o"))
+    await sync_chat(settings, str(other.marked_id), None, client=client, conn=db, page_wait=0)
+    again = await sync_chat(settings, "other", None, client=client, conn=db, page_wait=0)
+    assert (again.chat, again.added) == (str(other.marked_id), 0)
+
+
+async def test_a_chat_listed_by_username_before_names_were_kept_keeps_that_name(
+    server, client, db, settings
+):
+    news = server.add_channel("news")
+    photo = server.post_photo(news, content(20_000, "p"))
+    await sync_chat(settings, "news", None, client=client, conn=db, page_wait=0)
+    await db.execute("DELETE FROM chat_aliases")  # as a catalog from before the names
+
+    fetched = await fetch_messages(client, db, str(news.marked_id), [photo])
+
+    assert (fetched.chat, fetched.stored) == ("news", [photo])
+    assert [r["chat"] for r in await rows(db)] == ["news"]
 
 
 @pytest.mark.parametrize(("make", "reason"), [

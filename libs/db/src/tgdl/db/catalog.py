@@ -67,15 +67,48 @@ def chat_key_sql(column: str) -> str:
 async def by_chat_and_id(conn: asyncpg.Connection, wanted: Sequence[tuple[str, int]]
                          ) -> dict[tuple[str, int], CatalogEntry]:
     """The entries of (chat, Telegram message id) pairs, keyed by the pair with its chat
-    as chat_key() names it (a username in any case, with or without @)."""
+    as chat_key() names it (a username in any case, with or without @). A chat is found
+    by any name it was reached by (its username or its id: `chat_aliases`)."""
     if not wanted:
         return {}
-    keys = sorted({chat_key(chat) for chat, _ in wanted})
+    asked = sorted({chat_key(chat) for chat, _ in wanted})
+    stored_as = {r["alias"]: chat_key(r["chat"]) for r in await conn.fetch(
+        "SELECT alias, chat FROM chat_aliases WHERE alias = ANY($1::text[])", asked)}
     rows = await conn.fetch(
         f"SELECT {_COLUMNS} FROM catalog WHERE telegram_message_id = ANY($1::bigint[])"
         f" AND {chat_key_sql('chat')} = ANY($2::text[])",
-        sorted({m for _, m in wanted}), keys)
-    return {(chat_key(e.chat), e.telegram_message_id): e for e in map(_entry, rows)}
+        sorted({m for _, m in wanted}), sorted({stored_as.get(k, k) for k in asked}))
+    stored = {(chat_key(e.chat), e.telegram_message_id): e for e in map(_entry, rows)}
+    return {(key, m): stored[(stored_as.get(key, key), m)] for key, m in
+            ((chat_key(chat), m) for chat, m in wanted) if (stored_as.get(key, key), m) in stored}
+
+
+async def chat_of_peer(conn: asyncpg.Connection, peer_id: int) -> str | None:
+    """The name the catalog stores Telegram chat `peer_id`'s messages under, if named."""
+    return await conn.fetchval(
+        "SELECT chat FROM chat_aliases WHERE peer_id = $1 LIMIT 1", peer_id)
+
+
+async def name_chat(conn: asyncpg.Connection, peer_id: int, names: Sequence[str]) -> str:
+    """The name the catalog stores the messages of Telegram chat `peer_id` under, with
+    `names` (those it was just reached by) recorded as that chat's. A chat named before
+    keeps its name; otherwise the first of `names` the catalog already lists messages or
+    a sync mark under (a catalog from before names were kept), else the first."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('tgdl-chat-names'))")
+        name = await chat_of_peer(conn, peer_id)
+        if name is None:
+            listed = {r["chat"] for r in await conn.fetch(
+                "SELECT chat FROM catalog WHERE chat = ANY($1::text[])"
+                " UNION SELECT chat FROM chat_sync WHERE chat = ANY($1::text[])",
+                list(names))}
+            name = next((n for n in names if n in listed), names[0])
+        await conn.executemany(
+            "INSERT INTO chat_aliases (alias, peer_id, chat) VALUES ($1, $2, $3)"
+            " ON CONFLICT (alias) DO UPDATE SET peer_id = $2, chat = $3"
+            " WHERE chat_aliases.peer_id <> $2 OR chat_aliases.chat <> $3",
+            [(chat_key(n), peer_id, name) for n in dict.fromkeys(names)])
+    return name
 
 
 async def stored_ids(conn: asyncpg.Connection, chat: str, ids: Sequence[int]) -> list[int]:

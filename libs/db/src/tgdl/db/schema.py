@@ -200,6 +200,20 @@ MIGRATIONS: list[tuple[int, str]] = [
         # batches started before have none until `tgdl rebuild-read-model`.
         "ALTER TABLE batches ADD COLUMN name_template TEXT;",
     ),
+    (
+        13,
+        # A Telegram chat reached by its username and by its id is one chat: every name
+        # it was reached by (`alias`, as the catalog writes names) maps to the name its
+        # messages are stored under, so they are not listed (nor downloaded) twice.
+        """
+        CREATE TABLE chat_aliases (
+            alias   TEXT PRIMARY KEY,
+            peer_id BIGINT NOT NULL,
+            chat    TEXT NOT NULL
+        );
+        CREATE INDEX chat_aliases_by_peer ON chat_aliases (peer_id);
+        """,
+    ),
 ]
 
 READ_MODEL_TABLES = ("batch_files", "batches", "jobs", "projection_state")

@@ -126,7 +126,7 @@ class TelethonSource:
 
     async def resolve(self, conn: asyncpg.Connection, chat: str) -> tuple[str, int]:
         assert self.client is not None
-        key, newest = await newest_message(self.client, chat)
+        key, newest = await newest_message(self.client, conn, chat)
         # A chat never synced is synced from here on, not from its first message.
         await conn.execute(
             "INSERT INTO chat_sync (chat, newest_telegram_id) VALUES ($1, $2)"

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
-from telethon import TelegramClient, errors
+from telethon import TelegramClient, errors, utils
 from telethon.tl import types
 
 from tgdl.contracts.catalog import CatalogEntry
@@ -90,6 +90,29 @@ class TelegramBusy(Exception):
     """Telegram did not answer now (a flood wait, a hiccup); the message says why."""
 
 
+async def catalog_name(client: TelegramClient, conn: asyncpg.Connection, chat: str,
+                       peer: Any) -> str:
+    """The name the catalog stores the chat's messages under: the first one the chat was
+    reached by, its username or its id, whichever way it is reached later (so its
+    messages are neither listed nor downloaded twice). A chat given by id that was never
+    named asks Telegram once for its username: a catalog from before names were kept
+    may list it under that."""
+    peer_id = utils.get_peer_id(peer)
+    given, by_id = catalog_chat(chat, peer), str(peer_id)
+    names = [given, by_id]
+    if given == by_id and await catalog.chat_of_peer(conn, peer_id) is None:
+        names += await _username(client, peer)
+    return await catalog.name_chat(conn, peer_id, names)
+
+
+async def _username(client: TelegramClient, peer: Any) -> list[str]:
+    try:
+        username = getattr(await client.get_entity(peer), "username", None)
+    except (ValueError, errors.RPCError):  # only a catalog from before names were kept
+        return []                          # could want it: name the chat by its id
+    return [username.lower()] if username else []
+
+
 def _cannot_read(chat: str, exc: Exception) -> SyncError:
     reason = as_telegram_error(exc, resolving=True)
     return SyncError(f"Cannot sync {chat!r}: {reason}")
@@ -103,7 +126,7 @@ async def _sync(
         peer = await PeerResolver(client).input_peer(chat)
     except (ValueError, errors.RPCError) as exc:
         raise _cannot_read(chat, exc) from exc
-    key = catalog_chat(chat, peer)
+    key = await catalog_name(client, conn, chat, peer)
     newest = await conn.fetchval("SELECT newest_telegram_id FROM chat_sync WHERE chat = $1", key)
     latest_only = newest is None and limit is not None
     if latest_only:
@@ -210,12 +233,13 @@ async def fetch_messages(client: TelegramClient, conn: asyncpg.Connection, chat:
             raise TelegramBusy(f"Telegram cannot answer about {chat!r} now: {reason}") \
                 from exc
         raise _cannot_read(chat, exc) from exc
-    key = catalog_chat(chat, peer)
+    key = await catalog_name(client, conn, chat, peer)
     await _store(conn, key, messages, None)
     return FetchResult(chat=key, stored=await catalog.stored_ids(conn, key, ids))
 
 
-async def newest_message(client: TelegramClient, chat: str) -> tuple[str, int]:
+async def newest_message(client: TelegramClient, conn: asyncpg.Connection, chat: str
+                         ) -> tuple[str, int]:
     """The chat as the catalog names it and its newest message id (0: an empty chat);
     SyncError when the account cannot read it."""
     try:
@@ -223,4 +247,4 @@ async def newest_message(client: TelegramClient, chat: str) -> tuple[str, int]:
         latest = await client.get_messages(peer, limit=1)
     except (ValueError, errors.RPCError) as exc:
         raise _cannot_read(chat, exc) from exc
-    return catalog_chat(chat, peer), (latest[0].id if latest else 0)
+    return await catalog_name(client, conn, chat, peer), (latest[0].id if latest else 0)
