@@ -66,6 +66,7 @@ async def ids(client: httpx.AsyncClient, query: str) -> list[int]:
 @pytest.mark.parametrize(("query", "expected"), [
     ("", [1, 2, 3, 4, 5, 6, 7]),
     ("chat=pets", [4, 5, 6]),
+    ("chat=%40Pets", [4, 5, 6]),  # a username as people write it
     ("media_type=video", [1, 5]),
     ("media_type=photo,%20VIDEO", [1, 2, 4, 5]),  # several, any case, spaces allowed
     ("min_size=2000000", [1, 2, 5, 7]),
@@ -85,6 +86,13 @@ async def ids(client: httpx.AsyncClient, query: str) -> list[int]:
 async def test_messages_are_filtered_by_the_server(client, db, query, expected):
     await catalog.upsert(db, CATALOG)
     assert await ids(client, query) == expected
+
+
+async def test_a_chat_is_filtered_by_any_name_it_was_reached_by(client, db):
+    await catalog.upsert(db, CATALOG)
+    await catalog.name_chat(db, -1001234, ["pets", "-1001234"])
+    assert await ids(client, "chat=-1001234") == [4, 5, 6]
+    assert await ids(client, "chat=-1009999") == []
 
 
 async def test_filtered_pages_count_every_match_and_carry_date_caption_and_batch_limit(

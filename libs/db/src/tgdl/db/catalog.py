@@ -170,7 +170,10 @@ class MessageFilter:
         if self.media_only:
             clauses.append("media_kind IS NOT NULL")
         if self.chat is not None:
-            clauses.append(f"chat = {arg(self.chat)}")
+            # by any name of the chat: as listed, as chat_key() writes it, or an alias
+            names = arg(sorted({self.chat, chat_key(self.chat)}))
+            clauses.append(f"chat IN (SELECT unnest({names}::text[]) UNION SELECT chat"
+                           f" FROM chat_aliases WHERE alias = {arg(chat_key(self.chat))})")
         if self.chats is not None:
             clauses.append(f"{chat_key_sql('chat')} = ANY({arg(sorted(self.chats))}::text[])")
         if self.media_kinds:

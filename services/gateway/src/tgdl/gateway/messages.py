@@ -78,7 +78,8 @@ async def messages(
     offset: Annotated[int, Query(ge=0, le=BIGINT_MAX)] = 0,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     media_only: bool = False,
-    chat: Annotated[str | None, Query(max_length=200, description="exact chat name")] = None,
+    chat: Annotated[str | None, Query(max_length=200, description=(
+        "a chat, by any of its names: as listed, @username in any case, or its id"))] = None,
     media_type: Annotated[str | None, Query(
         max_length=200, description=f"comma-separated: {MEDIA_KINDS}")] = None,
     min_size: Annotated[int | None, Query(ge=0, le=BIGINT_MAX, description="bytes")] = None,
