@@ -292,6 +292,40 @@ async def test_the_allow_list_hides_other_chats_from_the_list_and_media(servers,
         assert [i.get("error") for i in items] == [None, "access_denied", "access_denied"]
 
 
+async def test_a_token_limited_to_a_chat_by_its_id_reads_it_by_its_other_names(
+        servers, isolation):
+    app, lifespan = await serve(gateway_settings(
+        servers, isolation, api_token=TOKEN, api_tokens="lim@-1001234; other@secret"))
+    async with lifespan, httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                           base_url="http://localhost") as client:
+        mine = await a_finished_file(servers, isolation, "p.jpg", b"\xff\xd8jpeg")
+        conn = await connect(servers.database_url, isolation.schema)
+        try:  # message 1 is in chat "chan", listed by its username; its id is -1001234
+            await catalog.upsert(conn, [
+                CatalogEntry(message_id=1, chat="chan", telegram_message_id=901,
+                             media_kind=MediaKind.document, file_name="p.jpg", size=6),
+                CatalogEntry(message_id=2, chat="secret", telegram_message_id=902,
+                             media_kind=MediaKind.document, file_name="s.jpg", size=6)])
+            await catalog.name_chat(conn, -1001234, ["chan", "-1001234"])
+        finally:
+            await conn.close()
+        limited = {"Authorization": "Bearer lim"}
+        page = (await client.get("/api/messages", headers=limited)).json()
+        assert [m["message_id"] for m in page["items"]] == [1]
+        assert (await client.get(mine, headers=limited)).status_code == 200
+        assert "sig=" in (await client.get("/api/media/batch-status/b", headers=limited)).text
+        items = (await client.get("/api/messages/resolve", headers=limited, params={
+            "link": ["t.me/chan/901", "t.me/c/1234/901", "t.me/secret/902"]})).json()["items"]
+        assert [i.get("message_id") for i in items] == [1, 1, None]
+        assert items[2]["error"] == "access_denied"
+        # a token limited to another chat sees none of it
+        other = {"Authorization": "Bearer other"}
+        page = (await client.get("/api/messages", headers=other)).json()
+        assert [m["message_id"] for m in page["items"]] == [2]
+        assert_error(await client.get("/api/media/batch-status/b", headers=other), 404,
+                     "batch_not_found")
+
+
 async def test_a_token_limited_to_a_chat_sees_and_fetches_only_that_chat(
         servers, isolation, nc):
     app, lifespan = await serve(gateway_settings(

@@ -204,8 +204,13 @@ class FakeOpenBatches:
 class FakeCatalog:
     entries: dict[int, CatalogEntry] = field(default_factory=dict)
 
+    names: list[frozenset[str]] = field(default_factory=list)  # each chat's names
+
     async def get_many(self, ids: Sequence[int]) -> Mapping[int, CatalogEntry]:
         return {m: self.entries[m] for m in ids if m in self.entries}
+
+    async def every_name(self, chats: frozenset[str]) -> frozenset[str]:
+        return chats.union(*(n for n in self.names if n & chats))
 
 
 @dataclass
@@ -661,6 +666,21 @@ async def test_a_start_limited_to_chats_refuses_the_others_as_access_denied(tmp_
     accepted = await w.orch.start_batch(StartBatch(message_ids=[1],
                                                    chats=["@C"]))
     assert accepted.started == [1]
+
+
+async def test_a_token_limited_to_a_chat_by_one_name_starts_it_by_all(tmp_path):
+    w = world(tmp_path, ids=[1, 2])  # every message of the chat "c"
+    accepted = await w.orch.start_batch(StartBatch(message_ids=[1], chats=["-1001234"]))
+    assert [(f.message_id, f.error) for f in accepted.failed_to_start] == [
+        (1, ErrorCode.access_denied)]  # no other name of "c" is known yet
+    w.orch.ports.catalog.names.append(frozenset({"c", "-1001234"}))
+    limited = await w.orch.start_batch(StartBatch(message_ids=[1], chats=["-1001234"]))
+    assert limited.started == [1]
+    # the allow-list takes names as they are (the downloaders check it by name too)
+    w = world(tmp_path, ids=[2], allowed_chats="-1001234")
+    w.orch.ports.catalog.names.append(frozenset({"c", "-1001234"}))
+    refused = await w.orch.start_batch(StartBatch(message_ids=[2], chats=["-1001234"]))
+    assert [f.error for f in refused.failed_to_start] == [ErrorCode.access_denied]
 
 
 # a caller's own batch id (watch rules)

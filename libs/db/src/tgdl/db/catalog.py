@@ -111,6 +111,17 @@ async def name_chat(conn: asyncpg.Connection, peer_id: int, names: Sequence[str]
     return name
 
 
+async def every_name(conn: Any, chats: frozenset[str] | None) -> frozenset[str] | None:
+    """`chats` (chat_key()s) with every other name of the same Telegram chats: a chat an
+    allow-list or a token names one way is allowed the others too (None: any chat)."""
+    if not chats:
+        return chats
+    rows = await conn.fetch(
+        "SELECT alias FROM chat_aliases WHERE peer_id IN"
+        " (SELECT peer_id FROM chat_aliases WHERE alias = ANY($1::text[]))", sorted(chats))
+    return chats | {r["alias"] for r in rows}
+
+
 async def stored_ids(conn: asyncpg.Connection, chat: str, ids: Sequence[int]) -> list[int]:
     """Which of these Telegram message ids of `chat` (as the catalog names it) it holds."""
     rows = await conn.fetch(

@@ -29,7 +29,7 @@ from tgdl.db import readmodel
 from tgdl.db.readmodel import n_files, snapshot_json
 from tgdl.gateway.errors import ApiError
 from tgdl.gateway.idempotency import IdempotencyKey
-from tgdl.gateway.services import Services, caller_chats, services
+from tgdl.gateway.services import Services, caller_chats, services, token_chats
 
 router = APIRouter(prefix="/api/media", tags=["batches"])
 
@@ -45,7 +45,8 @@ def batch_not_found(batch_id: str) -> ApiError:
 
 
 def limited(request: Request, command: StartBatch) -> StartBatch:
-    """The command with the chats the caller's token is limited to, if it is."""
+    """The command with the chats the caller's token is limited to, if it is (as the
+    token names them: the orchestrator takes each chat by all its names)."""
     chats = getattr(request.state, "tgdl_chats", None)
     return command if chats is None else command.model_copy(update={"chats": sorted(chats)})
 
@@ -122,7 +123,7 @@ async def batch_list(svc: Svc, request: Request,
     with its counts and overall progress; GET batch-status/{id} has the files. A token
     limited to chats lists only the batches it may see (all their files in its chats)."""
     return await readmodel.batch_page(svc.pool, offset, limit,
-                                      getattr(request.state, "tgdl_chats", None))
+                                      await token_chats(request))
 
 
 @router.get("/batch-status/{batch_id}", response_model=BatchStatusResponse)
@@ -132,7 +133,7 @@ async def batch_status(batch_id: BatchId, svc: Svc, request: Request) -> Respons
         raise batch_not_found(batch_id)
     # The same bytes the projector publishes on NATS (see readmodel.status_body), plus
     # `stale` when the read model cannot be current.
-    body = await svc.view(caller_chats(request), snapshot_json(status))
+    body = await svc.view(await caller_chats(request), snapshot_json(status))
     return Response(svc.freshness.mark(body), media_type="application/json")
 
 
@@ -175,7 +176,7 @@ async def batch_events(batch_id: BatchId, svc: Svc, request: Request) -> Streami
     except BaseException:
         await sub.unsubscribe()
         raise
-    chats = caller_chats(request)
+    chats = await caller_chats(request)
     return StreamingResponse(_relay(sub, first, lambda body: svc.view(chats, body)),
                              media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -10,7 +10,7 @@ from starlette.responses import Response
 from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
 
-from tgdl.contracts.config import chat_key, narrowed
+from tgdl.contracts.config import chat_key
 from tgdl.contracts.paths import PART_SUFFIX
 from tgdl.gateway.errors import ApiError
 
@@ -50,7 +50,7 @@ class MediaFiles(StaticFiles):
         name starts with, see tgdl.contracts.paths) is in an allowed chat."""
         svc = scope["app"].state.services
         # A signed link was handed out for this very file; a token may be limited.
-        chats = narrowed(svc.settings.allowed_chat_set, scope["state"].get("tgdl_chats"))
+        chats = await svc.readable(scope["state"].get("tgdl_chats"))
         if chats is None:
             return True
         head = parts[-1].split("_", 1)[0] if parts else ""

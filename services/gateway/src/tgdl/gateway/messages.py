@@ -95,7 +95,7 @@ async def messages(
         media_only=media_only, chat=chat or None, media_kinds=media_kinds(media_type),
         min_size=min_size, max_size=max_size, since=moment("since", since, False),
         until=moment("until", until, True), text=q or None,
-        chats=caller_chats(request))
+        chats=await caller_chats(request))
     for name, text in (("chat", chat), ("media_type", media_type), ("q", q)):
         if text and "\x00" in text:  # PostgreSQL text cannot hold it
             raise invalid(f"{name}: must not contain a NUL character")
@@ -145,7 +145,7 @@ async def resolve_links(
             parsed.append(parse_link(text))
         except ValueError as exc:
             parsed.append(exc)
-    readable = caller_chats(request)
+    readable = await caller_chats(request)
     named = [(p.chat, p.telegram_message_id) for p in parsed if isinstance(p, MessageLink)
              and (readable is None or chat_key(p.chat) in readable)]
     async with svc.pool.acquire() as conn:

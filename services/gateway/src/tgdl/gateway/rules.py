@@ -95,7 +95,7 @@ async def _changed(svc: Services, command: BaseModel) -> WatchRule:
 
 async def _visible_rule(svc: Services, request: Request, rule_id: str) -> None:
     """Another chat's rule is as if it did not exist for a token limited to chats."""
-    chats = caller_chats(request)
+    chats = await caller_chats(request)
     async with svc.pool.acquire() as conn:
         rule = await rules.get(conn, rule_id)
     if rule is None or (chats is not None and chat_key(rule.chat) not in chats):
@@ -107,7 +107,7 @@ async def _visible_rule(svc: Services, request: Request, rule_id: str) -> None:
 async def create_rule(body: RuleCreate, svc: Svc, request: Request) -> WatchRule:
     """Watch a chat: its new media that match start batches by themselves (at most the
     batch limit of files each), as the catalog service finds them."""
-    chats = caller_chats(request)
+    chats = await caller_chats(request)
     if chats is not None and chat_key(body.chat) not in chats:
         raise ApiError(403, "access_denied", f"this API token may not read {body.chat!r}",
                        "Use a chat this token is limited to, or another token.")
@@ -118,7 +118,7 @@ async def create_rule(body: RuleCreate, svc: Svc, request: Request) -> WatchRule
 async def list_rules(svc: Svc, request: Request) -> RulePage:
     """Every watch rule (of the caller's chats), oldest first, with what it started."""
     async with svc.pool.acquire() as conn:
-        return RulePage(rules=await rules.listed(conn, caller_chats(request)))
+        return RulePage(rules=await rules.listed(conn, await caller_chats(request)))
 
 
 @router.patch("/{rule_id}", response_model=WatchRule)

@@ -6,8 +6,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -15,7 +16,7 @@ from fastapi import Request
 from nats.aio.client import Client as NATS
 
 from tgdl.contracts.config import chat_key, narrowed
-from tgdl.db import readmodel
+from tgdl.db import catalog, readmodel
 from tgdl.db.positions import until_reached
 from tgdl.gateway.commands import CommandClient
 from tgdl.gateway.errors import database_unavailable
@@ -25,6 +26,8 @@ from tgdl.gateway.security import Tokens
 from tgdl.gateway.settings import GatewaySettings
 
 log = logging.getLogger("tgdl.gateway")
+
+NAMES_TTL = 5.0  # seconds a chat's other names are remembered (asked on every request)
 
 # What a lost or stopped PostgreSQL raises (a refused or vanished socket, a closed
 # connection, a server shutting down or starting up, no answer in time; asyncpg's
@@ -88,6 +91,30 @@ class Services:
     idempotency: Idempotency
     tokens: Tokens  # signs the /media/ links of answers when tokens are on
     catalog: CommandClient | None = None  # the watch rule commands
+    # chats -> (until when, the same chats by all their names)
+    names_memo: dict[frozenset[str], tuple[float, frozenset[str]]] = field(
+        default_factory=dict)
+
+    async def every_name(self, chats: frozenset[str] | None) -> frozenset[str] | None:
+        """`chats` with every other name of the same chats (tgdl.db.catalog.every_name):
+        a token limited to a chat by one of its names reads it by all."""
+        if not chats:
+            return chats
+        now = time.monotonic()
+        memo = self.names_memo.get(chats)
+        if memo is not None and memo[0] > now:
+            return memo[1]
+        named = await catalog.every_name(self.pool, chats) or chats
+        if len(self.names_memo) > 1000:  # (one entry per token limit: few)
+            self.names_memo.clear()
+        self.names_memo[chats] = (now + NAMES_TTL, named)
+        return named
+
+    async def readable(self, token_chats: frozenset[str] | None) -> frozenset[str] | None:
+        """The chats a caller may see: the allow-list narrowed by its token's chats. The
+        allow-list takes names as they are: the downloaders check it too, and they do
+        not know the catalog's names."""
+        return narrowed(self.settings.allowed_chat_set, await self.every_name(token_chats))
 
     async def view(self, chats: frozenset[str] | None, body: bytes) -> bytes:
         """A status body as this caller may see it: the files of chats it may not read
@@ -113,12 +140,12 @@ class Services:
     async def batch_visible(self, request: Request, batch_id: str) -> bool:
         """A token limited to chats sees and steers only batches all of whose files are
         in its chats (another's batch is as if it did not exist)."""
-        chats = getattr(request.state, "tgdl_chats", None)
+        chats = await token_chats(request)
         return chats is None or await readmodel.batch_within(self.pool, batch_id, chats)
 
     async def message_visible(self, request: Request, message_id: int) -> bool:
         """The same for one message: its chat is among the token's."""
-        chats = getattr(request.state, "tgdl_chats", None)
+        chats = await token_chats(request)
         if chats is None:
             return True
         chat = await self.pool.fetchval("SELECT chat FROM catalog WHERE message_id = $1",
@@ -158,10 +185,17 @@ class Services:
         return reached
 
 
-def caller_chats(request: Request) -> frozenset[str] | None:
-    """The chats the caller may see: the allow-list narrowed by its token's chats."""
-    settings: GatewaySettings = request.app.state.services.settings
-    return narrowed(settings.allowed_chat_set, getattr(request.state, "tgdl_chats", None))
+async def caller_chats(request: Request) -> frozenset[str] | None:
+    """The chats the caller may see: the allow-list narrowed by its token's chats (each
+    by every name it was reached by); None: any chat."""
+    svc: Services = request.app.state.services
+    return await svc.readable(getattr(request.state, "tgdl_chats", None))
+
+
+async def token_chats(request: Request) -> frozenset[str] | None:
+    """The chats the caller's token is limited to, by all their names (None: no limit)."""
+    svc: Services = request.app.state.services
+    return await svc.every_name(getattr(request.state, "tgdl_chats", None))
 
 
 async def services(request: Request) -> Services:

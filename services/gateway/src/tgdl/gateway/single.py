@@ -94,7 +94,7 @@ async def status(message_id: MessageId, svc: Svc, request: Request) -> Response:
     body = {**readmodel.file_body(found), "download_id": found.download_id}
     if (stale := svc.freshness.reason()) is not None:
         body |= {"stale": True, "stale_reason": stale}
-    return Response(await svc.view(caller_chats(request), JSONResponse(body).body),
+    return Response(await svc.view(await caller_chats(request), JSONResponse(body).body),
                     media_type="application/json")
 
 

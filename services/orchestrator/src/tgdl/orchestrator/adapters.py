@@ -30,6 +30,9 @@ class PgCatalog:
         async with self._pool.acquire() as conn:
             return await catalog.get_many(conn, ids)
 
+    async def every_name(self, chats: frozenset[str]) -> frozenset[str]:
+        return await catalog.every_name(self._pool, chats) or chats
+
 
 class JobStream:
     """Job messages stored in the jobs work-queue stream."""

@@ -38,7 +38,7 @@ from tgdl.contracts.commands import (
     SingleCancelOutcome,
     StartBatch,
 )
-from tgdl.contracts.config import narrowed
+from tgdl.contracts.config import chat_key, narrowed
 from tgdl.contracts.events import (
     BatchCancelled,
     BatchEvent,
@@ -128,7 +128,7 @@ class Orchestrator:
         sizes = _sizes_on_disk(entries.values(), media_root, template)
         triage = triage_request(
             ids, entries, sizes, media_root, cmd.force,
-            narrowed(self.settings.allowed_chat_set, cmd.chats), leased, template,
+            await self._readable(cmd.chats), leased, template,
         )
         first = Start(
             batch_id=batch_id, kind=cmd.kind, max_concurrent=cmd.max_concurrent,
@@ -173,6 +173,16 @@ class Orchestrator:
         events, _ = await self.repo.history(batch_id)
         start = next((e for e in events if isinstance(e, BatchStarted)), None)
         return None if start is None else _accepted(start)
+
+    async def _readable(self, token_chats: Iterable[str] | None) -> frozenset[str] | None:
+        """The chats a start may download from: the allow-list narrowed by the caller's
+        token, whose chats count by every name they were reached by (None: any chat).
+        The allow-list takes names as they are: the downloaders check it too, and they
+        do not know the catalog's names."""
+        if token_chats is not None:
+            token_chats = await self.ports.catalog.every_name(
+                frozenset(chat_key(c) for c in token_chats))
+        return narrowed(self.settings.allowed_chat_set, token_chats)
 
     async def _records(self, entries: Iterable[CatalogEntry], force: bool
                        ) -> dict[int, FileRecord]:

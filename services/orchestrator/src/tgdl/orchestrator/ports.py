@@ -78,6 +78,10 @@ class OpenBatchIndex(Protocol):
 class Catalog(Protocol):
     async def get_many(self, ids: Sequence[int]) -> Mapping[int, CatalogEntry]: ...
 
+    async def every_name(self, chats: frozenset[str]) -> frozenset[str]:
+        """`chats` with the other names of the same chats (tgdl.db.catalog.every_name)."""
+        ...
+
 
 class FileRecordBook(Protocol):
     """Where Telegram files are complete, by `FileLocation.file_key`
