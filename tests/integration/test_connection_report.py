@@ -3,6 +3,7 @@ it was down, nothing in between above DEBUG; a seed list whose first server is d
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import logging
@@ -10,6 +11,7 @@ import logging
 import nats.errors
 from waiting import until
 
+from tgdl.bus import broker as broker_module
 from tgdl.bus.broker import connect, nats_broker
 from tgdl.launcher.embedded import free_port, start_nats
 
@@ -128,6 +130,7 @@ async def test_a_consumer_task_that_keeps_failing_is_restarted_later_and_later(
         return await fetch(self, *args, **kwargs)
 
     monkeypatch.setattr(JetStreamContext.PullSubscription, "fetch", failing_fetch)
+    monkeypatch.setattr(broker_module, "HEALTHY_RUN", 1.0)
     caplog.set_level(logging.INFO)
     await broker.start()
     try:
@@ -143,6 +146,15 @@ async def test_a_consumer_task_that_keeps_failing_is_restarted_later_and_later(
         broken = False
         await broker.publish(b"mended", "t.failing", stream="t_failing")
         await until(lambda: got == [b"mended"], within=15, what="a message after the fault")
+
+        # a task that ran long enough starts the delays over: a new fault is retried at
+        # once, then after 0.1 s, not after the 2 s the last streak had reached
+        await asyncio.sleep(broker_module.HEALTHY_RUN)  # the healthy run itself
+        seen = len(restarts())
+        broken = True
+        await until(lambda: len(restarts()) >= seen + 3, within=20, what="three restarts")
+        again = [b - a for a, b in itertools.pairwise(restarts()[seen:])]
+        assert again[0] < 1.5, again
     finally:
         await broker.stop()
         server.stop()
