@@ -79,8 +79,13 @@ async def by_chat_and_id(conn: asyncpg.Connection, wanted: Sequence[tuple[str, i
         f" AND {chat_key_sql('chat')} = ANY($2::text[])",
         sorted({m for _, m in wanted}), sorted({stored_as.get(k, k) for k in asked}))
     stored = {(chat_key(e.chat), e.telegram_message_id): e for e in map(_entry, rows)}
-    return {(key, m): stored[(stored_as.get(key, key), m)] for key, m in
-            ((chat_key(chat), m) for chat, m in wanted) if (stored_as.get(key, key), m) in stored}
+    found: dict[tuple[str, int], CatalogEntry] = {}
+    for chat, m in wanted:
+        key = chat_key(chat)
+        entry = stored.get((stored_as.get(key, key), m))
+        if entry is not None:
+            found[(key, m)] = entry
+    return found
 
 
 async def chat_of_peer(conn: asyncpg.Connection, peer_id: int) -> str | None:
@@ -112,8 +117,8 @@ async def name_chat(conn: asyncpg.Connection, peer_id: int, names: Sequence[str]
 
 
 async def every_name(conn: Any, chats: frozenset[str] | None) -> frozenset[str] | None:
-    """`chats` (chat_key()s) with every other name of the same Telegram chats: a chat an
-    allow-list or a token names one way is allowed the others too (None: any chat)."""
+    """`chats` (chat_key()s) with every other name of the same Telegram chats: a chat a
+    token is limited to by one name is readable by the others too (None: any chat)."""
     if not chats:
         return chats
     rows = await conn.fetch(
