@@ -122,3 +122,46 @@ def test_short_cost_growth_steps_run_several_times_and_say_so():
     text = report._section("cost_growth", scenario)
     assert "| 100 | 2 | 5 | 1.1 s | **11.0** |" in text
     assert "show the median run" in text
+
+
+def test_bench_report_says_why_each_missed_target_is_out_of_reach_and_is_silent_on_met_ones():
+    def at_scale(files_per_s: float) -> bench_goals.Scenario:
+        rows = [{"replicas": 4, "global_cap": cap, "files": 2000, "wall_s": 40.0,
+                 "files_per_s": files_per_s, "cpu_all_processes": 1.9, "cpu_ms_per_file": 38.0,
+                 "readers": 8, "status_reads": 6000, "status_p50_ms": 50.0,
+                 "status_p99_ms": 150.0, "no_work_p50_ms": 12.0, "no_work_p99_ms": 64.0}
+                for cap in (8, 16)]
+        return bench_goals.Scenario(
+            "at_scale", "Throughput at scale", {"rows": rows},
+            [bench_goals.Target("files/s end to end with 4 replicas", files_per_s, "", ">=",
+                                300),
+             bench_goals.Target("batch-status p99 under that load", 150.0, " ms", "<=", 20)],
+            {"nats-server": 0.45, "gateway": 0.3})
+
+    overhead = bench_goals.Scenario(
+        "overhead", "Overhead", {"command_median_ms": 20.0, "hops": [
+            {"step": "start command", "median_ms": 1.0},
+            {"step": "appended: FileCompleted, BatchFinished", "median_ms": 20.0}]},
+        [bench_goals.Target("one-file batch start -> BatchFinished, median", 20.0, " ms",
+                            "<=", 10)])
+    writes = bench_goals.Scenario(
+        "write_amplification", "Write amplification", {
+            "row_writes": 500, "files": 50, "file_seconds": 200.0, "writes_per_file": 10.0,
+            "writes_per_file_second": 2.5, "progress_rows": 150, "fixed_rows_per_file": 5.0},
+        [bench_goals.Target("read-model rows written per file-second", 2.5, "", "<=", 1.5)])
+
+    text = "\n".join(report._why_missed(
+        {"overhead": overhead, "at_scale": at_scale(50.0), "write_amplification": writes}))
+    assert "2 steps follow each other (section 3's trace), about 10.0 ms apiece" in text
+    # 0.45 of a core over 40 s for 2000 files: 9 ms a file; 300 a second at 38 ms: 5.7x
+    assert "nats-server's share alone 9.0 ms" in text
+    assert "300 files/s would need 5.7 times these cores" in text
+    assert "without any work waited 64.0 ms at p99" in text
+    # 5 fixed rows over 4 s files: 1.25 a second, 0.25 left for 0.75 of progress
+    assert "come to 1.25 per file-second for files of 4.0 s, leaving 0.25" in text
+    assert "0.75 here" in text
+
+    met = at_scale(400.0)
+    met.targets[1] = bench_goals.Target("batch-status p99 under that load", 15.0, " ms",
+                                        "<=", 20)
+    assert report._why_missed({"at_scale": met}) == []
