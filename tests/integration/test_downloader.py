@@ -46,11 +46,12 @@ class Downloader:
     stop: asyncio.Event
     task: asyncio.Task | None = None
 
-    async def queue(self, entry: CatalogEntry, job_id: str, party: str = "b1") -> None:
+    async def queue(self, entry: CatalogEntry, job_id: str, party: str = "b1",
+                    chat_names: tuple[str, ...] = ()) -> None:
         """What the orchestrator does: take the lease, then queue the job."""
         await self.leases.acquire(entry.message_id, job_id, party)
-        await self.publish(DownloadJob(job_id=job_id, entry=entry).model_dump_json().encode(),
-                           job_id)
+        job = DownloadJob(job_id=job_id, entry=entry, chat_names=chat_names)
+        await self.publish(job.model_dump_json().encode(), job_id)
 
     async def publish(self, body: bytes, msg_id: str) -> None:
         await self.js.publish(self.names.download_jobs, body, stream=self.names.jobs_stream,
@@ -275,6 +276,19 @@ async def test_a_job_of_a_chat_outside_the_allow_list_is_refused_unfetched(downl
     done = await d.outcome("b1:foreign")
     assert done.status == "failed" and done.failure.error == "access_denied"
     assert not (d.settings.media_root / relative_path(entry)).exists()
+
+
+async def test_a_job_naming_its_chat_by_an_allowed_name_is_fetched(downloader):
+    d = downloader
+    [entry, other] = d.healthy(2)
+    d.start(allowed_chats="-1001234")  # the chat by its id; the catalog lists a username
+    await d.queue(entry, "b1:alias", chat_names=("-1001234",))
+    await d.queue(other, "b1:elsewhere", chat_names=("-1009999",))
+    done = await d.outcome("b1:alias")
+    assert done.status == "completed"
+    assert sha_of(d, entry) == expected_sha256(entry.message_id, entry.size)
+    refused = await d.outcome("b1:elsewhere")
+    assert refused.status == "failed" and refused.failure.error == "access_denied"
 
 
 async def test_no_room_on_the_disk_fails_the_file_with_the_numbers(downloader):

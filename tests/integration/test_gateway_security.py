@@ -264,21 +264,29 @@ async def test_ids_beyond_bigint_are_422(open_client):
 # --- the chat allow-list -------------------------------------------------------------------
 
 
+async def chan_and_secret(servers, isolation, chan_id: int | None = None) -> None:
+    """Message 1 in chat "chan", listed by its username (reached by its id `chan_id`
+    too, if given); message 2 in chat "secret"."""
+    conn = await connect(servers.database_url, isolation.schema)
+    try:
+        await catalog.upsert(conn, [
+            CatalogEntry(message_id=1, chat="chan", telegram_message_id=901,
+                         media_kind=MediaKind.document, file_name="p.jpg", size=6),
+            CatalogEntry(message_id=2, chat="secret", telegram_message_id=902,
+                         media_kind=MediaKind.document, file_name="s.jpg", size=6)])
+        if chan_id is not None:
+            await catalog.name_chat(conn, chan_id, ["chan", str(chan_id)])
+    finally:
+        await conn.close()
+
+
 async def test_the_allow_list_hides_other_chats_from_the_list_and_media(servers, isolation):
     app, lifespan = await serve(gateway_settings(servers, isolation,
                                                  allowed_chats="@Chan"))
     async with lifespan, httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
                                            base_url="http://localhost") as client:
         allowed = await a_finished_file(servers, isolation, "p.jpg", b"\xff\xd8jpeg")
-        conn = await connect(servers.database_url, isolation.schema)
-        try:
-            await catalog.upsert(conn, [
-                CatalogEntry(message_id=1, chat="chan", telegram_message_id=901,
-                             media_kind=MediaKind.document, file_name="p.jpg", size=6),
-                CatalogEntry(message_id=2, chat="secret", telegram_message_id=902,
-                             media_kind=MediaKind.document, file_name="s.jpg", size=6)])
-        finally:
-            await conn.close()
+        await chan_and_secret(servers, isolation)
         (isolation.media_root / "documents" / "2_902_s.jpg").write_bytes(b"secret")
         page = (await client.get("/api/messages")).json()
         assert [m["message_id"] for m in page["items"]] == [1] and page["total"] == 1
@@ -299,16 +307,7 @@ async def test_a_token_limited_to_a_chat_by_its_id_reads_it_by_its_other_names(
     async with lifespan, httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
                                            base_url="http://localhost") as client:
         mine = await a_finished_file(servers, isolation, "p.jpg", b"\xff\xd8jpeg")
-        conn = await connect(servers.database_url, isolation.schema)
-        try:  # message 1 is in chat "chan", listed by its username; its id is -1001234
-            await catalog.upsert(conn, [
-                CatalogEntry(message_id=1, chat="chan", telegram_message_id=901,
-                             media_kind=MediaKind.document, file_name="p.jpg", size=6),
-                CatalogEntry(message_id=2, chat="secret", telegram_message_id=902,
-                             media_kind=MediaKind.document, file_name="s.jpg", size=6)])
-            await catalog.name_chat(conn, -1001234, ["chan", "-1001234"])
-        finally:
-            await conn.close()
+        await chan_and_secret(servers, isolation, chan_id=-1001234)
         limited = {"Authorization": "Bearer lim"}
         page = (await client.get("/api/messages", headers=limited)).json()
         assert [m["message_id"] for m in page["items"]] == [1]
@@ -324,6 +323,22 @@ async def test_a_token_limited_to_a_chat_by_its_id_reads_it_by_its_other_names(
         assert [m["message_id"] for m in page["items"]] == [2]
         assert_error(await client.get("/api/media/batch-status/b", headers=other), 404,
                      "batch_not_found")
+
+
+async def test_an_allow_list_naming_a_chat_by_its_id_shows_it_by_its_username(
+        servers, isolation):
+    app, lifespan = await serve(gateway_settings(servers, isolation,
+                                                 allowed_chats="-1001234"))
+    async with lifespan, httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                           base_url="http://localhost") as client:
+        mine = await a_finished_file(servers, isolation, "p.jpg", b"\xff\xd8jpeg")
+        await chan_and_secret(servers, isolation, chan_id=-1001234)
+        page = (await client.get("/api/messages")).json()
+        assert [m["message_id"] for m in page["items"]] == [1]
+        assert (await client.get(mine)).status_code == 200
+        items = (await client.get("/api/messages/resolve", params={
+            "link": ["t.me/chan/901", "t.me/secret/902"]})).json()["items"]
+        assert [i.get("message_id") for i in items] == [1, None]
 
 
 async def test_a_token_limited_to_a_chat_sees_and_fetches_only_that_chat(

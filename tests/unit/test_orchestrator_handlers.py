@@ -676,11 +676,24 @@ async def test_a_token_limited_to_a_chat_by_one_name_starts_it_by_all(tmp_path):
     w.orch.ports.catalog.names.append(frozenset({"c", "-1001234"}))
     limited = await w.orch.start_batch(StartBatch(message_ids=[1], chats=["-1001234"]))
     assert limited.started == [1]
-    # the allow-list takes names as they are (the downloaders check it by name too)
-    w = world(tmp_path, ids=[2], allowed_chats="-1001234")
-    w.orch.ports.catalog.names.append(frozenset({"c", "-1001234"}))
-    refused = await w.orch.start_batch(StartBatch(message_ids=[2], chats=["-1001234"]))
+
+
+async def test_an_allow_list_naming_a_chat_by_one_name_admits_it_and_tells_the_downloader(
+        tmp_path):
+    w = world(tmp_path, ids=[1, 2], allowed_chats="-1001234")  # the chat "c" by its id
+    refused = await w.orch.start_batch(StartBatch(message_ids=[1]))
     assert [f.error for f in refused.failed_to_start] == [ErrorCode.access_denied]
+    w.orch.ports.catalog.names.append(frozenset({"c", "-1001234"}))  # a sync learned it
+    accepted = await w.orch.start_batch(StartBatch(message_ids=[1, 2], chats=["-1001234"]))
+    assert accepted.started == [1, 2]
+    # the downloaders check the allow-list by name, knowing no catalog: the job says it
+    assert [j.chat_names for j in w.jobs.queue.values()] == [("-1001234",), ("-1001234",)]
+
+    # a chat the allow-list names as the catalog does needs no other name
+    w = world(tmp_path, ids=[3], allowed_chats="@C")
+    w.orch.ports.catalog.names.append(frozenset({"c", "-1001234"}))
+    assert (await w.orch.start_batch(StartBatch(message_ids=[3]))).started == [3]
+    assert [j.chat_names for j in w.jobs.queue.values()] == [()]
 
 
 # a caller's own batch id (watch rules)

@@ -87,6 +87,7 @@ class CommonSettings(BaseSettings):
 
     # Chats that may be read, comma-separated usernames or ids; empty: every chat. Applied
     # everywhere: a start (access_denied), the message list, /media/ and the downloader.
+    # A chat counts by every name the catalog reached it by.
     allowed_chats: str = ""
 
     # Where files go under the media root (placeholders in tgdl.contracts.paths); a batch
@@ -104,9 +105,10 @@ class CommonSettings(BaseSettings):
         chats = frozenset(chat_key(c) for c in self.allowed_chats.split(",") if c.strip())
         return chats or None
 
-    def chat_allowed(self, chat: str) -> bool:
+    def chat_allowed(self, chat: str, *other_names: str) -> bool:
+        """Whether the allow-list lets `chat` be read, by its name or any other one."""
         allowed = self.allowed_chat_set
-        return allowed is None or chat_key(chat) in allowed
+        return allowed is None or any(chat_key(c) in allowed for c in (chat, *other_names))
 
     @property
     def names(self) -> Names:

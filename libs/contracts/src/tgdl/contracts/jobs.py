@@ -26,6 +26,9 @@ class DownloadJob(BaseModel):
     # goes under the media root, see tgdl.contracts.paths.relative_path.
     name_template: str | None = None
     priority: Priority = Priority.normal  # where it waits for room under the global cap
+    # The entry's chat's other names (tgdl.db.catalog.every_name), given when the
+    # allow-list names the chat by one of them: the downloaders check it, knowing no catalog.
+    chat_names: tuple[str, ...] = ()
 
 
 # The states a running job reports (a subset of JobState).

@@ -118,7 +118,8 @@ async def name_chat(conn: asyncpg.Connection, peer_id: int, names: Sequence[str]
 
 async def every_name(conn: Any, chats: frozenset[str] | None) -> frozenset[str] | None:
     """`chats` (chat_key()s) with every other name of the same Telegram chats: a chat a
-    token is limited to by one name is readable by the others too (None: any chat)."""
+    token or the allow-list names by one name is readable by the others too (None: any
+    chat)."""
     if not chats:
         return chats
     rows = await conn.fetch(

@@ -146,6 +146,12 @@ class EarlyClaim:
                 await self._files.release(self._key, self._job_id)
 
 
+def _allowed(settings: DownloaderSettings, job: DownloadJob) -> bool:
+    """The allow-list admits the job's chat by its name or another the job says it has.
+    Taken on trust like the rest of the job: whoever may publish jobs may name any chat."""
+    return settings.chat_allowed(job.entry.chat, *job.chat_names)
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -314,7 +320,7 @@ class Worker:
 
     def _claim_file_early(self, job: DownloadJob) -> EarlyClaim | None:
         location = job.entry.location
-        if self.files is None or location is None or not self.s.chat_allowed(job.entry.chat):
+        if self.files is None or location is None or not _allowed(self.s, job):
             return None
         return EarlyClaim(self.files, location.file_key, job)
 
@@ -423,7 +429,7 @@ class Worker:
     # --- the download -----------------------------------------------------------------------
 
     async def _download(self, job: DownloadJob, running: Running, attempt: int) -> DownloadOutcome:
-        if not self.s.chat_allowed(job.entry.chat):  # whoever queued it, never fetched
+        if not _allowed(self.s, job):  # whoever queued it, never fetched
             return self._outcome(job, OutcomeStatus.failed, Failure.of(
                 ErrorCode.access_denied,
                 f"chat {job.entry.chat!r} is not among the allowed chats of this downloader"))

@@ -97,7 +97,7 @@ class Services:
 
     async def every_name(self, chats: frozenset[str] | None) -> frozenset[str] | None:
         """`chats` with every other name of the same chats (tgdl.db.catalog.every_name):
-        a token limited to a chat by one of its names reads it by all."""
+        a chat allowed (or a token limited) by one of its names is read by all."""
         if not chats:
             return chats
         now = time.monotonic()
@@ -111,10 +111,10 @@ class Services:
         return named
 
     async def readable(self, token_chats: frozenset[str] | None) -> frozenset[str] | None:
-        """The chats a caller may see: the allow-list narrowed by its token's chats. The
-        allow-list takes names as they are: the downloaders check it too, and they do
-        not know the catalog's names."""
-        return narrowed(self.settings.allowed_chat_set, await self.every_name(token_chats))
+        """The chats a caller may see: the allow-list narrowed by its token's chats, each
+        chat by every name it was reached by."""
+        return narrowed(await self.every_name(self.settings.allowed_chat_set),
+                        await self.every_name(token_chats))
 
     async def view(self, chats: frozenset[str] | None, body: bytes) -> bytes:
         """A status body as this caller may see it: the files of chats it may not read

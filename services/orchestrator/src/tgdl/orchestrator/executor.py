@@ -5,8 +5,10 @@ sweep leaves those alone)."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Iterable
 
+from tgdl.contracts.config import chat_key
 from tgdl.contracts.events import BatchEvent
 from tgdl.contracts.jobs import DownloadJob
 from tgdl.contracts.status import Priority
@@ -28,12 +30,17 @@ from tgdl.orchestrator.react import (
 )
 from tgdl.orchestrator.repository import BatchRepository
 
+NAMES_TTL = 5.0  # s: how long a chat's other names are reused for its jobs
+
 
 class Executor:
-    def __init__(self, repo: BatchRepository, ports: Ports) -> None:
+    def __init__(self, repo: BatchRepository, ports: Ports,
+                 allowed_chats: frozenset[str] | None = None) -> None:
         self.repo = repo
         self.ports = ports
+        self.allowed_chats = allowed_chats  # the allow-list as given (chat_key()s)
         self.in_flight: set[Key] = set()
+        self._names: dict[str, tuple[float, tuple[str, ...]]] = {}
 
     async def decide(
         self, batch_id: str, command: Command
@@ -105,7 +112,8 @@ class Executor:
             if not acquired.attached:
                 await self.ports.jobs.publish_job(
                     DownloadJob(job_id=d.job_id, entry=d.entry, force=d.force,
-                                name_template=d.name_template, priority=d.priority))
+                                name_template=d.name_template, priority=d.priority,
+                                chat_names=await self._other_names(d.entry.chat)))
                 metrics.JOBS_PUBLISHED.inc()
             events, _, after = await self.repo.execute(d.batch_id, MarkDispatched(
                 message_id=m, job_id=acquired.job_id, attached=acquired.attached,
@@ -113,6 +121,24 @@ class Executor:
         finally:
             self.in_flight.discard(key)
         await self.carry_out([*react_all(events, after), *after_dispatch(after, m, events)])
+
+    async def _other_names(self, chat: str) -> tuple[str, ...]:
+        """The chat's other names, for a job whose downloader checks the allow-list by
+        name, when that list names the chat by another one than the catalog's (none
+        asked for otherwise: no query on the way of most files)."""
+        key = chat_key(chat)
+        if self.allowed_chats is None or key in self.allowed_chats:
+            return ()
+        now = time.monotonic()
+        memo = self._names.get(key)
+        if memo is not None and memo[0] > now:
+            return memo[1]
+        names = tuple(sorted(await self.ports.catalog.every_name(frozenset({key})) - {key}))
+        if names:  # not kept while none is known: a sync may learn one any moment
+            if len(self._names) > 1000:
+                self._names.clear()
+            self._names[key] = (now + NAMES_TTL, names)
+        return names
 
 
 async def _all(work: Iterable[Awaitable[None]]) -> None:

@@ -90,7 +90,7 @@ class Orchestrator:
         self.settings = settings
         self.ports = ports
         self.repo = BatchRepository(ports.log)
-        self.executor = Executor(self.repo, ports)
+        self.executor = Executor(self.repo, ports, settings.allowed_chat_set)
         self._seen_stalled: set[Key] = set()
 
     # --- commands --------------------------------------------------------------------------
@@ -176,13 +176,14 @@ class Orchestrator:
 
     async def _readable(self, token_chats: Iterable[str] | None) -> frozenset[str] | None:
         """The chats a start may download from: the allow-list narrowed by the caller's
-        token, whose chats count by every name they were reached by (None: any chat).
-        The allow-list takes names as they are: the downloaders check it too, and they
-        do not know the catalog's names."""
+        token, each chat counting by every name it was reached by (None: any chat)."""
+        allowed = self.settings.allowed_chat_set
+        if allowed is not None:
+            allowed = await self.ports.catalog.every_name(allowed)
         if token_chats is not None:
             token_chats = await self.ports.catalog.every_name(
                 frozenset(chat_key(c) for c in token_chats))
-        return narrowed(self.settings.allowed_chat_set, token_chats)
+        return narrowed(allowed, token_chats)
 
     async def _records(self, entries: Iterable[CatalogEntry], force: bool
                        ) -> dict[int, FileRecord]:
