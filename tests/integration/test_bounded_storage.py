@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 
 import pytest
 from waiting import until
 
-from tgdl.bus.topology import QueuePolicy, ensure_topology
+from tgdl.bus.topology import QueuePolicy, ensure_topology, stream_configs
 from tgdl.contracts.catalog import CatalogEntry, MediaKind
 from tgdl.contracts.commands import (
     BatchAccepted,
@@ -52,6 +53,21 @@ async def test_every_stream_and_bucket_is_bounded(nc, isolation):
     # migrating again with other limits changes them in place
     await ensure_topology(js, names, QueuePolicy(bucket_max_keys=SMALL, progress_max_msgs=SMALL))
     assert (await js.stream_info(f"KV_{names.leases_bucket}")).config.max_msgs == SMALL
+
+
+async def test_batch_logs_never_expire_not_even_where_an_older_release_aged_them(
+        nc, isolation):
+    """An open batch (paused for months) keeps its log; `tgdl prune` forgets finished
+    ones. Releases before this one kept batch logs 30 days, open or not."""
+    names = Names(isolation.namespace)
+    js = nc.jetstream()
+    [events] = [c for c in stream_configs(names, QueuePolicy())
+                if c.name == names.events_stream]
+    await js.add_stream(dataclasses.replace(events, max_age=30 * 86400.0))
+    await ensure_topology(js, names, QueuePolicy())
+    assert not (await js.stream_info(names.events_stream)).config.max_age
+    # what an orchestrator reads once, and a rebuild after it, still ages
+    assert (await js.stream_info(names.outcomes_stream)).config.max_age == 30 * 86400.0
 
 
 async def test_progress_at_its_limit_drops_the_oldest_and_publishing_goes_on(nc, isolation):

@@ -39,7 +39,10 @@ class QueuePolicy:
     max_deliver: int = 6  # then the job ends as failed, never an endless loop
     global_cap: int = 8  # downloads in flight across all batches and replicas
     replicas: int = 1  # copies of every stream and bucket (3 on a NATS cluster)
-    events_max_age: float = 30 * DAY  # how long batch logs (and so history) are kept
+    # Outcomes are read once by an orchestrator, then only by a rebuild of the read model.
+    # Batch logs have no age: an open batch (a pause of months) must keep its truth, and
+    # `tgdl prune` forgets finished ones, marker and all in the read model.
+    outcomes_max_age: float = 30 * DAY
     duplicate_window: float = 600.0  # job re-publishes after a crash are dropped within it
     # Storage bounds (CommonSettings documents them).
     events_max_msgs: int = 5_000_000
@@ -79,7 +82,7 @@ def stream_configs(names: Names, policy: QueuePolicy) -> list[StreamConfig]:
     kept = {"storage": StorageType.FILE, "num_replicas": policy.replicas}
     return [
         StreamConfig(name=names.events_stream, subjects=[names.all_batch_events],
-                     retention=RetentionPolicy.LIMITS, max_age=policy.events_max_age,
+                     retention=RetentionPolicy.LIMITS,
                      max_msgs=policy.events_max_msgs, max_msg_size=MAX_EVENT_BYTES,
                      discard=DiscardPolicy.NEW,
                      duplicate_window=policy.duplicate_window, **kept),
@@ -94,7 +97,7 @@ def stream_configs(names: Names, policy: QueuePolicy) -> list[StreamConfig]:
                      max_msg_size=MAX_SMALL_BYTES, discard=DiscardPolicy.NEW,
                      duplicate_window=policy.duplicate_window, **kept),
         StreamConfig(name=names.outcomes_stream, subjects=[names.all_file_done],
-                     retention=RetentionPolicy.LIMITS, max_age=policy.events_max_age,
+                     retention=RetentionPolicy.LIMITS, max_age=policy.outcomes_max_age,
                      max_msgs=policy.outcomes_max_msgs, max_msg_size=MAX_SMALL_BYTES,
                      discard=DiscardPolicy.OLD,
                      duplicate_window=policy.duplicate_window, **kept),
