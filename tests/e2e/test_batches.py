@@ -280,6 +280,18 @@ async def test_permanent_failures_are_reported_with_reasons(stack: Stack):
     assert "1 of" in final["summary"] or "completed" in final["summary"]
 
 
+async def test_a_start_where_nothing_can_start_is_readable_as_soon_as_it_is_answered(
+        stack: Stack):
+    no_media = [x.message_id for x in stack.sim_messages() if x.media_kind is None][:1]
+    started = await stack.start_batch([*no_media, 999_999])
+    assert started["status"] == "failed" and started["started_downloads"] == []
+    # read at once, as a client does after the answer: the batch is there, failed
+    response = await stack.http.get(f"/api/media/batch-status/{started['batch_id']}")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["overall_status"], body["failed"], body["total_files"]) == ("failed", 2, 2)
+
+
 async def test_too_many_ids_are_refused_by_the_orchestrator_as_a_422(stack: Stack):
     response = await stack.http.post("/api/media/batch-download",
                                      json={"message_ids": list(range(1, 52))})

@@ -53,10 +53,10 @@ def limited(request: Request, command: StartBatch) -> StartBatch:
 
 async def start(svc: Services, command: StartBatch) -> BatchAccepted:
     """Ask the orchestrator for a batch (the single-file API uses it too) and wait briefly
-    until the read model knows it, so a status query right after finds it."""
+    until the read model knows it, so a status query right after finds it: also a batch
+    where nothing could start, which exists (ended as failed) all the same."""
     accepted = await svc.orchestrator.call(command, BatchAccepted)
-    if accepted.started or accepted.already_downloaded:
-        await svc.until_projected(accepted.batch_id)
+    await svc.until_projected(accepted.batch_id)
     return accepted
 
 
