@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -266,6 +268,23 @@ async def test_a_corrupted_range_is_refetched_and_a_persistent_one_fails_the_fil
     assert failed.status == "failed" and failed.hash_verified is None
     assert "SHA-256" in failed.failure.detail
     assert not (d.settings.media_root / relative_path(always)).exists()
+
+
+async def test_a_failing_download_is_retried_later_each_time_then_fails(downloader, caplog):
+    d = downloader  # retry_base_delay 0.1 s, max_deliver 4
+    [entry] = d.healthy(1)
+    await sim_client.set_faults(d.settings.sim_url, drop={
+        "message_id": entry.message_id, "after_bytes": 0, "times": 100})
+    caplog.set_level(logging.INFO, logger="tgdl.downloader")
+    d.start(retry_max_delay=0.3)
+    await d.queue(entry, "b1:dropped")
+    done = await d.outcome("b1:dropped")
+    assert done.status == "failed" and done.failure.error == "retries_exhausted"
+    assert "gave up after 4 attempts" in done.failure.detail
+    # each delivery waits longer before the next, up to the maximum
+    delays = [float(m) for r in caplog.records
+              for m in re.findall(r"b1:dropped: .*; retrying in ([\d.]+) s", r.getMessage())]
+    assert delays == [0.1, 0.2, 0.3]
 
 
 async def test_a_job_of_a_chat_outside_the_allow_list_is_refused_unfetched(downloader):

@@ -14,7 +14,7 @@ class DownloaderSettings(CommonSettings):
     account: str = "default"  # replicas sharing an account share its flood waits
     slots: int = Field(default=4, ge=1, le=64)  # downloads at once in this replica
     progress_interval: float = Field(default=0.25, gt=0)  # seconds between progress messages
-    retry_base_delay: float = Field(default=1.0, ge=0)  # back-off before a retry: base * 2^n
+    retry_base_delay: float = Field(default=1.0, ge=0)  # back-off: see retry_delay
     retry_max_delay: float = Field(default=30.0, ge=0)
     max_flood_wait: int = Field(default=3600, ge=0)  # longer waits fail the file instead
     parts_per_file: int = Field(default=0, ge=0, le=32)  # 1 MiB parts in flight; 0: by size
@@ -29,3 +29,8 @@ class DownloaderSettings(CommonSettings):
     # A download starts only if the media folder's disk keeps this much free after it
     # (otherwise storage_error, with the numbers), so a full disk never cuts files short.
     min_free_bytes: int = Field(default=256 * 1024 * 1024, ge=0)
+
+    def retry_delay(self, attempt: int) -> float:
+        """How long a job that failed its `attempt`-th delivery (1 for the first) waits
+        before the next: the base, doubled with each attempt, at most the maximum."""
+        return min(self.retry_base_delay * 2 ** (attempt - 1), self.retry_max_delay)

@@ -596,7 +596,7 @@ class Worker:
                     else ErrorCode.retries_exhausted)
                 return self._outcome(job, OutcomeStatus.failed, Failure.of(
                     code, f"gave up after {attempt} attempts; last error: {exc}"))
-            delay = min(self.s.retry_base_delay * 2 ** (attempt - 1), self.s.retry_max_delay)
+            delay = self.s.retry_delay(attempt)
             await progress.publish("retrying", force=True)
             raise Retry(delay, str(exc)) from exc
         finally:
