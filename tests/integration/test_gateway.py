@@ -372,6 +372,28 @@ async def test_an_accepted_batch_becomes_the_contract_body(client, orchestrator_
     assert body["message"].startswith("Batch download started with 3 files")
 
 
+async def test_a_start_giving_only_ids_asks_for_the_documented_defaults(client, nc, settings):
+    sent: list[StartBatch] = []
+
+    async def answer(msg) -> None:
+        sent.append(StartBatch.model_validate_json(msg.data))
+        await msg.respond(CommandReply(ok=BatchAccepted(
+            batch_id="batch_plain", requested_ids=[1], started=[], already_downloaded=[],
+            already_downloading=[], failed_to_start=[
+                FileFailure.of_message(1, ErrorCode.no_media, "none")],
+        )).model_dump_json().encode())
+    sub = await nc.subscribe(settings.names.cmd_batch_start, cb=answer)
+    await nc.flush()  # the stand-in answers before the gateway asks
+    try:
+        response = await client.post("/api/media/batch-download", json={"message_ids": [1]})
+        assert response.status_code == 200, response.text
+    finally:
+        await sub.unsubscribe()
+    [cmd] = sent  # max_concurrent 3, no force, normal priority, the configured layout
+    assert (cmd.max_concurrent, cmd.force, cmd.priority, cmd.name_template) == (
+        3, False, "normal", None)
+
+
 async def test_an_unreadable_reply_is_a_502(client, orchestrator_answers):
     orchestrator_answers.append(b'{"ok": {"type": "Something"}}')
     response = await client.post("/api/media/batch-download", json={"message_ids": [1]})
@@ -405,6 +427,7 @@ async def test_a_retry_starts_the_files_another_try_can_mend_as_the_batch_ran(
             already_downloaded=[], already_downloading=[], failed_to_start=[],
         )).model_dump_json().encode())
     sub = await nc.subscribe(settings.names.cmd_batch_start, cb=answer)
+    await nc.flush()  # the stand-in answers before the gateway asks
     try:
         response = await client.post("/api/media/batch-retry/b")
         assert response.status_code == 200, response.text
