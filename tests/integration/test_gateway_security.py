@@ -288,10 +288,17 @@ async def test_the_allow_list_hides_other_chats_from_the_list_and_media(servers,
         allowed = await a_finished_file(servers, isolation, "p.jpg", b"\xff\xd8jpeg")
         await chan_and_secret(servers, isolation)
         (isolation.media_root / "documents" / "2_902_s.jpg").write_bytes(b"secret")
+        # files named by other templates: the id, then any separator that is not a digit
+        for name in ("1-p.jpg", "1.jpg", "2-s.jpg", "2.jpg"):
+            (isolation.media_root / "documents" / name).write_bytes(b"x")
         page = (await client.get("/api/messages")).json()
         assert [m["message_id"] for m in page["items"]] == [1] and page["total"] == 1
         assert (await client.get(allowed)).status_code == 200
+        assert (await client.get("/media/documents/1-p.jpg")).status_code == 200
+        assert (await client.get("/media/documents/1.jpg")).status_code == 200
         assert_error(await client.get("/media/documents/2_902_s.jpg"), 404, "not_found")
+        assert_error(await client.get("/media/documents/2-s.jpg"), 404, "not_found")
+        assert_error(await client.get("/media/documents/2.jpg"), 404, "not_found")
         assert_error(await client.get("/media/documents/3_1_unknown.jpg"), 404, "not_found")
         # a link into another chat says the chat may not be read, not whether it exists
         items = (await client.get("/api/messages/resolve", params={"link": [

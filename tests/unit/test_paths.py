@@ -7,7 +7,13 @@ from pathlib import PurePosixPath
 import pytest
 
 from tgdl.contracts.catalog import CatalogEntry, MediaKind
-from tgdl.contracts.paths import MAX_NAME_BYTES, download_url, relative_path, safe_name
+from tgdl.contracts.paths import (
+    MAX_NAME_BYTES,
+    download_url,
+    message_id_of,
+    relative_path,
+    safe_name,
+)
 
 
 def entry(name: str | None, kind=MediaKind.document, mime: str | None = None) -> CatalogEntry:
@@ -50,3 +56,17 @@ def test_missing_extension_comes_from_mime_type_or_kind():
 def test_no_media_has_no_path():
     with pytest.raises(ValueError):
         relative_path(entry("x", kind=None))
+
+
+@pytest.mark.parametrize(("name", "message_id"), [
+    ("12_901_photo.jpg", 12), ("12-photo.jpg", 12), ("12.jpg", 12), ("7 x.bin", 7),
+    ("photo_12.jpg", None), ("12", None), ("x.jpg", None), ("", None),
+    (f"{2**63}_a.jpg", None), (f"{'9' * 30}_a.jpg", None)])
+def test_a_media_file_name_says_its_message_whatever_the_template(name, message_id):
+    assert message_id_of(name) == message_id
+    # ... and every file a template names says it back
+    entry = CatalogEntry(message_id=42, chat="c", telegram_message_id=9,
+                         media_kind=MediaKind.photo, file_name="a.jpg", size=1)
+    for template in ("{message_id}_{name}", "{chat}/{message_id}-{stem}.{ext}",
+                     "{message_id}.{ext}"):
+        assert message_id_of(relative_path(entry, template).name) == 42

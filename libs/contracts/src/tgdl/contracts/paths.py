@@ -299,5 +299,17 @@ def parts_path(final: PathT) -> PathT:
     return final.with_name(final.name + PARTS_SUFFIX)
 
 
+_LEADING_ID = re.compile(r"([0-9]+)[^0-9]")
+
+
+def message_id_of(file_name: str) -> int | None:
+    """The message a media file belongs to: every template starts its file names with
+    the message id and a separator that is not a digit (None: not such a name)."""
+    match = _LEADING_ID.match(file_name)
+    if match is None or len(match[1]) > 19 or int(match[1]) > 2**63 - 1:
+        return None
+    return int(match[1])
+
+
 def download_url(relative: PurePosixPath | str) -> str:
     return f"/media/{relative}"

@@ -11,7 +11,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
 
 from tgdl.contracts.config import chat_key
-from tgdl.contracts.paths import PART_SUFFIX
+from tgdl.contracts.paths import PART_SUFFIX, message_id_of
 from tgdl.gateway.errors import ApiError
 
 # Shown in the browser; anything else (HTML, SVG, scripts: a Telegram file may be named
@@ -53,11 +53,11 @@ class MediaFiles(StaticFiles):
         chats = await svc.readable(scope["state"].get("tgdl_chats"))
         if chats is None:
             return True
-        head = parts[-1].split("_", 1)[0] if parts else ""
-        if not head.isdigit() or int(head) > 2**63 - 1:
+        message_id = message_id_of(parts[-1]) if parts else None
+        if message_id is None:
             return False
         chat = await svc.pool.fetchval("SELECT chat FROM catalog WHERE message_id = $1",
-                                       int(head))
+                                       message_id)
         return chat is not None and chat_key(chat) in chats
 
     async def check_config(self) -> None:
