@@ -291,6 +291,14 @@ async def test_a_start_where_nothing_can_start_is_readable_as_soon_as_it_is_answ
     body = response.json()
     assert (body["overall_status"], body["failed"], body["total_files"]) == ("failed", 2, 2)
 
+    # a file on disk and one that cannot start: the answer says what the batch ends as
+    [good] = stack.media_ids(1)
+    await stack.until_finished((await stack.start_batch([good]))["batch_id"])
+    mixed = await stack.start_batch([good, 999_999])
+    assert (mixed["status"], mixed["already_downloaded"]) == ("failed", [good])
+    body = (await stack.http.get(f"/api/media/batch-status/{mixed['batch_id']}")).json()
+    assert body["overall_status"] == "failed"
+
 
 async def test_too_many_ids_are_refused_by_the_orchestrator_as_a_422(stack: Stack):
     response = await stack.http.post("/api/media/batch-download",

@@ -29,7 +29,8 @@ StartFailure = FileFailure
 class BatchDownloadResponse(BaseModel):
     batch_id: str
     # "started": files are downloading; "completed": every file was already there;
-    # "failed": no file could start (see failed_to_start)
+    # "failed": nothing downloads and some file could not start (see failed_to_start):
+    # the status the batch ends with
     status: Literal["started", "completed", "failed"]
     message: str
     total_files: int

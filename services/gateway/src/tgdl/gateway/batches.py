@@ -78,8 +78,9 @@ def start_message(accepted: BatchAccepted) -> str:
 def start_response(accepted: BatchAccepted) -> BatchDownloadResponse:
     return BatchDownloadResponse(
         batch_id=accepted.batch_id,
+        # as the batch ends when nothing downloads: failed if any file could not start
         status="started" if accepted.started else (
-            "completed" if accepted.already_downloaded else "failed"),
+            "failed" if accepted.failed_to_start else "completed"),
         message=start_message(accepted),
         total_files=len(accepted.requested_ids),
         started_downloads=accepted.started,
