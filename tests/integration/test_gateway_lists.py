@@ -117,6 +117,9 @@ async def test_filtered_pages_count_every_match_and_carry_date_caption_and_batch
     ("min_size=10&max_size=5", "min_size: 10 is larger than max_size 5"),
     ("since=yesterday", "since: 'yesterday' is not a date"),
     ("until=2025-13-01", "until: '2025-13-01' is not a date"),
+    ("until=9999-12-31", "until: '9999-12-31' is beyond the calendar"),
+    ("since=0001-01-01T00:00:00%2B14:00",
+     "since: '0001-01-01T00:00:00+14:00' is beyond the calendar"),
     ("since=2025-02-01&until=2025-01-01", "since: 2025-02-01 is not before until"),
     ("q=" + "x" * 201, "q: "),
 ])

@@ -51,10 +51,14 @@ def moment(name: str, value: str | None, end_of_day: bool) -> datetime | None:
             start = datetime.combine(day, time(), UTC)
             return start + timedelta(days=1) if end_of_day else start
         at = datetime.fromisoformat(value)
+        # in UTC, as the database compares it: a zone may carry it out of the calendar
+        return (at if at.tzinfo else at.replace(tzinfo=UTC)).astimezone(UTC)
     except ValueError:
         raise invalid(f"{name}: {value!r} is not a date (2025-01-31) or date-time "
                       "(2025-01-31T18:00:00Z)") from None
-    return at if at.tzinfo else at.replace(tzinfo=UTC)
+    except OverflowError:
+        raise invalid(f"{name}: {value!r} is beyond the calendar (years 1 to 9999, "
+                      "in UTC)") from None
 
 
 def complete_files(root: Path, wanted: Sequence[tuple[str, int | None]]) -> list[bool]:
