@@ -35,6 +35,7 @@ from tgdl.db import catalog
 from tgdl.db.readmodel import batch_status, snapshot_json
 from tgdl.db.schema import SchemaOutdated
 from tgdl.gateway.app import create_app
+from tgdl.gateway.errors import database_unavailable
 from tgdl.gateway.settings import GatewaySettings
 from tgdl.projector.fold import fold_event, fold_progress
 from tgdl.projector.sql import apply_changes
@@ -392,6 +393,22 @@ async def test_a_start_giving_only_ids_asks_for_the_documented_defaults(client, 
     [cmd] = sent  # max_concurrent 3, no force, normal priority, the configured layout
     assert (cmd.max_concurrent, cmd.force, cmd.priority, cmd.name_template) == (
         3, False, "normal", None)
+
+
+async def test_a_start_the_orchestrator_accepted_is_answered_with_postgresql_away(
+        app, client, orchestrator_answers, monkeypatch):
+    orchestrator_answers.append(CommandReply(ok=BatchAccepted(
+        batch_id="batch_accepted", requested_ids=[1], started=[1], already_downloaded=[],
+        already_downloading=[], failed_to_start=[])).model_dump_json().encode())
+
+    async def away(*args):
+        raise database_unavailable("connection refused")
+    monkeypatch.setattr(app.state.services.pool, "fetchval", away)
+    # the batch exists and downloads: a 503 would have the client start it again
+    response = await client.post("/api/media/batch-download", json={"message_ids": [1]})
+    assert response.status_code == 200, response.text
+    assert (response.json()["batch_id"], response.json()["status"]) == (
+        "batch_accepted", "started")
 
 
 async def test_an_unreadable_reply_is_a_502(client, orchestrator_answers):

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from tgdl.contracts.api import ErrorBody
-from tgdl.gateway.errors import error_response
+from tgdl.gateway.errors import ApiError, error_response
 from tgdl.gateway.services import Services, services
 
 router = APIRouter(tags=["health"])
@@ -23,6 +23,8 @@ async def healthz(request: Request,
         async with asyncio.timeout(2.0):
             await svc.pool.fetchval("SELECT 1")
         checks["postgres"] = "ok"
+    except ApiError as exc:  # an outage, already named by the database layer
+        checks["postgres"] = f"down: {exc.body.detail}"
     except Exception as exc:
         checks["postgres"] = f"down: {type(exc).__name__}"
     up = all(v == "ok" for v in checks.values())

@@ -31,11 +31,15 @@ NAMES_TTL = 5.0  # seconds a chat's other names are remembered (asked on every r
 
 # What a lost or stopped PostgreSQL raises (a refused or vanished socket, a closed
 # connection, a server shutting down or starting up, no answer in time; asyncpg's
-# InternalClientError too, seen when the server died in the middle of a query).
+# InternalClientError too, seen when the server died in the middle of a query), and what
+# a server that will not serve us says: its login refused (a changed password or access
+# rule, for the pool's next connection), its database gone, its disk or memory full.
 DB_OUTAGES: tuple[type[Exception], ...] = (
     OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError,
-    asyncpg.exceptions.OperatorInterventionError, asyncpg.TooManyConnectionsError,
-    asyncpg.InternalClientError,
+    asyncpg.exceptions.OperatorInterventionError, asyncpg.InternalClientError,
+    asyncpg.exceptions.InvalidAuthorizationSpecificationError,
+    asyncpg.exceptions.InvalidCatalogNameError,
+    asyncpg.exceptions.InsufficientResourcesError,  # TooManyConnectionsError among them
 )
 
 
@@ -155,10 +159,16 @@ class Services:
     async def until_projected(self, batch_id: str) -> bool:
         """Wait (briefly) until the read model knows a batch the orchestrator just
         accepted, so a status query right after the start finds it. The projector
-        publishes a snapshot after writing it; subscribe first, then look."""
-        sub = await self.nc.subscribe(self.settings.names.batch_progress(batch_id))
+        publishes a snapshot after writing it; subscribe first, then look. Best effort:
+        the batch exists, so an outage here never turns its start into an error (a
+        client would start it again); False when it was not seen in time."""
         try:
-            if await self.pool.fetchval("SELECT 1 FROM batches WHERE batch_id = $1", batch_id):
+            sub = await self.nc.subscribe(self.settings.names.batch_progress(batch_id))
+        except Exception as exc:  # NATS away: look once in the database instead
+            log.debug("batch %s: no snapshot awaited: %r", batch_id, exc)
+            return await self._projected(batch_id)
+        try:
+            if await self._projected(batch_id):
                 return True
             try:
                 await sub.next_msg(timeout=self.settings.projection_wait)
@@ -168,6 +178,14 @@ class Services:
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+
+    async def _projected(self, batch_id: str) -> bool:
+        try:
+            return bool(await self.pool.fetchval(
+                "SELECT 1 FROM batches WHERE batch_id = $1", batch_id))
+        except Exception as exc:  # PostgreSQL away: the snapshot may still say it
+            log.debug("batch %s: read model not checked: %r", batch_id, exc)
+            return False
 
     async def until_current(self) -> bool:
         """Wait (briefly) until the read model has applied every batch event appended so
