@@ -110,6 +110,11 @@ async def test_commands_are_503_naming_nats_while_it_is_down(servers, isolation,
                 response = await client.request(method, url, json={"message_ids": [1]})
                 body = assert_unavailable(response, "nats_unavailable", "NATS")
                 assert body["unavailable"] == "nats"
+            # a start that may be repeated safely: its key's store is on NATS too
+            response = await client.post("/api/media/batch-download", json={
+                "message_ids": [1]}, headers={"Idempotency-Key": "start-once"})
+            body = assert_unavailable(response, "nats_unavailable", "NATS")
+            assert body["unavailable"] == "nats"
             # Reads still answer from PostgreSQL, but say they cannot be current.
             status = await client.get("/api/media/batch-status/b")
             assert status.status_code == 200

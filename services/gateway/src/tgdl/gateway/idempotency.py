@@ -16,16 +16,22 @@ import hashlib
 import logging
 import time
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Annotated, TypeVar
 
 from fastapi import Header
+from nats.errors import NoRespondersError
 from nats.js import JetStreamContext
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import (
+    BucketNotFoundError,
+    KeyNotFoundError,
+    KeyWrongLastSequenceError,
+    ServiceUnavailableError,
+)
 from nats.js.kv import KeyValue
 from pydantic import BaseModel
 
-from tgdl.gateway.errors import RETRY_AFTER, ApiError
+from tgdl.gateway.errors import NATS_OUTAGES, RETRY_AFTER, ApiError, nats_unavailable
 from tgdl.runtime import expected_outage
 
 Answer = TypeVar("Answer", bound=BaseModel)
@@ -81,10 +87,11 @@ class Idempotency:
         """`answer()`, or the answer given to the first request with this key."""
         if key is None:
             return await answer()
-        kv = await self._store()
         name = _digest(key)  # any header value, as a valid KV key
         digest = _digest(request.model_dump_json())
-        claimed = await self._claim(kv, name, digest, model)
+        with self._nats_answers():
+            kv = await self._store()
+            claimed = await self._claim(kv, name, digest, model)
         if not isinstance(claimed, int):
             return claimed  # the first request's answer
         try:
@@ -108,6 +115,22 @@ class Idempotency:
         else:
             log.warning("could not store the answer for an Idempotency-Key (NATS away)")
         return result
+
+    @contextlib.contextmanager
+    def _nats_answers(self) -> Iterator[None]:
+        """The key's store unreachable (NATS down or reconnecting, JetStream not
+        answering) is an outage naming NATS, before anything started."""
+        try:
+            yield
+        except ApiError:
+            raise
+        except Exception as exc:
+            if not (isinstance(exc, NATS_OUTAGES) or expected_outage(exc)
+                    or isinstance(exc, NoRespondersError | ServiceUnavailableError)):
+                raise
+            raise nats_unavailable(
+                f"the Idempotency-Key store (NATS bucket {self._bucket}) did not answer: "
+                f"{type(exc).__name__}") from None
 
     async def _claim(self, kv: KeyValue, name: str, digest: str,
                      model: type[Answer]) -> int | Answer:
