@@ -206,6 +206,28 @@ async def test_every_way_a_dying_database_fails_is_a_503(exc):
     assert raised.value.status == 503 and raised.value.body.error == "database_unavailable"
 
 
+async def test_a_read_postgresql_does_not_answer_in_time_is_a_503(servers, isolation):
+    """A hung server (a network cut, a frozen host, here a lock nobody lets go of) must
+    not hang the request: each query has the gateway's db_timeout."""
+    settings = settings_for(servers.nats_url, servers.database_url, isolation,
+                            db_timeout=0.5)
+    await a_batch(settings)
+    holder = await connect(settings.database_url, settings.db_schema)
+    try:
+        async with gateway(settings) as client:
+            assert (await client.get("/api/media/batch-status/b")).status_code == 200
+            tx = holder.transaction()
+            await tx.start()
+            await holder.execute("LOCK TABLE batches IN ACCESS EXCLUSIVE MODE")
+            body = assert_unavailable(await client.get("/api/media/batch-status/b"),
+                                      "database_unavailable", "PostgreSQL")
+            assert "no answer within 0.5 s" in body["detail"]
+            await tx.rollback()
+            assert (await client.get("/api/media/batch-status/b")).status_code == 200
+    finally:
+        await holder.close()
+
+
 @pytest.mark.parametrize(("user", "database"), [("nobody_here", None), (None, "no_such_db")])
 async def test_a_server_that_will_not_serve_us_is_a_503_not_a_500(servers, user, database):
     """A login the server refuses (a changed password, role or access rule) or a database

@@ -87,7 +87,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             return
         try:
             db = Database(await create_pool(settings.database_url, settings.db_schema,
-                                            max_size=4), settings.db_timeout)
+                                            max_size=4, command_timeout=settings.db_timeout),
+                          settings.db_timeout)
             names = settings.names
             freshness = Freshness(
                 broker.connection,

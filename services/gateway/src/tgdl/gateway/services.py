@@ -44,16 +44,20 @@ DB_OUTAGES: tuple[type[Exception], ...] = (
 
 
 @contextlib.contextmanager
-def _outage_is_503() -> Iterator[None]:
+def _outage_is_503(timeout: float) -> Iterator[None]:
     try:
         yield
+    except TimeoutError:
+        raise database_unavailable(
+            f"no answer within {timeout:g} s (busy, or unreachable)") from None
     except DB_OUTAGES as exc:
         raise database_unavailable(str(exc) or type(exc).__name__) from None
 
 
 class Database:
     """The read model's pool, with every outage turned into a 503 naming PostgreSQL and
-    a deadline on getting a connection (a hung server must not hang requests)."""
+    a deadline on getting a connection and on each query (its pool's command_timeout):
+    a hung server must not hang requests."""
 
     def __init__(self, pool: asyncpg.Pool, timeout: float) -> None:
         self._pool = pool
@@ -61,7 +65,7 @@ class Database:
 
     @contextlib.asynccontextmanager
     async def acquire(self) -> AsyncIterator[asyncpg.Connection]:
-        with _outage_is_503():
+        with _outage_is_503(self._timeout):
             async with self._pool.acquire(timeout=self._timeout) as conn:
                 yield conn
 

@@ -14,7 +14,8 @@ class GatewaySettings(CommonSettings):
     # the read model, and a pause, resume, cancel or new setting for the read model to
     # show it, so that a status query right after the answer agrees with it.
     projection_wait: float = Field(default=2.0, ge=0)
-    # A read from PostgreSQL gives up (503) if no connection is had within this.
+    # A read from PostgreSQL gives up (503) if no connection is had within this, or a
+    # query has no answer within it.
     db_timeout: float = Field(default=5.0, gt=0)
     # A status says `stale` once the projector has left a stream's messages unapplied
     # this long (it applies within about a second when healthy).
