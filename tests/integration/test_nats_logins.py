@@ -57,6 +57,11 @@ async def test_the_gateway_cannot_publish_a_job_but_the_orchestrator_can(server)
         await gateway.flush()
         await until(lambda: any("ermissions" in v for v in violations), 5,
                     what="a permissions violation")
+        # nor a batch's status snapshot, which every event stream of that batch relays
+        await gateway.publish(names.batch_progress("b"), b"{}")
+        await gateway.flush()
+        await until(lambda: any(names.batch_progress("b") in v for v in violations), 5,
+                    what="a permissions violation on the snapshot")
         js = orchestrator.jetstream()
         await js.publish(names.download_jobs, b"{}", stream=names.jobs_stream)
         info = await js.stream_info(names.jobs_stream)

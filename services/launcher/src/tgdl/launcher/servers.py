@@ -70,6 +70,7 @@ def nats_users(home: Home, namespace: str) -> list[NatsUser]:
             json.dump(passwords, file)
     gateway_deny = (
         f"{names.prefix}.job.>", f"{names.prefix}.evt.>", f"{names.prefix}.file.>",
+        f"{names.prefix}.batch.>",  # the projector's snapshots, relayed by event streams
         f"$KV.{names.leases_bucket}.>", f"$KV.{names.open_batches_bucket}.>",
         f"$KV.{names.flood_bucket}.>", f"$KV.{names.files_bucket}.>",
         "$JS.API.STREAM.CREATE.>", "$JS.API.STREAM.UPDATE.>",
