@@ -199,6 +199,27 @@ async def test_more_ids_than_a_batch_holds_start_as_several_batches_followed_in_
     assert [b["total_files"] for b in as_json.json()] == [2, 2, 1]
 
 
+@pytest.mark.stack(max_batch_ids=2)
+async def test_more_links_than_a_batch_holds_are_resolved_in_turn(stack):
+    messages = [m for m in stack.sim_messages() if m.media_kind and m.chat == "sim_demo"][:3]
+    links = [f"https://t.me/{m.chat}/{m.telegram_message_id}" for m in messages]
+    run = await tgdl(stack, "download", "--detach", "--json", *links)
+    assert run.code == 0, run.out + run.err
+    assert [b["total_files"] for b in run.json()] == [2, 1]
+    named = [m for b in run.json() for m in b["started_downloads"] + b["already_downloaded"]]
+    assert named == [m.message_id for m in messages]
+
+
+@pytest.mark.stack(max_batch_ids=100, max_body_bytes=1024)
+async def test_a_start_too_big_for_one_request_body_is_sent_as_several(stack):
+    # 301 ids of six digits are a body over 1 kB: refused (413) before the batch limit
+    run = await tgdl(stack, "download", "--detach", "--json", "100000-100300")
+    assert run.code == 1 and "too_large" not in run.out + run.err  # 1: none could start
+    assert [b["total_files"] for b in run.json()] == [100, 100, 100, 1]
+    assert {f["error"] for b in run.json() for f in b["failed_to_start"]} == {
+        "message_not_found"}
+
+
 async def test_download_takes_filters_as_tgdl_messages_reads_them(stack):
     voice = [m.message_id for m in stack.sim_messages()
              if m.chat == "sim_demo" and m.media_kind == "voice"]

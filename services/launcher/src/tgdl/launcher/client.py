@@ -425,28 +425,57 @@ def interrupted(api: Api, console: Console, batch_ids: list[str], as_json: bool)
     return EXIT_INTERRUPTED
 
 
+# Links per resolve request: they all travel in its URL, which a few kB keeps well
+# inside any server's limit; the gateway's batch limit may be lower still.
+LINKS_PER_REQUEST = 50
+# What the gateway answers a request it finds too big: more ids or links than a batch
+# holds, or a body over TGDL_MAX_BODY_BYTES.
+TOO_BIG = ("too_many_files", "too_large", "invalid_request")
+
+
+def batch_limit(api: Api) -> int | None:
+    """The most ids a batch takes on this gateway (its TGDL_MAX_BATCH_IDS)."""
+    return api.call("GET", "/api/messages", params={"limit": 1}).get("batch_limit")
+
+
 def resolve_links(api: Api, said: Console, requested: list[int | str]) -> tuple[list[int], int]:
     """The ids of `requested` with its links resolved by the gateway, in order, each
     once; says why for each link without one, and returns how many those were."""
-    links = [r for r in requested if isinstance(r, str)]
+    links = list(dict.fromkeys(r for r in requested if isinstance(r, str)))
     found: dict[str, list[int]] = {}
-    if links:
-        for item in api.call("GET", "/api/messages/resolve", params={"link": links})["items"]:
-            if item.get("album"):  # a message of an album: the link names all of it
-                found[item["link"]] = item["album"]
-                said.print(f"  {item['link']}: an album of {len(item['album'])} messages "
-                           "(add ?single for that message alone)", highlight=False,
-                           markup=False, soft_wrap=True)
-                continue
-            if item.get("message_id") is not None:
-                found[item["link"]] = [item["message_id"]]
-                continue
-            said.print(f"  {item['link']} not started: {item['error']}: {item['detail']}",
-                       style="red", highlight=False, markup=False, soft_wrap=True)
-            said.print(f"      {item['suggestion']}", highlight=False, markup=False,
-                       soft_wrap=True)
+    for item in _resolved(api, links):
+        if item.get("album"):  # a message of an album: the link names all of it
+            found[item["link"]] = item["album"]
+            said.print(f"  {item['link']}: an album of {len(item['album'])} messages "
+                       "(add ?single for that message alone)", highlight=False,
+                       markup=False, soft_wrap=True)
+            continue
+        if item.get("message_id") is not None:
+            found[item["link"]] = [item["message_id"]]
+            continue
+        said.print(f"  {item['link']} not started: {item['error']}: {item['detail']}",
+                   style="red", highlight=False, markup=False, soft_wrap=True)
+        said.print(f"      {item['suggestion']}", highlight=False, markup=False,
+                   soft_wrap=True)
     ids = [m for r in requested for m in ([r] if isinstance(r, int) else found.get(r, []))]
     return list(dict.fromkeys(ids)), len(set(links) - set(found))
+
+
+def _resolved(api: Api, links: list[str]) -> list[dict[str, Any]]:
+    """The gateway's answer for each link, asked LINKS_PER_REQUEST at a time (or fewer,
+    when the gateway's batch limit is lower)."""
+    size = LINKS_PER_REQUEST
+    items: list[dict[str, Any]] = []
+    while len(items) < len(links):
+        chunk = links[len(items):len(items) + size]
+        try:
+            items += api.call("GET", "/api/messages/resolve", params={"link": chunk})["items"]
+        except Failure as refused:
+            limit = batch_limit(api) if refused.error in TOO_BIG and len(chunk) > 1 else None
+            if not limit or limit >= len(chunk):
+                raise
+            size = limit
+    return items
 
 
 def download(api: Api, console: Console, args: argparse.Namespace) -> int:
@@ -473,26 +502,26 @@ def download(api: Api, console: Console, args: argparse.Namespace) -> int:
 
 def start_batches(api: Api, said: Console, args: argparse.Namespace,
                   ids: list[int]) -> list[dict[str, Any]]:
-    """Start `ids` as one batch, or, when they are more than a batch may hold, as several
-    of at most the gateway's limit each (in order)."""
+    """Start `ids` as one batch, or, when they are more than a batch may hold (or than a
+    request body may carry), as several of at most the gateway's limit each (in order)."""
     body: dict[str, Any] = {"max_concurrent": args.max_concurrent, "force": args.force,
                             "priority": args.priority}
     if args.name_template is not None:
         body["name_template"] = args.name_template
-    try:
-        return [api.call("POST", "/api/media/batch-download",
-                         json={"message_ids": ids, **body})]
-    except Failure as refused:
-        limit = api.call("GET", "/api/messages", params={"limit": 1}).get("batch_limit") \
-            if refused.error == "too_many_files" else None
-        if not limit:
-            raise
     started: list[dict[str, Any]] = []
-    for first in range(0, len(ids), limit):
+    done, size = 0, len(ids)
+    while done < len(ids):
+        chunk = ids[done:done + size]
         try:
             started.append(api.call("POST", "/api/media/batch-download",
-                                    json={"message_ids": ids[first:first + limit], **body}))
-        except Failure:
+                                    json={"message_ids": chunk, **body}))
+            done += len(chunk)
+        except Failure as refused:
+            if refused.error in ("too_many_files", "too_large") and len(chunk) > 1:
+                # more than a batch holds, or a body too big for the gateway even so
+                limit = batch_limit(api) or len(chunk)
+                size = limit if limit < len(chunk) else len(chunk) // 2
+                continue
             if started:  # what runs already is said before the failure
                 said.print(f"Started before this failed: "
                            f"{', '.join(s['batch_id'] for s in started)}", highlight=False,
