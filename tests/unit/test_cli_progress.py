@@ -6,13 +6,16 @@ from __future__ import annotations
 import argparse
 import io
 
+import httpx
 import pytest
 from rich.console import Console
 
 from tgdl.launcher.client import (
     UNLIMITED_WIDTH,
+    Api,
     Failure,
     batches,
+    bearer_token,
     console_for,
     message_ids,
     messages,
@@ -294,3 +297,28 @@ def test_a_link_to_an_album_brings_the_albums_messages_in_its_place():
     assert (ids, unresolved) == ([3, 7, 8, 9, 4], 1)
     assert "t.me/c/1/5: an album of 3 messages (add ?single" in said.getvalue()
     assert "t.me/c/1/99 not started: message_not_found: gone" in said.getvalue()
+
+
+def test_the_cli_sends_the_first_plain_token_of_the_gateways_list():
+    # TGDL_API_TOKEN as the gateway reads it: tokens, plain or as their digest
+    assert bearer_token("sha256:" + "ab" * 32 + ", k7f ,q2x") == ("k7f", False)
+    assert bearer_token("k7f") == ("k7f", False)
+    assert bearer_token("") == (None, False) and bearer_token(None) == (None, False)
+    assert bearer_token("sha256:" + "ab" * 32) == (None, True)
+
+
+def test_a_refused_cli_with_only_digests_is_told_it_needs_a_token_itself():
+    refused = httpx.Response(401, json={"error": "unauthorized", "detail": "no token",
+                                        "suggestion": "Send Authorization: Bearer."})
+    digests_only = Api("http://127.0.0.1:1", "sha256:" + "ab" * 32)
+    try:
+        told = digests_only._failure(refused)
+    finally:
+        digests_only.close()
+    assert told.error == "unauthorized" and "only sha256: digests" in told.suggestion
+    plain = Api("http://127.0.0.1:1", "k7f")
+    try:
+        assert plain._failure(refused).suggestion == "Send Authorization: Bearer."
+        assert plain.http.headers["Authorization"] == "Bearer k7f"
+    finally:
+        plain.close()

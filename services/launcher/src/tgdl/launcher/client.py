@@ -273,9 +273,19 @@ def _add_rule_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
 # --- HTTP --------------------------------------------------------------------------------
 
 
+def bearer_token(configured: str | None) -> tuple[str | None, bool]:
+    """The token the CLI sends from TGDL_API_TOKEN, which the gateway reads as a list of
+    tokens, each plain or `sha256:<hex>`: the first plain one. Also whether the list held
+    only digests, which a client cannot send (the gateway keeps no token to compare)."""
+    entries = [t.strip() for t in (configured or "").split(",") if t.strip()]
+    plain = [t for t in entries if not t.lower().startswith("sha256:")]
+    return (plain[0] if plain else None), bool(entries) and not plain
+
+
 class Api:
     def __init__(self, url: str, token: str | None) -> None:
         self.url = url.rstrip("/")
+        token, self.only_digests = bearer_token(token)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         # Reads may wait up to the event stream's keep-alive (15 s) and a bit more.
         self.http = httpx.Client(base_url=self.url, headers=headers,
@@ -300,8 +310,13 @@ class Api:
         if not isinstance(detail, str):
             detail = json.dumps(detail)
         code = EXIT_REFUSED if response.status_code < 500 else EXIT_UNAVAILABLE
+        suggestion = body.get("suggestion")
+        if response.status_code == 401 and self.only_digests:
+            suggestion = ("TGDL_API_TOKEN holds only sha256: digests, which the gateway "
+                          "checks tokens against; the CLI must send a token itself: put "
+                          "one first in TGDL_API_TOKEN as it is (TOKEN,sha256:...).")
         return Failure(code, str(body.get("error") or response.status_code), detail,
-                       body.get("suggestion"))
+                       suggestion)
 
     def call(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
