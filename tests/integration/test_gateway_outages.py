@@ -164,12 +164,20 @@ async def test_status_is_stale_while_the_projector_lags_the_streams(servers, iso
         ack = await nc.jetstream().publish(names.batch_events("b"), b"{}")
         lagging = await until(lambda: _stale(status), within=10, what="stale status")
         assert names.events_stream in lagging["stale_reason"]
+        # what it does not know yet may exist already: not a 404
+        for url in ("/api/media/batch-status/batch_new", "/api/media/status/99",
+                    "/api/media/batch-events/batch_new"):
+            body = assert_unavailable(await client.get(url), "read_model_behind",
+                                      "cannot be current")
+            assert body["unavailable"] == "read_model", url
         db = await connect(settings.database_url, settings.db_schema)
         try:
             await save_positions(db, {names.events_stream: ack.seq}, {})
         finally:
             await db.close()
         await until(lambda: _current(status), within=10, what="current status")
+        gone = await client.get("/api/media/batch-status/batch_new")
+        assert (gone.status_code, gone.json()["error"]) == (404, "batch_not_found")
 
 
 async def _stale(status) -> dict | None:

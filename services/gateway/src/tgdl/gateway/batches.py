@@ -27,7 +27,7 @@ from tgdl.contracts.commands import (
 )
 from tgdl.db import readmodel
 from tgdl.db.readmodel import n_files, snapshot_json
-from tgdl.gateway.errors import ApiError
+from tgdl.gateway.errors import ApiError, read_model_behind
 from tgdl.gateway.idempotency import IdempotencyKey
 from tgdl.gateway.services import Services, caller_chats, services, token_chats
 
@@ -39,7 +39,11 @@ Svc = Annotated[Services, Depends(services)]
 KEEPALIVE_SECONDS = 15.0
 
 
-def batch_not_found(batch_id: str) -> ApiError:
+def batch_not_found(batch_id: str, stale: str | None = None) -> ApiError:
+    """No such batch; or, while the read model cannot be current (`stale`, from
+    Freshness.reason), no such batch yet: it may have been started meanwhile."""
+    if stale is not None:
+        return read_model_behind(f"no batch {batch_id!r} in the read model", stale)
     return ApiError(404, "batch_not_found", f"no batch with id {batch_id!r}",
                     "Use the batch_id returned by POST /api/media/batch-download.")
 
@@ -105,7 +109,7 @@ async def batch_retry(batch_id: BatchId, svc: Svc, request: Request) -> BatchDow
     priority and naming template, so their kept bytes are resumed where they are."""
     plan = await readmodel.retry_plan(svc.pool, batch_id)
     if plan is None or not await svc.batch_visible(request, batch_id):
-        raise batch_not_found(batch_id)
+        raise batch_not_found(batch_id, svc.freshness.reason())
     if not plan.message_ids:
         raise ApiError(409, "nothing_to_retry",
                        f"batch {batch_id!r} has no failed or cancelled file another try "
@@ -131,7 +135,7 @@ async def batch_list(svc: Svc, request: Request,
 async def batch_status(batch_id: BatchId, svc: Svc, request: Request) -> Response:
     status = await readmodel.batch_status(svc.pool, batch_id)
     if status is None or not await svc.batch_visible(request, batch_id):
-        raise batch_not_found(batch_id)
+        raise batch_not_found(batch_id, svc.freshness.reason())
     # The same bytes the projector publishes on NATS (see readmodel.status_body), plus
     # `stale` when the read model cannot be current.
     body = await svc.view(await caller_chats(request), snapshot_json(status))
@@ -141,7 +145,7 @@ async def batch_status(batch_id: BatchId, svc: Svc, request: Request) -> Respons
 @router.post("/batch-cancel/{batch_id}", response_model=BatchCancelResponse)
 async def batch_cancel(batch_id: BatchId, svc: Svc, request: Request) -> BatchCancelResponse:
     if not await svc.batch_visible(request, batch_id):
-        raise batch_not_found(batch_id)
+        raise batch_not_found(batch_id, svc.freshness.reason())
     done = await svc.orchestrator.call(CancelBatch(batch_id=batch_id), BatchCancelOutcome)
     if done.already_finished:
         return BatchCancelResponse(
@@ -162,7 +166,7 @@ async def batch_events(batch_id: BatchId, svc: Svc, request: Request) -> Streami
     """The batch's status now, then every change, as server-sent events; the stream
     ends after the snapshot that says the batch finished."""
     if not await svc.batch_visible(request, batch_id):
-        raise batch_not_found(batch_id)
+        raise batch_not_found(batch_id, svc.freshness.reason())
     # Subscribe before reading the current status, so no change falls in between.
     sub = await svc.nc.subscribe(svc.settings.names.batch_progress(batch_id))
     try:
@@ -173,7 +177,7 @@ async def batch_events(batch_id: BatchId, svc: Svc, request: Request) -> Streami
             try:
                 first = (await sub.next_msg(timeout=svc.settings.projection_wait)).data
             except TimeoutError:
-                raise batch_not_found(batch_id) from None
+                raise batch_not_found(batch_id, svc.freshness.reason()) from None
     except BaseException:
         await sub.unsubscribe()
         raise

@@ -100,6 +100,16 @@ def nats_unavailable(detail: str = "the gateway is not connected to NATS right n
                     extra={"unavailable": "nats"}, headers={"Retry-After": RETRY_AFTER})
 
 
+def read_model_behind(what: str, stale: str) -> ApiError:
+    """`what` is missing from a read model that cannot be current (`stale` says why):
+    not a 404, since it may exist already."""
+    return ApiError(503, "read_model_behind", f"{what}, which cannot be current: {stale}",
+                    "Retry in a moment: it may exist already. GET /healthz shows whether "
+                    "NATS and PostgreSQL are up; the projector may be stopped or catching "
+                    "up.", extra={"unavailable": "read_model"},
+                    headers={"Retry-After": RETRY_AFTER})
+
+
 # A NATS client that lost its server raises these; none of them is the request's fault.
 NATS_OUTAGES: tuple[type[Exception], ...] = (
     nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError,

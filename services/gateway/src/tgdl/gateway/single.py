@@ -30,7 +30,7 @@ from tgdl.contracts.errors import ErrorCode
 from tgdl.contracts.status import BatchKind, Priority
 from tgdl.db import readmodel
 from tgdl.gateway.batches import limited, start
-from tgdl.gateway.errors import ApiError
+from tgdl.gateway.errors import ApiError, read_model_behind
 from tgdl.gateway.services import Services, caller_chats, services
 
 router = APIRouter(prefix="/api/media", tags=["single file"])
@@ -89,6 +89,8 @@ async def download(message_id: MessageId, svc: Svc, request: Request,
 async def status(message_id: MessageId, svc: Svc, request: Request) -> Response:
     found = await readmodel.message_status(svc.pool, message_id)
     if found is None or not await svc.message_visible(request, message_id):
+        if (stale := svc.freshness.reason()) is not None:  # it may have been meanwhile
+            raise read_model_behind(f"message {message_id} not in the read model", stale)
         raise ApiError(404, "not_requested", f"message {message_id} was never requested",
                        f"Start it with POST /api/media/download/{message_id}.")
     body = {**readmodel.file_body(found), "download_id": found.download_id}

@@ -37,7 +37,7 @@ Svc = Annotated[Services, Depends(services)]
 
 async def visible(svc: Services, request: Request, batch_id: str) -> None:
     if not await svc.batch_visible(request, batch_id):
-        raise batch_not_found(batch_id)
+        raise batch_not_found(batch_id, svc.freshness.reason())
 
 
 def _files(n: int) -> str:
