@@ -34,6 +34,7 @@ from tgdl.contracts.status import OverallStatus
 from tgdl.db import catalog
 from tgdl.db.readmodel import batch_status, snapshot_json
 from tgdl.db.schema import SchemaOutdated
+from tgdl.gateway import batches as batches_module
 from tgdl.gateway.app import create_app
 from tgdl.gateway.errors import database_unavailable
 from tgdl.gateway.settings import GatewaySettings
@@ -527,6 +528,37 @@ async def test_healthz_is_503_and_names_what_is_down(app, client):
     body = assert_error_body(await client.get("/healthz"), 503, "unhealthy")
     assert body["nats"] == "ok" and body["postgres"].startswith("down")
     assert body["detail"] == {"nats": "ok", "postgres": body["postgres"]}
+
+
+async def test_an_event_stream_whose_last_snapshot_was_lost_reads_the_batch_again(
+        client, db, monkeypatch):
+    """A snapshot published while the gateway's NATS connection was down never arrives:
+    the stream reads the batch at its next keep-alive and still ends."""
+    monkeypatch.setattr(batches_module, "KEEPALIVE_SECONDS", 0.2)
+    await a_batch_in_flight(db)
+    stream = asyncio.create_task(client.get("/api/media/batch-events/b"))
+    await project(db, BatchFinished(batch_id="b", at=AT, overall_status="completed",
+                                    completed=3, failed=0))  # and nothing published
+    async with asyncio.timeout(10):
+        response = await stream
+    events = [json.loads(line.removeprefix("data: "))
+              for line in response.text.splitlines() if line.startswith("data: ")]
+    assert events[-1]["finished"] is True and events[-1]["overall_status"] == "completed"
+
+
+async def test_an_event_stream_that_cannot_go_on_says_why_in_an_error_event(
+        app, client, db, monkeypatch):
+    await a_batch_in_flight(db)
+
+    async def away(*args):
+        raise database_unavailable("connection refused")
+    monkeypatch.setattr(type(app.state.services), "view", away)
+    response = await client.get("/api/media/batch-events/b")
+    assert response.status_code == 200  # the stream had begun
+    event, data = response.text.strip().splitlines()
+    assert event == "event: error"
+    body = json.loads(data.removeprefix("data: "))
+    assert body["error"] == "database_unavailable" and "PostgreSQL" in body["detail"]
 
 
 async def test_the_web_page_is_served(client):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 
 import httpx
 import pytest
@@ -322,3 +323,28 @@ def test_a_refused_cli_with_only_digests_is_told_it_needs_a_token_itself():
         assert plain.http.headers["Authorization"] == "Bearer k7f"
     finally:
         plain.close()
+
+
+def test_an_event_stream_ending_in_an_error_event_is_followed_by_polling():
+    in_flight = {**SNAPSHOT}
+    done = {**SNAPSHOT, "finished": True, "overall_status": "completed"}
+    asked: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        asked.append(request.url.path)
+        if request.url.path.startswith("/api/media/batch-events/"):
+            return httpx.Response(200, text=(
+                f"data: {json.dumps(in_flight)}\n\n"
+                'event: error\ndata: {"error": "database_unavailable", "detail": "x"}\n\n'),
+                headers={"content-type": "text/event-stream"})
+        return httpx.Response(200, json=done)
+
+    api = Api("http://tgdl.test", None)
+    api.http = httpx.Client(base_url=api.url, transport=httpx.MockTransport(answer))
+    try:
+        seen = list(api.snapshots("batch_1f0c2a9e", sleep=lambda _: None))
+    finally:
+        api.close()
+    assert [s.get("overall_status") for s in seen] == ["in_progress", "completed"]
+    assert asked == ["/api/media/batch-events/batch_1f0c2a9e",
+                     "/api/media/batch-status/batch_1f0c2a9e"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated
 
@@ -17,6 +18,7 @@ from tgdl.contracts.api import (
     BatchDownloadResponse,
     BatchPage,
     BatchStatusResponse,
+    ErrorBody,
 )
 from tgdl.contracts.commands import (
     BATCH_ID_PATTERN,
@@ -25,6 +27,7 @@ from tgdl.contracts.commands import (
     CancelBatch,
     StartBatch,
 )
+from tgdl.contracts.errors import ErrorCode
 from tgdl.db import readmodel
 from tgdl.db.readmodel import n_files, snapshot_json
 from tgdl.gateway.errors import ApiError, read_model_behind
@@ -37,6 +40,7 @@ BatchId = Annotated[str, Path(pattern=BATCH_ID_PATTERN, description="as returned
 Svc = Annotated[Services, Depends(services)]
 
 KEEPALIVE_SECONDS = 15.0
+log = logging.getLogger("tgdl.gateway")
 
 
 def batch_not_found(batch_id: str, stale: str | None = None) -> ApiError:
@@ -167,6 +171,7 @@ async def batch_events(batch_id: BatchId, svc: Svc, request: Request) -> Streami
     ends after the snapshot that says the batch finished."""
     if not await svc.batch_visible(request, batch_id):
         raise batch_not_found(batch_id, svc.freshness.reason())
+    chats = await caller_chats(request)
     # Subscribe before reading the current status, so no change falls in between.
     sub = await svc.nc.subscribe(svc.settings.names.batch_progress(batch_id))
     try:
@@ -181,8 +186,12 @@ async def batch_events(batch_id: BatchId, svc: Svc, request: Request) -> Streami
     except BaseException:
         await sub.unsubscribe()
         raise
-    chats = await caller_chats(request)
-    return StreamingResponse(_relay(sub, first, lambda body: svc.view(chats, body)),
+
+    async def read_again() -> bytes | None:
+        status = await readmodel.batch_status(svc.pool, batch_id)
+        return None if status is None else snapshot_json(status)
+    return StreamingResponse(_relay(sub, first, lambda body: svc.view(chats, body),
+                                    read_again),
                              media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
@@ -195,11 +204,20 @@ def _finished(snapshot: bytes) -> bool:
 
 
 async def _relay(sub: Subscription, first: bytes,
-                 view: Callable[[bytes], Awaitable[bytes]]) -> AsyncIterator[bytes]:
+                 view: Callable[[bytes], Awaitable[bytes]],
+                 read_again: Callable[[], Awaitable[bytes | None]]) -> AsyncIterator[bytes]:
+    """Each snapshot as an event until the batch finished. A quiet stream reads the
+    batch again at each keep-alive: a snapshot published while this gateway's NATS
+    connection was down is lost, and the last one would otherwise never come."""
     try:
         snapshot = first
         while True:
-            yield b"data: " + await view(snapshot) + b"\n\n"
+            try:
+                body = await view(snapshot)
+            except Exception as exc:  # an outage mid-stream: say so, then end
+                yield _error_event(exc)
+                return
+            yield b"data: " + body + b"\n\n"
             if _finished(snapshot):
                 return
             while True:
@@ -207,7 +225,24 @@ async def _relay(sub: Subscription, first: bytes,
                     snapshot = (await sub.next_msg(timeout=KEEPALIVE_SECONDS)).data
                     break
                 except TimeoutError:
+                    with contextlib.suppress(Exception):  # an outage: try at the next one
+                        latest = await read_again()
+                        if latest is not None and latest != snapshot:
+                            snapshot = latest
+                            break
                     yield b": keep-alive\n\n"  # keeps proxies from closing an idle stream
     finally:
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
+
+
+def _error_event(exc: Exception) -> bytes:
+    """An SSE `error` event with the error body an answer would have had."""
+    if isinstance(exc, ApiError):
+        body = exc.body
+    else:
+        log.warning("event stream ended by %r", exc)
+        body = ErrorBody(error=ErrorCode.internal.value,
+                         detail="the gateway could not go on with this event stream",
+                         suggestion="Open the stream again; GET batch-status reads it once.")
+    return b"event: error\ndata: " + body.model_dump_json(exclude_none=True).encode() + b"\n\n"

@@ -342,12 +342,19 @@ class Api:
                 if response.status_code >= 400:
                     response.read()
                     raise self._failure(response)
+                event = "message"
                 for line in response.iter_lines():
-                    if line.startswith("data:"):
+                    if line.startswith("event:"):
+                        event = line[6:].strip()
+                    elif line.startswith("data:"):
+                        if event == "error":  # the stream cannot go on: poll instead
+                            break
                         snapshot = json.loads(line[5:])
                         yield snapshot
                         if snapshot.get("finished"):
                             return
+                    elif not line:
+                        event = "message"
         except (httpx.HTTPError, ValueError):
             pass  # a broken stream: the status is still there to poll
         while True:
