@@ -37,6 +37,7 @@ from tgdl.db.schema import SchemaOutdated
 from tgdl.gateway import batches as batches_module
 from tgdl.gateway.app import create_app
 from tgdl.gateway.errors import database_unavailable
+from tgdl.gateway.media import MediaFiles
 from tgdl.gateway.settings import GatewaySettings
 from tgdl.projector.fold import fold_event, fold_progress
 from tgdl.projector.sql import apply_changes
@@ -516,6 +517,24 @@ async def test_media_serves_finished_files_only(client, settings):
     body = assert_error_body(missing, 404, "not_found")
     assert body["detail"] == "no finished download at /media/photos/3_903_p3.jpg"
     assert "download_url" in body["suggestion"]
+
+
+async def test_a_media_file_the_gateway_cannot_read_is_a_503_naming_the_folder(
+        client, settings, monkeypatch):
+    photos = settings.media_root / "photos"
+    photos.mkdir()
+    (photos / "1_901_loop.jpg").symlink_to("1_901_loop.jpg")  # the disk answers ELOOP
+    body = assert_error_body(await client.get("/media/photos/1_901_loop.jpg"), 503,
+                             "storage_unavailable")
+    assert body["unavailable"] == "media_root" and "/media/photos/1_901_loop.jpg" in body[
+        "detail"]
+
+    def refused(self, path):  # as a file the gateway's user may not read (not as root)
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(MediaFiles, "lookup_path", refused)
+    body = assert_error_body(await client.get("/media/photos/2_902_p.jpg"), 503,
+                             "storage_unavailable")
+    assert "permission denied" in body["detail"]  # not a 401 blaming the caller's token
 
 
 async def test_healthz_reports_both_dependencies(client):

@@ -35,7 +35,11 @@ class MediaFiles(StaticFiles):
         except HTTPException as exc:
             if exc.status_code == 404:
                 raise _no_such_file(path) from None
+            if exc.status_code == 401:  # Starlette's word for a file it may not read
+                raise _unreadable(path, "permission denied") from None
             raise
+        except OSError as exc:  # the disk or the folder failing, not the request
+            raise _unreadable(path, exc.strerror or type(exc).__name__) from None
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["Content-Security-Policy"] = "default-src 'none'; sandbox"
         kind = (response.media_type or "").split(";", 1)[0].strip().lower()
@@ -65,6 +69,14 @@ class MediaFiles(StaticFiles):
             await super().check_config()
         except RuntimeError:  # no media root yet (nothing downloaded): nothing to serve
             raise _no_such_file("") from None
+
+
+def _unreadable(path: str, why: str) -> ApiError:
+    return ApiError(503, "storage_unavailable",
+                    f"the gateway cannot read /media/{path} in the media folder: {why}",
+                    "Check that the user running tgdl may read the media folder "
+                    "(TGDL_MEDIA_ROOT) and that its disk is healthy.",
+                    extra={"unavailable": "media_root"})
 
 
 def _no_such_file(path: str) -> ApiError:
