@@ -270,6 +270,36 @@ async def test_a_corrupted_range_is_refetched_and_a_persistent_one_fails_the_fil
     assert not (d.settings.media_root / relative_path(always)).exists()
 
 
+async def test_a_second_copy_of_a_job_running_here_is_acked_and_the_first_completes(
+        downloader):
+    d = downloader  # ack_wait 2 s, max_deliver 4: an unanswered copy fails the job in 8 s
+    [entry] = d.healthy(1)
+    await sim_client.set_faults(d.settings.sim_url, slow={
+        "message_id": entry.message_id, "bandwidth": 50_000, "times": 100})
+    d.start()
+    await d.queue(entry, "b1:twice")
+    await until(lambda: _claimed(d, entry), 10, what="the first copy running")
+    # a second copy of the same job, as a re-queue racing an admission can leave
+    await d.publish(DownloadJob(job_id="b1:twice", entry=entry).model_dump_json().encode(),
+                    "b1:twice:again")
+
+    async def only_the_running_copy_left():
+        info = await d.consumer()  # acked, a job leaves the work queue
+        return info.num_pending == 0 and info.num_redelivered == 0 and await d.queued() == 1
+    await until(only_the_running_copy_left, 10, what="the second copy acked")
+    await sim_client.clear_faults(d.settings.sim_url)  # the first copy may finish now
+    done = await d.outcome("b1:twice", within=60)
+    assert done.status == "completed"
+    assert sha_of(d, entry) == expected_sha256(entry.message_id, entry.size)
+    assert [o.job_id for o in d.outcomes] == ["b1:twice"]  # one outcome, no failure
+    assert await d.queued() == 0
+
+
+async def _claimed(d: Downloader, entry: CatalogEntry) -> bool:
+    held = await d.leases.get(entry.message_id)
+    return held is not None and held[0].claimed_by is not None
+
+
 async def test_a_failing_download_is_retried_later_each_time_then_fails(downloader, caplog):
     d = downloader  # retry_base_delay 0.1 s, max_deliver 4
     [entry] = d.healthy(1)

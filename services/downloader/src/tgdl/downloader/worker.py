@@ -295,8 +295,14 @@ class Worker:
     async def handle(self, job: DownloadJob, msg: JobMessage) -> None:
         m = job.entry.message_id
         meta = msg.raw_message.metadata
-        if m in self.running:
-            return  # this job is already running here; that run answers for the message
+        running = self.running.get(m)
+        if running is not None:
+            if running.job.job_id == job.job_id and running.copy != meta.sequence.stream:
+                # Another copy of the job running here (re-queued by a race): the running
+                # one answers for the job. Unanswered, this copy would be redelivered
+                # until JetStream gave up on it, and that fails the job.
+                await msg.ack()
+            return  # a redelivery of the running copy: that run answers for it
         current = self._seen_lease(m, job.job_id) if meta.num_delivered == 1 else None
         if current is None:
             current = await self.leases.get(m)
