@@ -92,12 +92,20 @@ async def watched_chats(conn: asyncpg.Connection) -> list[str]:
     return [r["chat"] for r in rows]
 
 
+# A message a rule may look at: one its chat's sync has passed. A message stored ahead
+# of the sync (fetched for a link) waits until the sync reaches it, or the rule, which
+# looks at each message once, in order, would step over those in between.
+SYNCED = ("{id} <= COALESCE((SELECT s.newest_telegram_id FROM chat_sync s"
+          " WHERE s.chat = {chat}), {id})")
+
+
 async def with_news(conn: asyncpg.Connection) -> list[str]:
     """The enabled rules whose chat has messages they have not looked at yet (one cheap
     question per round, however many rules there are)."""
     rows = await conn.fetch(
         "SELECT rule_id FROM watch_rules r WHERE enabled AND EXISTS (SELECT 1 FROM catalog c"
-        " WHERE c.chat = r.chat AND c.telegram_message_id > r.checked_through)"
+        " WHERE c.chat = r.chat AND c.telegram_message_id > r.checked_through"
+        f" AND {SYNCED.format(chat='r.chat', id='c.telegram_message_id')})"
         " ORDER BY created_at, rule_id")
     return [r["rule_id"] for r in rows]
 
@@ -122,9 +130,10 @@ async def claim(conn: asyncpg.Connection, rule_id: str, max_files: int,
             " FOR UPDATE", rule_id)
         if row is None or not row["enabled"]:
             return []
-        candidates = await entries_of(conn, "chat = $1 AND telegram_message_id > $2"
-                                      " ORDER BY telegram_message_id",
-                                      row["chat"], row["checked_through"])
+        candidates = await entries_of(
+            conn, "chat = $1 AND telegram_message_id > $2 AND "
+            + SYNCED.format(chat="$1", id="telegram_message_id")
+            + " ORDER BY telegram_message_id", row["chat"], row["checked_through"])
         if not candidates:
             return []
         rule = await get(conn, rule_id)
