@@ -458,6 +458,11 @@ async def test_a_new_rule_starts_at_the_chats_newest_message_and_syncs_from_ther
     assert await source.resolve(db, "@News") == ("news", newest)
     with pytest.raises(SyncError, match="does not know"):
         await source.resolve(db, "no_such_channel")
+    # a flood wait on resolving a name is not "no such chat": Telegram may answer later
+    server.flood_until[functions.contacts.ResolveUsernameRequest] = server.clock + 30
+    with pytest.raises(TelegramBusy, match="Telegram asked to wait 30 s"):
+        await source.resolve(db, "other_channel")
+    server.advance(30)
     # a chat never synced is synced from that mark on, not from its first message
     later = server.post_document(news, content(4000, 2), file_name="new.pdf",
                                  mime_type="application/pdf")

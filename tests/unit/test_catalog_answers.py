@@ -8,7 +8,8 @@ import pytest
 
 from tgdl.catalog.app import Catalog
 from tgdl.catalog.settings import CatalogSettings
-from tgdl.contracts.rules import CatalogRejectReason, SyncChat
+from tgdl.catalog.sources import TelegramBusy
+from tgdl.contracts.rules import CatalogRejectReason, CreateRule, RuleCreate, SyncChat
 from tgdl.gateway.rules import REJECTIONS
 
 
@@ -44,3 +45,17 @@ async def test_an_outage_is_answered_naming_what_is_down(pool, reason, status, e
 
 def test_every_rejection_has_its_http_answer():
     assert set(REJECTIONS) == set(CatalogRejectReason)
+
+
+class BusySource:
+    async def resolve(self, conn, chat):
+        raise TelegramBusy(f"Telegram cannot answer about {chat!r} now: asked to wait 30 s")
+
+
+async def test_a_rule_for_a_chat_telegram_cannot_resolve_now_is_not_an_unknown_chat():
+    catalog = Catalog(CatalogSettings.model_construct(), OpenPool(), BusySource(), runner=None)
+    reply = await catalog.create_rule(CreateRule(rule=RuleCreate(chat="news")))
+    assert reply.rejected is not None
+    assert reply.rejected.reason is CatalogRejectReason.telegram_unavailable
+    assert "wait 30 s" in reply.rejected.detail
+    assert REJECTIONS[reply.rejected.reason][:2] == (503, "telegram_unavailable")

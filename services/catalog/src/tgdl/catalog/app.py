@@ -152,6 +152,8 @@ class Catalog:
                                           0 if cmd.rule.include_existing else newest)
         except (UnknownChat, SyncError) as exc:
             return _rejected(CatalogRejectReason.unknown_chat, str(exc))
+        except TelegramBusy as exc:  # not "no such chat": it may answer in a moment
+            return _rejected(CatalogRejectReason.telegram_unavailable, str(exc))
         log.info("watch rule %s created for %s%s", rule.rule_id, rule.chat,
                  ", its messages already listed included" if cmd.rule.include_existing else "")
         self.wake.set()

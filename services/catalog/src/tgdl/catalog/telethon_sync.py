@@ -113,6 +113,15 @@ async def _username(client: TelegramClient, peer: Any) -> list[str]:
     return [username.lower()] if username else []
 
 
+def _unanswered(chat: str, exc: Exception) -> SyncError | TelegramBusy:
+    """Why Telegram gave no answer about `chat`: it may later (a flood wait, a hiccup),
+    or the account cannot read the chat."""
+    reason = as_telegram_error(exc, resolving=True)
+    if isinstance(reason, FloodWait | TransientError):
+        return TelegramBusy(f"Telegram cannot answer about {chat!r} now: {reason}")
+    return _cannot_read(chat, exc)
+
+
 def _cannot_read(chat: str, exc: Exception) -> SyncError:
     reason = as_telegram_error(exc, resolving=True)
     return SyncError(f"Cannot sync {chat!r}: {reason}")
@@ -228,11 +237,7 @@ async def fetch_messages(client: TelegramClient, conn: asyncpg.Connection, chat:
             messages += [m for m in await client.get_messages(peer, ids=near)
                          if m is not None and m.grouped_id in grouped]
     except (ValueError, errors.RPCError) as exc:
-        reason = as_telegram_error(exc, resolving=True)
-        if isinstance(reason, FloodWait | TransientError):  # it may answer later
-            raise TelegramBusy(f"Telegram cannot answer about {chat!r} now: {reason}") \
-                from exc
-        raise _cannot_read(chat, exc) from exc
+        raise _unanswered(chat, exc) from exc
     key = await catalog_name(client, conn, chat, peer)
     await _store(conn, key, messages, None)
     return FetchResult(chat=key, stored=await catalog.stored_ids(conn, key, ids))
@@ -241,10 +246,11 @@ async def fetch_messages(client: TelegramClient, conn: asyncpg.Connection, chat:
 async def newest_message(client: TelegramClient, conn: asyncpg.Connection, chat: str
                          ) -> tuple[str, int]:
     """The chat as the catalog names it and its newest message id (0: an empty chat);
-    SyncError when the account cannot read it."""
+    SyncError when the account cannot read it, TelegramBusy when Telegram cannot answer
+    now (a flood wait: resolving usernames is tightly limited)."""
     try:
         peer = await PeerResolver(client).input_peer(chat)
         latest = await client.get_messages(peer, limit=1)
     except (ValueError, errors.RPCError) as exc:
-        raise _cannot_read(chat, exc) from exc
+        raise _unanswered(chat, exc) from exc
     return await catalog_name(client, conn, chat, peer), (latest[0].id if latest else 0)
