@@ -9,6 +9,7 @@ import pytest
 from tgdl.catalog.app import Catalog
 from tgdl.catalog.settings import CatalogSettings
 from tgdl.catalog.sources import TelegramBusy
+from tgdl.catalog.telethon_sync import SYNC_FLOOD_SLEEP, patient
 from tgdl.contracts.rules import CatalogRejectReason, CreateRule, RuleCreate, SyncChat
 from tgdl.gateway.rules import REJECTIONS
 
@@ -59,3 +60,19 @@ async def test_a_rule_for_a_chat_telegram_cannot_resolve_now_is_not_an_unknown_c
     assert reply.rejected.reason is CatalogRejectReason.telegram_unavailable
     assert "wait 30 s" in reply.rejected.detail
     assert REJECTIONS[reply.rejected.reason][:2] == (503, "telegram_unavailable")
+
+
+def test_overlapping_syncs_leave_the_clients_flood_threshold_as_they_found_it():
+    class Client:
+        flood_sleep_threshold = 0  # tgdl's clients answer flood waits, never sleep them
+
+    for first_ends_first in (True, False):
+        client = Client()
+        first, second = patient(client), patient(client)
+        first.__enter__()
+        second.__enter__()
+        ending, last = (first, second) if first_ends_first else (second, first)
+        ending.__exit__(None, None, None)
+        assert client.flood_sleep_threshold == SYNC_FLOOD_SLEEP  # the other still runs
+        last.__exit__(None, None, None)
+        assert client.flood_sleep_threshold == 0

@@ -8,8 +8,9 @@ starts looking. `login` (`tgdl login`) lives with the account in `tgdl.telegram`
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import asyncpg
@@ -70,20 +71,38 @@ async def sync_chat(
         # settings were given.
         db = settings if isinstance(settings, CommonSettings) else CommonSettings()
         conn = await connect(db.database_url, db.db_schema)
-    flood_sleep = client.flood_sleep_threshold
-    client.flood_sleep_threshold = SYNC_FLOOD_SLEEP
     try:
-        if not client.is_connected():
-            await client.connect()
-        if not await client.is_user_authorized():
-            raise TelegramSetupError("The Telegram session is not logged in: run `tgdl login`.")
-        return await _sync(client, conn, chat, limit, page_wait)
+        with patient(client):
+            if not client.is_connected():
+                await client.connect()
+            if not await client.is_user_authorized():
+                raise TelegramSetupError(
+                    "The Telegram session is not logged in: run `tgdl login`.")
+            return await _sync(client, conn, chat, limit, page_wait)
     finally:
-        client.flood_sleep_threshold = flood_sleep
         if own_conn:
             await conn.close()
         if own_client:
             await client.disconnect()
+
+
+@contextlib.contextmanager
+def patient(client: TelegramClient) -> Iterator[None]:
+    """Telethon sleeps through flood waits up to SYNC_FLOOD_SLEEP while any sync runs on
+    this client (a sync of a long history meets them): counted, so syncs that overlap
+    (a command's and a round's) leave the client's own threshold as they found it,
+    whichever ends last."""
+    running = getattr(client, "_tgdl_syncs", 0)
+    if running == 0:
+        client._tgdl_threshold = client.flood_sleep_threshold
+        client.flood_sleep_threshold = SYNC_FLOOD_SLEEP
+    client._tgdl_syncs = running + 1
+    try:
+        yield
+    finally:
+        client._tgdl_syncs -= 1
+        if client._tgdl_syncs == 0:
+            client.flood_sleep_threshold = client._tgdl_threshold
 
 
 class TelegramBusy(Exception):
