@@ -12,6 +12,7 @@ from tgdl.catalog.sources import TelegramBusy
 from tgdl.catalog.telethon_sync import SYNC_FLOOD_SLEEP, patient
 from tgdl.contracts.rules import CatalogRejectReason, CreateRule, RuleCreate, SyncChat
 from tgdl.gateway.rules import REJECTIONS
+from tgdl.telegram.errors import TelegramSetupError
 
 
 class DeadPool:
@@ -76,3 +77,41 @@ def test_overlapping_syncs_leave_the_clients_flood_threshold_as_they_found_it():
         assert client.flood_sleep_threshold == SYNC_FLOOD_SLEEP  # the other still runs
         last.__exit__(None, None, None)
         assert client.flood_sleep_threshold == 0
+
+
+async def test_the_rules_run_in_a_round_whose_sync_could_not_reach_telegram():
+    class Conn:
+        async def fetch(self, *args):
+            return []  # no rules' chats: the source is asked about none
+
+    class Pool(OpenPool):
+        async def acquire(self, **options):
+            return Conn()
+
+    class Revoked:
+        async def refresh(self, conn, chats):
+            raise TelegramSetupError("The Telegram session is not logged in: run `tgdl login`.")
+
+    class Runner:
+        rounds = 0
+
+        async def run_once(self):
+            self.rounds += 1
+
+    runner = Runner()
+    catalog = Catalog(CatalogSettings.model_construct(), Pool(), Revoked(), runner=runner)
+    with pytest.raises(TelegramSetupError):  # the round still counts as failed
+        await catalog.round()
+    assert runner.rounds == 1  # listed messages still start, unanswered starts are resent
+
+
+async def test_a_session_telegram_no_longer_accepts_is_answered_saying_what_to_do():
+    class Revoked:
+        async def sync(self, conn, chat, limit):
+            raise TelegramSetupError("The Telegram session is not logged in: run `tgdl login`.")
+
+    catalog = Catalog(CatalogSettings.model_construct(), OpenPool(), Revoked(), runner=None)
+    reply = await catalog.answer("sync", lambda: catalog.sync(SyncChat(chat="news")))
+    assert reply.rejected is not None
+    assert reply.rejected.reason is CatalogRejectReason.telegram_unavailable
+    assert "run `tgdl login`" in reply.rejected.detail  # not "failed to handle it"

@@ -44,6 +44,7 @@ from tgdl.db import rules
 from tgdl.db.connection import create_pool
 from tgdl.db.schema import verify_schema
 from tgdl.runtime import load_settings, run_service, until_reachable
+from tgdl.telegram.errors import TelegramSetupError
 
 log = logging.getLogger("tgdl.catalog")
 
@@ -112,6 +113,9 @@ class Catalog:
             log.warning("command on %s: PostgreSQL unreachable (%s)", subject, exc)
             return _rejected(CatalogRejectReason.database_unavailable,
                              "PostgreSQL could not be reached")
+        except TelegramSetupError as exc:  # e.g. a session revoked: the detail says what to do
+            log.warning("command on %s: %s", subject, exc)
+            return _rejected(CatalogRejectReason.telegram_unavailable, str(exc))
         except SOURCE_OUTAGES as exc:
             log.warning("command on %s: Telegram unreachable (%s)", subject,
                         type(exc).__name__)
@@ -175,9 +179,16 @@ class Catalog:
         return _found(rule, cmd.rule_id)
 
     async def round(self) -> None:
-        """The watched chats' new messages into the catalog, then the rules' starts."""
-        async with _connection(self.pool) as conn:
-            await self.source.refresh(conn, await rules.watched_chats(conn))
+        """The watched chats' new messages into the catalog, then the rules' starts. The
+        rules run even when Telegram could not be read (a revoked session, no network):
+        what is listed already still starts, and starts left unanswered are sent again;
+        the round still counts as failed."""
+        try:
+            async with _connection(self.pool) as conn:
+                await self.source.refresh(conn, await rules.watched_chats(conn))
+        except Exception as exc:
+            await self.runner.run_once()
+            raise exc from None
         await self.runner.run_once()
 
     async def serve(self, stop: asyncio.Event) -> None:
