@@ -458,6 +458,11 @@ async def test_a_new_rule_starts_at_the_chats_newest_message_and_syncs_from_ther
     assert await source.resolve(db, "@News") == ("news", newest)
     with pytest.raises(SyncError, match="does not know"):
         await source.resolve(db, "no_such_channel")
+    for saved in ("me", "self"):  # the account's Saved Messages: said, not a TypeError
+        with pytest.raises(SyncError, match="Saved Messages are not read"):
+            await source.resolve(db, saved)
+        with pytest.raises(SyncError, match="Saved Messages are not read"):
+            await sync_chat(settings, saved, None, client=client, conn=db, page_wait=0)
     # a flood wait on resolving a name is not "no such chat": Telegram may answer later
     server.flood_until[functions.contacts.ResolveUsernameRequest] = server.clock + 30
     with pytest.raises(TelegramBusy, match="Telegram asked to wait 30 s"):

@@ -132,6 +132,16 @@ async def _username(client: TelegramClient, peer: Any) -> list[str]:
     return [username.lower()] if username else []
 
 
+async def _chat_peer(client: TelegramClient, chat: str) -> Any:
+    """The chat's peer; SyncError for the account's own Saved Messages (`me`), which
+    the catalog does not read: it names chats by username or id."""
+    peer = await PeerResolver(client).input_peer(chat)
+    if isinstance(peer, types.InputPeerSelf):
+        raise SyncError(f"Cannot sync {chat!r}: the account's Saved Messages are not read; "
+                        "give a channel, group or user by its username or id")
+    return peer
+
+
 def _unanswered(chat: str, exc: Exception) -> SyncError | TelegramBusy:
     """Why Telegram gave no answer about `chat`: it may later (a flood wait, a hiccup),
     or the account cannot read the chat."""
@@ -151,7 +161,7 @@ async def _sync(
     page_wait: float | None,
 ) -> SyncResult:
     try:
-        peer = await PeerResolver(client).input_peer(chat)
+        peer = await _chat_peer(client, chat)
     except (ValueError, errors.RPCError) as exc:
         raise _cannot_read(chat, exc) from exc
     key = await catalog_name(client, conn, chat, peer)
@@ -245,7 +255,7 @@ async def fetch_messages(client: TelegramClient, conn: asyncpg.Connection, chat:
     """These messages of the chat into the catalog (those with media), without moving
     the chat's sync mark; SyncError when the account cannot read the chat."""
     try:
-        peer = await PeerResolver(client).input_peer(chat)
+        peer = await _chat_peer(client, chat)
         messages = [m for m in await client.get_messages(peer, ids=list(ids))
                     if m is not None]  # None: no such message (deleted)
         # An album's messages have neighbouring ids (at most 10 of them): its others too.
@@ -268,7 +278,7 @@ async def newest_message(client: TelegramClient, conn: asyncpg.Connection, chat:
     SyncError when the account cannot read it, TelegramBusy when Telegram cannot answer
     now (a flood wait: resolving usernames is tightly limited)."""
     try:
-        peer = await PeerResolver(client).input_peer(chat)
+        peer = await _chat_peer(client, chat)
         latest = await client.get_messages(peer, limit=1)
     except (ValueError, errors.RPCError) as exc:
         raise _unanswered(chat, exc) from exc
