@@ -32,6 +32,7 @@ from tgdl.telegram.client import (
     write_session,
 )
 from tgdl.telegram.rpc import as_telegram_error
+from tgdl.telegram.senders import open_sender
 
 RS = TelethonTelegram.request_size
 SIZE = MiB + MiB // 2  # three requests, the last one starts on the 1 MiB boundary
@@ -460,3 +461,25 @@ def test_error_classification(error, expected):
         assert type(result) is expected
     if isinstance(result, FloodWait):
         assert result.seconds == error.seconds
+
+
+async def test_a_connection_telegram_refuses_to_set_up_is_closed_not_left_open(server, monkeypatch):
+    """The pool's extra connections start with initConnection; refused (a flood wait),
+    the connection must not stay open with nobody to use or close it."""
+    client = server.client(server.logged_in_session(), **client_options())
+    await client.connect()
+    opened: list = []
+    sender_class = type(client._sender)
+    connect = sender_class.connect
+
+    async def recorded(self, connection):
+        opened.append(self)
+        return await connect(self, connection)
+    monkeypatch.setattr(sender_class, "connect", recorded)
+    server.flood_until[functions.help.GetConfigRequest] = server.clock + 30
+    try:
+        with pytest.raises(errors.FloodWaitError):
+            await open_sender(client, client.session.dc_id)
+    finally:
+        await client.disconnect()
+    assert opened and not any(s.is_connected() for s in opened)

@@ -35,7 +35,12 @@ async def open_sender(client: TelegramClient, dc_id: int) -> Any:
     ))
     init = copy.copy(client._init_request)
     init.query = functions.help.GetConfigRequest()
-    await sender.send(functions.InvokeWithLayerRequest(LAYER, init))
+    try:
+        await sender.send(functions.InvokeWithLayerRequest(LAYER, init))
+    except BaseException:  # refused (a flood wait) or cancelled: no half-open connection
+        with contextlib.suppress(Exception):
+            await sender.disconnect()
+        raise
     return sender
 
 
