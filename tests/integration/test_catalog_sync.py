@@ -476,6 +476,27 @@ async def test_a_new_rule_starts_at_the_chats_newest_message_and_syncs_from_ther
     assert source.watching == {news.marked_id}  # whose new messages wake the service
 
 
+async def test_a_sync_asked_for_after_a_rule_reads_the_history_below_its_start(
+    server, client, db, settings
+):
+    news = server.add_channel("news")
+    old = server.post_document(news, content(3000, 1), file_name="old.pdf",
+                               mime_type="application/pdf")
+    server.post_text(news, "the latest")
+    source = TelethonSource(settings)
+    source.client = client  # as start() connects it
+    await client.connect()
+    await source.resolve(db, "news")  # a watch rule: the chat's mark at its newest message
+    await source.refresh(db, ["news"])  # the service's rounds go on from there
+    assert await rows(db) == []
+    # `tgdl sync news --limit 10`: the history the rule's start left unread
+    report = await source.sync(db, "news", 10)
+    assert (report.scanned, report.added) == (2, 1)
+    assert [r["telegram_message_id"] for r in await rows(db)] == [old]
+    again = await source.sync(db, "news", None)  # read now: from the mark on, as ever
+    assert (again.scanned, again.added) == (0, 0)
+
+
 async def test_telegrams_new_messages_with_media_wake_the_catalog_service(settings,
                                                                           monkeypatch):
     registered: list = []

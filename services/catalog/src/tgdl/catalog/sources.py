@@ -42,9 +42,11 @@ class Source(Protocol):
 
     async def close(self) -> None: ...
 
-    async def sync(self, conn: asyncpg.Connection, chat: str, limit: int | None
-                   ) -> SyncResult:
-        """A chat's new messages into the catalog; SyncError if it cannot be read."""
+    async def sync(self, conn: asyncpg.Connection, chat: str, limit: int | None,
+                   *, history: bool = True) -> SyncResult:
+        """A chat's new messages into the catalog; SyncError if it cannot be read.
+        `history` (asked for by a user, not by a round): also what a watch rule's
+        starting point left unread below it."""
 
     async def fetch(self, conn: asyncpg.Connection, chat: str, ids: list[int]
                     ) -> FetchResult:
@@ -68,9 +70,9 @@ class SimulatedSource:
     async def close(self) -> None:
         pass
 
-    async def sync(self, conn: asyncpg.Connection, chat: str, limit: int | None
-                   ) -> SyncResult:
-        try:
+    async def sync(self, conn: asyncpg.Connection, chat: str, limit: int | None,
+                   *, history: bool = True) -> SyncResult:
+        try:  # the simulated Telegram's catalog comes whole: no history left unread
             return await self.sim.sync(conn, chat)
         except UnknownChat as exc:
             raise SyncError(f"Cannot sync {chat!r}: {exc}") from None
@@ -115,9 +117,10 @@ class TelethonSource:
         if self.client is not None:
             await self.client.disconnect()
 
-    async def sync(self, conn: asyncpg.Connection, chat: str, limit: int | None
-                   ) -> SyncResult:
-        return await sync_chat(self.settings, chat, limit, client=self.client, conn=conn)
+    async def sync(self, conn: asyncpg.Connection, chat: str, limit: int | None,
+                   *, history: bool = True) -> SyncResult:
+        return await sync_chat(self.settings, chat, limit, client=self.client, conn=conn,
+                               history=history)
 
     async def fetch(self, conn: asyncpg.Connection, chat: str, ids: list[int]
                     ) -> FetchResult:
@@ -136,7 +139,7 @@ class TelethonSource:
     async def refresh(self, conn: asyncpg.Connection, chats: list[str]) -> None:
         for chat in chats:
             try:
-                await self.sync(conn, chat, None)
+                await self.sync(conn, chat, None, history=False)
                 if chat not in self._peer_ids:
                     peer = await PeerResolver(self.client).input_peer(chat)
                     self._peer_ids[chat] = utils.get_peer_id(peer)

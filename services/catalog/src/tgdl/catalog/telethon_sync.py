@@ -52,6 +52,7 @@ async def sync_chat(
     conn: asyncpg.Connection | None = None,
     *,
     page_wait: float | None = None,
+    history: bool = True,
 ) -> SyncResult:
     """Add the chat's media messages to the catalog (`settings`: CatalogSettings, or
     TelegramSettings with the database taken from the environment).
@@ -61,6 +62,9 @@ async def sync_chat(
     limited run leaves no gap: the next run continues right after what was stored.
     `page_wait`: seconds between history requests (None: Telethon's pacing, which waits
     1 s per page on long histories to stay clear of flood limits).
+    `history`: a chat whose mark is only a watch rule's starting point (nothing at or
+    below it listed) is read as a first sync, below the mark too; the service's own
+    rounds pass False and go on from the mark (a rule's chat is not read whole).
     """
     own_client = client is None
     if client is None:
@@ -78,7 +82,7 @@ async def sync_chat(
             if not await client.is_user_authorized():
                 raise TelegramSetupError(
                     "The Telegram session is not logged in: run `tgdl login`.")
-            return await _sync(client, conn, chat, limit, page_wait)
+            return await _sync(client, conn, chat, limit, page_wait, history)
     finally:
         if own_conn:
             await conn.close()
@@ -158,7 +162,7 @@ def _cannot_read(chat: str, exc: Exception) -> SyncError:
 
 async def _sync(
     client: TelegramClient, conn: asyncpg.Connection, chat: str, limit: int | None,
-    page_wait: float | None,
+    page_wait: float | None, history: bool,
 ) -> SyncResult:
     try:
         peer = await _chat_peer(client, chat)
@@ -166,6 +170,10 @@ async def _sync(
         raise _cannot_read(chat, exc) from exc
     key = await catalog_name(client, conn, chat, peer)
     newest = await conn.fetchval("SELECT newest_telegram_id FROM chat_sync WHERE chat = $1", key)
+    if history and newest is not None and not await conn.fetchval(
+            "SELECT 1 FROM catalog WHERE chat = $1 AND telegram_message_id <= $2 LIMIT 1",
+            key, newest):
+        newest = None  # a rule's starting point only: the history below was never read
     latest_only = newest is None and limit is not None
     if latest_only:
         messages = client.iter_messages(peer, limit=limit, wait_time=page_wait)  # newest first
