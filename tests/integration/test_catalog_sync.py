@@ -487,12 +487,14 @@ async def test_a_sync_asked_for_after_a_rule_reads_the_history_below_its_start(
     source.client = client  # as start() connects it
     await client.connect()
     await source.resolve(db, "news")  # a watch rule: the chat's mark at its newest message
+    new = server.post_document(news, content(4000, 2), file_name="new.pdf",
+                               mime_type="application/pdf")
     await source.refresh(db, ["news"])  # the service's rounds go on from there
-    assert await rows(db) == []
-    # `tgdl sync news --limit 10`: the history the rule's start left unread
+    assert [r["telegram_message_id"] for r in await rows(db)] == [new]
+    # `tgdl sync news --limit 10`: the history the rule's start left unread, too
     report = await source.sync(db, "news", 10)
-    assert (report.scanned, report.added) == (2, 1)
-    assert [r["telegram_message_id"] for r in await rows(db)] == [old]
+    assert (report.scanned, report.added) == (2, 1)  # the text at the start, the old file
+    assert sorted(r["telegram_message_id"] for r in await rows(db)) == [old, new]
     again = await source.sync(db, "news", None)  # read now: from the mark on, as ever
     assert (again.scanned, again.added) == (0, 0)
 

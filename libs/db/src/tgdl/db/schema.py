@@ -214,6 +214,13 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE INDEX chat_aliases_by_peer ON chat_aliases (peer_id);
         """,
     ),
+    (
+        14,
+        # A chat first reached by a watch rule is synced from the rule's start on; the
+        # history at and below `history_unread_through` was never read, and the next
+        # sync a user asks for reads it (then it is NULL, as for any synced chat).
+        "ALTER TABLE chat_sync ADD COLUMN history_unread_through BIGINT;",
+    ),
 ]
 
 READ_MODEL_TABLES = ("batch_files", "batches", "jobs", "projection_state")

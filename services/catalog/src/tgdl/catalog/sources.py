@@ -130,10 +130,11 @@ class TelethonSource:
     async def resolve(self, conn: asyncpg.Connection, chat: str) -> tuple[str, int]:
         assert self.client is not None
         key, newest = await newest_message(self.client, conn, chat)
-        # A chat never synced is synced from here on, not from its first message.
+        # A chat never synced is synced from here on, not from its first message: its
+        # history is left for a sync a user asks for.
         await conn.execute(
-            "INSERT INTO chat_sync (chat, newest_telegram_id) VALUES ($1, $2)"
-            " ON CONFLICT (chat) DO NOTHING", key, newest)
+            "INSERT INTO chat_sync (chat, newest_telegram_id, history_unread_through)"
+            " VALUES ($1, $2, $2) ON CONFLICT (chat) DO NOTHING", key, newest)
         return key, newest
 
     async def refresh(self, conn: asyncpg.Connection, chats: list[str]) -> None:

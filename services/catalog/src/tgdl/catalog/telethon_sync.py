@@ -62,9 +62,9 @@ async def sync_chat(
     limited run leaves no gap: the next run continues right after what was stored.
     `page_wait`: seconds between history requests (None: Telethon's pacing, which waits
     1 s per page on long histories to stay clear of flood limits).
-    `history`: a chat whose mark is only a watch rule's starting point (nothing at or
-    below it listed) is read as a first sync, below the mark too; the service's own
-    rounds pass False and go on from the mark (a rule's chat is not read whole).
+    `history`: a chat first reached by a watch rule has its history read too, as a
+    first sync reads it (the rule's start left it unread); the service's own rounds pass
+    False and go on from the mark (a rule's chat is not read whole).
     """
     own_client = client is None
     if client is None:
@@ -169,11 +169,12 @@ async def _sync(
     except (ValueError, errors.RPCError) as exc:
         raise _cannot_read(chat, exc) from exc
     key = await catalog_name(client, conn, chat, peer)
-    newest = await conn.fetchval("SELECT newest_telegram_id FROM chat_sync WHERE chat = $1", key)
-    if history and newest is not None and not await conn.fetchval(
-            "SELECT 1 FROM catalog WHERE chat = $1 AND telegram_message_id <= $2 LIMIT 1",
-            key, newest):
-        newest = None  # a rule's starting point only: the history below was never read
+    mark = await conn.fetchrow(
+        "SELECT newest_telegram_id, history_unread_through FROM chat_sync WHERE chat = $1", key)
+    newest = mark["newest_telegram_id"] if mark else None
+    unread = mark["history_unread_through"] if mark else None
+    early = (await _read_history(client, conn, chat, key, peer, unread, limit, page_wait)
+             if history and unread is not None else (0, 0))
     latest_only = newest is None and limit is not None
     if latest_only:
         messages = client.iter_messages(peer, limit=limit, wait_time=page_wait)  # newest first
@@ -204,8 +205,32 @@ async def _sync(
     await flush()
     if latest_only and scanned:
         await _store(conn, key, [], top)
+    scanned, added = scanned + early[0], added + early[1]
     log.info("synced %s: %d messages read, %d added, newest %d", key, scanned, added, top)
     return SyncResult(chat=key, scanned=scanned, added=added, newest_telegram_id=top)
+
+
+async def _read_history(client: TelegramClient, conn: asyncpg.Connection, chat: str,
+                        key: str, peer: Any, through: int, limit: int | None,
+                        page_wait: float | None) -> tuple[int, int]:
+    """The history a watch rule's start left unread (messages up to `through`), as a
+    first sync reads it: the newest `limit` of them, or all. Returns (read, added)."""
+    scanned = added = 0
+    page: list[Any] = []
+    try:
+        async for message in client.iter_messages(peer, limit=limit, max_id=through + 1,
+                                                  wait_time=page_wait):  # newest first
+            scanned += 1
+            page.append(message)
+            if len(page) >= PAGE:
+                added += await _store(conn, key, page, None)
+                page = []
+    except errors.RPCError as exc:
+        raise _cannot_read(chat, exc) from exc  # what was stored so far stays stored
+    added += await _store(conn, key, page, None)
+    await conn.execute("UPDATE chat_sync SET history_unread_through = NULL WHERE chat = $1",
+                       key)
+    return scanned, added
 
 
 async def _store(
